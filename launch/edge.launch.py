@@ -1,0 +1,28 @@
+"""Edge node for one robot: `ros2 launch fluxshard_bringup edge.launch.py namespace:=robot1
+image:=/camera/image_raw`."""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory('fluxshard_bringup')
+    return LaunchDescription([
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='Robot namespace (also the edge id)'),
+        DeclareLaunchArgument('image', default_value='image',
+                              description='Camera topic (sensor_msgs/Image)'),
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share, 'config', 'edge.yaml')),
+        Node(package='fluxshard_edge', executable='edge_node', name='fluxshard_edge',
+             namespace=LaunchConfiguration('namespace'),
+             parameters=[LaunchConfiguration('params_file')],
+             remappings=[('image', LaunchConfiguration('image'))],
+             additional_env={'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
+             output='screen'),
+    ])

@@ -1,0 +1,25 @@
+"""One robot (edge) and one server on the same graph:
+`ros2 launch fluxshard_bringup fluxshard.launch.py namespace:=robot1 image:=/camera/image_raw`."""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PythonExpression
+
+
+def generate_launch_description():
+    launch_dir = os.path.join(get_package_share_directory('fluxshard_bringup'), 'launch')
+    ns = LaunchConfiguration('namespace')
+    return LaunchDescription([
+        DeclareLaunchArgument('namespace', default_value='robot1'),
+        DeclareLaunchArgument('image', default_value='image'),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(os.path.join(launch_dir, 'edge.launch.py')),
+            launch_arguments={'namespace': ns, 'image': LaunchConfiguration('image')}.items()),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(os.path.join(launch_dir, 'server.launch.py')),
+            launch_arguments={'edges': PythonExpression(["['", ns, "']"])}.items()),
+    ])

@@ -1,0 +1,29 @@
+"""N robots (robot1..robotN edges) and one server: `ros2 launch fluxshard_bringup
+multi_robot.launch.py count:=3` (each edge subscribes /robotK/image)."""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+
+def _robots(context):
+    launch_dir = os.path.join(get_package_share_directory('fluxshard_bringup'), 'launch')
+    n = int(context.launch_configurations['count'])
+    names = [f'robot{i + 1}' for i in range(n)]
+    acts = [IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(os.path.join(launch_dir, 'edge.launch.py')),
+        launch_arguments={'namespace': r, 'image': f'/{r}/image'}.items()) for r in names]
+    acts.append(IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(os.path.join(launch_dir, 'server.launch.py')),
+        launch_arguments={'edges': str(names)}.items()))
+    return acts
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument('count', default_value='2', description='Number of robots'),
+        OpaqueFunction(function=_robots),
+    ])

@@ -1,0 +1,25 @@
+"""Server node on the GPU host: `ros2 launch fluxshard_bringup server.launch.py
+edges:="['robot1', 'robot2']"`."""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory('fluxshard_bringup')
+    return LaunchDescription([
+        DeclareLaunchArgument('edges', default_value="['']",
+                              description='Namespaces of the served robots'),
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share, 'config', 'server.yaml')),
+        Node(package='fluxshard_server', executable='server_node', name='fluxshard_server',
+             parameters=[LaunchConfiguration('params_file'),
+                         {'edges': LaunchConfiguration('edges')}],
+             additional_env={'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
+             output='screen'),
+    ])

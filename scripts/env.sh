@@ -1,0 +1,20 @@
+# Source me (bash): the FluxShard virtual environment, the colcon install space and defaults.
+_fs_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_fs_venv="${FLUXSHARD_VENV:-$_fs_root/.venv}"
+# shellcheck disable=SC1091
+source "$_fs_venv/bin/activate"
+export AMENT_PREFIX_PATH="$_fs_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+export CMAKE_PREFIX_PATH="$_fs_venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+# shellcheck disable=SC1091
+source "$_fs_root/install/setup.bash"
+# Frames of ~1 MB need Fast DDS's large-data transports (see README, "DDS and big messages").
+export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
+if [ -z "${FLUXSHARD_DATA:-}" ]; then
+  if [ -d "$_fs_root/../shared/data/video" ]; then
+    FLUXSHARD_DATA="$(cd "$_fs_root/../shared/data" && pwd)"
+  else
+    FLUXSHARD_DATA="$_fs_root/.data"
+  fi
+  export FLUXSHARD_DATA
+fi
+unset _fs_root _fs_venv

@@ -1,0 +1,1 @@
+"""FluxShard edge side: ROS-free logic modules plus the edge node (``edge_node``)."""

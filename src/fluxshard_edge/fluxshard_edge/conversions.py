@@ -1,0 +1,208 @@
+"""All ROS message <-> array conversion for FluxShard (edge and server use this one module).
+
+Imports message types only (no rclpy), so it is testable without DDS.
+"""
+
+import array
+from typing import Optional, Tuple
+
+import numpy as np
+
+from fluxshard_kernels import proxy
+from fluxshard_msgs.msg import BlockBatch, DetectionArray, KeypointArray, LabelMap
+from sensor_msgs.msg import Image
+
+#: Encodings accepted from cameras -> (channels in the message, conversion to proxy image).
+_ENCODINGS = {
+    'bgr8': 3, 'rgb8': 3, 'bgra8': 4, 'rgba8': 4, 'mono8': 1, '8UC1': 1, '8UC3': 3,
+}
+
+
+def _seq(typecode: str, values) -> array.array:
+    """numpy/sequence -> array.array, the type rclpy stores primitive sequences as."""
+    dt = {'B': np.uint8, 'h': np.int16, 'H': np.uint16, 'I': np.uint32, 'f': np.float32}[typecode]
+    out = array.array(typecode)
+    out.frombytes(np.ascontiguousarray(np.asarray(values, dtype=dt)).tobytes())
+    return out
+
+
+class InputError(ValueError):
+    """An input message FluxShard cannot use; ``reason`` is a short counter key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def image_to_array(msg: Image, max_side: int = proxy.MAX_SIDE) -> np.ndarray:
+    """sensor_msgs/Image -> (H, W, 3) BGR uint8 (color encodings) or (H, W, 1) mono8.
+
+    Raises:
+        InputError: unsupported encoding, zero or huge size, or a data length that does not
+            match height * step.
+    """
+    enc = msg.encoding
+    if enc not in _ENCODINGS:
+        raise InputError('bad_encoding', f'unsupported image encoding {enc!r}; expected one of '
+                         f'{", ".join(sorted(_ENCODINGS))}')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise InputError('empty_image', f'image has zero size ({w}x{h})')
+    if h > max_side or w > max_side:
+        raise InputError('too_large', f'image {w}x{h} exceeds the {max_side} px limit')
+    c = _ENCODINGS[enc]
+    if step < w * c:
+        raise InputError('bad_step', f'step {step} < width {w} x {c} bytes for {enc}')
+    data = msg.data
+    n = len(data)
+    if n < h * step:
+        raise InputError('truncated', f'image data has {n} bytes, expected {h * step} '
+                         f'({h} rows x step {step})')
+    buf = np.frombuffer(memoryview(data).cast('B'), dtype=np.uint8)
+    arr = buf[:h * step].reshape(h, step)[:, :w * c].reshape(h, w, c)
+    if msg.is_bigendian not in (0, 1, False, True):
+        raise InputError('bad_endianness', 'is_bigendian must be 0 or 1')
+    if enc in ('rgb8',):
+        return np.ascontiguousarray(arr[:, :, ::-1])
+    if enc == 'rgba8':
+        return np.ascontiguousarray(arr[:, :, 2::-1])
+    if enc == 'bgra8':
+        return np.ascontiguousarray(arr[:, :, :3])
+    return np.ascontiguousarray(arr)
+
+
+def array_to_image(arr: np.ndarray, header, encoding: Optional[str] = None) -> Image:
+    """(H, W, 3) BGR / (H, W[, 1]) mono / (H, W) uint16 -> sensor_msgs/Image with ``header``."""
+    a = np.ascontiguousarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if encoding is None:
+        if a.dtype == np.uint16:
+            encoding = 'mono16'
+        else:
+            encoding = 'bgr8' if a.ndim == 3 else 'mono8'
+    msg = Image()
+    msg.header = header
+    msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = int(a.strides[0])
+    msg.data = _seq('B', a.reshape(-1).view(np.uint8))
+    return msg
+
+
+def update_to_msg(update: proxy.ProxyUpdate, payload: bytes, header, edge_id: str, seq: int,
+                  frame_index: int, codec: int, quality: int, dissimilarity: np.ndarray,
+                  sparse_inference_requested: bool, state_digest: bytes) -> BlockBatch:
+    """Build the BlockBatch that carries ``update`` (whose canvas was encoded into ``payload``)."""
+    m = BlockBatch()
+    m.header = header
+    m.edge_id = edge_id
+    m.seq = int(seq)
+    m.frame_index = int(frame_index)
+    m.height, m.width, m.channels = int(update.height), int(update.width), int(update.channels)
+    g = update.grid
+    m.block_size, m.grid_rows, m.grid_cols = int(g.block_size), int(g.rows), int(g.cols)
+    if update.mv_x is not None and np.asarray(update.mv_x).any() or \
+            update.mv_y is not None and np.asarray(update.mv_y).any():
+        m.mv_x = _seq('h', update.mv_x)
+        m.mv_y = _seq('h', update.mv_y)
+    m.mv_reference = BlockBatch.MV_REF_PROXY
+    m.block_indices = _seq('I', update.block_indices)
+    m.dissimilarity = _seq('f', dissimilarity)
+    m.codec = int(codec)
+    m.quality = int(quality)
+    m.canvas_cols = int(update.canvas_cols)
+    m.payload = _seq('B', np.frombuffer(payload, dtype=np.uint8))
+    m.sparse_inference_requested = bool(sparse_inference_requested)
+    m.key = bool(update.key)
+    m.state_digest = _seq('B', np.frombuffer(state_digest, dtype=np.uint8))
+    return m
+
+
+def msg_to_update(m: BlockBatch) -> proxy.ProxyUpdate:
+    """BlockBatch -> ProxyUpdate with the payload decoded; raises ProxyError on bad content."""
+    if m.block_size not in (8, 16, 32):
+        raise proxy.ProxyError(f'block_size must be 8, 16 or 32, got {m.block_size}')
+    if not (0 < m.height <= proxy.MAX_SIDE and 0 < m.width <= proxy.MAX_SIDE):
+        raise proxy.ProxyError(f'frame size {m.height}x{m.width} outside 1..{proxy.MAX_SIDE}')
+    grid_rows = -(-m.height // m.block_size)
+    grid_cols = -(-m.width // m.block_size)
+    if (m.grid_rows, m.grid_cols) != (grid_rows, grid_cols):
+        raise proxy.ProxyError(f'grid {m.grid_rows}x{m.grid_cols} does not match '
+                               f'{m.height}x{m.width} at block size {m.block_size}')
+    if m.channels not in (1, 3):
+        raise proxy.ProxyError(f'channels must be 1 or 3, got {m.channels}')
+    idx = np.asarray(m.block_indices, dtype=np.int64)
+    if len(m.dissimilarity) != idx.size:
+        raise proxy.ProxyError(f'{len(m.dissimilarity)} dissimilarity values for '
+                               f'{idx.size} blocks')
+    if m.canvas_cols <= 0 or m.canvas_cols > 4096:
+        raise proxy.ProxyError(f'canvas_cols {m.canvas_cols} outside 1..4096')
+    if idx.size > grid_rows * grid_cols:
+        raise proxy.ProxyError(f'{idx.size} blocks carried, the grid has '
+                               f'{grid_rows * grid_cols}')
+    shape = proxy.canvas_shape(idx.size, m.canvas_cols, m.block_size, m.channels)
+    canvas = proxy.decode_canvas(bytes(m.payload), m.codec, shape)
+    mvx = np.asarray(m.mv_x, dtype=np.int64) if len(m.mv_x) else None
+    mvy = np.asarray(m.mv_y, dtype=np.int64) if len(m.mv_y) else None
+    upd = proxy.ProxyUpdate(int(m.height), int(m.width), int(m.channels), int(m.block_size),
+                            idx, canvas, int(m.canvas_cols), mvx, mvy, bool(m.key))
+    proxy.validate(upd)
+    return upd
+
+
+def detections_to_msg(det, header, edge_id: str, computed_by: str, frame_index: int,
+                      with_masks: bool = False) -> DetectionArray:
+    """fluxshard_kernels Detections -> DetectionArray (center/size boxes, source pixels)."""
+    m = DetectionArray()
+    m.header = header
+    m.edge_id, m.computed_by, m.frame_index = edge_id, computed_by, int(frame_index)
+    b = np.asarray(det.boxes, dtype=np.float32).reshape(-1, 4)
+    m.class_ids = [str(int(c)) for c in det.class_ids]
+    m.scores = _seq('f', det.scores)
+    m.center_x = _seq('f', (b[:, 0] + b[:, 2]) / 2)
+    m.center_y = _seq('f', (b[:, 1] + b[:, 3]) / 2)
+    m.size_x = _seq('f', b[:, 2] - b[:, 0])
+    m.size_y = _seq('f', b[:, 3] - b[:, 1])
+    if with_masks:
+        m.mask_labels = _seq('H', np.arange(1, len(det) + 1))
+    return m
+
+
+def keypoints_to_msg(det, header, edge_id: str, computed_by: str,
+                     frame_index: int) -> KeypointArray:
+    """Pose Detections -> KeypointArray (17 COCO keypoints per person, flattened)."""
+    m = KeypointArray()
+    m.header = header
+    m.edge_id, m.computed_by, m.frame_index = edge_id, computed_by, int(frame_index)
+    b = np.asarray(det.boxes, dtype=np.float32).reshape(-1, 4)
+    m.center_x = _seq('f', (b[:, 0] + b[:, 2]) / 2)
+    m.center_y = _seq('f', (b[:, 1] + b[:, 3]) / 2)
+    m.size_x = _seq('f', b[:, 2] - b[:, 0])
+    m.size_y = _seq('f', b[:, 3] - b[:, 1])
+    m.scores = _seq('f', det.scores)
+    k = np.asarray(det.keypoints, dtype=np.float32).reshape(-1, 3)
+    m.keypoint_x = _seq('f', k[:, 0])
+    m.keypoint_y = _seq('f', k[:, 1])
+    m.keypoint_scores = _seq('f', k[:, 2])
+    return m
+
+
+def label_map_msg(names: dict, header) -> LabelMap:
+    """Class id -> name table for the latched ``labels`` topic."""
+    m = LabelMap()
+    m.header = header
+    ids = sorted(names)
+    m.class_ids = [str(i) for i in ids]
+    m.class_names = [names[i] for i in ids]
+    return m
+
+
+def boxes_from_msg(m: DetectionArray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DetectionArray -> (boxes xyxy (n, 4), scores (n,), class ids (n,) int)."""
+    cx, cy = np.asarray(m.center_x), np.asarray(m.center_y)
+    sx, sy = np.asarray(m.size_x), np.asarray(m.size_y)
+    boxes = np.stack([cx - sx / 2, cy - sy / 2, cx + sx / 2, cy + sy / 2], 1)
+    return boxes.astype(np.float32), np.asarray(m.scores), np.asarray(
+        [int(c) for c in m.class_ids], dtype=np.int64)

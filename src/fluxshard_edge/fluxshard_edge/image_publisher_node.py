@@ -1,0 +1,80 @@
+"""Publish real frames (a frame folder, a sequence name from the data folder, or a video file) as
+sensor_msgs/Image at a fixed rate: a camera stand-in for demos and tests."""
+
+import time
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from fluxshard_edge import conversions
+from fluxshard_edge.common_node import declare
+from fluxshard_kernels import data
+
+
+class ImagePublisher(Node):
+    def __init__(self, **kwargs):
+        super().__init__('fluxshard_image_publisher', **kwargs)
+        self.source = declare(self, 'source', 'davis-parkour',
+                              'Sequence name in the data folder, a frame folder or a video file')
+        self.rate = declare(self, 'rate_hz', 10.0, 'Publishing rate, Hz', lo=0.1, hi=1000.0)
+        self.limit = declare(self, 'count', 0, 'Frames to publish (0 = all)', lo=0, hi=10**9)
+        self.frame_id = declare(self, 'frame_id', 'camera', 'frame_id of the images')
+        self.loop = declare(self, 'loop', False, 'Start over at the end')
+        self.start_delay = declare(self, 'start_delay_s', 1.0,
+                                   'Wait before the first frame (lets DDS discovery finish)',
+                                   lo=0.0, hi=60.0)
+        self.wait_subs = declare(self, 'wait_for_subscribers', 0,
+                                 'Wait (up to 30 s) for this many subscribers before starting',
+                                 lo=0, hi=1000)
+        reliable = declare(self, 'reliable', True, 'Publish with reliable QoS')
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE if reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
+        self.pub = self.create_publisher(Image, 'image', qos)
+        self.published = 0
+
+    def run(self):
+        deadline = time.monotonic() + 30.0
+        while self.pub.get_subscription_count() < self.wait_subs and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(self.start_delay)
+        period = 1.0 / self.rate
+        nxt = time.monotonic()
+        while rclpy.ok():
+            for frame in data.iter_frames(self.source, self.limit or None):
+                if not rclpy.ok() or (self.limit and self.published >= self.limit):
+                    return
+                msg = conversions.array_to_image(frame, Image().header)
+                msg.header.stamp = self.get_clock().now().to_msg()
+                msg.header.frame_id = self.frame_id
+                self.pub.publish(msg)
+                self.published += 1
+                nxt += period
+                time.sleep(max(0.0, nxt - time.monotonic()))
+            if not self.loop:
+                return
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ImagePublisher()
+        node.run()
+        node.get_logger().info(f'published {node.published} frames from {node.source}')
+        time.sleep(0.5)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    main()

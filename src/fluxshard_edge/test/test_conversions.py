@@ -1,0 +1,96 @@
+"""Message <-> array conversions: round trips on real frames and clear rejection of bad input."""
+
+import numpy as np
+import pytest
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from fluxshard_edge import conversions
+from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
+from fluxshard_kernels import data, proxy
+from fluxshard_kernels.yolo.processing import Detections
+
+
+@pytest.fixture(scope='module')
+def frame():
+    return next(data.iter_frames('pets09-s2l1', limit=1))
+
+
+@pytest.mark.parametrize('enc', ['bgr8', 'rgb8', 'mono8', 'bgra8', 'rgba8'])
+def test_image_round_trip(frame, enc):
+    if enc == 'mono8':
+        src, want = frame[:, :, :1], frame[:, :, :1]
+        arr = src
+    elif enc == 'rgb8':
+        arr, want = frame[:, :, ::-1], frame
+    elif enc in ('bgra8', 'rgba8'):
+        base = frame if enc == 'bgra8' else frame[:, :, ::-1]
+        arr = np.concatenate([base, np.full(frame.shape[:2] + (1,), 255, np.uint8)], 2)
+        want = frame
+    else:
+        arr, want = frame, frame
+    msg = conversions.array_to_image(arr, Header(frame_id='cam'), enc)
+    assert msg.header.frame_id == 'cam'
+    out = conversions.image_to_array(msg)
+    assert np.array_equal(out, want)
+
+
+def test_row_padding_is_removed(frame):
+    h, w = 10, 20
+    padded = np.zeros((h, w * 3 + 4), np.uint8)
+    padded[:, :w * 3] = frame[:h, :w].reshape(h, -1)
+    msg = Image(height=h, width=w, encoding='bgr8', step=w * 3 + 4)
+    msg.data = padded.tobytes()
+    assert np.array_equal(conversions.image_to_array(msg), frame[:h, :w])
+
+
+@pytest.mark.parametrize('kw, reason', [
+    (dict(encoding='yuv422'), 'bad_encoding'),
+    (dict(encoding='32FC1'), 'bad_encoding'),
+    (dict(height=0), 'empty_image'),
+    (dict(step=10), 'bad_step'),
+    (dict(data=b'\x00' * 47), 'truncated'),
+    (dict(width=100000), 'too_large'),
+])
+def test_bad_images_are_rejected_with_a_reason(kw, reason):
+    msg = Image(height=4, width=4, encoding='bgr8', step=12)
+    msg.data = b'\x00' * 48
+    for k, v in kw.items():
+        setattr(msg, k, v)
+    with pytest.raises(conversions.InputError) as e:
+        conversions.image_to_array(msg)
+    assert e.value.reason == reason and str(e.value)
+
+
+def test_block_batch_round_trip_through_serialization(frame):
+    from rclpy.serialization import deserialize_message, serialize_message
+    from fluxshard_msgs.msg import BlockBatch
+    pipe = EdgePipeline(EdgeConfig(codec='jpeg', block_size=16))
+    step = pipe.step(frame)
+    hdr = Header(frame_id='cam')
+    msg = conversions.update_to_msg(step.update, step.payload, hdr, 'e1', step.seq, 1,
+                                    step.codec, step.quality, step.dissimilarity, True,
+                                    step.digest)
+    back = deserialize_message(serialize_message(msg), BlockBatch)
+    upd = conversions.msg_to_update(back)
+    assert proxy.digest(proxy.apply(None, upd)) == bytes(back.state_digest) == step.digest
+    assert back.key and back.grid_rows * back.grid_cols == upd.grid.count
+
+
+def test_truncated_batch_payload_is_a_proxy_error(frame):
+    pipe = EdgePipeline(EdgeConfig(codec='raw'))
+    step = pipe.step(frame)
+    msg = conversions.update_to_msg(step.update, step.payload[:-7], Header(), 'e1', 1, 1,
+                                    step.codec, 0, step.dissimilarity, True, step.digest)
+    with pytest.raises(proxy.ProxyError, match='raw payload'):
+        conversions.msg_to_update(msg)
+
+
+def test_detections_to_msg_center_size():
+    det = Detections(np.array([[10, 20, 50, 100]], np.float32), np.array([0.9], np.float32),
+                     np.array([0]))
+    m = conversions.detections_to_msg(det, Header(frame_id='c'), 'e', 'server', 3)
+    assert (m.center_x[0], m.center_y[0], m.size_x[0], m.size_y[0]) == (30, 60, 40, 80)
+    assert list(m.class_ids) == ['0'] and abs(m.scores[0] - 0.9) < 1e-6
+    boxes, scores, cls = conversions.boxes_from_msg(m)
+    assert np.allclose(boxes, det.boxes)

@@ -1,0 +1,45 @@
+"""Edge pipeline: key batches, dissimilarity, threshold, resync requests, geometry changes."""
+
+import numpy as np
+
+from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipeline
+from fluxshard_kernels import data, proxy
+from fluxshard_kernels.blocks import BlockGrid
+
+
+def test_dissimilarity_is_block_mean_abs_diff_with_partial_blocks():
+    a = np.zeros((20, 20, 1), np.uint8)
+    b = a.copy()
+    b[16:, 16:] = 40  # the 4x4 partial corner block, fully changed
+    b[0, 0] = 160     # one pixel of a full 16x16 block
+    d = block_dissimilarity(a, b, BlockGrid(20, 20, 16))
+    assert d.shape == (4,)
+    assert np.isclose(d[0], 160 / 256) and d[1] == 0 and d[2] == 0 and np.isclose(d[3], 40)
+
+
+def test_first_frame_is_key_then_only_misses_are_sent():
+    frames = list(data.iter_frames('pets09-s2l1', limit=3))
+    pipe = EdgePipeline(EdgeConfig(tau=6.0, codec='png'))
+    s1 = pipe.step(frames[0])
+    assert s1.key and s1.seq == 1 and len(s1.update.block_indices) == s1.update.grid.count
+    assert np.array_equal(pipe.proxy, frames[0])
+    s2 = pipe.step(frames[1])
+    assert not s2.key and s2.seq == 2
+    n = len(s2.update.block_indices)
+    assert 0 < n < s2.update.grid.count / 2  # static camera: few misses
+    assert np.all(np.diff(s2.dissimilarity) <= 0)  # sorted by D, descending
+    assert np.all(s2.dissimilarity >= 6.0)
+
+
+def test_resync_and_geometry_change_force_key():
+    frames = list(data.iter_frames('pets09-s2l1', limit=2))
+    pipe = EdgePipeline(EdgeConfig(tau=4.0, codec='raw'))
+    pipe.step(frames[0])
+    assert pipe.request_resync('test', failed_seq=1)
+    s = pipe.step(frames[1])
+    assert s.key and s.key_reason == 'test'
+    assert not pipe.request_resync('old', failed_seq=1)  # a key after seq 1 already went out
+    small = np.ascontiguousarray(frames[1][:100, :130])
+    s = pipe.step(small)
+    assert s.key and 'size changed' in s.key_reason
+    assert proxy.digest(pipe.proxy) == s.digest

@@ -1,0 +1,76 @@
+"""Block grid geometry: a frame as a row-major grid of square blocks (paper section 4.1)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED_BLOCK_SIZES = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """A ``height`` x ``width`` frame cut into ``block_size`` blocks; border blocks may be partial.
+
+    Attributes:
+        height: frame height, pixels.
+        width: frame width, pixels.
+        block_size: block edge, pixels.
+    """
+
+    height: int
+    width: int
+    block_size: int
+
+    def __post_init__(self):
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f'frame size must be positive, got {self.height}x{self.width}')
+        if self.block_size <= 0:
+            raise ValueError(f'block_size must be positive, got {self.block_size}')
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.block_size)
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // self.block_size)
+
+    @property
+    def count(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def padded_shape(self) -> tuple:
+        """(height, width) rounded up to whole blocks."""
+        return self.rows * self.block_size, self.cols * self.block_size
+
+    def block_rc(self, indices) -> tuple:
+        """Row and column arrays of row-major block indices."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return idx // self.cols, idx % self.cols
+
+    def pad(self, image: np.ndarray) -> np.ndarray:
+        """Image padded to whole blocks by edge replication (a view when nothing to pad).
+
+        Args:
+            image: (H, W) or (H, W, C) array with H, W equal to the grid's frame size.
+        """
+        ph, pw = self.padded_shape
+        if image.shape[0] != self.height or image.shape[1] != self.width:
+            raise ValueError(f'image is {image.shape[0]}x{image.shape[1]}, '
+                             f'grid expects {self.height}x{self.width}')
+        if (ph, pw) == (self.height, self.width):
+            return image
+        pad = [(0, ph - self.height), (0, pw - self.width)] + [(0, 0)] * (image.ndim - 2)
+        return np.pad(image, pad, mode='edge')
+
+    def block_view(self, padded: np.ndarray) -> np.ndarray:
+        """(rows, bs, cols, bs, ...) view of a padded image (no copy)."""
+        bs = self.block_size
+        return padded.reshape((self.rows, bs, self.cols, bs) + padded.shape[2:])
+
+    def expand(self, per_block: np.ndarray) -> np.ndarray:
+        """Per-block values (count,) -> per-pixel map (height, width)."""
+        grid = np.asarray(per_block).reshape(self.rows, self.cols)
+        full = np.repeat(np.repeat(grid, self.block_size, axis=0), self.block_size, axis=1)
+        return full[:self.height, :self.width]

@@ -1,0 +1,1 @@
+"""YOLO11 pre/post-processing and inference backends."""

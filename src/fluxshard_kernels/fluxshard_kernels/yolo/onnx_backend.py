@@ -1,0 +1,51 @@
+"""Dense YOLO11 inference through onnxruntime (the reference backend; CPU or CUDA provider)."""
+
+import ast
+import os
+import time
+
+import numpy as np
+
+from fluxshard_kernels.yolo.processing import decode, Detections, letterbox
+
+TASKS = ('detect', 'segment', 'pose')
+
+
+class OnnxYolo:
+    """A YOLO11 ONNX model (detect / segment / pose) with letterbox and decoding.
+
+    Args:
+        path: .onnx file exported by Ultralytics (metadata gives task, names, input size).
+        conf, iou: detection thresholds.
+        threads: intra-op threads (0 = onnxruntime default).
+    """
+
+    def __init__(self, path: str, conf: float = 0.25, iou: float = 0.45, threads: int = 0):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f'model file not found: {path}')
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.task = meta.get('task', 'detect')
+        if self.task not in TASKS:
+            raise ValueError(f'{path}: unsupported task {self.task!r}')
+        self.names = {int(k): v for k, v in ast.literal_eval(meta.get('names', '{}')).items()}
+        self.imgsz = int(ast.literal_eval(meta.get('imgsz', '[640, 640]'))[0])
+        shape = self.session.get_inputs()[0].shape
+        self.dynamic = not all(isinstance(s, int) for s in shape[2:])
+        self.nkpt = int(ast.literal_eval(meta.get('kpt_shape', '[0, 3]'))[0])
+        self.conf, self.iou = conf, iou
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, image_bgr: np.ndarray) -> Detections:
+        """Detect on one BGR uint8 (H, W, 3) image; results in source pixels."""
+        x, lb = letterbox(image_bgr, self.imgsz, square=not self.dynamic)
+        t0 = time.perf_counter()
+        outs = self.session.run(None, {self.input_name: x})
+        self.last_inference_s = time.perf_counter() - t0
+        protos = outs[1][0] if self.task == 'segment' else None
+        return decode(outs[0][0], lb, len(self.names), self.conf, self.iou,
+                      nkpt=self.nkpt if self.task == 'pose' else 0, protos=protos)

@@ -1,0 +1,1 @@
+"""FluxShard server side: ROS-free logic modules plus the server node (``server_node``)."""

@@ -1,0 +1,215 @@
+"""``fluxshard_run``: start the FluxShard graph (server, N edges, N camera replays) as separate
+processes from the same config/*.yaml the launch files use, watch the result topics over DDS and
+print what happened, frame by frame, then a summary. For machines without ``launch_ros``
+(``ros2 launch fluxshard_bringup ...`` starts the same nodes on a robot)."""
+
+import argparse
+from collections import defaultdict
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ament_index_python.packages import get_package_share_directory
+from diagnostic_msgs.msg import DiagnosticArray
+from fluxshard_edge.common_node import LATCHED_QOS, RESULT_QOS
+from fluxshard_msgs.msg import DetectionArray, KeypointArray, LabelMap
+import rclpy
+from rclpy.node import Node
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(prog='fluxshard_run', description=__doc__)
+    p.add_argument('--source', default='davis-parkour',
+                   help='sequence name in the data folder, frame folder or video file')
+    p.add_argument('--count', type=int, default=30, help='frames per robot (0 = all)')
+    p.add_argument('--rate', type=float, default=5.0, help='camera rate, Hz')
+    p.add_argument('--robots', type=int, default=1, help='number of edges (robot1..robotN)')
+    p.add_argument('--task', default=None, choices=['detect', 'segment', 'pose'])
+    p.add_argument('--edge-param', action='append', default=[], metavar='NAME:=VALUE',
+                   help='override an edge parameter (repeatable)')
+    p.add_argument('--server-param', action='append', default=[], metavar='NAME:=VALUE',
+                   help='override a server parameter (repeatable)')
+    p.add_argument('--config-dir', default=None, help='folder with edge.yaml and server.yaml')
+    p.add_argument('--timeout', type=float, default=120.0, help='give up after this many s')
+    p.add_argument('--quiet', action='store_true', help='no per-frame lines')
+    p.add_argument('--json', default=None, help='write the summary as JSON here')
+    return p.parse_args(argv)
+
+
+class Monitor(Node):
+    """Collects results and diagnostics of the robots."""
+
+    def __init__(self, robots, task, quiet):
+        super().__init__('fluxshard_run_monitor')
+        self.results = defaultdict(list)
+        self.diag = {}
+        self.names = {}
+        self.quiet = quiet
+        typ, topic = (KeypointArray, 'keypoints') if task == 'pose' else (DetectionArray,
+                                                                           'detections')
+        for r in robots:
+            self.create_subscription(typ, f'/{r}/{topic}',
+                                     lambda m, r=r: self._on_result(r, m), RESULT_QOS)
+            self.create_subscription(LabelMap, f'/{r}/labels', self._on_labels, LATCHED_QOS)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag, 50)
+
+    def _on_labels(self, m):
+        self.names = dict(zip(m.class_ids, m.class_names))
+
+    def _on_diag(self, m):
+        for st in m.status:
+            self.diag[st.name] = {kv.key: kv.value for kv in st.values}
+
+    def _on_result(self, robot, m):
+        now = self.get_clock().now().nanoseconds
+        stamp = m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+        lat_ms = (now - stamp) / 1e6
+        self.results[robot].append({'frame_index': m.frame_index, 'stamp_ns': stamp,
+                                    'latency_ms': lat_ms, 'n': len(m.scores),
+                                    'computed_by': m.computed_by})
+        if not self.quiet:
+            cls = getattr(m, 'class_ids', ['0'] * len(m.scores))
+            top = ', '.join(f'{self.names.get(c, c)} {s:.2f}'
+                            for c, s in list(zip(cls, m.scores))[:4])
+            print(f'{robot} frame {m.frame_index:4d} stamp {stamp / 1e9:.3f} '
+                  f'{m.computed_by}: {len(m.scores)} objects [{top}] '
+                  f'latency {lat_ms:.0f} ms', flush=True)
+
+
+def _find_config(name, config_dir):
+    if config_dir:
+        return os.path.join(config_dir, name)
+    return os.path.join(get_package_share_directory('fluxshard_bringup'), 'config', name)
+
+
+def main(argv=None):
+    a = _args(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ)
+    env.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    os.environ.update({k: env[k] for k in ('FASTDDS_BUILTIN_TRANSPORTS',
+                                           'ROS_AUTOMATIC_DISCOVERY_RANGE')})
+    robots = [f'robot{i + 1}' for i in range(a.robots)]
+    py = sys.executable
+    srv_params = list(a.server_param)
+    if a.task:
+        srv_params.append(f'model.task:={a.task}')
+    procs = []
+
+    def spawn(module, ns, params_file, params, name):
+        cmd = [py, '-m', module, '--ros-args']
+        if ns:
+            cmd += ['-r', f'__ns:=/{ns}']
+        if params_file:
+            cmd += ['--params-file', params_file]
+        for p in params:
+            cmd += ['-p', p]
+        log = open(os.path.join(logdir, f'{name}.log'), 'w')
+        procs.append((name, subprocess.Popen(cmd, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT)))
+
+    logdir = os.environ.get('FLUXSHARD_LOG_DIR', os.path.join(os.getcwd(), 'log', 'run'))
+    os.makedirs(logdir, exist_ok=True)
+    rclpy.init()
+    mon = Monitor(robots, a.task or 'detect', a.quiet)
+    t_start = time.monotonic()
+    summary = {}
+    try:
+        spawn('fluxshard_server.server_node', '', _find_config('server.yaml', a.config_dir),
+              srv_params + ['edges:=[' + ','.join(f"'{r}'" for r in robots) + ']'], 'server')
+        for r in robots:
+            spawn('fluxshard_edge.edge_node', r, _find_config('edge.yaml', a.config_dir),
+                  a.edge_param, f'edge_{r}')
+        # wait until the server is up (its latched labels arrive) or it is model-less
+        deadline = time.monotonic() + 60
+        while not mon.names and time.monotonic() < deadline and all(
+                p.poll() is None for _, p in procs):
+            rclpy.spin_once(mon, timeout_sec=0.2)
+            if any(f'{x}=model.backend:=none' in x for x in srv_params):
+                break
+        for r in robots:
+            spawn('fluxshard_edge.image_publisher_node', r, None,
+                  [f'source:={a.source}', f'count:={a.count}', f'rate_hz:={a.rate}',
+                   'start_delay_s:=0.5', 'wait_for_subscribers:=1',
+                   f'frame_id:={r}_camera'], f'camera_{r}')
+        print(f'fluxshard_run: {len(robots)} robot(s), source {a.source}, '
+              f'{a.count or "all"} frames at {a.rate} Hz; logs in {logdir}', flush=True)
+        cams = [p for n, p in procs if n.startswith('camera_')]
+        t_end = time.monotonic() + a.timeout
+        idle_since = None
+        while time.monotonic() < t_end:
+            rclpy.spin_once(mon, timeout_sec=0.1)
+            dead = [n for n, p in procs if not n.startswith('camera_') and p.poll() is not None]
+            if dead:
+                print(f'fluxshard_run: process(es) exited early: {dead}', flush=True)
+                break
+            if all(p.poll() is not None for p in cams):
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 3.0:
+                    break
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:  # last diagnostics
+            rclpy.spin_once(mon, timeout_sec=0.1)
+        summary = _summary(mon, robots, a, time.monotonic() - t_start)
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for _, p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        mon.destroy_node()
+        rclpy.shutdown()
+    _print_summary(summary)
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump(summary, f, indent=2)
+    return 0 if summary and all(r['results'] > 0 for r in summary['robots'].values()) else 1
+
+
+def _summary(mon, robots, a, wall_s):
+    out = {'source': a.source, 'rate_hz': a.rate, 'wall_s': wall_s, 'robots': {}}
+    for r in robots:
+        res = mon.results[r]
+        edge = mon.diag.get(f'fluxshard/edge/{r}', {})
+        lat = sorted(x['latency_ms'] for x in res)
+        pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else (lambda q: None)
+        out['robots'][r] = {
+            'published': a.count, 'results': len(res),
+            'edge_frames_in': int(edge.get('frames_in', 0)),
+            'edge_dropped_superseded': int(edge.get('dropped_superseded', 0)),
+            'edge_rejected': sum(int(v) for k, v in edge.items() if k.startswith('rejected.')),
+            'batches_sent': int(edge.get('batches_sent', 0)),
+            'bytes_sent': int(edge.get('bytes_sent', 0)),
+            'latency_ms_p50': pct(0.5), 'latency_ms_p90': pct(0.9),
+            'stamps_unique': len({x['stamp_ns'] for x in res}) == len(res),
+        }
+    out['server'] = mon.diag.get('fluxshard/server', {})
+    return out
+
+
+def _print_summary(s):
+    if not s:
+        return
+    print('\nsummary')
+    print('| robot | frames in (edge) | results | dropped (latest wins) | rejected | '
+          'batches | MB sent | latency p50 / p90 ms |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r, v in s['robots'].items():
+        p50 = '-' if v['latency_ms_p50'] is None else f"{v['latency_ms_p50']:.0f}"
+        p90 = '-' if v['latency_ms_p90'] is None else f"{v['latency_ms_p90']:.0f}"
+        print(f"| {r} | {v['edge_frames_in']} | {v['results']} | "
+              f"{v['edge_dropped_superseded']} | {v['edge_rejected']} | {v['batches_sent']} | "
+              f"{v['bytes_sent'] / 1e6:.2f} | {p50} / {p90} |")
+    srv = s.get('server', {})
+    if srv:
+        print('server: ' + ', '.join(f'{k}={v}' for k, v in sorted(srv.items())))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

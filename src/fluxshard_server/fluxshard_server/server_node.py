@@ -1,0 +1,237 @@
+"""FluxShard server node: BlockBatch in, proxy edge state, results out (glue only)."""
+
+from collections import Counter
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from fluxshard_edge import conversions
+from fluxshard_edge.common_node import declare, LATCHED_QOS, LINK_QOS, ReasonLog, RESULT_QOS
+from fluxshard_kernels import proxy
+from fluxshard_msgs.msg import BlockBatch, DetectionArray, KeypointArray, LabelMap, ProxyDelta
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from fluxshard_server.inference import load_backend
+from fluxshard_server.session import EdgeSession
+
+try:  # a ROS 2 robot with vision_msgs: publish the standard type too
+    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+except ImportError:  # pragma: no cover - depends on the install
+    Detection2DArray = None
+
+
+class _Edge:
+    """ROS handles and state of one served edge."""
+
+    def __init__(self, node: 'ServerNode', ns: str):
+        self.ns = ns
+        prefix = (ns.strip('/') + '/') if ns.strip('/') else ''
+        self.session = EdgeSession(ns.strip('/') or 'edge0')
+        self.group = MutuallyExclusiveCallbackGroup()
+        self.feedback = node.create_publisher(ProxyDelta, prefix + 'proxy_feedback', LINK_QOS)
+        self.detections = node.create_publisher(DetectionArray, prefix + 'detections',
+                                                RESULT_QOS)
+        self.keypoints = node.create_publisher(KeypointArray, prefix + 'keypoints', RESULT_QOS)
+        self.masks = node.create_publisher(Image, prefix + 'masks', RESULT_QOS)
+        self.labels = node.create_publisher(LabelMap, prefix + 'labels', LATCHED_QOS)
+        self.proxy_image = (node.create_publisher(Image, prefix + 'proxy_image', RESULT_QOS)
+                            if node.publish_proxy_image else None)
+        self.vision = (node.create_publisher(Detection2DArray, prefix + 'detections_vision',
+                                             RESULT_QOS) if Detection2DArray else None)
+        node.create_subscription(BlockBatch, prefix + 'block_batch',
+                                 lambda m: node.on_batch(self, m), LINK_QOS,
+                                 callback_group=self.group)
+        node.create_subscription(ProxyDelta, prefix + 'proxy_delta',
+                                 lambda m: node.on_delta(self, m), LINK_QOS,
+                                 callback_group=self.group)
+        self.topic = node.resolve_topic_name(prefix + 'block_batch')
+
+
+class ServerNode(Node):
+    """Serves the edges listed in ``edges`` (namespaces) from one process."""
+
+    def __init__(self, **kwargs):
+        super().__init__('fluxshard_server', **kwargs)
+        edges = declare(self, 'edges', [''],
+                        'Namespaces of the served edges (topics <ns>/block_batch, ...); '
+                        "'' = this node's namespace", read_only=True)
+        if not edges:
+            edges = ['']
+        self.task = declare(self, 'model.task', 'detect', 'Vision task',
+                            choices=['detect', 'segment', 'pose'], read_only=True)
+        backend = declare(self, 'model.backend', 'onnxruntime', 'Inference backend',
+                          choices=['onnxruntime', 'none'], read_only=True)
+        path = declare(self, 'model.path', '',
+                       'Model file ("" = YOLO11n for the task from the data folder)',
+                       read_only=True)
+        conf = declare(self, 'model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0)
+        iou = declare(self, 'model.iou', 0.45, 'NMS IoU threshold', lo=0.0, hi=1.0)
+        threads = declare(self, 'model.threads', 0, 'CPU threads for inference (0 = auto)',
+                          lo=0, hi=256, read_only=True)
+        self.publish_proxy_image = declare(self, 'publish_proxy_image', False,
+                                           'Publish each edge proxy image on <ns>/proxy_image')
+        self.model = load_backend(backend, self.task, path, conf, iou, threads)
+        self.counters = Counter()
+        self.rejects = Counter()
+        self.errors = ReasonLog(self.get_logger())
+        self._cv = threading.Condition()
+        self._pending = {}
+        self.edges = [_Edge(self, ns) for ns in edges]
+        if self.model is not None:
+            for e in self.edges:
+                e.labels.publish(conversions.label_map_msg(self.model.names, LabelMap().header))
+        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name='server-infer', daemon=True)
+        self._worker.start()
+        self.get_logger().info(f'serving {[e.topic for e in self.edges]} with '
+                               f'{backend} {self.task}')
+
+    # -- per message (ordered per edge by its callback group) ---------------------------------
+    def on_batch(self, edge: _Edge, msg: BlockBatch):
+        self.counters['batches_in'] += 1
+        try:
+            upd = conversions.msg_to_update(msg)
+        except proxy.ProxyError as e:
+            self._reject(edge, 'bad_batch', f'seq {msg.seq}: {e}', msg.seq)
+            return
+        except Exception as e:  # noqa: B902 - malformed input must not escape the callback
+            self._reject(edge, 'bad_batch', f'seq {msg.seq}: {type(e).__name__}: {e}', msg.seq)
+            return
+        out = edge.session.offer(int(msg.seq), upd, bytes(msg.state_digest))
+        if out.counter:
+            self._reject(edge, out.counter, out.reason, msg.seq, resync=out.resync)
+        if not out.applied or out.resync:
+            return
+        ack = ProxyDelta(header=msg.header, edge_id=edge.session.edge_id,
+                         kind=ProxyDelta.KIND_ACK, seq=msg.seq)
+        ack.state_digest = conversions._seq('B', bytearray(edge.session.digest))
+        edge.feedback.publish(ack)
+        if edge.proxy_image is not None:
+            edge.proxy_image.publish(conversions.array_to_image(edge.session.state, msg.header))
+        if msg.sparse_inference_requested:
+            job = (msg.header, int(msg.frame_index), edge.session.state)
+            with self._cv:
+                if edge in self._pending:
+                    self.counters['dropped_superseded'] += 1
+                self._pending[edge] = job
+                self._cv.notify()
+
+    def on_delta(self, edge: _Edge, msg: ProxyDelta):
+        if msg.kind == ProxyDelta.KIND_RESET:
+            edge.session.synced = False
+            self.get_logger().info(f'{edge.session.edge_id}: reset ({msg.reason})')
+
+    def _reject(self, edge: _Edge, counter: str, reason: str, seq: int, resync: bool = True):
+        self.rejects[counter] += 1
+        self.errors.error(counter, f'{edge.session.edge_id}: {reason}')
+        if resync:
+            req = ProxyDelta(edge_id=edge.session.edge_id, kind=ProxyDelta.KIND_RESYNC_REQUEST,
+                             seq=int(seq), reason=reason[:200])
+            req.header.stamp = self.get_clock().now().to_msg()
+            edge.feedback.publish(req)
+
+    # -- inference worker: one thread owns the model (GPU state stays on it) ----------------
+    def _run(self):
+        while not self._stop.is_set():
+            with self._cv:
+                if not self._pending:
+                    self._cv.wait(0.2)
+                if not self._pending:
+                    continue
+                edge = next(iter(self._pending))
+                header, frame_index, image = self._pending.pop(edge)
+            try:
+                self._infer(edge, header, frame_index, image)
+            except Exception as e:  # noqa: B902 - keep serving other edges
+                self.rejects['inference_error'] += 1
+                self.get_logger().error(f'inference failed: {type(e).__name__}: {e}')
+
+    def _infer(self, edge: _Edge, header, frame_index: int, image):
+        eid = edge.session.edge_id
+        t0 = time.perf_counter()
+        if self.model is None:
+            from fluxshard_kernels.yolo.processing import Detections
+            det = Detections()
+        else:
+            det = self.model(image if image.shape[2] == 3 else image.repeat(3, axis=2))
+        if self.task == 'pose':
+            edge.keypoints.publish(conversions.keypoints_to_msg(det, header, eid, 'server',
+                                                                frame_index))
+        else:
+            seg = self.task == 'segment'
+            edge.detections.publish(conversions.detections_to_msg(det, header, eid, 'server',
+                                                                  frame_index, seg))
+            if seg:
+                from fluxshard_kernels.yolo.processing import label_image
+                lab = label_image(det.masks, det.scores, image.shape[:2])
+                edge.masks.publish(conversions.array_to_image(lab, header))
+            if edge.vision is not None:
+                edge.vision.publish(_to_vision(det, header))
+        self.counters['results_published'] += 1
+        self.counters['infer_ms_total'] += int((time.perf_counter() - t0) * 1000)
+
+    def _publish_diagnostics(self):
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        for e in self.edges:
+            st = DiagnosticStatus(name=f'fluxshard/server/{e.session.edge_id}',
+                                  hardware_id=e.session.edge_id)
+            st.level = DiagnosticStatus.OK if e.session.synced else DiagnosticStatus.WARN
+            st.message = 'in sync' if e.session.synced else 'waiting for key batch'
+            st.values = [KeyValue(key='last_seq', value=str(e.session.last_seq)),
+                         KeyValue(key='applied', value=str(e.session.applied))]
+            arr.status.append(st)
+        tot = DiagnosticStatus(name='fluxshard/server', hardware_id='server')
+        vals = dict(self.counters)
+        vals.update({f'rejected.{k}': v for k, v in self.rejects.items()})
+        tot.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(vals.items())]
+        arr.status.append(tot)
+        self.diag_pub.publish(arr)
+
+    def destroy_node(self):
+        self._stop.set()
+        self._worker.join(timeout=2.0)
+        return super().destroy_node()
+
+
+def _to_vision(det, header):
+    out = Detection2DArray()
+    out.header = header
+    for b, s, c in zip(det.boxes, det.scores, det.class_ids):
+        d = Detection2D()
+        d.header = header
+        d.bbox.center.position.x = float((b[0] + b[2]) / 2)
+        d.bbox.center.position.y = float((b[1] + b[3]) / 2)
+        d.bbox.size_x, d.bbox.size_y = float(b[2] - b[0]), float(b[3] - b[1])
+        h = ObjectHypothesisWithPose()
+        h.hypothesis.class_id, h.hypothesis.score = str(int(c)), float(s)
+        d.results.append(h)
+        out.detections.append(d)
+    return out
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ServerNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == '__main__':
+    main()
