@@ -1,4 +1,4 @@
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 package_name = 'fluxshard_kernels'
 
@@ -11,7 +11,10 @@ setup(
         ('share/' + package_name, ['package.xml']),
     ],
     install_requires=['setuptools', 'numpy'],
-    zip_safe=True,
+    # C block-matching kernel, loaded through ctypes (fluxshard_kernels.motion)
+    ext_modules=[Extension('fluxshard_kernels._motion', ['fluxshard_kernels/csrc/motion.c'],
+                           extra_compile_args=['-O3', '-fno-strict-aliasing'])],
+    zip_safe=False,
     maintainer='FluxShard developers',
     maintainer_email='dev@fluxshard.org',
     description='FluxShard motion-aware cache engine (no ROS imports).',

@@ -1,0 +1,213 @@
+"""Block motion estimation (paper section 4.1): hierarchical block matching, searched around
+predicted MVs, giving per block an integer MV, its dissimilarity D and hit/miss against tau.
+
+Coarse pass on a downsampled pyramid level (1/4 for blocks >= 16, 1/2 for 8), predictors: zero,
+the previous field, far probes up to +-32 px, and the already-searched left/top/top-right
+neighbours; a small-diamond walk and an 8-neighbour check. Fine pass at full resolution from the
+upsampled coarse MV and the previous field. The kernel is C (``csrc/motion.c``, via ctypes);
+``_search_reference`` is the same algorithm in Python, for tests and as a fallback.
+"""
+
+from dataclasses import dataclass
+import ctypes
+import importlib.util
+from typing import Optional
+import warnings
+
+import cv2
+import numpy as np
+
+from fluxshard_kernels.blocks import BlockGrid
+
+#: Far probes of the coarse pass, in coarse pixels (x4 or x2 at full resolution).
+_FAR = np.array([(4, 0), (-4, 0), (0, 4), (0, -4), (4, 4), (-4, 4), (4, -4), (-4, -4),
+                 (8, 0), (-8, 0), (0, 8), (0, -8)], np.int32)
+_DIAMOND_ITERS = 16
+
+
+@dataclass
+class MotionField:
+    """Per-block motion of a frame against a reference.
+
+    Attributes:
+        grid: the block grid.
+        mv: (rows, cols, 2) int32 (dx, dy), source = destination + mv, pixels.
+        dissimilarity: (rows, cols) float32 D, mean absolute luma difference (0-255).
+    """
+
+    grid: BlockGrid
+    mv: np.ndarray
+    dissimilarity: np.ndarray
+
+    def hits(self, tau: float) -> np.ndarray:
+        """(rows, cols) bool: D < tau (reusable blocks)."""
+        return self.dissimilarity < tau
+
+    def misses(self, tau: float) -> np.ndarray:
+        """Row-major indices of blocks with D >= tau, most dissimilar first."""
+        d = self.dissimilarity.reshape(-1)
+        idx = np.flatnonzero(d >= tau)
+        return idx[np.argsort(-d[idx], kind='stable')]
+
+    @property
+    def mv_x(self) -> np.ndarray:
+        return self.mv[..., 0].reshape(-1)
+
+    @property
+    def mv_y(self) -> np.ndarray:
+        return self.mv[..., 1].reshape(-1)
+
+
+_LIB = []
+
+
+def _lib():
+    """The compiled kernel (ctypes), or None when it was not built."""
+    if not _LIB:
+        lib = None
+        spec = importlib.util.find_spec('fluxshard_kernels._motion')
+        if spec is not None and spec.origin:
+            lib = ctypes.CDLL(spec.origin)
+            f = lib.fs_block_search
+            u8p = np.ctypeslib.ndpointer(np.uint8, flags='C')
+            i32p = np.ctypeslib.ndpointer(np.int32, flags='C')
+            f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          i32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, i32p,
+                          np.ctypeslib.ndpointer(np.uint32, flags='C')]
+            f.restype = None
+            del u8p
+        else:
+            warnings.warn('fluxshard_kernels._motion is not built; block matching runs the '
+                          'slow Python reference (rebuild with colcon to get the C kernel)')
+        _LIB.append(lib)
+    return _LIB[0]
+
+
+def _search(cur, ref_pad, pad, bsz, rows, cols, preds, limit, use_c=True):
+    """One search pass; returns (mv (rows*cols, 2) int32, sad (rows*cols,) uint32)."""
+    h, w = cur.shape
+    preds = np.ascontiguousarray(preds, dtype=np.int32)
+    npred = preds.shape[1]
+    lib = _lib() if use_c else None
+    if lib is None:
+        return _search_reference(cur, ref_pad, pad, bsz, rows, cols, preds, limit)
+    mv = np.zeros((rows * cols, 2), np.int32)
+    sad = np.zeros(rows * cols, np.uint32)
+    cur = np.ascontiguousarray(cur)
+    origin = ref_pad.ctypes.data + pad * ref_pad.strides[0] + pad
+    lib.fs_block_search(cur.ctypes.data, cur.strides[0], origin, ref_pad.strides[0], h, w, bsz,
+                        rows, cols, preds.reshape(-1), npred, limit, _DIAMOND_ITERS, mv, sad)
+    return mv, sad
+
+
+def _search_reference(cur, ref_pad, pad, bsz, rows, cols, preds, limit):
+    """Python twin of ``fs_block_search`` (same candidate order and tie-breaking)."""
+    h, w = cur.shape
+    mv = np.zeros((rows * cols, 2), np.int32)
+    sad = np.zeros(rows * cols, np.uint32)
+    cur16 = cur.astype(np.int32)
+    ref16 = ref_pad.astype(np.int32)
+    dia = [(0, -1), (-1, 0), (1, 0), (0, 1)]
+    sq = [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)]
+    for r in range(rows):
+        for q in range(cols):
+            b = r * cols + q
+            y0, x0 = r * bsz, q * bsz
+            bh, bw = min(bsz, h - y0), min(bsz, w - x0)
+            blk = cur16[y0:y0 + bh, x0:x0 + bw]
+            state = {'bx': 0, 'by': 0, 'best': None}
+
+            def tryc(dx, dy):
+                dx, dy = int(dx), int(dy)
+                if abs(dx) > limit or abs(dy) > limit:
+                    return
+                if state['best'] is not None and (dx, dy) == (state['bx'], state['by']):
+                    return
+                ys, xs = pad + y0 + dy, pad + x0 + dx
+                s = int(np.abs(blk - ref16[ys:ys + bh, xs:xs + bw]).sum())
+                if state['best'] is None or s < state['best']:
+                    state.update(bx=dx, by=dy, best=s)
+            tryc(0, 0)
+            for k in range(preds.shape[1]):
+                tryc(*preds[b, k])
+            if q > 0:
+                tryc(*mv[b - 1])
+            if r > 0:
+                tryc(*mv[b - cols])
+                if q + 1 < cols:
+                    tryc(*mv[b - cols + 1])
+            for _ in range(_DIAMOND_ITERS):
+                cx, cy = state['bx'], state['by']
+                for ox, oy in dia:
+                    tryc(cx + ox, cy + oy)
+                if (state['bx'], state['by']) == (cx, cy):
+                    break
+            cx, cy = state['bx'], state['by']
+            for ox, oy in sq:
+                tryc(cx + ox, cy + oy)
+            mv[b] = (state['bx'], state['by'])
+            sad[b] = state['best']
+    return mv, sad
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) BGR or (H, W[, 1]) -> (H, W) uint8 luma."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(image.reshape(image.shape[0], image.shape[1]))
+
+
+def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
+                    prev_mv: Optional[np.ndarray] = None, limit: int = 64,
+                    use_c: bool = True) -> MotionField:
+    """Block MVs of ``cur`` against ``ref`` (both (H, W) uint8 luma or BGR).
+
+    Args:
+        cur, ref: frames of equal size.
+        block_size: 8, 16 or 32.
+        prev_mv: (rows, cols, 2) previous field used as predictor, or None.
+        limit: largest |dx|, |dy| searched, pixels.
+        use_c: use the C kernel when built (False forces the Python reference).
+
+    Returns:
+        MotionField with D computed at full resolution.
+    """
+    cur, ref = to_gray(cur), to_gray(ref)
+    if cur.shape != ref.shape:
+        raise ValueError(f'frame {cur.shape} and reference {ref.shape} differ in size')
+    if block_size not in (8, 16, 32):
+        raise ValueError(f'block_size must be 8, 16 or 32, got {block_size}')
+    h, w = cur.shape
+    grid = BlockGrid(h, w, block_size)
+    rows, cols = grid.rows, grid.cols
+    if prev_mv is not None and prev_mv.shape != (rows, cols, 2):
+        prev_mv = None  # geometry changed: no temporal prediction
+    f = 4 if block_size >= 16 else 2
+    bc = block_size // f
+    ch, cw = -(-h // f), -(-w // f)
+    cur_c = cv2.resize(cur, (cw, ch), interpolation=cv2.INTER_AREA)
+    ref_c = cv2.resize(ref, (cw, ch), interpolation=cv2.INTER_AREA)
+    lim_c = limit // f
+    pad_c = lim_c + bc + 2
+    ref_c_pad = cv2.copyMakeBorder(ref_c, pad_c, pad_c, pad_c, pad_c, cv2.BORDER_REPLICATE)
+    n = rows * cols
+    far = np.broadcast_to(_FAR, (n,) + _FAR.shape)
+    if prev_mv is not None:
+        pc = np.rint(prev_mv.reshape(n, 1, 2) / f).astype(np.int32)
+        preds_c = np.concatenate([pc, far], 1)
+    else:
+        preds_c = far
+    mv_c, _ = _search(cur_c, ref_c_pad, pad_c, bc, rows, cols, preds_c, lim_c, use_c)
+    pad = limit + block_size + 2
+    ref_pad = cv2.copyMakeBorder(ref, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    preds = [mv_c.reshape(n, 1, 2) * f]
+    if prev_mv is not None:
+        preds.append(prev_mv.reshape(n, 1, 2).astype(np.int32))
+    mv, sad = _search(cur, ref_pad, pad, block_size, rows, cols, np.concatenate(preds, 1),
+                      limit, use_c)
+    ones = np.zeros(grid.padded_shape, np.float32)
+    ones[:h, :w] = 1
+    area = grid.block_view(ones).sum(axis=(1, 3)).reshape(-1)
+    return MotionField(grid, mv.reshape(rows, cols, 2), (sad / area).astype(
+        np.float32).reshape(rows, cols))
