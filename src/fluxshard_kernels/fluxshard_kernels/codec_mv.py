@@ -1,0 +1,136 @@
+"""H.264 motion vectors -> block MV fields (paper section 2.5): a compressed camera stream needs
+no block matching. Decoding with PyAV and ``flags2=+export_mvs`` (facts in
+shared/data/MANIFEST.md); intra-coded areas have no vector and become misses."""
+
+from typing import Iterable, Iterator, Optional, Tuple
+
+import numpy as np
+
+from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.motion import MotionField, to_gray
+
+_CELL = 4  # H.264 partitions are multiples of 4x4
+#: Fraction of a block that must be covered by inter vectors for it to count as predicted.
+MIN_COVERAGE = 0.5
+
+
+def rasterize(mvs: np.ndarray, grid: BlockGrid) -> Tuple[np.ndarray, np.ndarray]:
+    """Codec vectors -> per-block mean MV and inter coverage.
+
+    Args:
+        mvs: PyAV ``MOTION_VECTORS`` structured array (fields w, h, dst_x, dst_y, motion_x,
+            motion_y, motion_scale, source); dst is the partition centre, src = dst + motion.
+        grid: block grid; block_size must be a multiple of 4.
+
+    Returns:
+        (mv (rows, cols, 2) int32 rounded mean (dx, dy), coverage (rows, cols) float32 in [0, 1]).
+    """
+    bs = grid.block_size
+    if bs % _CELL:
+        raise ValueError('block size must be a multiple of 4 for codec MVs')
+    ch, cw = -(-grid.height // _CELL), -(-grid.width // _CELL)
+    cells = ch * cw
+    sx = np.zeros(cells, np.float64)
+    sy = np.zeros(cells, np.float64)
+    cnt = np.zeros(cells, np.float64)
+    if mvs is not None and len(mvs):
+        m = mvs[mvs['source'] < 0] if 'source' in mvs.dtype.names else mvs
+        w = m['w'].astype(np.int64) // _CELL
+        h = m['h'].astype(np.int64) // _CELL
+        x0 = (m['dst_x'].astype(np.int64) - m['w'].astype(np.int64) // 2) // _CELL
+        y0 = (m['dst_y'].astype(np.int64) - m['h'].astype(np.int64) // 2) // _CELL
+        scale = np.maximum(m['motion_scale'].astype(np.float64), 1)
+        dx = m['motion_x'] / scale
+        dy = m['motion_y'] / scale
+        n = w * h
+        rep = np.repeat(np.arange(len(m)), n)
+        k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        cx = x0[rep] + k % w[rep]
+        cy = y0[rep] + k // w[rep]
+        ok = (cx >= 0) & (cx < cw) & (cy >= 0) & (cy < ch)
+        idx = cy[ok] * cw + cx[ok]
+        np.add.at(sx, idx, dx[rep][ok])
+        np.add.at(sy, idx, dy[rep][ok])
+        np.add.at(cnt, idx, 1.0)
+    f = bs // _CELL
+    rows, cols = grid.rows, grid.cols
+
+    def per_block(a):
+        pad = np.zeros((rows * f, cols * f))
+        pad[:ch, :cw] = a.reshape(ch, cw)
+        return pad.reshape(rows, f, cols, f).sum(axis=(1, 3))
+    bx, by, bc = per_block(sx), per_block(sy), per_block(np.minimum(cnt, 1))
+    area = per_block(np.ones(cells))
+    den = np.maximum(per_block(cnt), 1e-9)
+    mv = np.stack([np.rint(bx / den), np.rint(by / den)], -1).astype(np.int32)
+    return mv, (bc / area).astype(np.float32)
+
+
+def field_from_codec(mvs: np.ndarray, cur: np.ndarray, ref: np.ndarray,
+                     block_size: int = 16) -> MotionField:
+    """MotionField from codec vectors, with D measured on the frames; blocks covered less than
+    MIN_COVERAGE by inter vectors (intra) get D = 255, i.e. always a miss."""
+    from fluxshard_kernels.proxy import warp_image_int
+    g, r = to_gray(cur), to_gray(ref)
+    grid = BlockGrid(g.shape[0], g.shape[1], block_size)
+    mv, cov = rasterize(mvs, grid)
+    warped = warp_image_int(r, grid, mv[..., 0].reshape(-1), mv[..., 1].reshape(-1))
+    diff = np.abs(warped.astype(np.int16) - g.astype(np.int16)).astype(np.float32)
+    pad = np.zeros(grid.padded_shape, np.float32)
+    pad[:grid.height, :grid.width] = diff
+    ones = np.zeros(grid.padded_shape, np.float32)
+    ones[:grid.height, :grid.width] = 1
+    d = grid.block_view(pad).sum(axis=(1, 3)) / grid.block_view(ones).sum(axis=(1, 3))
+    d = np.where(cov < MIN_COVERAGE, 255.0, d).astype(np.float32)
+    return MotionField(grid, mv, d)
+
+
+def encode_h264(frames: Iterable[np.ndarray], path, fps: int = 30, crf: int = 23) -> int:
+    """Encode BGR frames for causal MV use (x264 ref=1, no B-frames, no scene cuts).
+
+    Returns:
+        The number of frames written.
+    """
+    import av
+    out = av.open(str(path), 'w')
+    stream = None
+    n = 0
+    for f in frames:
+        if stream is None:
+            stream = out.add_stream('libx264', rate=fps)
+            stream.width, stream.height = f.shape[1] // 2 * 2, f.shape[0] // 2 * 2
+            stream.pix_fmt = 'yuv420p'
+            stream.options = {'x264-params': 'ref=1:bframes=0:scenecut=0:keyint=100000',
+                              'preset': 'veryfast', 'crf': str(crf)}
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(
+            f[:stream.height, :stream.width]), format='bgr24')
+        for p in stream.encode(vf):
+            out.mux(p)
+        n += 1
+    if stream is not None:
+        for p in stream.encode():
+            out.mux(p)
+    out.close()
+    return n
+
+
+def decode_with_motion(path, block_size: int = 16,
+                       limit: Optional[int] = None) -> Iterator[Tuple[np.ndarray,
+                                                                      Optional[MotionField]]]:
+    """Decode a video, yielding (BGR frame, MotionField against the previous decoded frame, or
+    None for frames without vectors such as I-frames)."""
+    import av
+    with av.open(str(path)) as inp:
+        st = inp.streams.video[0]
+        st.codec_context.options = {'flags2': '+export_mvs'}
+        prev = None
+        for i, fr in enumerate(inp.decode(st)):
+            if limit is not None and i >= limit:
+                break
+            img = fr.to_ndarray(format='bgr24')
+            sd = fr.side_data.get('MOTION_VECTORS')
+            field = None
+            if sd is not None and prev is not None:
+                field = field_from_codec(sd.to_ndarray(), img, prev, block_size)
+            yield img, field
+            prev = img
