@@ -1,0 +1,259 @@
+"""Sparse block execution of CNN layers (paper section 4.3): gather the active blocks with their
+halos, run the layer, scatter the results into the cached output.
+
+Feature maps live in :class:`FMap` storage: the valid (h, w) region padded up to whole blocks
+and surrounded by a zero margin, so a block's input window (block + halo) is a strided view
+of the storage, and dense zero-padding is reproduced exactly. All layers of a network share one
+image-block grid (rows x cols); at stride s a block is ``block / s`` feature pixels, so stride-2
+layers map block (r, c) to block (r, c) and active masks need only dilation by the halo.
+
+Two layouts for the gathered blocks:
+  * ``batch``: blocks stacked along the batch dimension, one conv call, no padding.
+  * ``hw``: horizontally adjacent active blocks merged into runs (halos shared), runs tiled
+    along height and width into one canvas, one conv call.
+
+Written with torch ops only, so the same code runs on CPU and CUDA.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MARGIN = 2  # largest halo of a YOLO11 layer at stride 1 (5x5 max-pool)
+LAYOUTS = ('batch', 'hw')
+
+
+@dataclass
+class FMap:
+    """A feature map in block storage.
+
+    Attributes:
+        t: (1, C, rows * b + 2 * MARGIN, cols * b + 2 * MARGIN) storage; zero outside the
+            valid region.
+        b: block edge in feature pixels at this layer.
+        rows, cols: block grid (shared by all layers).
+        h, w: valid size in feature pixels.
+    """
+
+    t: torch.Tensor
+    b: int
+    rows: int
+    cols: int
+    h: int
+    w: int
+
+    @staticmethod
+    def empty(c: int, b: int, rows: int, cols: int, h: int, w: int, like: torch.Tensor):
+        t = torch.zeros((1, c, rows * b + 2 * MARGIN, cols * b + 2 * MARGIN),
+                        dtype=like.dtype, device=like.device)
+        return FMap(t, b, rows, cols, h, w)
+
+    @staticmethod
+    def from_dense(x: torch.Tensor, b: int, rows: int, cols: int):
+        """Wrap a dense (1, C, h, w) tensor (copied into block storage)."""
+        m = FMap.empty(x.shape[1], b, rows, cols, x.shape[2], x.shape[3], x)
+        if x.shape[2] > rows * b or x.shape[3] > cols * b:
+            raise ValueError(f'{tuple(x.shape)} does not fit a {rows}x{cols} grid of {b}px')
+        m.valid.copy_(x)
+        return m
+
+    @property
+    def channels(self) -> int:
+        return self.t.shape[1]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """(1, C, h, w) view of the valid region."""
+        return self.t[:, :, MARGIN:MARGIN + self.h, MARGIN:MARGIN + self.w]
+
+    @property
+    def interior(self) -> torch.Tensor:
+        """(1, C, rows * b, cols * b) view of the block-padded region."""
+        return self.t[:, :, MARGIN:MARGIN + self.rows * self.b,
+                      MARGIN:MARGIN + self.cols * self.b]
+
+    def block_view(self) -> torch.Tensor:
+        """(C, rows, b, cols, b) view of the interior."""
+        return self.interior[0].view(self.channels, self.rows, self.b, self.cols, self.b)
+
+    def blocks_first(self) -> torch.Tensor:
+        """(rows, cols, C, b, b) view of the interior (for batch gathers/scatters)."""
+        return self.block_view().permute(1, 3, 0, 2, 4)
+
+    def clear_padding(self):
+        """Zero the block padding beyond the valid region (keeps dense zero-padding exact)."""
+        e = self.rows * self.b
+        if self.h < e:
+            self.t[:, :, MARGIN + self.h:MARGIN + e, :] = 0
+        e = self.cols * self.b
+        if self.w < e:
+            self.t[:, :, :, MARGIN + self.w:MARGIN + e] = 0
+
+
+def dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """(rows, cols) bool block mask grown by ``r`` blocks in each direction."""
+    if r <= 0 or not mask.any():
+        return mask
+    m = mask[None, None].float()
+    return F.max_pool2d(m, 2 * r + 1, 1, r)[0, 0] > 0
+
+
+def halo_blocks(kernel: int, padding: int, b_in: int) -> int:
+    """Blocks an input change spreads to through a layer (dilation of the active mask)."""
+    halo = max(padding, kernel - 1 - padding)
+    return -(-halo // b_in) if halo else 0
+
+
+def _windows(src: FMap, kernel: int, stride: int, padding: int, b_out: int):
+    """(C, R, Q, P, P) strided view of every block's input window, and P."""
+    p_len = (b_out - 1) * stride + kernel
+    off = MARGIN - padding
+    if off < 0 or p_len - src.b - padding > MARGIN:
+        raise ValueError(f'kernel {kernel} / padding {padding} exceed the storage margin')
+    v = src.t[0, :, off:, off:]
+    return v.unfold(1, p_len, src.b).unfold(2, p_len, src.b), p_len
+
+
+def _runs(mask_np: np.ndarray):
+    """Horizontal runs of active blocks: list of (row, c0, c1)."""
+    runs = []
+    for r in np.flatnonzero(mask_np.any(1)):
+        row = np.concatenate([[0], mask_np[r].astype(np.int8), [0]])
+        d = np.diff(row)
+        for c0, c1 in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
+            runs.append((int(r), int(c0), int(c1)))
+    return runs
+
+
+def _apply_op(x: torch.Tensor, op: dict) -> torch.Tensor:
+    """Run one windowed op with padding 0 on gathered input ``x`` (N, C, P, P...)."""
+    kind = op['kind']
+    if kind == 'conv':
+        y = F.conv2d(x, op['weight'], op.get('bias'), stride=op['stride'],
+                     groups=op.get('groups', 1))
+        if op.get('act') == 'silu':
+            y = F.silu(y)
+        return y
+    if kind == 'maxpool':
+        return F.max_pool2d(x, op['kernel'], op['stride'])
+    raise ValueError(f'unknown op {kind!r}')
+
+
+def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
+                    layout: str = 'batch') -> FMap:
+    """Recompute the ``mask`` blocks of ``dst`` = op(src) in place.
+
+    Args:
+        src: input map; dst: output map (cache) with ``dst.b * stride == src.b``.
+        mask: (rows, cols) bool blocks of dst to recompute.
+        op: {'kind': 'conv', 'weight', 'bias', 'stride', 'padding', 'act': 'silu'|None,
+             'groups'} or {'kind': 'maxpool', 'kernel', 'stride', 'padding'}.
+        layout: 'batch' or 'hw'.
+
+    Returns:
+        dst.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+    k = op['weight'].shape[-1] if op['kind'] == 'conv' else op['kernel']
+    s, pad = op['stride'], op['padding']
+    if dst.b * s != src.b:
+        raise ValueError(f'block {src.b}px at the input cannot give {dst.b}px at stride {s}')
+    if not mask.any():
+        return dst
+    pool = op['kind'] == 'maxpool'
+    if pool:
+        # max-pool pads with -inf: mark everything outside the valid input as -inf
+        src = _neg_inf_outside(src)
+    win, p_len = _windows(src, k, s, pad, dst.b)
+    if layout == 'batch':
+        r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+        x = win.permute(1, 2, 0, 3, 4)[r_idx, c_idx]  # (N, C, P, P), one gather copy
+        y = _apply_op(x, op)
+        dst.blocks_first()[r_idx, c_idx] = y.to(dst.t.dtype)
+    else:
+        _hw_stacked(src, dst, mask, op, k, s, pad, p_len)
+    dst.clear_padding()
+    return dst
+
+
+def _neg_inf_outside(src: FMap) -> FMap:
+    t = torch.full_like(src.t, float('-inf'))
+    t[:, :, MARGIN:MARGIN + src.h, MARGIN:MARGIN + src.w] = src.valid
+    return FMap(t, src.b, src.rows, src.cols, src.h, src.w)
+
+
+def _hw_stacked(src, dst, mask, op, k, s, pad, p_len):
+    runs = _runs(mask.cpu().numpy())
+    extra = p_len - src.b  # halo shared by the blocks of a run
+    band_h = -(-p_len // s) * s
+    full_w = src.cols * src.b + extra
+    band_w = -(-full_w // s) * s
+    # greedy packing of runs into bands of the full row width
+    place, x, band = [], 0, 0
+    for r, c0, c1 in runs:
+        wr = (c1 - c0) * src.b + extra
+        wr_al = -(-wr // s) * s
+        if x + wr_al > band_w:
+            band, x = band + 1, 0
+        place.append((r, c0, c1, band, x, wr))
+        x += wr_al
+    canvas = src.t.new_zeros((1, src.channels, (band + 1) * band_h, band_w))
+    off = MARGIN - pad
+    for r, c0, c1, bnd, x0, wr in place:
+        y0s, x0s = off + r * src.b, off + c0 * src.b
+        canvas[0, :, bnd * band_h:bnd * band_h + p_len, x0:x0 + wr] = \
+            src.t[0, :, y0s:y0s + p_len, x0s:x0s + wr]
+    y = _apply_op(canvas, op)
+    bo = dst.b
+    inner = dst.interior[0]
+    for r, c0, c1, bnd, x0, _ in place:
+        oy, ox = bnd * band_h // s, x0 // s
+        inner[:, r * bo:(r + 1) * bo, c0 * bo:c1 * bo] = y[0, :, oy:oy + bo,
+                                                            ox:ox + (c1 - c0) * bo]
+
+
+def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor) -> FMap:
+    """dst[mask blocks] = fn(*inputs[mask blocks]) for element-wise / channel-wise ops
+    (residual add, concat, SiLU...). All maps share dst's block size."""
+    if not mask.any():
+        return dst
+    r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+    xs = [m.blocks_first()[r_idx, c_idx] for m in inputs]  # (N, C, b, b) each
+    dst.blocks_first()[r_idx, c_idx] = fn(*xs)
+    dst.clear_padding()
+    return dst
+
+
+def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor) -> FMap:
+    """Nearest 2x upsampling of the ``mask`` blocks (dst.b == 2 * src.b)."""
+    if dst.b != 2 * src.b:
+        raise ValueError('upsample2x needs dst.b == 2 * src.b')
+    if not mask.any():
+        return dst
+    r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+    x = src.blocks_first()[r_idx, c_idx]
+    dst.blocks_first()[r_idx, c_idx] = F.interpolate(x, scale_factor=2.0, mode='nearest')
+    dst.clear_padding()
+    return dst
+
+
+def dense_windowed(src: FMap, op: dict) -> torch.Tensor:
+    """Reference: the same op applied densely to the valid region, (1, C', h', w')."""
+    x = src.valid
+    if op['kind'] == 'conv':
+        y = F.conv2d(x, op['weight'], op.get('bias'), op['stride'], op['padding'],
+                     groups=op.get('groups', 1))
+        return F.silu(y) if op.get('act') == 'silu' else y
+    return F.max_pool2d(x, op['kernel'], op['stride'], op['padding'])
+
+
+def conv_op(weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1,
+            padding: Optional[int] = None, act: Optional[str] = 'silu', groups: int = 1):
+    """Op dict of a conv with folded BN (+ SiLU), as YOLO11's Conv blocks."""
+    k = weight.shape[-1]
+    return {'kind': 'conv', 'weight': weight, 'bias': bias, 'stride': stride,
+            'padding': k // 2 if padding is None else padding, 'act': act, 'groups': groups}

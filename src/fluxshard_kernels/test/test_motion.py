@@ -1,0 +1,81 @@
+"""Block motion: C kernel == Python reference, recovered shifts, D and hit/miss, any frame size,
+quality against DIS optical flow averaged per block on real sequences."""
+
+import cv2
+import numpy as np
+import pytest
+
+from fluxshard_kernels import data, motion, proxy
+from fluxshard_kernels.blocks import BlockGrid
+
+
+@pytest.fixture(scope='module')
+def parkour():
+    return [cv2.resize(f, (427, 240)) for f in data.iter_frames('davis-parkour', limit=4)]
+
+
+def test_c_kernel_is_built():
+    assert motion._lib() is not None, 'fluxshard_kernels._motion was not compiled'
+
+
+@pytest.mark.parametrize('bs', [8, 16, 32])
+def test_c_kernel_equals_python_reference(parkour, bs):
+    cur, ref = parkour[1][:90, :130], parkour[0][:90, :130]  # partial blocks on both axes
+    a = motion.estimate_motion(cur, ref, bs, use_c=True)
+    b = motion.estimate_motion(cur, ref, bs, use_c=False)
+    assert np.array_equal(a.mv, b.mv)
+    assert np.array_equal(a.dissimilarity, b.dissimilarity)
+    prev = a.mv
+    a2 = motion.estimate_motion(parkour[2][:90, :130], cur, bs, prev, use_c=True)
+    b2 = motion.estimate_motion(parkour[2][:90, :130], cur, bs, prev, use_c=False)
+    assert np.array_equal(a2.mv, b2.mv)
+
+
+@pytest.mark.parametrize('dx, dy', [(0, 0), (5, -3), (-17, 9), (30, 0)])
+def test_global_shift_is_recovered_with_zero_dissimilarity(parkour, dx, dy):
+    ref = motion.to_gray(parkour[0])
+    h, w = ref.shape
+    # cur[y, x] = ref[y + dy, x + dx]  (source = destination + mv)
+    cur = np.ascontiguousarray(ref[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)])
+    ref_c = np.ascontiguousarray(ref[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)])
+    f = motion.estimate_motion(cur, ref_c, 16)
+    inner = f.mv[1:-1, 1:-1].reshape(-1, 2)
+    frac = np.mean(np.all(inner == (dx, dy), axis=1))
+    assert frac > 0.9, frac
+    assert np.median(f.dissimilarity[1:-1, 1:-1]) == 0
+
+
+def test_hits_misses_and_sorting(parkour):
+    f = motion.estimate_motion(parkour[1], parkour[0], 16)
+    miss = f.misses(8.0)
+    d = f.dissimilarity.reshape(-1)
+    assert np.all(d[miss] >= 8.0) and np.all(np.diff(d[miss]) <= 0)
+    assert f.hits(8.0).sum() + miss.size == f.grid.count
+
+
+def test_rejects_bad_arguments(parkour):
+    with pytest.raises(ValueError, match='differ in size'):
+        motion.estimate_motion(parkour[0], parkour[1][:100], 16)
+    with pytest.raises(ValueError, match='block_size'):
+        motion.estimate_motion(parkour[0], parkour[1], 12)
+
+
+def _warp_err(prev, cur, grid, mvx, mvy):
+    w = proxy.warp_image_int(prev, grid, mvx, mvy)
+    return float(np.abs(w.astype(np.int16) - cur.astype(np.int16)).mean())
+
+
+@pytest.mark.parametrize('seq', ['davis-parkour', 'davis-bmx-trees', 'pets09-s2l1'])
+def test_block_matching_warps_better_than_block_averaged_dis(seq):
+    frames = [cv2.resize(f, (640, 480)) for f in data.iter_frames(seq, limit=4)]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    ours, theirs, prev_mv = [], [], None
+    for a, b in zip(frames, frames[1:]):
+        f = motion.estimate_motion(b, a, 16, prev_mv)
+        prev_mv = f.mv
+        ours.append(_warp_err(a, b, f.grid, f.mv_x, f.mv_y))
+        flow = dis.calc(motion.to_gray(b), motion.to_gray(a), None)
+        fb = cv2.resize(flow, (f.grid.cols, f.grid.rows), interpolation=cv2.INTER_AREA)
+        theirs.append(_warp_err(a, b, f.grid, np.rint(fb[..., 0]).reshape(-1),
+                                np.rint(fb[..., 1]).reshape(-1)))
+    assert np.mean(ours) <= np.mean(theirs), (ours, theirs)
