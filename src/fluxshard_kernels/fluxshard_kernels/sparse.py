@@ -47,8 +47,11 @@ class FMap:
 
     @staticmethod
     def empty(c: int, b: int, rows: int, cols: int, h: int, w: int, like: torch.Tensor):
+        # channels-last storage: a block's window is C-contiguous runs (fast gathers), and
+        # oneDNN convolutions run faster on it too (benchmark)
         t = torch.zeros((1, c, rows * b + 2 * MARGIN, cols * b + 2 * MARGIN),
-                        dtype=like.dtype, device=like.device)
+                        dtype=like.dtype, device=like.device).contiguous(
+                            memory_format=torch.channels_last)
         return FMap(t, b, rows, cols, h, w)
 
     @staticmethod
@@ -79,9 +82,17 @@ class FMap:
         """(C, rows, b, cols, b) view of the interior."""
         return self.interior[0].view(self.channels, self.rows, self.b, self.cols, self.b)
 
-    def blocks_first(self) -> torch.Tensor:
-        """(rows, cols, C, b, b) view of the interior (for batch gathers/scatters)."""
-        return self.block_view().permute(1, 3, 0, 2, 4)
+    def blocks_nhwc(self) -> torch.Tensor:
+        """(rows, cols, b, b, C) view of the interior (for batch gathers/scatters)."""
+        return self.block_view().permute(1, 3, 2, 4, 0)
+
+    def gather(self, r_idx, c_idx) -> torch.Tensor:
+        """(N, C, b, b) copy of the blocks (r_idx, c_idx), channels-last."""
+        return self.blocks_nhwc()[r_idx, c_idx].permute(0, 3, 1, 2)
+
+    def scatter(self, r_idx, c_idx, y: torch.Tensor):
+        """Write (N, C, b, b) block values into the blocks (r_idx, c_idx)."""
+        self.blocks_nhwc()[r_idx, c_idx] = y.permute(0, 2, 3, 1).to(self.t.dtype)
 
     def clear_padding(self):
         """Zero the block padding beyond the valid region (keeps dense zero-padding exact)."""
@@ -171,13 +182,26 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
     win, p_len = _windows(src, k, s, pad, dst.b)
     if layout == 'batch':
         r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
-        x = win.permute(1, 2, 0, 3, 4)[r_idx, c_idx]  # (N, C, P, P), one gather copy
-        y = _apply_op(x, op)
-        dst.blocks_first()[r_idx, c_idx] = y.to(dst.t.dtype)
+        x = win.permute(1, 2, 3, 4, 0)[r_idx, c_idx].permute(0, 3, 1, 2)  # (N, C, P, P)
+        dst.scatter(r_idx, c_idx, _apply_op(x, op))
     else:
         _hw_stacked(src, dst, mask, op, k, s, pad, p_len)
     dst.clear_padding()
     return dst
+
+
+def run_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict, layout: str = 'batch',
+                 dense_above: float = 0.5) -> FMap:
+    """Sparse when the active fraction is at most ``dense_above``, else dense (whole map).
+
+    ``dense_above`` is the measured crossover where dense becomes faster (the benchmark
+    ``python -m fluxshard_kernels.bench`` prints it per layout).
+    """
+    if float(mask.float().mean()) > dense_above:
+        dst.valid.copy_(dense_windowed(src, op))
+        dst.clear_padding()
+        return dst
+    return sparse_windowed(src, dst, mask, op, layout)
 
 
 def _neg_inf_outside(src: FMap) -> FMap:
@@ -201,7 +225,8 @@ def _hw_stacked(src, dst, mask, op, k, s, pad, p_len):
             band, x = band + 1, 0
         place.append((r, c0, c1, band, x, wr))
         x += wr_al
-    canvas = src.t.new_zeros((1, src.channels, (band + 1) * band_h, band_w))
+    canvas = src.t.new_zeros((1, src.channels, (band + 1) * band_h, band_w)).contiguous(
+        memory_format=torch.channels_last)
     off = MARGIN - pad
     for r, c0, c1, bnd, x0, wr in place:
         y0s, x0s = off + r * src.b, off + c0 * src.b
@@ -222,8 +247,7 @@ def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor) -> FMap:
     if not mask.any():
         return dst
     r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
-    xs = [m.blocks_first()[r_idx, c_idx] for m in inputs]  # (N, C, b, b) each
-    dst.blocks_first()[r_idx, c_idx] = fn(*xs)
+    dst.scatter(r_idx, c_idx, fn(*[m.gather(r_idx, c_idx) for m in inputs]))
     dst.clear_padding()
     return dst
 
@@ -235,8 +259,8 @@ def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor) -> FMap:
     if not mask.any():
         return dst
     r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
-    x = src.blocks_first()[r_idx, c_idx]
-    dst.blocks_first()[r_idx, c_idx] = F.interpolate(x, scale_factor=2.0, mode='nearest')
+    dst.scatter(r_idx, c_idx, F.interpolate(src.gather(r_idx, c_idx), scale_factor=2.0,
+                                            mode='nearest'))
     dst.clear_padding()
     return dst
 
@@ -255,5 +279,6 @@ def conv_op(weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1,
             padding: Optional[int] = None, act: Optional[str] = 'silu', groups: int = 1):
     """Op dict of a conv with folded BN (+ SiLU), as YOLO11's Conv blocks."""
     k = weight.shape[-1]
+    weight = weight.contiguous(memory_format=torch.channels_last)
     return {'kind': 'conv', 'weight': weight, 'bias': bias, 'stride': stride,
             'padding': k // 2 if padding is None else padding, 'act': act, 'groups': groups}
