@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 MARGIN = 2  # largest halo of a YOLO11 layer at stride 1 (5x5 max-pool)
+SLACK = 16  # extra storage right/bottom: output grids of strided layers may reach past the input
+
 LAYOUTS = ('batch', 'hw')
 
 
@@ -49,7 +51,7 @@ class FMap:
     def empty(c: int, b: int, rows: int, cols: int, h: int, w: int, like: torch.Tensor):
         # channels-last storage: a block's window is C-contiguous runs (fast gathers), and
         # oneDNN convolutions run faster on it too (benchmark)
-        t = torch.zeros((1, c, rows * b + 2 * MARGIN, cols * b + 2 * MARGIN),
+        t = torch.zeros((1, c, rows * b + 2 * MARGIN + SLACK, cols * b + 2 * MARGIN + SLACK),
                         dtype=like.dtype, device=like.device).contiguous(
                             memory_format=torch.channels_last)
         return FMap(t, b, rows, cols, h, w)
@@ -118,14 +120,21 @@ def halo_blocks(kernel: int, padding: int, b_in: int) -> int:
     return -(-halo // b_in) if halo else 0
 
 
-def _windows(src: FMap, kernel: int, stride: int, padding: int, b_out: int):
-    """(C, R, Q, P, P) strided view of every block's input window, and P."""
+def _windows(src: FMap, kernel: int, stride: int, padding: int, b_out: int, rows: int,
+             cols: int):
+    """(C, rows, cols, P, P) strided view of every output block's input window, and P."""
     p_len = (b_out - 1) * stride + kernel
+    step = b_out * stride
     off = MARGIN - padding
-    if off < 0 or p_len - src.b - padding > MARGIN:
+    if off < 0 or kernel - 1 - padding > MARGIN:
         raise ValueError(f'kernel {kernel} / padding {padding} exceed the storage margin')
+    need_h = off + (rows - 1) * step + p_len
+    need_w = off + (cols - 1) * step + p_len
+    if need_h > src.t.shape[2] or need_w > src.t.shape[3]:
+        raise ValueError(f'input storage {tuple(src.t.shape[2:])} too small for a '
+                         f'{rows}x{cols} grid of {b_out}px blocks at stride {stride}')
     v = src.t[0, :, off:, off:]
-    return v.unfold(1, p_len, src.b).unfold(2, p_len, src.b), p_len
+    return v.unfold(1, p_len, step).unfold(2, p_len, step)[:, :rows, :cols], p_len
 
 
 def _runs(mask_np: np.ndarray):
@@ -158,7 +167,8 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
     """Recompute the ``mask`` blocks of ``dst`` = op(src) in place.
 
     Args:
-        src: input map; dst: output map (cache) with ``dst.b * stride == src.b``.
+        src: input map (any block size); dst: output map (cache); output block (r, c) of dst
+            reads the input window starting at (r * dst.b * stride - padding).
         mask: (rows, cols) bool blocks of dst to recompute.
         op: {'kind': 'conv', 'weight', 'bias', 'stride', 'padding', 'act': 'silu'|None,
              'groups'} or {'kind': 'maxpool', 'kernel', 'stride', 'padding'}.
@@ -171,15 +181,13 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
     k = op['weight'].shape[-1] if op['kind'] == 'conv' else op['kernel']
     s, pad = op['stride'], op['padding']
-    if dst.b * s != src.b:
-        raise ValueError(f'block {src.b}px at the input cannot give {dst.b}px at stride {s}')
     if not mask.any():
         return dst
     pool = op['kind'] == 'maxpool'
     if pool:
         # max-pool pads with -inf: mark everything outside the valid input as -inf
         src = _neg_inf_outside(src)
-    win, p_len = _windows(src, k, s, pad, dst.b)
+    win, p_len = _windows(src, k, s, pad, dst.b, dst.rows, dst.cols)
     if layout == 'batch':
         r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
         x = win.permute(1, 2, 3, 4, 0)[r_idx, c_idx].permute(0, 3, 1, 2)  # (N, C, P, P)
@@ -212,14 +220,15 @@ def _neg_inf_outside(src: FMap) -> FMap:
 
 def _hw_stacked(src, dst, mask, op, k, s, pad, p_len):
     runs = _runs(mask.cpu().numpy())
-    extra = p_len - src.b  # halo shared by the blocks of a run
+    step = dst.b * s
+    extra = p_len - step  # halo shared by the blocks of a run
     band_h = -(-p_len // s) * s
-    full_w = src.cols * src.b + extra
+    full_w = dst.cols * step + extra
     band_w = -(-full_w // s) * s
     # greedy packing of runs into bands of the full row width
     place, x, band = [], 0, 0
     for r, c0, c1 in runs:
-        wr = (c1 - c0) * src.b + extra
+        wr = (c1 - c0) * step + extra
         wr_al = -(-wr // s) * s
         if x + wr_al > band_w:
             band, x = band + 1, 0
@@ -229,7 +238,7 @@ def _hw_stacked(src, dst, mask, op, k, s, pad, p_len):
         memory_format=torch.channels_last)
     off = MARGIN - pad
     for r, c0, c1, bnd, x0, wr in place:
-        y0s, x0s = off + r * src.b, off + c0 * src.b
+        y0s, x0s = off + r * step, off + c0 * step
         canvas[0, :, bnd * band_h:bnd * band_h + p_len, x0:x0 + wr] = \
             src.t[0, :, y0s:y0s + p_len, x0s:x0s + wr]
     y = _apply_op(canvas, op)

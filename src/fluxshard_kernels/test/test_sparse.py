@@ -94,8 +94,9 @@ def test_errors():
     dst = S.FMap.from_dense(x, 8, 2, 2)
     with pytest.raises(ValueError, match='layout'):
         S.sparse_windowed(src, dst, torch.ones(2, 2, dtype=torch.bool), _conv(3, 1, 2, 2), 'x')
-    with pytest.raises(ValueError, match='stride'):
-        S.sparse_windowed(src, dst, torch.ones(2, 2, dtype=torch.bool), _conv(3, 2, 2, 2))
+    big = S.FMap.from_dense(torch.randn(1, 2, 64, 64), 8, 8, 8)
+    with pytest.raises(ValueError, match='too small'):
+        S.sparse_windowed(src, big, torch.ones(8, 8, dtype=torch.bool), _conv(3, 2, 2, 2))
     with pytest.raises(ValueError, match='margin'):
         S.sparse_windowed(src, dst, torch.ones(2, 2, dtype=torch.bool),
                           S.conv_op(torch.randn(2, 2, 7, 7), None, 1))

@@ -1,0 +1,204 @@
+"""Accuracy retention of incremental YOLO11 against dense inference of the same model on the true
+frame (paper section 6), with the work it saves:
+
+    python -m fluxshard_kernels.evaluate [--tasks detect segment pose] [--sequences ...]
+        [--frames N] [--tau 10] [--block 16] [--refresh 0] [--k-frac 1.0] [--salience]
+        [--sweep] [--json PATH]
+
+Per task and sequence: detection mAP@0.5 of the incremental detections with the dense ones as
+reference; segmentation mean matched mask IoU; pose AP at OKS 0.5; plus, where the data has
+ground truth (DAVIS boxes, PETS09 MOT boxes), recall@0.5 / AP of both against it. Next to it:
+the cache hit ratio (blocks with D < tau), MAC and time ratios against dense.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+
+import cv2
+import numpy as np
+import torch
+
+from fluxshard_kernels import data, metrics, motion, salience
+from fluxshard_kernels.incremental import IncrementalYOLO
+from fluxshard_kernels.yolo import model as M
+from fluxshard_kernels.yolo.processing import decode, letterbox
+
+MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan')
+DAVIS_CLASS = {'davis-parkour': 0, 'davis-breakdance': 0, 'davis-bmx-trees': 0,
+               'davis-blackswan': 14}
+
+
+def _decode(model, raw, lb):
+    nk = 17 if model.task == 'pose' else 0
+    if model.task == 'segment':
+        out, protos = raw
+        return decode(out[0].numpy(), lb, len(model.names), protos=protos[0].numpy())
+    return decode(raw[0].numpy(), lb, len(model.names), nkpt=nk)
+
+
+def _ground_truth(seq, n):
+    """Per frame list of (boxes xyxy, class) or None."""
+    root = data.data_root() / 'video' / seq / 'annotations'
+    if (root / 'bbox_from_mask.csv').is_file():
+        gt = {}
+        with open(root / 'bbox_from_mask.csv') as f:
+            for r in csv.DictReader(f):
+                gt[int(r['frame'])] = np.array([[float(r['x0']), float(r['y0']),
+                                                 float(r['x1']), float(r['y1'])]])
+        return [(gt.get(i, np.zeros((0, 4))), DAVIS_CLASS.get(seq, 0)) for i in range(n)]
+    if (root / 'gt.txt').is_file():
+        rows = np.loadtxt(root / 'gt.txt', delimiter=',')
+        out = []
+        for i in range(n):
+            r = rows[rows[:, 0] == i + 2]  # MOT frame k = frame k - 1 (files start at 1)
+            out.append((np.stack([r[:, 2], r[:, 3], r[:, 2] + r[:, 4], r[:, 3] + r[:, 5]], 1)
+                        if len(r) else np.zeros((0, 4)), 0))
+        return out
+    return None
+
+
+def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
+                 use_salience=False, net_block=16, layout='batch', dense_above=0.5):
+    """Incremental vs dense over one sequence; returns a dict of numbers."""
+    runner = IncrementalYOLO(model, net_block, layout=layout, dense_above=dense_above)
+    imgs = list(data.iter_frames(seq, limit=frames))
+    gt = _ground_truth(seq, len(imgs))
+    ap_ref = metrics.APAccumulator(0.5)
+    gt_acc = {'dense': metrics.APAccumulator(0.5), 'incremental': metrics.APAccumulator(0.5)}
+    mask_ious, hits, macs, t_inc, t_dense, k_used = [], [], [], [], [], []
+    prev_mv, prev_det = None, None
+    for i, img in enumerate(imgs):
+        x, lb = letterbox(img, 640)
+        t0 = time.perf_counter()
+        raw_d = model(torch.from_numpy(x))
+        t_dense.append(time.perf_counter() - t0)
+        ref = _decode(model, raw_d, lb)
+        if i == 0 or (refresh and i % refresh == 0):
+            raw, lb2, st = runner.dense(img)
+            det = _decode(model, raw, lb2)
+            if i == 0:
+                prev_det = det
+                continue  # the shared starting point: both are dense
+        else:
+            t0 = time.perf_counter()
+            f = motion.estimate_motion(img, runner.state, block, prev_mv)
+            prev_mv = f.mv
+            d = f.dissimilarity.reshape(-1)
+            hits.append(float(np.mean(d < tau)))
+            sal = None
+            if use_salience and prev_det is not None and len(prev_det):
+                boxes = salience.project_boxes(prev_det.boxes, f.mv, f.grid)
+                sal = salience.salience_map(boxes, prev_det.scores, f.grid)
+            n_miss = int(np.sum(d >= tau))
+            k = math.ceil(k_frac * n_miss)
+            miss = salience.rank_misses(d, tau, sal, k)
+            k_used.append(len(miss) / f.grid.count)
+            raw, lb2, st = runner.step(img, f.mv, miss, block)
+            t_inc.append(time.perf_counter() - t0)
+            macs.append(st.mac_ratio)
+            det = _decode(model, raw, lb2)
+        prev_det = det
+        ap_ref.add(_similarity(model.task, det, ref), det.class_ids, det.scores, ref.class_ids)
+        if model.task == 'segment':
+            mask_ious.append(metrics.matched_mask_iou(det.boxes, det.masks, ref.boxes,
+                                                      ref.masks))
+        if gt is not None and model.task != 'pose':
+            gb, gc = gt[i]
+            for name, dd in (('dense', ref), ('incremental', det)):
+                sel = dd.class_ids == gc
+                gt_acc[name].add(metrics.box_iou(dd.boxes[sel], gb), np.full(sel.sum(), gc),
+                                 dd.scores[sel], np.full(len(gb), gc))
+    res = {'sequence': seq, 'task': model.task, 'frames': len(imgs), 'tau': tau,
+           'block': block, 'refresh': refresh, 'k_frac': k_frac, 'salience': use_salience,
+           'hit_ratio': float(np.mean(hits)) if hits else 1.0,
+           'recomputed_fraction': float(np.mean(k_used)) if k_used else 0.0,
+           'mac_ratio': float(np.mean(macs)) if macs else 0.0,
+           'time_ratio': float(np.sum(t_inc) / max(np.sum(t_dense[1:]), 1e-9)),
+           'retention': ap_ref.value()}
+    if model.task == 'segment':
+        res['retention'] = float(np.nanmean(mask_ious)) if mask_ious else float('nan')
+        res['det_retention'] = ap_ref.value()
+    if gt is not None and model.task != 'pose':
+        res['gt_ap_dense'] = gt_acc['dense'].value()
+        res['gt_ap_incremental'] = gt_acc['incremental'].value()
+    return res
+
+
+def _similarity(task, det, ref):
+    if task == 'pose':
+        return metrics.oks(det.keypoints, ref.keypoints, ref.boxes)
+    return metrics.box_iou(det.boxes, ref.boxes)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--tasks', nargs='+', default=['detect', 'segment', 'pose'])
+    p.add_argument('--sequences', nargs='+', default=None)
+    p.add_argument('--frames', type=int, default=30)
+    p.add_argument('--tau', type=float, default=10.0)
+    p.add_argument('--block', type=int, default=16)
+    p.add_argument('--refresh', type=int, default=0, help='dense refresh every N frames')
+    p.add_argument('--k-frac', type=float, default=1.0, help='fraction of misses recomputed')
+    p.add_argument('--salience', action='store_true')
+    p.add_argument('--sweep', action='store_true',
+                   help='also sweep tau, block, refresh, k/N (+/- salience) for detection on '
+                        'davis-parkour and pets09-s2l1')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--json', default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    cv2.setNumThreads(a.threads)
+    seqs = a.sequences or data.sequences()
+    models = {t: M.load_onnx(str(data.model_path(t))) for t in set(a.tasks) | (
+        {'detect'} if a.sweep else set())}
+    rows = []
+    print('| task | sequence | retention | GT AP dense / incr. | hit ratio | k/N | MACs | time |')
+    print('|---|---|---|---|---|---|---|---|')
+    for task in a.tasks:
+        for seq in seqs:
+            r = run_sequence(models[task], seq, a.frames, a.tau, a.block, a.refresh,
+                             a.k_frac, a.salience)
+            rows.append(r)
+            _print_row(r)
+    sweep = []
+    if a.sweep:
+        print('\n## Sweep (detect)\n')
+        print('| sequence | tau | block | refresh | k/N | salience | retention | hit | MACs |')
+        print('|---|---|---|---|---|---|---|---|---|')
+        base = dict(tau=a.tau, block=a.block, refresh=a.refresh, k_frac=1.0, use_salience=False)
+        variants = ([dict(base, tau=t) for t in (5.0, 20.0)]
+                    + [dict(base, block=b) for b in (8, 32)]
+                    + [dict(base, refresh=10)]
+                    + [dict(base, k_frac=f, use_salience=s) for f in (0.25, 0.5)
+                       for s in (False, True)])
+        for seq in ('davis-parkour', 'pets09-s2l1'):
+            for v in variants:
+                r = run_sequence(models['detect'], seq, min(a.frames, 20), **v)
+                sweep.append(r)
+                print(f"| {seq} | {r['tau']:g} | {r['block']} | {r['refresh']} | "
+                      f"{r['k_frac']:g} | {'yes' if r['salience'] else 'no'} | "
+                      f"{100 * r['retention']:.1f} % | {100 * r['hit_ratio']:.1f} % | "
+                      f"{100 * r['mac_ratio']:.1f} % |", flush=True)
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump({'rows': rows, 'sweep': sweep, 'args': vars(a)}, f, indent=2)
+        print(f'\nwrote {a.json}')
+    return 0
+
+
+def _print_row(r):
+    gt = ''
+    if 'gt_ap_dense' in r:
+        gt = f"{r['gt_ap_dense']:.3f} / {r['gt_ap_incremental']:.3f}"
+    print(f"| {r['task']} | {r['sequence']} | {100 * r['retention']:.1f} % | {gt} | "
+          f"{100 * r['hit_ratio']:.1f} % | {100 * r['recomputed_fraction']:.1f} % | "
+          f"{100 * r['mac_ratio']:.1f} % | {r['time_ratio']:.2f}x |", flush=True)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

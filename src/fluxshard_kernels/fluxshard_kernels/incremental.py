@@ -1,0 +1,567 @@
+"""Incremental (motion-aware sparse) execution of a YOLO11 network over a frame sequence
+(paper sections 4.3-4.4).
+
+Every primitive of the network (conv, add, concat, max-pool, upsample, the attention block) keeps
+its output from the previous frame as a cache. Each frame:
+  1. the caches are warped by the frame's block MV field, scaled to each layer's stride
+     (bilinear; the "virtually wrapped" cache);
+  2. the changed (miss) blocks of the input are recomputed through the network: a layer's
+     active set is its input's grown by the layer's halo; layers at strides up to
+     ``max_sparse_stride`` run on the sparse engine, deeper ones (and anything above the
+     ``dense_above`` active fraction) run dense on the warped input;
+  3. the result is decoded by the model head.
+A dense pass (``dense``) fills the caches; ``Refresh`` runs it in the background, preemptible
+between layers. All activity is counted (MACs, active fraction per layer, time).
+"""
+
+from dataclasses import dataclass, field
+import threading
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fluxshard_kernels import proxy, sparse as S
+from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.warp import warp_features
+from fluxshard_kernels.yolo import model as M
+from fluxshard_kernels.yolo.processing import Letterbox, letterbox
+
+
+class Cancelled(Exception):
+    """A background refresh was cancelled between two layers."""
+
+
+def feature_block(stride: int, base: int) -> int:
+    """Block edge (feature pixels) used at a layer of ``stride``: ``base`` / stride, at
+    least 1 and at most 8."""
+    return int(min(8, max(1, base // stride)))
+
+
+@dataclass
+class SF:
+    """A value flowing through the incremental network.
+
+    Attributes:
+        fmap: block storage of the map (the cache of the op that produced it).
+        mask: (h, w) bool, feature pixels changed this frame (exact receptive-field tracking).
+        stride: stride relative to the network input.
+    """
+
+    fmap: S.FMap
+    mask: torch.Tensor
+    stride: int
+
+    def tensor(self) -> torch.Tensor:
+        return self.fmap.valid
+
+
+@dataclass
+class LayerStat:
+    name: str
+    kind: str
+    stride: int
+    macs_dense: int
+    macs_done: int = 0
+    active: float = 0.0
+    mode: str = 'skip'
+
+
+@dataclass
+class StepStats:
+    """Work done for one frame."""
+
+    layers: List[LayerStat] = field(default_factory=list)
+    seconds: float = 0.0
+    warp_seconds: float = 0.0
+    input_active: float = 0.0
+
+    @property
+    def macs_done(self) -> int:
+        return sum(x.macs_done for x in self.layers)
+
+    @property
+    def macs_dense(self) -> int:
+        return sum(x.macs_dense for x in self.layers)
+
+    @property
+    def mac_ratio(self) -> float:
+        return self.macs_done / max(self.macs_dense, 1)
+
+
+def block_mask(px: torch.Tensor, b: int, rows: int, cols: int) -> torch.Tensor:
+    """(h, w) pixel mask -> (rows, cols) blocks of ``b`` px holding any changed pixel."""
+    h, w = px.shape
+    m = F.pad(px[None, None].float(), (0, cols * b - w, 0, rows * b - h))
+    return F.max_pool2d(m, b, b)[0, 0] > 0
+
+
+def grow(px: torch.Tensor, k: int, s: int, pad: int) -> torch.Tensor:
+    """Pixels of a windowed op's output that see a changed input pixel."""
+    if k == 1 and s == 1:
+        return px
+    return F.max_pool2d(px[None, None].float(), k, s, pad)[0, 0] > 0
+
+
+class IncrementalExecutor:
+    """Executes the YOLO11 primitives over per-primitive caches (see module docstring).
+
+    Args:
+        block: image block edge at the network input (MV and miss granularity).
+        layout: sparse layout ('batch' or 'hw'); dense_above: active-block fraction above which
+            a layer runs dense; exact_global: treat the attention block's output as changed
+            everywhere when its input changed (exact) instead of near the change only.
+    """
+
+    def __init__(self, block: int, layout: str = 'batch', dense_above: float = 0.5,
+                 exact_global: bool = False, max_sparse_stride: int = 32,
+                 halo: str = 'fixed', halo_px: int = 8):
+        if halo not in ('fixed', 'exact'):
+            raise ValueError(f"halo must be 'fixed' or 'exact', got {halo!r}")
+        self.halo, self.halo_px = halo, halo_px
+        self._fixed = {}
+        self.input_mask: Optional[torch.Tensor] = None
+        self.B = block
+        self.layout, self.dense_above = layout, dense_above
+        self.exact_global = exact_global
+        self.max_sparse_stride = max_sparse_stride
+        self.caches: Dict[str, S.FMap] = {}
+        self._warped: Dict[str, int] = {}
+        self.frame = 0
+        self.mode = 'dense'
+        self.mv: Optional[np.ndarray] = None
+        self.grid: Optional[BlockGrid] = None
+        self.stats = StepStats()
+        self.checkpoint = None  # callable run between primitives (background preemption)
+        self._ops = {}
+
+    def begin(self, mode: str, mv: Optional[np.ndarray], grid: BlockGrid,
+              input_mask: Optional[torch.Tensor] = None):
+        self.mode, self.grid = mode, grid
+        self.input_mask = input_mask
+        self._fixed = {}
+        self.mv = mv if (mv is not None and np.any(mv)) else None
+        self.frame += 1
+        self.stats = StepStats()
+
+    # -- caches ----------------------------------------------------------------------------------
+    def _cache(self, name: str, stride: int) -> Optional[S.FMap]:
+        """The cache of ``name``, MV-warped to the current frame (once per frame)."""
+        c = self.caches.get(name)
+        if c is None or self.mode == 'dense':
+            return c
+        if self.mv is not None and self._warped.get(name) != self.frame:
+            t0 = time.perf_counter()
+            warp_moving(c, self.mv, self.grid, stride)
+            self.stats.warp_seconds += time.perf_counter() - t0
+            self._warped[name] = self.frame
+        return c
+
+    def _store(self, name: str, y: torch.Tensor, stride: int) -> S.FMap:
+        c = self.caches.get(name)
+        if c is not None and (c.channels, c.h, c.w) == (y.shape[1], y.shape[2], y.shape[3]):
+            c.valid.copy_(y)
+        else:
+            b = feature_block(stride, self.B)
+            c = S.FMap.from_dense(y, b, -(-y.shape[2] // b), -(-y.shape[3] // b))
+            self.caches[name] = c
+        self._warped[name] = self.frame
+        return c
+
+    def _tick(self):
+        if self.checkpoint is not None:
+            self.checkpoint()
+
+    def _stat(self, name, kind, stride, macs, active, mode, done):
+        self.stats.layers.append(LayerStat(name, kind, stride, int(macs), int(done),
+                                           float(active), mode))
+
+    def _mask(self, grown: torch.Tensor, stride: int) -> torch.Tensor:
+        """Changed pixels at a layer: exact receptive-field growth (``halo='exact'``), or the
+        paper's motion-triggered set: the input misses at this stride plus ``halo_px``."""
+        if self.halo == 'exact' or self.input_mask is None:
+            return grown
+        key = (stride, tuple(grown.shape))
+        if key not in self._fixed:
+            m = self.input_mask[None, None].float()
+            h, w = grown.shape
+            if stride > 1:
+                m = F.max_pool2d(m, stride, stride, ceil_mode=True)
+            m = m[:, :, :h, :w]
+            if m.shape[2:] != grown.shape:
+                m = F.pad(m, (0, w - m.shape[3], 0, h - m.shape[2]))
+            r = int(round(self.halo_px / stride))  # halo_px is in input pixels
+            if r:
+                m = F.max_pool2d(m, 2 * r + 1, 1, r)
+            self._fixed[key] = m[0, 0] > 0
+        return self._fixed[key]
+
+    def _sparse_ok(self, cache, frac, stride):
+        return (self.mode != 'dense' and cache is not None and frac <= self.dense_above
+                and stride <= self.max_sparse_stride)
+
+    # -- primitives ------------------------------------------------------------------------------
+    def _windowed(self, name, x: SF, op, s, k, pad, c_out, macs_px, dense_fn, kind):
+        self._tick()
+        s_out = x.stride * s
+        xt = x.tensor()
+        ho = (xt.shape[2] + 2 * pad - k) // s + 1
+        wo = (xt.shape[3] + 2 * pad - k) // s + 1
+        macs = macs_px * ho * wo
+        if self.mode == 'dense':
+            c = self._store(name, dense_fn(xt), s_out)
+            self._stat(name, kind, s_out, macs, 1.0, 'dense', macs)
+            return SF(c, torch.ones(ho, wo, dtype=torch.bool), s_out)
+        px = self._mask(grow(x.mask, k, s, pad), s_out)
+        cache = self.caches.get(name)
+        bm = block_mask(px, cache.b, cache.rows, cache.cols) if cache is not None else None
+        frac = float(bm.float().mean()) if bm is not None else 1.0
+        if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, s_out)):
+            cache = self._cache(name, s_out)  # warp only caches that will be reused
+        if cache is not None and frac == 0:
+            self._stat(name, kind, s_out, macs, 0.0, 'skip', 0)
+            return SF(cache, px, s_out)
+        if self._sparse_ok(cache, frac, s_out):
+            S.sparse_windowed(x.fmap, cache, bm, op, self.layout)
+            done = int(bm.sum()) * cache.b * cache.b * macs_px
+            self._stat(name, kind, s_out, macs, frac, 'sparse', min(done, macs))
+            return SF(cache, px, s_out)
+        c = self._store(name, dense_fn(xt), s_out)
+        self._stat(name, kind, s_out, macs, frac, 'dense', macs)
+        return SF(c, px, s_out)
+
+    def _conv_like(self, name, conv: torch.nn.Conv2d, act, x: SF):
+        k, s, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        key = id(conv)
+        if key not in self._ops:
+            self._ops[key] = S.conv_op(conv.weight.detach(), conv.bias.detach()
+                                       if conv.bias is not None else None, s, pad,
+                                       'silu' if act else None, conv.groups)
+        op = self._ops[key]
+        macs_px = conv.out_channels * (conv.in_channels // conv.groups) * k * k
+
+        def dense_fn(t):
+            y = F.conv2d(t, conv.weight, conv.bias, s, pad, groups=conv.groups)
+            return F.silu(y) if act else y
+        return self._windowed(name, x, op, s, k, pad, conv.out_channels, macs_px, dense_fn,
+                              'conv')
+
+    def conv(self, m: 'M.Conv', x: SF) -> SF:
+        return self._conv_like(m._fs_name, m.conv, m.act, x)
+
+    def conv2d(self, m: torch.nn.Conv2d, x: SF) -> SF:
+        return self._conv_like(m._fs_name, m, False, x)
+
+    def maxpool(self, name, x: SF, k) -> SF:
+        op = {'kind': 'maxpool', 'kernel': k, 'stride': 1, 'padding': k // 2}
+        return self._windowed(name, x, op, 1, k, k // 2, x.fmap.channels, 0,
+                              lambda t: F.max_pool2d(t, k, 1, k // 2), 'maxpool')
+
+    def _blockwise(self, name, xs: List[SF], px, stride, fn_sparse, fn_dense, kind, macs=0):
+        """Ops whose output block depends only on the same block of the inputs."""
+        self._tick()
+        if self.mode == 'dense':
+            c = self._store(name, fn_dense(), stride)
+            self._stat(name, kind, stride, macs, 1.0, 'dense', macs)
+            return SF(c, px, stride)
+        cache = self.caches.get(name)
+        bm = block_mask(px, cache.b, cache.rows, cache.cols) if cache is not None else None
+        frac = float(bm.float().mean()) if bm is not None else 1.0
+        if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, stride)):
+            cache = self._cache(name, stride)
+        if cache is not None and frac == 0:
+            self._stat(name, kind, stride, macs, 0.0, 'skip', 0)
+            return SF(cache, px, stride)
+        if self._sparse_ok(cache, frac, stride) and fn_sparse(cache, bm):
+            self._stat(name, kind, stride, macs, frac, 'sparse', macs * frac)
+            return SF(cache, px, stride)
+        c = self._store(name, fn_dense(), stride)
+        self._stat(name, kind, stride, macs, frac, 'dense', macs)
+        return SF(c, px, stride)
+
+    def _pointwise(self, name, xs: List[SF], fn, kind) -> SF:
+        px = torch.stack([x.mask for x in xs]).any(0) if self.mode != 'dense' else xs[0].mask
+        px = self._mask(px, xs[0].stride) if self.mode != 'dense' else px
+
+        def sparse(cache, bm):
+            if any(x.fmap.b != cache.b or x.fmap.rows != cache.rows for x in xs):
+                return False
+            S.sparse_pointwise(fn, [x.fmap for x in xs], cache, bm)
+            return True
+        return self._blockwise(name, xs, px, xs[0].stride, sparse,
+                               lambda: fn(*[x.tensor() for x in xs]), kind)
+
+    def add(self, name, a: SF, b: SF) -> SF:
+        return self._pointwise(name, [a, b], torch.add, 'add')
+
+    def cat(self, name, xs: List[SF]) -> SF:
+        return self._pointwise(name, xs, lambda *t: torch.cat(t, 1), 'concat')
+
+    def split(self, name, x: SF, sizes) -> List[SF]:
+        out, c0 = [], 0
+        f = x.fmap
+        for n in sizes:
+            out.append(SF(S.FMap(f.t[:, c0:c0 + n], f.b, f.rows, f.cols, f.h, f.w), x.mask,
+                          x.stride))
+            c0 += n
+        return out
+
+    def upsample(self, name, x: SF) -> SF:
+        s_out = x.stride // 2
+        px = F.interpolate(x.mask[None, None].float(), scale_factor=2.0)[0, 0] > 0
+        px = self._mask(px, s_out) if self.mode != 'dense' else px
+
+        def sparse(cache, bm):
+            if cache.b != 2 * x.fmap.b or cache.rows != x.fmap.rows:
+                return False
+            S.sparse_upsample2x(x.fmap, cache, bm)
+            return True
+        return self._blockwise(name, [x], px, s_out, sparse, lambda: F.interpolate(
+            x.tensor(), scale_factor=2.0, mode='nearest'), 'upsample')
+
+    def convtranspose(self, m: torch.nn.ConvTranspose2d, x: SF) -> SF:
+        s_out = x.stride // m.stride[0]
+        px = F.interpolate(x.mask[None, None].float(), scale_factor=2.0)[0, 0] > 0
+        px = self._mask(px, s_out) if self.mode != 'dense' else px
+        xt = x.tensor()
+        macs = xt.shape[2] * xt.shape[3] * m.in_channels * m.out_channels * 4
+
+        def sparse(cache, bm):
+            if cache.b != 2 * x.fmap.b or cache.rows != x.fmap.rows:
+                return False
+            r_idx, c_idx = torch.nonzero(bm, as_tuple=True)
+            cache.scatter(r_idx, c_idx, m(x.fmap.gather(r_idx, c_idx)))
+            cache.clear_padding()
+            return True
+        return self._blockwise(m._fs_name, [x], px, s_out, sparse, lambda: m(xt),
+                               'convtranspose', macs)
+
+    def global_op(self, name, fn, x: SF, stride) -> SF:
+        if self.mode == 'dense' or self.exact_global:
+            px = torch.ones_like(x.mask) if x.mask.any() else x.mask
+        else:
+            # approximation: the attention's global reach is left to the background refresh;
+            # its output is treated as changed next to the changed input only
+            px = self._mask(grow(x.mask, 3, 1, 1), x.stride)
+        return self._blockwise(name, [x], px, x.stride, lambda c, b: False,
+                               lambda: fn(x.tensor()), 'attention')
+
+
+def warp_moving(fm: S.FMap, mv: np.ndarray, grid: BlockGrid, stride: int):
+    """Bilinear MV warp of a cache in place, touching only pixels whose flow is non-zero."""
+    from fluxshard_kernels.warp import flow_at_stride
+    h, w = fm.h, fm.w
+    flow = flow_at_stride(mv, grid, stride, h, w, fm.t.device).to(fm.t.dtype)
+    moving = (flow[0] != 0) | (flow[1] != 0)
+    n_moving = int(moving.sum())
+    if not n_moving:
+        return
+    if n_moving > 0.4 * h * w:  # most pixels move: one dense bilinear pass is cheaper
+        from fluxshard_kernels.warp import warp_features
+        fm.valid.copy_(warp_features(fm.valid, mv, grid, stride))
+        return
+    ys, xs = torch.nonzero(moving, as_tuple=True)
+    sy = (ys.to(fm.t.dtype) + flow[1][ys, xs]).clamp(0, h - 1)
+    sx = (xs.to(fm.t.dtype) + flow[0][ys, xs]).clamp(0, w - 1)
+    g = torch.stack([2 * sx / max(w - 1, 1) - 1, 2 * sy / max(h - 1, 1) - 1], -1)
+    v = fm.valid
+    vals = F.grid_sample(v, g.view(1, 1, -1, 2), mode='bilinear', padding_mode='border',
+                         align_corners=True)[0, :, 0]  # (C, P), read before writing
+    v[0][:, ys, xs] = vals
+
+
+class IncrementalYOLO:
+    """A YOLO11 model run incrementally over camera frames.
+
+    The runner keeps its own reference image (``state``, camera pixels): the frame its caches
+    describe, advanced each step exactly like a proxy state (integer MV warp, then the
+    recomputed blocks pasted from the new frame). Estimate motion against ``state``.
+
+    Args:
+        model: a loaded ``YOLO11``.
+        block: block edge at the network input, pixels (feature blocks are block / stride).
+        max_sparse_stride, layout, dense_above, exact_global: see IncrementalExecutor.
+        imgsz: letterbox size.
+    """
+
+    def __init__(self, model: 'M.YOLO11', block: int = 16, max_sparse_stride: int = 32,
+                 layout: str = 'batch', dense_above: float = 0.5, imgsz: int = 640,
+                 exact_global: bool = False, halo: str = 'fixed', halo_px: int = 8):
+        self.model = model.eval()
+        self.block, self.imgsz = block, imgsz
+        self.cfg = dict(max_sparse_stride=max_sparse_stride, layout=layout,
+                        dense_above=dense_above, exact_global=exact_global, halo=halo,
+                        halo_px=halo_px)
+        self.ex: Optional[IncrementalExecutor] = None
+        self.state: Optional[np.ndarray] = None
+        self.lb: Optional[Letterbox] = None
+        self._lock = threading.Lock()
+
+    # -- geometry -------------------------------------------------------------------------------
+    def _setup(self, shape):
+        x, lb = letterbox(np.zeros(shape, np.uint8), self.imgsz, square=False)
+        if self.lb is None or (lb.in_h, lb.in_w, lb.src_h, lb.src_w) != (
+                self.lb.in_h, self.lb.in_w, self.lb.src_h, self.lb.src_w):
+            self.lb = lb
+            self.net_grid = BlockGrid(lb.in_h, lb.in_w, self.block)
+            self.ex = IncrementalExecutor(self.block, **self.cfg)
+
+    def _to_net(self, cam_grid: BlockGrid, mv_cam: Optional[np.ndarray], miss_cam):
+        """Camera-grid MVs and misses -> network-grid MVs (input px) and miss mask."""
+        lb, ng = self.lb, self.net_grid
+        # centre of each net block in camera pixels -> camera block
+        cy = ((np.arange(ng.rows) + 0.5) * ng.block_size - lb.pad_y) / lb.scale
+        cx = ((np.arange(ng.cols) + 0.5) * ng.block_size - lb.pad_x) / lb.scale
+        br = np.clip(cy // cam_grid.block_size, 0, cam_grid.rows - 1).astype(int)
+        bc = np.clip(cx // cam_grid.block_size, 0, cam_grid.cols - 1).astype(int)
+        mv_net = None
+        if mv_cam is not None and np.any(mv_cam):
+            mv_net = np.rint(np.asarray(mv_cam).reshape(cam_grid.rows, cam_grid.cols, 2)
+                             [br][:, bc] * lb.scale).astype(np.int32)
+        # miss pixels in camera space, letterboxed, then any() per net block
+        miss = np.zeros(cam_grid.count, np.uint8)
+        miss[np.asarray(miss_cam, dtype=np.int64)] = 1
+        pix = cam_grid.expand(miss)
+        nh, nw = int(round(lb.src_h * lb.scale)), int(round(lb.src_w * lb.scale))
+        import cv2
+        small = cv2.resize(pix, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        canvas = np.zeros(ng.padded_shape, np.uint8)
+        canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = small
+        # a camera block shrunk below one net pixel must not vanish: dilate by the rounding
+        canvas = cv2.dilate(canvas, np.ones((3, 3), np.uint8))
+        mask = torch.from_numpy(canvas[:lb.in_h, :lb.in_w] > 0)
+        return mv_net, mask
+
+    def _full(self) -> torch.Tensor:
+        return torch.ones(self.lb.in_h, self.lb.in_w, dtype=torch.bool)
+
+    # -- execution -------------------------------------------------------------------------------
+    def _run(self, img: np.ndarray, mode, mv_net, mask, ex=None):
+        ex = ex or self.ex
+        x, _ = letterbox(img, self.imgsz, square=False)
+        xt = torch.from_numpy(x)
+        t0 = time.perf_counter()
+        ex.begin(mode, mv_net, self.net_grid, mask)
+        fm = S.FMap.from_dense(xt, self.block, self.net_grid.rows, self.net_grid.cols)
+        inp = SF(fm, mask, 1)
+        ex.stats.input_active = float(mask.float().mean())
+        with torch.no_grad():
+            feats = self.model.features(inp, ex)
+            dense = {k: ([v.tensor() for v in vals] if isinstance(vals, list) else vals.tensor())
+                     for k, vals in feats.items()}
+            self.last_masks = {k: ([v.mask for v in vals] if isinstance(vals, list) else
+                                   vals.mask) for k, vals in feats.items()}
+            raw = self.model.head_outputs(dense)
+        ex.stats.seconds = time.perf_counter() - t0
+        return raw
+
+    def dense(self, frame: np.ndarray):
+        """Dense pass on ``frame``: fills every cache; state := frame. Returns (raw, lb, stats)."""
+        with self._lock:
+            return self._dense_locked(frame)
+
+    def step(self, frame: np.ndarray, mv_cam: Optional[np.ndarray], miss_cam,
+             cam_block: int = 16):
+        """Incremental pass: warp caches by ``mv_cam`` (camera block MVs against ``state``),
+        recompute the ``miss_cam`` camera blocks. Returns (raw, lb, stats)."""
+        with self._lock:
+            if self.state is None or self.state.shape != frame.shape:
+                return self._dense_locked(frame)
+            cam_grid = BlockGrid(frame.shape[0], frame.shape[1], cam_block)
+            miss_cam = np.asarray(miss_cam, dtype=np.int64)
+            mvx = mvy = None
+            if mv_cam is not None and np.any(mv_cam):
+                mvx = np.asarray(mv_cam)[..., 0].reshape(-1)
+                mvy = np.asarray(mv_cam)[..., 1].reshape(-1)
+                new = proxy.warp_image_int(self.state, cam_grid, mvx, mvy)
+            else:
+                new = self.state.copy()
+            if miss_cam.size:
+                full = cam_grid.expand(np.isin(np.arange(cam_grid.count), miss_cam))
+                new[full] = frame[full]
+            mv_net, mask = self._to_net(cam_grid, mv_cam, miss_cam)
+            raw = self._run(new, 'sparse', mv_net, mask)
+            self.state = new
+            return raw, self.lb, self.ex.stats
+
+    def _dense_locked(self, frame):
+        self._setup(frame.shape)
+        raw = self._run(frame, 'dense', None, self._full())
+        self.state = frame.copy()
+        return raw, self.lb, self.ex.stats
+
+
+class Refresh:
+    """Background dense refresh of an IncrementalYOLO, preemptible between layers.
+
+    ``start(frame)`` runs a dense pass on a shadow executor in a thread; ``pause()`` makes it
+    stop at the next layer boundary (so the critical path waits at most one layer),
+    ``resume()`` continues, ``cancel()`` abandons it. When it completes, the runner's caches and
+    state are swapped for the refreshed ones (under the runner's lock).
+    """
+
+    def __init__(self, runner: IncrementalYOLO):
+        self.runner = runner
+        self._go = threading.Event()
+        self._go.set()
+        self._cancel = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self.thread: Optional[threading.Thread] = None
+        self.completed = 0
+        self.cancelled = 0
+
+    def _checkpoint(self):
+        self._idle.set()
+        self._go.wait()
+        self._idle.clear()
+        if self._cancel:
+            raise Cancelled()
+
+    def start(self, frame: np.ndarray):
+        self.cancel()
+        r = self.runner
+        if r.ex is None:
+            return
+        self._cancel = False
+        self._go.set()
+        self._idle.clear()
+        shadow = IncrementalExecutor(r.block, **r.cfg)
+        shadow.checkpoint = self._checkpoint
+        img = frame.copy()
+
+        def run():
+            try:
+                r._run(img, 'dense', None, r._full(), ex=shadow)
+                with r._lock:
+                    if img.shape == (r.state.shape if r.state is not None else None):
+                        r.ex.caches, r.ex._warped = shadow.caches, {}
+                        r.state = img
+                        self.completed += 1
+            except Cancelled:
+                self.cancelled += 1
+            finally:
+                self._idle.set()
+        self.thread = threading.Thread(target=run, name='fluxshard-refresh', daemon=True)
+        self.thread.start()
+
+    def pause(self, timeout: float = 5.0) -> bool:
+        """Stop the refresh at its next layer boundary; True once it is parked."""
+        self._go.clear()
+        return self._idle.wait(timeout)
+
+    def resume(self):
+        self._go.set()
+
+    def cancel(self):
+        if self.thread is not None and self.thread.is_alive():
+            self._cancel = True
+            self._go.set()
+            self.thread.join()
+        self.thread = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()

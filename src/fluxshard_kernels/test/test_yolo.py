@@ -1,0 +1,131 @@
+"""YOLO11 in torch: loading (ONNX initializers, Ultralytics .pt), agreement with onnxruntime on
+real frames, sane detections; incremental execution equals dense where it must."""
+
+import numpy as np
+import pytest
+import torch
+
+from fluxshard_kernels import data, incremental as I, metrics, motion
+from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.yolo import model as M
+from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
+from fluxshard_kernels.yolo.processing import decode, letterbox
+
+
+@pytest.fixture(scope='module')
+def det_model():
+    return M.load_onnx(str(data.model_path('detect')))
+
+
+@pytest.fixture(scope='module')
+def parkour():
+    return list(data.iter_frames('davis-parkour', limit=3))
+
+
+@pytest.mark.parametrize('task', ['detect', 'segment', 'pose'])
+def test_torch_model_matches_onnxruntime(task, parkour):
+    import onnxruntime as ort
+    path = str(data.model_path(task))
+    m = M.load_onnx(path)
+    assert m.task == task
+    s = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    x, _ = letterbox(parkour[0], 640, square=(task != 'detect'))
+    ref = s.run(None, {'images': x})
+    out = m(torch.from_numpy(x))
+    out = out if isinstance(out, tuple) else (out,)
+    for o, r in zip(out, ref):
+        assert o.shape == r.shape
+    # boxes (cx, cy, w, h) in input pixels within 1e-2 px; everything else close too
+    assert np.abs(out[0].numpy()[0, :4] - ref[0][0, :4]).max() < 1e-2
+    assert np.abs(out[0].numpy() - ref[0]).max() < 1e-2
+
+
+def test_ultralytics_pt_checkpoint_loads_without_ultralytics(parkour):
+    m = M.load_ultralytics_pt(str(data.data_root() / 'models' / 'yolo11n-pose.pt'))
+    onnx_m = M.load_onnx(str(data.model_path('pose')))
+    x, _ = letterbox(parkour[0], 640, square=True)
+    a, b = m(torch.from_numpy(x)), onnx_m(torch.from_numpy(x))
+    assert m.task == 'pose' and m.names[0] == 'person'
+    assert (a - b).abs().max() < 0.05  # fp16 checkpoint vs fp32 export
+
+
+def test_missing_weights_are_named(tmp_path):
+    import onnx
+    m = onnx.load(str(data.model_path('detect')))
+    keep = [i for i in m.graph.initializer if i.name != 'model.0.conv.weight']
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    p = tmp_path / 'broken.onnx'
+    onnx.save(m, str(p))
+    with pytest.raises(ValueError, match='model.0.conv.weight'):
+        M.load_onnx(str(p))
+
+
+def test_person_on_parkour_and_cat_on_chelsea(det_model, parkour):
+    x, lb = letterbox(parkour[0], 640)
+    det = decode(det_model(torch.from_numpy(x))[0].numpy(), lb, 80)
+    names = [det_model.names[int(c)] for c in det.class_ids]
+    assert 'person' in names
+    i = names.index('person')
+    gt = np.array([[509, 54, 600, 222]])  # bbox_from_mask.csv, frame 0
+    assert metrics.box_iou(det.boxes[i:i + 1], gt)[0, 0] > 0.5
+    skimage = pytest.importorskip('skimage.data', reason='scikit-image not installed')
+    cat = skimage.chelsea()[:, :, ::-1].copy()
+    x, lb = letterbox(cat, 640)
+    det = decode(det_model(torch.from_numpy(x))[0].numpy(), lb, 80)
+    assert det_model.names[int(det.class_ids[0])] == 'cat'
+
+
+def test_onnx_backend_segment_and_pose_outputs(parkour):
+    seg = OnnxYolo(str(data.model_path('segment')))(parkour[0])
+    assert len(seg) and seg.masks.shape[1:] == parkour[0].shape[:2] and seg.masks[0].any()
+    pose = OnnxYolo(str(data.model_path('pose')))(parkour[0])
+    assert len(pose) and pose.keypoints.shape[1:] == (17, 3)
+
+
+def test_incremental_equals_dense_when_all_changed_blocks_recomputed(det_model):
+    frames = list(data.iter_frames('pets09-s2l1', limit=2))
+    run = I.IncrementalYOLO(det_model, 16, halo='exact', exact_global=True)
+    run.dense(frames[0])
+    grid = BlockGrid(frames[0].shape[0], frames[0].shape[1], 16)
+    diff = np.abs(frames[1].astype(int) - frames[0]).max(axis=2)
+    changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)).reshape(-1))
+    raw, lb, st = run.step(frames[1], None, changed)
+    x, _ = letterbox(frames[1], 640)
+    ref = det_model(torch.from_numpy(x))
+    assert (raw - ref).abs().max() < 1e-2
+    assert st.macs_done > 0
+
+
+def test_incremental_saves_work_on_a_static_camera(det_model):
+    frames = list(data.iter_frames('pets09-s2l1', limit=3))
+    run = I.IncrementalYOLO(det_model, 16)
+    raw0, lb, st0 = run.dense(frames[0])
+    assert st0.mac_ratio == 1.0
+    for f in frames[1:]:
+        mf = motion.estimate_motion(f, run.state, 16)
+        raw, lb, st = run.step(f, mf.mv, mf.misses(10.0))
+    assert 0 < st.mac_ratio < 0.3
+    # nothing changed at all: nothing is recomputed
+    raw2, _, st2 = run.step(run.state.copy(), None, [])
+    assert st2.macs_done == 0 and torch.allclose(raw2, raw)
+
+
+def test_refresh_is_preemptible_between_layers_and_swaps_caches(det_model):
+    frames = list(data.iter_frames('pets09-s2l1', limit=2))
+    run = I.IncrementalYOLO(det_model, 16)
+    run.dense(frames[0])
+    ref = I.Refresh(run)
+    ref.start(frames[1])
+    assert ref.pause(timeout=10)          # parks at a layer boundary
+    assert ref.running
+    state_before = run.state.copy()
+    ref.resume()
+    ref.thread.join(30)
+    assert ref.completed == 1 and not ref.running
+    assert np.array_equal(run.state, frames[1]) and not np.array_equal(state_before,
+                                                                       frames[1])
+    ref.start(frames[0])
+    ref.pause()
+    ref.cancel()
+    assert ref.cancelled == 1 and np.array_equal(run.state, frames[1])
