@@ -68,6 +68,9 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
     imgs = list(data.iter_frames(seq, limit=frames))
     gt = _ground_truth(seq, len(imgs))
     ap_ref = metrics.APAccumulator(0.5)
+    ap_conf = metrics.APAccumulator(0.5)   # confident references only (score >= 0.5)
+    ap_stale = metrics.APAccumulator(0.5)  # baseline: reuse the last dense result unchanged
+    stale = None
     gt_acc = {'dense': metrics.APAccumulator(0.5), 'incremental': metrics.APAccumulator(0.5)}
     mask_ious, hits, macs, t_inc, t_dense, k_used = [], [], [], [], [], []
     prev_mv, prev_det = None, None
@@ -80,6 +83,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
         if i == 0 or (refresh and i % refresh == 0):
             raw, lb2, st = runner.dense(img)
             det = _decode(model, raw, lb2)
+            stale = det
             if i == 0:
                 prev_det = det
                 continue  # the shared starting point: both are dense
@@ -103,6 +107,11 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
             det = _decode(model, raw, lb2)
         prev_det = det
         ap_ref.add(_similarity(model.task, det, ref), det.class_ids, det.scores, ref.class_ids)
+        rs, dp = ref.scores >= 0.5, det.scores >= 0.4
+        sim = _similarity(model.task, det, ref)
+        ap_conf.add(sim[dp][:, rs], det.class_ids[dp], det.scores[dp], ref.class_ids[rs])
+        ap_stale.add(_similarity(model.task, stale, ref), stale.class_ids, stale.scores,
+                     ref.class_ids)
         if model.task == 'segment':
             mask_ious.append(metrics.matched_mask_iou(det.boxes, det.masks, ref.boxes,
                                                       ref.masks))
@@ -118,7 +127,8 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
            'recomputed_fraction': float(np.mean(k_used)) if k_used else 0.0,
            'mac_ratio': float(np.mean(macs)) if macs else 0.0,
            'time_ratio': float(np.sum(t_inc) / max(np.sum(t_dense[1:]), 1e-9)),
-           'retention': ap_ref.value()}
+           'retention': ap_ref.value(), 'retention_confident': ap_conf.value(),
+           'stale_retention': ap_stale.value()}
     if model.task == 'segment':
         res['retention'] = float(np.nanmean(mask_ious)) if mask_ious else float('nan')
         res['det_retention'] = ap_ref.value()
@@ -157,8 +167,9 @@ def main(argv=None):
     models = {t: M.load_onnx(str(data.model_path(t))) for t in set(a.tasks) | (
         {'detect'} if a.sweep else set())}
     rows = []
-    print('| task | sequence | retention | GT AP dense / incr. | hit ratio | k/N | MACs | time |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('| task | sequence | retention | retention (ref >= 0.5) | stale reuse | '
+          'GT AP dense / incr. | hit ratio | k/N | MACs | time |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for task in a.tasks:
         for seq in seqs:
             r = run_sequence(models[task], seq, a.frames, a.tau, a.block, a.refresh,
@@ -195,7 +206,8 @@ def _print_row(r):
     gt = ''
     if 'gt_ap_dense' in r:
         gt = f"{r['gt_ap_dense']:.3f} / {r['gt_ap_incremental']:.3f}"
-    print(f"| {r['task']} | {r['sequence']} | {100 * r['retention']:.1f} % | {gt} | "
+    print(f"| {r['task']} | {r['sequence']} | {100 * r['retention']:.1f} % | "
+          f"{100 * r['retention_confident']:.1f} % | {100 * r['stale_retention']:.1f} % | {gt} | "
           f"{100 * r['hit_ratio']:.1f} % | {100 * r['recomputed_fraction']:.1f} % | "
           f"{100 * r['mac_ratio']:.1f} % | {r['time_ratio']:.2f}x |", flush=True)
 
