@@ -1,77 +1,129 @@
-"""FluxShard edge node: camera in, BlockBatch out (glue only; logic in pipeline.py)."""
+"""FluxShard edge node: camera in; BlockBatch, local results and diagnostics out (glue only;
+the logic is pipeline.py, paper Algorithm 1)."""
 
 from collections import Counter, OrderedDict
 import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from fluxshard_msgs.msg import BlockBatch, ProxyDelta
+from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
+                                ProxyDelta)
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from fluxshard_edge import conversions
-from fluxshard_edge.common_node import camera_qos, declare, LINK_QOS, ReasonLog
+from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
+                                        RESULT_QOS)
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_edge.slot import LatestSlot
 
 
 class EdgeNode(Node):
-    """Subscribes ``image``; publishes ``block_batch``, ``proxy_delta`` and ``/diagnostics``."""
+    """Subscribes ``image``; publishes ``block_batch``, local results on ``detections`` /
+    ``keypoints`` / ``masks``, and ``/diagnostics``."""
 
     def __init__(self, **kwargs):
         super().__init__('fluxshard_edge', **kwargs)
         ns = self.get_namespace().strip('/').replace('/', '_')
+        d = self._declare
         self.config = EdgeConfig(
-            edge_id=declare(self, 'edge_id', ns or 'edge0',
-                            'Unique id of this edge (default: the node namespace)',
-                            read_only=True),
-            block_size=declare(self, 'motion.block_size', 16, 'Block edge, pixels',
-                               choices=[8, 16, 32], read_only=True),
-            tau=declare(self, 'motion.tau', 0.0,
-                        'Dissimilarity threshold D (mean abs diff, 0-255): blocks with '
-                        'D >= tau are misses; 0 sends every block', lo=0.0, hi=255.0),
-            codec=declare(self, 'payload.codec', 'jpeg', 'Payload codec of carried blocks',
-                          choices=['raw', 'png', 'jpeg']),
-            quality=declare(self, 'payload.quality', 90, 'JPEG quality', lo=1, hi=100),
-            key_interval=declare(self, 'key_interval', 0,
-                                 'Send a key batch every N frames (0 = only on demand)',
-                                 lo=0, hi=100000),
+            edge_id=d('edge_id', ns or 'edge0', 'Unique id of this edge (default: namespace)',
+                      read_only=True),
+            block_size=d('motion.block_size', 16, 'Block edge, pixels', choices=[8, 16, 32],
+                         read_only=True),
+            tau=d('motion.tau', 10.0, 'Miss threshold on the dissimilarity D (mean abs diff, '
+                  '0-255); 0 makes every block a miss', lo=0.0, hi=255.0),
+            motion=d('motion.enabled', True, 'Block matching (false: zero MVs, pixel deltas)'),
+            codec=d('payload.codec', 'jpeg', 'Payload codec of carried blocks',
+                    choices=['raw', 'png', 'jpeg']),
+            quality=d('payload.quality', 90, 'JPEG quality', lo=1, hi=100),
+            key_interval=d('key_interval', 0, 'Key batch every N frames (0 = on demand)',
+                           lo=0, hi=100000),
+            local_inference=d('model.local_inference', True,
+                              'Run incremental YOLO11 on the edge', read_only=True),
+            task=d('model.task', 'detect', 'Vision task', choices=['detect', 'segment', 'pose'],
+                   read_only=True),
+            model_path=d('model.path', '', 'Model file ("" = YOLO11n for the task)',
+                         read_only=True),
+            conf=d('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0),
+            lam=d('scheduler.lambda', 10.0, 'EA time decay lambda, 1/s', lo=1e-6, hi=1e6),
+            deadline_ms=d('scheduler.deadline_ms', 100.0,
+                          'Frame deadline for opportunistic COB upload, ms', lo=1.0, hi=1e5),
+            bandwidth_mbps=d('link.bandwidth_mbps', 56.0,
+                             'Initial uplink bandwidth estimate, Mbit/s', lo=0.01, hi=1e5),
+            edge_profile=d('scheduler.edge_profile', 'xavier_nx',
+                           'Seed of the edge latency model', choices=['xavier_nx', 'rtx3080']),
+            cloud_profile=d('scheduler.cloud_profile', 'rtx3080',
+                            'Seed of the cloud latency model', choices=['xavier_nx', 'rtx3080']),
+            accuracy_edge=d('scheduler.accuracy_edge', 1.0, 'Per-block accuracy A_e', lo=0.0,
+                            hi=1.0),
+            accuracy_cloud=d('scheduler.accuracy_cloud', 1.0, 'Per-block accuracy A_c',
+                             lo=0.0, hi=1.0),
+            refresh_interval=d('refresh.interval', 10,
+                               'Frames between background dense refreshes', lo=1, hi=100000),
+            use_salience=d('scheduler.salience', True, 'Weight misses by projected results'),
+            force_strategy=d('scheduler.force_strategy', '',
+                             "'' = EA decides; 'edge' or 'cloud' to pin",
+                             choices=['', 'edge', 'cloud']),
         )
+        self.emulate_bps = d('link.emulate_mbps', 0.0,
+                             'Emulate an uplink of this many Mbit/s in the transport (0 = off)',
+                             lo=0.0, hi=1e5) * 1e6 / 8
+        self.cloud_timeout = d('link.ack_timeout_ms', 1000.0,
+                               'No ACK for this long: the server counts as unavailable',
+                               lo=10.0, hi=1e6) / 1e3
+        reliability = d('camera.reliability', 'reliable',
+                        'QoS reliability of the camera subscription (depth 1); best_effort for '
+                        'best-effort cameras', choices=['reliable', 'best_effort'],
+                        read_only=True)
         self.pipeline = EdgePipeline(self.config)
         self.slot = LatestSlot()
         self.counters = Counter()
         self.rejects = Counter()
-        self._digests = OrderedDict()
+        self.errors = ReasonLog(self.get_logger())
+        self._sent = OrderedDict()  # seq -> (digest, bytes, send time)
+        self._acked_upto = 0
+        self._last_item = None
         self._lock = threading.Lock()
         self._last = {}
-        self.errors = ReasonLog(self.get_logger())
         self.batch_pub = self.create_publisher(BlockBatch, 'block_batch', LINK_QOS)
         self.delta_pub = self.create_publisher(ProxyDelta, 'proxy_delta', LINK_QOS)
+        self.det_pub = self.create_publisher(DetectionArray, 'detections', RESULT_QOS)
+        self.kpt_pub = self.create_publisher(KeypointArray, 'keypoints', RESULT_QOS)
+        self.mask_pub = self.create_publisher(Image, 'masks', RESULT_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        reliability = declare(self, 'camera.reliability', 'reliable',
-                              'QoS reliability of the camera subscription (depth 1). Must be '
-                              'best_effort for best-effort cameras', read_only=True,
-                              choices=['reliable', 'best_effort'])
+        if self.pipeline.model is not None:
+            self.create_publisher(LabelMap, 'labels', LATCHED_QOS).publish(
+                conversions.label_map_msg(self.pipeline.model.names, LabelMap().header))
+        fb = MutuallyExclusiveCallbackGroup()
         self.create_subscription(
             Image, 'image', self._on_image, camera_qos(reliability),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_bad_qos))
-        self.create_subscription(ProxyDelta, 'proxy_feedback', self._on_feedback, LINK_QOS)
+        self.create_subscription(ProxyDelta, 'proxy_feedback', self._on_feedback, LINK_QOS,
+                                 callback_group=fb)
+        self.create_subscription(DetectionArray, 'detections', self._on_server_result,
+                                 RESULT_QOS, callback_group=fb)
         self.create_timer(1.0, self._publish_diagnostics)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name='edge-critical', daemon=True)
         self._worker.start()
+        c = self.config
         self.get_logger().info(
-            f'edge {self.config.edge_id!r}: block {self.config.block_size}px, '
-            f'tau {self.config.tau}, codec {self.config.codec}; listening on '
+            f'edge {c.edge_id!r}: block {c.block_size}px, tau {c.tau}, codec {c.codec}, '
+            f'local inference {c.local_inference} ({c.task}); listening on '
             f'{self.resolve_topic_name("image")}')
 
-    # -- callbacks: O(1) work ------------------------------------------------------------
+    def _declare(self, name, default, description, **kw):
+        return declare(self, name, default, description, **kw)
+
+    # -- callbacks: O(1) work ------------------------------------------------------------------
     def _on_image(self, msg: Image):
         self.counters['frames_in'] += 1
-        if self.slot.put(msg) is not None:
+        if self.slot.put((self.counters['frames_in'], msg)) is not None:
             self.counters['dropped_superseded'] += 1
 
     def _on_bad_qos(self, event):
@@ -81,33 +133,57 @@ class EdgeNode(Node):
             f'(policy id {event.last_policy_kind}): no frames will arrive. Set parameter '
             'camera.reliability to best_effort for a best-effort camera.')
 
+    def _on_server_result(self, msg: DetectionArray):
+        if msg.computed_by == 'server':
+            from fluxshard_kernels.yolo.processing import Detections
+            boxes, scores, cls = conversions.boxes_from_msg(msg)
+            self.pipeline.last_result = Detections(boxes, scores, cls)
+            self.counters['server_results'] += 1
+
     def _on_feedback(self, msg: ProxyDelta):
         if msg.edge_id != self.config.edge_id:
             return
+        now = time.monotonic()
         if msg.kind == ProxyDelta.KIND_RESYNC_REQUEST:
             self.counters['resync_requests'] += 1
             if self.pipeline.request_resync(f'server: {msg.reason}', msg.seq):
                 self.get_logger().warn(f'server asked for resync after seq {msg.seq}: '
                                        f'{msg.reason}')
+                # bounded resync: unless a newer frame is waiting, send the last one again
+                # at once as a key batch
+                if self._last_item is not None and self.slot.put_if_empty(self._last_item):
+                    self.counters['resync_resends'] += 1
         elif msg.kind == ProxyDelta.KIND_ACK:
             with self._lock:
-                mine = self._digests.get(msg.seq)
-            if mine is not None and bytes(msg.state_digest) != mine:
+                sent = self._sent.get(msg.seq)
+            self._last_ack = now
+            self._acked_upto = max(self._acked_upto, int(msg.seq))
+            self.pipeline.cloud_available = True
+            if sent is None:
+                return
+            digest, nbytes, t_sent = sent
+            self.pipeline.scheduler.bw.observe(nbytes, now - t_sent)
+            if bytes(msg.state_digest) != digest:
                 self.counters['digest_mismatch'] += 1
                 self.pipeline.request_resync(f'digest mismatch at seq {msg.seq}', msg.seq)
                 self.get_logger().error(f'server proxy digest differs at seq {msg.seq}; '
                                         'sending a key batch')
             else:
                 self.counters['acks'] += 1
+        elif msg.kind == ProxyDelta.KIND_INFERENCE_DONE:
+            self.pipeline.scheduler.cloud.observe(int(msg.server_blocks),
+                                                  float(msg.server_compute_ms) / 1e3)
 
-    # -- critical path ---------------------------------------------------------------------
+    # -- critical path ---------------------------------------------------------------------------
     def _run(self):
+        self._last_ack = time.monotonic()
         while not self._stop.is_set():
-            msg = self.slot.take(timeout=0.2)
-            if msg is None:
+            item = self.slot.take(timeout=0.2)
+            if item is None:
                 continue
+            self._last_item = item
             try:
-                self._process(msg)
+                self._process(*item)
             except conversions.InputError as e:
                 self.rejects[e.reason] += 1
                 self.errors.error(e.reason, f'rejected image ({e.reason}): {e}')
@@ -115,37 +191,75 @@ class EdgeNode(Node):
                 self.rejects['internal_error'] += 1
                 self.errors.error('internal_error', f'frame failed: {type(e).__name__}: {e}')
 
-    def _process(self, msg: Image):
+    def _process(self, idx: int, msg: Image):
         t0 = time.perf_counter()
         frame = conversions.image_to_array(msg)
-        step = self.pipeline.step(frame)
-        out = conversions.update_to_msg(
-            step.update, step.payload, msg.header, self.config.edge_id, step.seq,
-            self.counters['frames_in'], step.codec, step.quality, step.dissimilarity,
-            True, step.digest)
-        if step.key:
-            self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
         with self._lock:
-            self._digests[step.seq] = step.digest
-            while len(self._digests) > 256:
-                self._digests.popitem(last=False)
-        self.batch_pub.publish(out)
-        self.counters['batches_sent'] += 1
-        self.counters['bytes_sent'] += len(step.payload)
-        self.counters['blocks_sent'] += len(step.update.block_indices)
-        self._last = dict(step.timings, total_s=time.perf_counter() - t0,
-                          blocks=len(step.update.block_indices),
-                          grid=step.update.grid.count)
+            late = any(s > self._acked_upto and v[2] < time.monotonic() - self.cloud_timeout
+                       for s, v in self._sent.items())
+        if late:
+            if self.pipeline.cloud_available:
+                self.get_logger().warn('no ACK from the server: computing locally')
+            self.pipeline.cloud_available = False
+        step = self.pipeline.step(frame)
+        dec = step.decision
+        self.counters[f'decision_{dec.strategy}'] += 1
+        if step.local_result is not None:
+            self._publish_local(step.local_result, msg.header, idx, frame.shape)
+        if step.sends:
+            out = conversions.update_to_msg(
+                step.update, step.payload, msg.header, self.config.edge_id, step.seq, idx,
+                step.codec, step.quality, step.dissimilarity, step.sparse_inference_requested,
+                step.digest)
+            if step.key:
+                self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
+            t_send = time.monotonic()
+            if self.emulate_bps:
+                time.sleep(len(step.payload) / self.emulate_bps)  # transport-layer shaping
+            with self._lock:
+                self._sent[step.seq] = (step.digest, len(step.payload), t_send)
+                while len(self._sent) > 256:
+                    self._sent.popitem(last=False)
+            self.batch_pub.publish(out)
+            self.counters['batches_sent'] += 1
+            self.counters['bytes_sent'] += len(step.payload)
+            self.counters['blocks_sent'] += len(step.update.block_indices)
+        elif step.local_result is None:
+            self.counters['no_result_no_batch'] += 1
+        self._last = dict(step.timings, total_ms=1e3 * (time.perf_counter() - t0),
+                          decision=dec.strategy, k_edge=dec.k_edge, k_cloud=dec.k_cloud,
+                          n_labs=dec.n_edge, n_cobs=dec.n_cloud,
+                          ea_edge=round(dec.ea_edge, 4), ea_cloud=round(dec.ea_cloud, 4),
+                          bandwidth_mbps=round(dec.bandwidth_bps * 8 / 1e6, 2),
+                          hit_ratio=round(step.hit_ratio, 3),
+                          frames_since_refresh=self.pipeline._since_refresh)
+        if self.config.local_inference and getattr(self.pipeline, 'last_stats', None):
+            self._last['mac_ratio'] = round(self.pipeline.last_stats.mac_ratio, 3)
+
+    def _publish_local(self, det, header, idx, shape):
+        eid, task = self.config.edge_id, self.config.task
+        if task == 'pose':
+            self.kpt_pub.publish(conversions.keypoints_to_msg(det, header, eid, 'edge', idx))
+        else:
+            self.det_pub.publish(conversions.detections_to_msg(det, header, eid, 'edge', idx,
+                                                               task == 'segment'))
+            if task == 'segment':
+                from fluxshard_kernels.yolo.processing import label_image
+                self.mask_pub.publish(conversions.array_to_image(
+                    label_image(det.masks, det.scores, shape[:2]), header))
+        self.counters['results_local'] += 1
 
     def _publish_diagnostics(self):
         st = DiagnosticStatus(name=f'fluxshard/edge/{self.config.edge_id}',
                               hardware_id=self.config.edge_id)
         bad = sum(self.rejects.values())
         st.level = DiagnosticStatus.OK if not bad else DiagnosticStatus.WARN
-        st.message = f'{self.counters["batches_sent"]} batches, {bad} rejected inputs'
+        st.message = (f'{self.counters["batches_sent"]} batches, '
+                      f'{self.counters["results_local"]} local results, {bad} rejected inputs')
         vals = dict(self.counters)
         vals.update({f'rejected.{k}': v for k, v in self.rejects.items()})
         vals.update({f'last.{k}': v for k, v in self._last.items()})
+        vals['cloud_available'] = self.pipeline.cloud_available
         st.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(vals.items())]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -155,7 +269,8 @@ class EdgeNode(Node):
     def destroy_node(self):
         self._stop.set()
         self.slot.close()
-        self._worker.join(timeout=2.0)
+        self._worker.join(timeout=5.0)
+        self.pipeline.close()
         return super().destroy_node()
 
 
@@ -164,7 +279,7 @@ def main(args=None):
     node = None
     try:
         node = EdgeNode()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = MultiThreadedExecutor(num_threads=3)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -1,5 +1,13 @@
-"""Edge-side per-frame logic without ROS: block extraction against the proxy, payload packing,
-proxy update (paper Algorithm 1, steps 1 and 3-4).
+"""Edge-side per-frame logic without ROS (paper Algorithm 1):
+
+1. pause the background refresh;
+2. extract motion blocks against the local state (LABs) and the proxy of the server's state
+   (COBs), sorted by D x salience;
+3. schedule: closed-form k* for edge and cloud, pick the higher effective accuracy;
+4. local sparse inference on the top k_edge LABs (and opportunistic COB upload), or offload
+   the top k_cloud COBs with the MV field;
+5. update the proxy with exactly what was sent;
+6. resume or restart the background refresh.
 
 The node (``edge_node.py``) feeds frames in and publishes what comes out.
 """
@@ -10,7 +18,9 @@ from typing import Optional
 
 import numpy as np
 
-from fluxshard_kernels import proxy
+from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel, PROFILES,
+                                      Scheduler)
+from fluxshard_kernels import motion, proxy, salience
 from fluxshard_kernels.blocks import BlockGrid
 
 
@@ -20,10 +30,25 @@ class EdgeConfig:
 
     edge_id: str = 'edge0'
     block_size: int = 16
-    tau: float = 0.0
+    tau: float = 10.0
     codec: str = 'jpeg'
     quality: int = 90
     key_interval: int = 0
+    motion: bool = True
+    local_inference: bool = True
+    task: str = 'detect'
+    model_path: str = ''
+    conf: float = 0.25
+    lam: float = 10.0
+    deadline_ms: float = 100.0
+    bandwidth_mbps: float = 56.0
+    edge_profile: str = 'xavier_nx'
+    cloud_profile: str = 'rtx3080'
+    accuracy_edge: float = 1.0
+    accuracy_cloud: float = 1.0
+    refresh_interval: int = 10
+    use_salience: bool = True
+    force_strategy: str = ''
 
     def __post_init__(self):
         if self.block_size not in (8, 16, 32):
@@ -35,22 +60,35 @@ class EdgeConfig:
             raise ValueError(f'quality must be in 1..100, got {self.quality}')
         if self.tau < 0:
             raise ValueError(f'tau must be >= 0, got {self.tau}')
+        for p in (self.edge_profile, self.cloud_profile):
+            if p not in PROFILES:
+                raise ValueError(f'unknown latency profile {p!r}; one of {sorted(PROFILES)}')
+        if self.force_strategy not in ('', 'edge', 'cloud'):
+            raise ValueError("force_strategy must be '', 'edge' or 'cloud'")
 
 
 @dataclass
 class EdgeStep:
-    """What one frame produced: the update both proxies apply, and its wire form."""
+    """What one frame produced."""
 
-    seq: int
-    update: proxy.ProxyUpdate
-    payload: bytes
-    dissimilarity: np.ndarray
-    digest: bytes
-    key: bool
-    codec: int
-    quality: int
+    seq: int = 0
+    update: Optional[proxy.ProxyUpdate] = None
+    payload: bytes = b''
+    dissimilarity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    digest: bytes = b''
+    key: bool = False
+    codec: int = 0
+    quality: int = 0
     key_reason: str = ''
+    sparse_inference_requested: bool = False
+    decision: Optional[Decision] = None
+    local_result: object = None
+    hit_ratio: float = 1.0
     timings: dict = field(default_factory=dict)
+
+    @property
+    def sends(self) -> bool:
+        return self.update is not None
 
 
 def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid) -> np.ndarray:
@@ -73,15 +111,35 @@ def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid) -> np.nda
 
 
 class EdgePipeline:
-    """Per-edge state: the proxy of the server's reference image and the batch sequence."""
+    """Per-edge state: local incremental model and refresh, proxy of the server's reference,
+    scheduler, batch sequence."""
 
-    def __init__(self, config: EdgeConfig):
+    def __init__(self, config: EdgeConfig, model=None):
         self.config = config
         self.proxy: Optional[np.ndarray] = None
         self.seq = 0
         self.frames = 0
         self.last_key_seq = 0
         self._key_reason = 'first frame'
+        self._prev_mv_proxy = None
+        self._prev_mv_local = None
+        self.last_result = None  # latest Detections (local or server), for salience
+        self.cloud_available = True
+        bw = BandwidthEstimator(config.bandwidth_mbps * 1e6 / 8)
+        self.scheduler = Scheduler(LatencyModel(*PROFILES[config.edge_profile]),
+                                   LatencyModel(*PROFILES[config.cloud_profile]), bw,
+                                   config.lam, config.accuracy_edge, config.accuracy_cloud)
+        self.runner = self.refresh = None
+        self.model = model
+        if config.local_inference:
+            from fluxshard_kernels import data
+            from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
+            from fluxshard_kernels.yolo import model as M
+            if self.model is None:
+                self.model = M.load_onnx(config.model_path or str(data.model_path(config.task)))
+            self.runner = IncrementalYOLO(self.model, 16)
+            self.refresh = Refresh(self.runner)
+        self._since_refresh = 0
 
     def request_resync(self, reason: str, failed_seq: Optional[int] = None) -> bool:
         """Make the next batch a key batch; False when a key after ``failed_seq`` was sent."""
@@ -90,8 +148,13 @@ class EdgePipeline:
         self._key_reason = reason
         return True
 
+    def close(self):
+        if self.refresh is not None:
+            self.refresh.cancel()
+
+    # -- per frame -------------------------------------------------------------------------------
     def step(self, frame: np.ndarray) -> EdgeStep:
-        """Build the batch for one (H, W, C) uint8 frame and apply it to the proxy.
+        """Run Algorithm 1 on one (H, W, C) uint8 frame.
 
         Raises:
             ValueError: frame not (H, W, 1|3) uint8.
@@ -99,8 +162,11 @@ class EdgePipeline:
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (1, 3):
             raise ValueError(f'frame must be (H, W, 1|3) uint8, got {frame.shape} {frame.dtype}')
         cfg = self.config
-        t0 = time.perf_counter()
+        t = {'t0': time.perf_counter()}
         self.frames += 1
+        if self.refresh is not None and self.refresh.running:
+            self.refresh.pause()                                            # step 1
+        t['pause'] = time.perf_counter()
         grid = BlockGrid(frame.shape[0], frame.shape[1], cfg.block_size)
         key = self._key_reason != ''
         if not key and self.proxy is not None and self.proxy.shape != frame.shape:
@@ -108,28 +174,128 @@ class EdgePipeline:
                                            f'to {frame.shape}')
         if not key and cfg.key_interval and self.frames % cfg.key_interval == 0:
             key, self._key_reason = True, 'periodic key'
+        out = EdgeStep()
+        # step 2: motion blocks against the proxy (COBs) and the local state (LABs)
         if key:
-            ref = np.zeros_like(frame)
+            mv_c, d_c = None, np.full(grid.count, 255.0, np.float32)
         else:
-            ref = self.proxy
-        d = block_dissimilarity(frame, ref, grid)
+            mv_c, d_c = self._motion(frame, self.proxy, grid, 'proxy')
+        sal = self._salience(mv_c, grid)
+        cobs = salience.rank_misses(d_c, cfg.tau, sal)
+        labs, mv_l = np.zeros(0, np.int64), None
+        local_ready = (self.runner is not None and self.runner.state is not None
+                       and self.runner.state.shape == frame.shape and frame.shape[2] == 3)
+        if local_ready:
+            mv_l, d_l = self._motion(frame, self.runner.state, grid, 'local')
+            labs = salience.rank_misses(d_l, cfg.tau, sal)
+            out.hit_ratio = float(np.mean(d_l < cfg.tau))
+        else:
+            out.hit_ratio = float(np.mean(d_c < cfg.tau))
+        t['extract'] = time.perf_counter()
+        # step 3: schedule
+        dec = self.scheduler.decide(len(labs), len(cobs), edge_available=local_ready or (
+            self.runner is not None and frame.shape[2] == 3),
+            cloud_available=self.cloud_available or key)
+        if cfg.force_strategy:
+            dec.strategy = cfg.force_strategy
         if key:
-            miss = np.arange(grid.count)
+            dec.strategy, dec.k_cloud = 'cloud', grid.count  # the proxy must be initialised
+        if self.runner is None and not key:
+            dec.strategy = 'cloud'
+        out.decision = dec
+        t['schedule'] = time.perf_counter()
+        # step 4: execute
+        send_idx, infer = None, False
+        if dec.strategy == 'edge':
+            out.local_result = self._local(frame, mv_l, labs[:dec.k_edge], local_ready)
+            t['local'] = time.perf_counter()
+            local_s = t['local'] - t['schedule']
+            self.scheduler.edge.observe(dec.k_edge if local_ready else grid.count, local_s)
+            k_opp = self.scheduler.opportunistic_blocks(cfg.deadline_ms / 1e3, local_s,
+                                                        len(cobs))
+            if k_opp and self.cloud_available:
+                send_idx = cobs[:k_opp]
         else:
-            miss = np.flatnonzero(d >= cfg.tau) if cfg.tau > 0 else np.arange(grid.count)
-        order = miss[np.argsort(-d[miss], kind='stable')]
-        t1 = time.perf_counter()
+            send_idx = np.arange(grid.count) if key else cobs[:dec.k_cloud]
+            infer = True
+            t['local'] = time.perf_counter()
+        # step 5: proxy update with exactly what is sent
+        if send_idx is not None and (len(send_idx) or infer):
+            self._send(out, frame, grid, send_idx, mv_c, d_c, key, infer)
+        t['send'] = time.perf_counter()
+        # step 6: background refresh of the local state on this frame
+        self._background(frame)
+        t['end'] = time.perf_counter()
+        out.timings = {
+            'extract_ms': 1e3 * (t['extract'] - t['pause']),
+            'schedule_ms': 1e3 * (t['schedule'] - t['extract']),
+            'local_ms': 1e3 * (t['local'] - t['schedule']),
+            'encode_ms': 1e3 * (t['send'] - t['local']),
+            'pause_wait_ms': 1e3 * (t['pause'] - t['t0']),
+            'total_ms': 1e3 * (t['end'] - t['t0'])}
+        return out
+
+    def _motion(self, frame, ref, grid, which):
+        cfg = self.config
+        if not cfg.motion:
+            d = block_dissimilarity(frame, ref, grid)
+            return None, d
+        prev = self._prev_mv_proxy if which == 'proxy' else self._prev_mv_local
+        f = motion.estimate_motion(frame, ref, cfg.block_size, prev)
+        if which == 'proxy':
+            self._prev_mv_proxy = f.mv
+        else:
+            self._prev_mv_local = f.mv
+        return f.mv, f.dissimilarity.reshape(-1)
+
+    def _salience(self, mv, grid):
+        det = self.last_result
+        if not self.config.use_salience or det is None or not len(det):
+            return None
+        boxes = salience.project_boxes(det.boxes, mv, grid) if mv is not None else det.boxes
+        return salience.salience_map(boxes, det.scores, grid)
+
+    def _local(self, frame, mv, labs, ready):
+        if ready:
+            raw, lb, st = self.runner.step(frame, mv, labs, self.config.block_size)
+        else:
+            raw, lb, st = self.runner.dense(frame)
+            self._since_refresh = 0
+        det = self.model.decode(raw, lb, self.config.conf)
+        self.last_stats = st
+        self.last_result = det
+        return det
+
+    def _send(self, out, frame, grid, idx, mv, d, key, infer):
+        cfg = self.config
         codec = proxy.CODEC_NAMES[cfg.codec]
-        payload, _, upd = proxy.build_update(frame, grid, order, codec, cfg.quality, key=key)
-        t2 = time.perf_counter()
+        mvx = mvy = None
+        if mv is not None and not key:
+            mvx, mvy = mv[..., 0].reshape(-1), mv[..., 1].reshape(-1)
+        payload, _, upd = proxy.build_update(frame, grid, np.asarray(idx, np.int64), codec,
+                                             cfg.quality, mvx, mvy, key)
         new_state = proxy.apply(None if key else self.proxy, upd)
-        dig = proxy.digest(new_state)
-        t3 = time.perf_counter()
         self.proxy = new_state
         self.seq += 1
-        reason = self._key_reason
+        out.seq, out.update, out.payload = self.seq, upd, payload
+        out.dissimilarity = np.asarray(d, np.float32)[np.asarray(idx, np.int64)]
+        out.digest = proxy.digest(new_state)
+        out.key, out.codec, out.quality = key, codec, cfg.quality
+        out.sparse_inference_requested = infer
+        self.scheduler.observe_payload(len(payload), len(idx))
         if key:
+            out.key_reason = self._key_reason
             self.last_key_seq = self.seq
             self._key_reason = ''
-        return EdgeStep(self.seq, upd, payload, d[order], dig, key, codec, cfg.quality, reason,
-                        {'extract_s': t1 - t0, 'encode_s': t2 - t1, 'proxy_s': t3 - t2})
+            self._prev_mv_proxy = None
+
+    def _background(self, frame):
+        if self.refresh is None or self.runner.state is None:
+            return
+        self._since_refresh += 1
+        if self.refresh.running:
+            self.refresh.resume()
+        elif self._since_refresh >= max(1, self.config.refresh_interval) and \
+                frame.shape[2] == 3:
+            self._since_refresh = 0
+            self.refresh.start(frame)

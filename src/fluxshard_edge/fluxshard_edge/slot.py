@@ -27,6 +27,15 @@ class LatestSlot:
             self._cv.notify()
             return old
 
+    def put_if_empty(self, item: Any) -> bool:
+        """Store ``item`` only when nothing is waiting (not counted as a new input)."""
+        with self._cv:
+            if self._has or self._closed:
+                return False
+            self._item, self._has = item, True
+            self._cv.notify()
+            return True
+
     def take(self, timeout: Optional[float] = None) -> Optional[Any]:
         """Wait up to ``timeout`` s for an item; None on timeout or after close()."""
         with self._cv:

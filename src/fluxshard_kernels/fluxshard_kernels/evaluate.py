@@ -25,7 +25,7 @@ import torch
 from fluxshard_kernels import data, metrics, motion, salience
 from fluxshard_kernels.incremental import IncrementalYOLO
 from fluxshard_kernels.yolo import model as M
-from fluxshard_kernels.yolo.processing import decode, letterbox
+from fluxshard_kernels.yolo.processing import letterbox
 
 MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan')
 DAVIS_CLASS = {'davis-parkour': 0, 'davis-breakdance': 0, 'davis-bmx-trees': 0,
@@ -33,11 +33,7 @@ DAVIS_CLASS = {'davis-parkour': 0, 'davis-breakdance': 0, 'davis-bmx-trees': 0,
 
 
 def _decode(model, raw, lb):
-    nk = 17 if model.task == 'pose' else 0
-    if model.task == 'segment':
-        out, protos = raw
-        return decode(out[0].numpy(), lb, len(model.names), protos=protos[0].numpy())
-    return decode(raw[0].numpy(), lb, len(model.names), nkpt=nk)
+    return model.decode(raw, lb)
 
 
 def _ground_truth(seq, n):

@@ -1,21 +1,117 @@
-"""Server-side inference backends (no ROS): dense reference via onnxruntime, or none."""
+"""Server-side inference (no ROS, paper Algorithm 2 steps 3-4): per edge, incremental YOLO11 over
+the MV-warped server cache, recomputing the blocks the proxy edge state changed, with a
+preemptible background refresh from the proxy edge state. Dense torch and onnxruntime backends
+are kept as references."""
 
-from fluxshard_kernels import data
+import time
+from typing import Optional
+
+import numpy as np
+
+from fluxshard_kernels import data, proxy
+from fluxshard_kernels.blocks import BlockGrid
+
+BACKENDS = ('incremental', 'dense', 'onnxruntime', 'none')
 
 
-def load_backend(backend: str, task: str, path: str = '', conf: float = 0.25,
-                 iou: float = 0.45, threads: int = 0):
-    """Return a callable image_bgr -> Detections, or None for backend 'none'.
+def load_model(task: str, path: str = '', device: str = 'cpu'):
+    """The YOLO11 torch model for ``task`` (ONNX initializers or an Ultralytics .pt)."""
+    from fluxshard_kernels.yolo import model as M
+    p = path or str(data.model_path(task))
+    m = M.load_ultralytics_pt(p) if p.endswith('.pt') else M.load_onnx(p, task)
+    if m.task != task:
+        raise ValueError(f'model {p} is a {m.task!r} model, task is {task!r}')
+    return m.to(device)
 
-    Raises:
-        ValueError: unknown backend; FileNotFoundError: missing model file.
+
+class EdgeModel:
+    """Inference for one edge: call with the proxy edge state after batch ``seq``.
+
+    Args:
+        backend: 'incremental', 'dense', 'onnxruntime' or 'none'.
+        model: a loaded YOLO11 (shared between edges; torch modules are stateless here).
+        refresh_interval: batches between background dense refreshes (incremental only).
     """
-    if backend == 'none':
-        return None
-    if backend == 'onnxruntime':
-        from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
-        model = OnnxYolo(path or str(data.model_path(task)), conf, iou, threads)
-        if model.task != task:
-            raise ValueError(f'model {path} is a {model.task!r} model, task is {task!r}')
-        return model
-    raise ValueError(f'unknown inference backend {backend!r} (onnxruntime, none)')
+
+    def __init__(self, backend: str, task: str, model=None, path: str = '',
+                 conf: float = 0.25, iou: float = 0.45, threads: int = 0,
+                 refresh_interval: int = 10, cam_block: int = 16):
+        if backend not in BACKENDS:
+            raise ValueError(f'unknown inference backend {backend!r} ({", ".join(BACKENDS)})')
+        self.backend, self.task, self.conf, self.iou = backend, task, conf, iou
+        self.cam_block = cam_block
+        self.refresh_interval = refresh_interval
+        self.names = {}
+        self.model = model
+        self.runner = self.refresh = None
+        self._last_seq = -1
+        self._since_refresh = 0
+        self.last_blocks = 0
+        if backend == 'onnxruntime':
+            from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
+            self.onnx = OnnxYolo(path or str(data.model_path(task)), conf, iou, threads)
+            self.names = self.onnx.names
+        elif backend in ('incremental', 'dense'):
+            self.model = model or load_model(task, path)
+            self.names = self.model.names
+            if backend == 'incremental':
+                from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
+                self.runner = IncrementalYOLO(self.model, 16)
+                self.refresh = Refresh(self.runner)
+
+    def __call__(self, state: np.ndarray, seq: int, mv: Optional[np.ndarray] = None,
+                 prev_seq: Optional[int] = None):
+        """Detections for the proxy image ``state`` (BGR) after batch ``seq``.
+
+        ``mv`` (camera-block MVs of that batch) is used when the cache describes the state of
+        batch ``prev_seq`` (normally seq - 1); otherwise the cache is brought up to date by
+        recomputing every block that differs.
+        """
+        from fluxshard_kernels.yolo.processing import Detections
+        img = state if state.shape[2] == 3 else np.repeat(state, 3, axis=2)
+        t0 = time.perf_counter()
+        if self.backend == 'none':
+            self.last_blocks = 0
+            return Detections()
+        if self.backend == 'onnxruntime':
+            self.last_blocks = BlockGrid(img.shape[0], img.shape[1], self.cam_block).count
+            return self.onnx(img)
+        if self.backend == 'dense':
+            from fluxshard_kernels.yolo.processing import letterbox
+            import torch
+            x, lb = letterbox(img, 640)
+            raw = self.model(torch.from_numpy(x))
+            self.last_blocks = BlockGrid(img.shape[0], img.shape[1], self.cam_block).count
+            return self.model.decode(raw, lb, self.conf, self.iou)
+        if self.refresh.running:
+            self.refresh.pause()
+        r = self.runner
+        grid = BlockGrid(img.shape[0], img.shape[1], self.cam_block)
+        if r.state is None or r.state.shape != img.shape:
+            raw, lb, _ = r.dense(img)
+            self.last_blocks = grid.count
+        else:
+            use_mv = mv is not None and prev_seq is not None and prev_seq == self._last_seq
+            ref = r.state
+            if use_mv:
+                ref = proxy.warp_image_int(r.state, grid, mv[..., 0].reshape(-1),
+                                           mv[..., 1].reshape(-1))
+            diff = np.abs(ref.astype(np.int16) - img.astype(np.int16)).max(axis=2)
+            changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)))
+            raw, lb, _ = r.step(img, mv if use_mv else None, changed, self.cam_block)
+            self.last_blocks = int(changed.size)
+        self._last_seq = seq
+        det = self.model.decode(raw, lb, self.conf, self.iou)
+        self.last_seconds = time.perf_counter() - t0
+        self._since_refresh += 1
+        if self.refresh.running:
+            self.refresh.resume()
+        elif self._since_refresh >= max(1, self.refresh_interval):
+            self._since_refresh = 0
+            self._last_seq = -1  # after the swap the cache describes this state, not seq + 1's
+            self.refresh.start(img)
+        return det
+
+    def close(self):
+        if self.refresh is not None:
+            self.refresh.cancel()

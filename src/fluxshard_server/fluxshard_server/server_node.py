@@ -4,6 +4,8 @@ from collections import Counter
 import threading
 import time
 
+import numpy as np
+
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import declare, LATCHED_QOS, LINK_QOS, ReasonLog, RESULT_QOS
@@ -15,7 +17,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from fluxshard_server.inference import load_backend
+from fluxshard_server.inference import BACKENDS, EdgeModel, load_model
 from fluxshard_server.session import EdgeSession
 
 try:  # a ROS 2 robot with vision_msgs: publish the standard type too
@@ -31,6 +33,7 @@ class _Edge:
         self.ns = ns
         prefix = (ns.strip('/') + '/') if ns.strip('/') else ''
         self.session = EdgeSession(ns.strip('/') or 'edge0')
+        self.model = node.make_edge_model()
         self.group = MutuallyExclusiveCallbackGroup()
         self.feedback = node.create_publisher(ProxyDelta, prefix + 'proxy_feedback', LINK_QOS)
         self.detections = node.create_publisher(DetectionArray, prefix + 'detections',
@@ -63,8 +66,10 @@ class ServerNode(Node):
             edges = ['']
         self.task = declare(self, 'model.task', 'detect', 'Vision task',
                             choices=['detect', 'segment', 'pose'], read_only=True)
-        backend = declare(self, 'model.backend', 'onnxruntime', 'Inference backend',
-                          choices=['onnxruntime', 'none'], read_only=True)
+        backend = declare(self, 'model.backend', 'incremental',
+                          'incremental (sparse YOLO11 over MV-warped caches), dense (torch), '
+                          'onnxruntime (dense reference) or none', choices=list(BACKENDS),
+                          read_only=True)
         path = declare(self, 'model.path', '',
                        'Model file ("" = YOLO11n for the task from the data folder)',
                        read_only=True)
@@ -74,16 +79,26 @@ class ServerNode(Node):
                           lo=0, hi=256, read_only=True)
         self.publish_proxy_image = declare(self, 'publish_proxy_image', False,
                                            'Publish each edge proxy image on <ns>/proxy_image')
-        self.model = load_backend(backend, self.task, path, conf, iou, threads)
+        refresh = declare(self, 'refresh.interval', 10,
+                          'Batches between background dense refreshes of a server cache',
+                          lo=1, hi=100000)
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        shared = load_model(self.task, path) if backend in ('incremental', 'dense') else None
+
+        def make_edge_model():
+            return EdgeModel(backend, self.task, shared, path, conf, iou, threads, refresh)
+        self.make_edge_model = make_edge_model
         self.counters = Counter()
         self.rejects = Counter()
         self.errors = ReasonLog(self.get_logger())
         self._cv = threading.Condition()
         self._pending = {}
         self.edges = [_Edge(self, ns) for ns in edges]
-        if self.model is not None:
-            for e in self.edges:
-                e.labels.publish(conversions.label_map_msg(self.model.names, LabelMap().header))
+        for e in self.edges:
+            if e.model.names:
+                e.labels.publish(conversions.label_map_msg(e.model.names, LabelMap().header))
         self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(1.0, self._publish_diagnostics)
         self._stop = threading.Event()
@@ -103,7 +118,9 @@ class ServerNode(Node):
         except Exception as e:  # noqa: B902 - malformed input must not escape the callback
             self._reject(edge, 'bad_batch', f'seq {msg.seq}: {type(e).__name__}: {e}', msg.seq)
             return
-        out = edge.session.offer(int(msg.seq), upd, bytes(msg.state_digest))
+        prev_seq = edge.session.last_seq
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        out = edge.session.offer(int(msg.seq), upd, bytes(msg.state_digest), stamp)
         if out.counter:
             self._reject(edge, out.counter, out.reason, msg.seq, resync=out.resync)
         if not out.applied or out.resync:
@@ -115,7 +132,11 @@ class ServerNode(Node):
         if edge.proxy_image is not None:
             edge.proxy_image.publish(conversions.array_to_image(edge.session.state, msg.header))
         if msg.sparse_inference_requested:
-            job = (msg.header, int(msg.frame_index), edge.session.state)
+            mv = None
+            if upd.mv_x is not None:
+                mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
+            job = (msg.header, int(msg.frame_index), edge.session.state, int(msg.seq), mv,
+                   prev_seq if not upd.key else None)
             with self._cv:
                 if edge in self._pending:
                     self.counters['dropped_superseded'] += 1
@@ -145,21 +166,21 @@ class ServerNode(Node):
                 if not self._pending:
                     continue
                 edge = next(iter(self._pending))
-                header, frame_index, image = self._pending.pop(edge)
+                job = self._pending.pop(edge)
             try:
-                self._infer(edge, header, frame_index, image)
+                self._infer(edge, *job)
             except Exception as e:  # noqa: B902 - keep serving other edges
                 self.rejects['inference_error'] += 1
                 self.get_logger().error(f'inference failed: {type(e).__name__}: {e}')
 
-    def _infer(self, edge: _Edge, header, frame_index: int, image):
+    def _infer(self, edge: _Edge, header, frame_index: int, image, seq, mv, prev_seq):
         eid = edge.session.edge_id
         t0 = time.perf_counter()
-        if self.model is None:
-            from fluxshard_kernels.yolo.processing import Detections
-            det = Detections()
-        else:
-            det = self.model(image if image.shape[2] == 3 else image.repeat(3, axis=2))
+        det = edge.model(image, seq, mv, prev_seq)
+        done = ProxyDelta(header=header, edge_id=eid, kind=ProxyDelta.KIND_INFERENCE_DONE,
+                          seq=seq, server_compute_ms=1e3 * (time.perf_counter() - t0),
+                          server_blocks=int(edge.model.last_blocks))
+        edge.feedback.publish(done)
         if self.task == 'pose':
             edge.keypoints.publish(conversions.keypoints_to_msg(det, header, eid, 'server',
                                                                 frame_index))
@@ -196,7 +217,9 @@ class ServerNode(Node):
 
     def destroy_node(self):
         self._stop.set()
-        self._worker.join(timeout=2.0)
+        self._worker.join(timeout=5.0)
+        for e in self.edges:
+            e.model.close()
         return super().destroy_node()
 
 

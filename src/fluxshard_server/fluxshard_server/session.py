@@ -36,13 +36,17 @@ class EdgeSession:
         self.synced = False
         self.digest = b''
         self.applied = 0
+        self.last_stamp = -1
 
-    def offer(self, seq: int, update: proxy.ProxyUpdate, expected_digest: bytes) -> Outcome:
-        """Apply ``update`` (batch number ``seq``) if it continues the stream; verify digest."""
+    def offer(self, seq: int, update: proxy.ProxyUpdate, expected_digest: bytes,
+              stamp_ns: int = -1) -> Outcome:
+        """Apply ``update`` (batch number ``seq``, source image stamp ``stamp_ns``) if it
+        continues the stream; verify the digest."""
         if update.key:
-            if self.synced and seq == self.last_seq and bytes(expected_digest) == self.digest:
-                return Outcome(False, False, f'duplicate key batch seq {seq}', 'stale_seq')
-            # a key with a lower seq is an edge that restarted its stream: accept it
+            if self.synced and seq <= self.last_seq and stamp_ns <= self.last_stamp:
+                return Outcome(False, False, f'duplicate or out-of-order key batch seq {seq} '
+                               f'(last applied {self.last_seq})', 'stale_seq')
+            # a key with a lower seq but a newer stamp is an edge that restarted its stream
         else:
             if not self.synced:
                 return Outcome(False, True, f'not in sync (waiting for a key batch); got seq '
@@ -61,6 +65,7 @@ class EdgeSession:
             return Outcome(False, True, f'cannot apply seq {seq}: {e}', 'bad_batch')
         dig = proxy.digest(new)
         self.state, self.last_seq, self.digest = new, seq, dig
+        self.last_stamp = max(self.last_stamp, stamp_ns)
         self.applied += 1
         if expected_digest and dig != bytes(expected_digest):
             self.synced = False

@@ -384,6 +384,16 @@ class YOLO11(nn.Module):
     def forward(self, x):
         return self.head_outputs(self.features(x, DENSE))
 
+    def decode(self, raw, lb, conf: float = 0.25, iou: float = 0.45):
+        """Raw head output (as ``forward``) -> Detections in source pixels."""
+        from fluxshard_kernels.yolo.processing import decode
+        if self.task == 'segment':
+            out, protos = raw
+            return decode(out[0].cpu().numpy(), lb, len(self.names), conf, iou,
+                          protos=protos[0].cpu().numpy())
+        return decode(raw[0].cpu().numpy(), lb, len(self.names), conf, iou,
+                      nkpt=17 if self.task == 'pose' else 0)
+
 
 def load_onnx(path: str, task: str = None) -> YOLO11:
     """YOLO11n from an Ultralytics ONNX export: weights from its initializers (BN folded),

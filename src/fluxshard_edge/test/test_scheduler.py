@@ -1,0 +1,57 @@
+"""Scheduler: closed form against a numeric argmax, clamping, decisions follow bandwidth, online
+fitting of the latency model."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fluxshard_edge.scheduler import (BandwidthEstimator, k_star, LatencyModel, PROFILES,
+                                      Scheduler)
+
+
+@pytest.mark.parametrize('a, b, lam, sb', [
+    (3.6e-8, 2.13e-4, 10.0, 0.0), (2.63e-9, 1.52e-5, 10.0, 400 / 7e6),
+    (1e-6, 1e-3, 2.0, 0.0), (5e-7, 0.0, 30.0, 1e-4)])
+def test_closed_form_matches_numeric_argmax(a, b, lam, sb):
+    ks = np.arange(0, 200000, dtype=np.float64)
+    with np.errstate(divide='ignore'):
+        log_ea = np.log(ks) - lam * (a * ks ** 2 + (b + sb) * ks)
+    k_num = ks[np.argmax(log_ea)]
+    assert abs(k_star(a, b, lam, sb) - k_num) <= 1.0
+
+
+def test_linear_model_closed_form():
+    assert math.isclose(k_star(0.0, 1e-3, 10.0), 100.0)
+
+
+def _sched(bw_mbps):
+    return Scheduler(LatencyModel(*PROFILES['xavier_nx']), LatencyModel(*PROFILES['rtx3080']),
+                     BandwidthEstimator(bw_mbps * 1e6 / 8), lam=10.0, bytes_per_block=600)
+
+
+def test_decision_switches_with_bandwidth_and_clamps():
+    hi = _sched(130).decide(400, 400)
+    lo = _sched(0.5).decide(400, 400)
+    assert hi.strategy == 'cloud' and lo.strategy == 'edge'
+    assert 0 <= hi.k_cloud <= 400 and 0 <= lo.k_edge <= 400
+    small = _sched(130).decide(3, 3)
+    assert small.k_edge <= 3 and small.k_cloud <= 3
+    assert _sched(130).decide(400, 400, cloud_available=False).strategy == 'edge'
+
+
+def test_latency_model_fits_measurements():
+    m = LatencyModel(*PROFILES['xavier_nx'])
+    rng = np.random.default_rng(0)
+    for k in rng.integers(1, 1000, 50):
+        m.observe(int(k), 1e-7 * k * k + 1e-4 * k + 0.02)
+    assert m(500) == pytest.approx(1e-7 * 250000 + 0.05 + 0.02, rel=1e-3)
+
+
+def test_bandwidth_estimate_moves_toward_measurements():
+    b = BandwidthEstimator(1e6)
+    for _ in range(20):
+        b.observe(100000, 0.01)  # 10 MB/s
+    assert b.bps == pytest.approx(1e7, rel=0.01)
+    b.observe(100, 1.0)  # too small to count
+    assert b.samples == 20

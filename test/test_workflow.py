@@ -1,0 +1,128 @@
+"""The full FluxShard workflow over real DDS (paper Algorithms 1 and 2): a real sequence replayed
+into two edges (different emulated uplinks) served by one server, all separate processes."""
+
+from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
+from diagnostic_msgs.msg import DiagnosticArray
+from fluxshard_edge.common_node import LINK_QOS, RESULT_QOS
+
+N = 12
+
+
+def _stamp(h):
+    return h.stamp.sec * 10**9 + h.stamp.nanosec
+
+
+def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
+    got = {r: {'det': {}, 'fb': [], 'batches': []} for r in ('robot1', 'robot2')}
+    diag = {}
+    for r in got:
+        ros.node.create_subscription(
+            DetectionArray, f'/{r}/detections',
+            lambda m, r=r: got[r]['det'].setdefault(_stamp(m.header), []).append(m),
+            RESULT_QOS)
+        ros.node.create_subscription(ProxyDelta, f'/{r}/proxy_feedback',
+                                     got[r]['fb'].append, LINK_QOS)
+        ros.node.create_subscription(BlockBatch, f'/{r}/block_batch',
+                                     got[r]['batches'].append, LINK_QOS)
+
+    def on_diag(m):
+        for st in m.status:
+            diag[st.name] = {kv.key: kv.value for kv in st.values}
+    ros.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    server = ros.spawn('fluxshard_server.server_node',
+                       params=["edges:=['robot1','robot2']", 'model.threads:=1'])
+    edges = {}
+    for r, mbps in (('robot1', '130.0'), ('robot2', '2.0')):
+        edges[r] = ros.spawn('fluxshard_edge.edge_node', ns=r,
+                             params=[f'link.emulate_mbps:={mbps}',
+                                     f'link.bandwidth_mbps:={mbps}', 'refresh.interval:=5'])
+    assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag and
+                        'fluxshard/edge/robot2' in diag, 60), ros.log(server)
+    cams = [ros.spawn('fluxshard_edge.image_publisher_node', ns=r,
+                      params=[f'source:={seq}', f'count:={N}', 'rate_hz:=2.0',
+                              'wait_for_subscribers:=1', 'start_delay_s:=0.5'])
+            for r, seq in (('robot1', 'davis-bmx-trees'), ('robot2', 'davis-bmx-trees'))]
+
+    def accounted(r):
+        d = diag.get(f'fluxshard/edge/{r}', {})
+        return int(d.get('frames_in', 0)) >= N and all(c.poll() is not None for c in cams)
+    assert ros.wait_for(lambda: accounted('robot1') and accounted('robot2'), 120)
+    ros.wait_for(lambda: False, 4.0)  # last results and diagnostics
+    srv = diag['fluxshard/server']
+    for r in got:
+        d = diag[f'fluxshard/edge/{r}']
+        log = ros.log(edges[r])
+        # every frame: a result (edge or server) or a counted drop
+        results = len(got[r]['det'])
+        drops = int(d.get('dropped_superseded', 0)) + int(d.get('no_result_no_batch', 0))
+        assert results + drops + int(srv.get('dropped_superseded', 0)) >= N, (r, d, srv, log)
+        assert results >= N // 2, (r, d, log)
+        for dets in got[r]['det'].values():
+            assert all(m.edge_id == r for m in dets)  # states and results do not mix
+        # proxy digests equal after every batch: every batch ACKed, no mismatch, no resync
+        acks = [f for f in got[r]['fb'] if f.kind == ProxyDelta.KIND_ACK]
+        assert len(acks) == len(got[r]['batches']) > 0, (r, d)
+        digests = {b.seq: bytes(b.state_digest) for b in got[r]['batches']}
+        assert all(bytes(a.state_digest) == digests[a.seq] for a in acks)
+        assert int(d.get('digest_mismatch', 0)) == 0
+        assert not any(f.kind == ProxyDelta.KIND_RESYNC_REQUEST for f in got[r]['fb'])
+    fast, slow = diag['fluxshard/edge/robot1'], diag['fluxshard/edge/robot2']
+    # the fast link offloads more, the slow one computes more at the edge
+    assert int(fast.get('decision_cloud', 0)) > int(slow.get('decision_cloud', 0)), (fast, slow)
+    assert int(slow.get('decision_edge', 0)) > int(fast.get('decision_edge', 0)), (fast, slow)
+    assert float(slow['last.bandwidth_mbps']) < float(fast['last.bandwidth_mbps'])
+    assert server.poll() is None and all(e.poll() is None for e in edges.values())
+
+
+def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
+    import numpy as np
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Header
+    from fluxshard_edge import conversions
+    from fluxshard_kernels import data
+    got, fb, batches, diag = {}, [], [], {}
+    ros.node.create_subscription(DetectionArray, '/robot1/detections',
+                                 lambda m: got.setdefault(_stamp(m.header), m), RESULT_QOS)
+    ros.node.create_subscription(ProxyDelta, '/robot1/proxy_feedback', fb.append, LINK_QOS)
+    ros.node.create_subscription(BlockBatch, '/robot1/block_batch', batches.append, LINK_QOS)
+
+    def on_diag(m):
+        for st in m.status:
+            diag[st.name] = {kv.key: kv.value for kv in st.values}
+    ros.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    server = ros.spawn('fluxshard_server.server_node', params=["edges:=['robot1']",
+                                                               'model.threads:=1'])
+    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
+                     params=['scheduler.force_strategy:=cloud'])
+    img_pub = ros.node.create_publisher(Image, '/robot1/image',
+                                        QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    batch_pub = ros.node.create_publisher(BlockBatch, '/robot1/block_batch', LINK_QOS)
+    assert ros.wait_for(lambda: img_pub.get_subscription_count() and
+                        batch_pub.get_subscription_count() and
+                        'fluxshard/server' in diag, 60), ros.log(server)
+    frames = list(data.iter_frames('pets09-s2l1', limit=3))
+
+    def send(arr):
+        m = conversions.array_to_image(arr, Header(frame_id='camera'))
+        m.header.stamp = ros.node.get_clock().now().to_msg()
+        img_pub.publish(m)
+        return _stamp(m.header)
+    for _ in range(20):
+        s0 = send(frames[0])
+        if ros.wait_for(lambda: s0 in got, 2.0):
+            break
+    assert s0 in got
+    s1 = send(np.ascontiguousarray(frames[1][:101, :77]))  # odd size, size change mid-stream
+    assert ros.wait_for(lambda: s1 in got, 20), ros.log(edge)
+    assert ros.wait_for(lambda: len(batches) >= 2, 5)
+    batch_pub.publish(batches[-1])   # duplicate
+    batch_pub.publish(batches[0])    # out of order (an old key batch)
+    ros.wait_for(lambda: False, 1.0)
+    s2 = send(np.ascontiguousarray(frames[2][:101, :77]))
+    assert ros.wait_for(lambda: s2 in got, 20), (ros.log(edge), ros.log(server))
+    assert ros.wait_for(lambda: int(diag.get('fluxshard/server', {}).get(
+        'rejected.stale_seq', 0)) >= 1, 5), diag
+    slog = ros.log(server)
+    assert 'duplicate' in slog
+    assert server.poll() is None and edge.poll() is None
