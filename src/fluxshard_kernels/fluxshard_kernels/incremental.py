@@ -387,7 +387,7 @@ class IncrementalYOLO:
     """
 
     def __init__(self, model: 'M.YOLO11', block: int = 16, max_sparse_stride: int = 32,
-                 layout: str = 'batch', dense_above: float = 0.5, imgsz: int = 640,
+                 layout: str = 'batch', dense_above: float = 0.8, imgsz: int = 640,
                  exact_global: bool = False, halo: str = 'fixed', halo_px: int = 8):
         self.model = model.eval()
         self.block, self.imgsz = block, imgsz

@@ -74,9 +74,9 @@ class Monitor(Node):
             cls = getattr(m, 'class_ids', ['0'] * len(m.scores))
             top = ', '.join(f'{self.names.get(c, c)} {s:.2f}'
                             for c, s in list(zip(cls, m.scores))[:4])
-            print(f'{robot} frame {m.frame_index:4d} stamp {stamp / 1e9:.3f} '
-                  f'{m.computed_by}: {len(m.scores)} objects [{top}] '
-                  f'latency {lat_ms:.0f} ms', flush=True)
+            how = 'local (edge)' if m.computed_by == 'edge' else 'offload (server)'
+            print(f'{robot} frame {m.frame_index:4d} stamp {stamp / 1e9:.3f} {how:16s} '
+                  f'{len(m.scores)} objects [{top}] latency {lat_ms:.0f} ms', flush=True)
 
 
 def _find_config(name, config_dir):
@@ -185,6 +185,10 @@ def _summary(mon, robots, a, wall_s):
             'edge_dropped_superseded': int(edge.get('dropped_superseded', 0)),
             'edge_rejected': sum(int(v) for k, v in edge.items() if k.startswith('rejected.')),
             'batches_sent': int(edge.get('batches_sent', 0)),
+            'decisions_edge': int(edge.get('decision_edge', 0)),
+            'decisions_cloud': int(edge.get('decision_cloud', 0)),
+            'results_local': int(edge.get('results_local', 0)),
+            'mb_per_s': int(edge.get('bytes_sent', 0)) / 1e6 / max(wall_s, 1e-9),
             'bytes_sent': int(edge.get('bytes_sent', 0)),
             'latency_ms_p50': pct(0.5), 'latency_ms_p90': pct(0.9),
             'stamps_unique': len({x['stamp_ns'] for x in res}) == len(res),
@@ -197,14 +201,15 @@ def _print_summary(s):
     if not s:
         return
     print('\nsummary')
-    print('| robot | frames in (edge) | results | dropped (latest wins) | rejected | '
-          'batches | MB sent | latency p50 / p90 ms |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('| robot | frames in (edge) | results (local) | dropped (latest wins) | rejected | '
+          'decisions edge / offload | batches | MB sent | latency p50 / p90 ms |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for r, v in s['robots'].items():
         p50 = '-' if v['latency_ms_p50'] is None else f"{v['latency_ms_p50']:.0f}"
         p90 = '-' if v['latency_ms_p90'] is None else f"{v['latency_ms_p90']:.0f}"
-        print(f"| {r} | {v['edge_frames_in']} | {v['results']} | "
-              f"{v['edge_dropped_superseded']} | {v['edge_rejected']} | {v['batches_sent']} | "
+        print(f"| {r} | {v['edge_frames_in']} | {v['results']} ({v['results_local']}) | "
+              f"{v['edge_dropped_superseded']} | {v['edge_rejected']} | "
+              f"{v['decisions_edge']} / {v['decisions_cloud']} | {v['batches_sent']} | "
               f"{v['bytes_sent'] / 1e6:.2f} | {p50} / {p90} |")
     srv = s.get('server', {})
     if srv:
