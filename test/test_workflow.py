@@ -95,8 +95,8 @@ def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
                                                                'model.threads:=1'])
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=['scheduler.force_strategy:=cloud'])
-    img_pub = ros.node.create_publisher(Image, '/robot1/image',
-                                        QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE))
+    qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    img_pub = ros.node.create_publisher(Image, '/robot1/image', qos)
     batch_pub = ros.node.create_publisher(BlockBatch, '/robot1/block_batch', LINK_QOS)
     assert ros.wait_for(lambda: img_pub.get_subscription_count() and
                         batch_pub.get_subscription_count() and

@@ -3,9 +3,10 @@
 from typing import Any, Optional
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
-
 
 
 def camera_qos(reliability: str) -> QoSProfile:
@@ -18,6 +19,8 @@ def camera_qos(reliability: str) -> QoSProfile:
     rel = {'reliable': ReliabilityPolicy.RELIABLE,
            'best_effort': ReliabilityPolicy.BEST_EFFORT}[reliability]
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=rel)
+
+
 #: BlockBatch / ProxyDelta: reliable, in order; a lost batch breaks proxy sync (then resync).
 LINK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=8,
                       reliability=ReliabilityPolicy.RELIABLE)
@@ -69,3 +72,25 @@ class ReasonLog:
             self._last[reason] = now
         else:
             self._held[reason] = self._held.get(reason, 0) + 1
+
+
+def run_node(make_node, args=None, threads: int = 2, body=None):
+    """rclpy init, build the node, spin it on a MultiThreadedExecutor (or run ``body(node)``
+    instead), and always destroy it and shut down cleanly (Ctrl-C included)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        if body is not None:
+            body(node)
+        else:
+            executor = MultiThreadedExecutor(num_threads=threads)
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()

@@ -8,16 +8,14 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
                                 ProxyDelta)
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
-                                        RESULT_QOS)
+                                        RESULT_QOS, run_node)
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_edge.slot import LatestSlot
 
@@ -38,6 +36,10 @@ class EdgeNode(Node):
             tau=d('motion.tau', 10.0, 'Miss threshold on the dissimilarity D (mean abs diff, '
                   '0-255); 0 makes every block a miss', lo=0.0, hi=255.0),
             motion=d('motion.enabled', True, 'Block matching (false: zero MVs, pixel deltas)'),
+            independent_px=d('motion.independent_px', 0.0,
+                             'Also recompute blocks moving >= this many px against their '
+                             'neighbourhood (static cameras with small movers; 0 = off)',
+                             lo=0.0, hi=1000.0),
             codec=d('payload.codec', 'jpeg', 'Payload codec of carried blocks',
                     choices=['raw', 'png', 'jpeg']),
             quality=d('payload.quality', 90, 'JPEG quality', lo=1, hi=100),
@@ -275,20 +277,7 @@ class EdgeNode(Node):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = EdgeNode()
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(EdgeNode, args, threads=3)
 
 
 if __name__ == '__main__':

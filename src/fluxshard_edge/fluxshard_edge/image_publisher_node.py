@@ -4,13 +4,12 @@ sensor_msgs/Image at a fixed rate: a camera stand-in for demos and tests."""
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from fluxshard_edge import conversions
-from fluxshard_edge.common_node import declare
+from fluxshard_edge.common_node import declare, run_node
 from fluxshard_kernels import data
 
 
@@ -59,21 +58,14 @@ class ImagePublisher(Node):
                 return
 
 
+def _publish_all(node):
+    node.run()
+    node.get_logger().info(f'published {node.published} frames from {node.source}')
+    time.sleep(0.5)
+
+
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ImagePublisher()
-        node.run()
-        node.get_logger().info(f'published {node.published} frames from {node.source}')
-        time.sleep(0.5)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(ImagePublisher, args, body=_publish_all)
 
 
 if __name__ == '__main__':

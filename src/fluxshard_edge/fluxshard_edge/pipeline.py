@@ -31,6 +31,7 @@ class EdgeConfig:
     edge_id: str = 'edge0'
     block_size: int = 16
     tau: float = 10.0
+    independent_px: float = 0.0
     codec: str = 'jpeg'
     quality: int = 90
     key_interval: int = 0
@@ -181,13 +182,13 @@ class EdgePipeline:
         else:
             mv_c, d_c = self._motion(frame, self.proxy, grid, 'proxy')
         sal = self._salience(mv_c, grid)
-        cobs = salience.rank_misses(d_c, cfg.tau, sal)
+        cobs = salience.rank_misses(d_c, cfg.tau, sal, extra=self._independent(mv_c))
         labs, mv_l = np.zeros(0, np.int64), None
         local_ready = (self.runner is not None and self.runner.state is not None
                        and self.runner.state.shape == frame.shape and frame.shape[2] == 3)
         if local_ready:
             mv_l, d_l = self._motion(frame, self.runner.state, grid, 'local')
-            labs = salience.rank_misses(d_l, cfg.tau, sal)
+            labs = salience.rank_misses(d_l, cfg.tau, sal, extra=self._independent(mv_l))
             out.hit_ratio = float(np.mean(d_l < cfg.tau))
         else:
             out.hit_ratio = float(np.mean(d_c < cfg.tau))
@@ -247,6 +248,11 @@ class EdgePipeline:
         else:
             self._prev_mv_local = f.mv
         return f.mv, f.dissimilarity.reshape(-1)
+
+    def _independent(self, mv):
+        if not self.config.independent_px or mv is None:
+            return None
+        return motion.MotionField(None, mv, None).independent(self.config.independent_px)
 
     def _salience(self, mv, grid):
         det = self.last_result

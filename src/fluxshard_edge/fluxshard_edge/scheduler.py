@@ -1,11 +1,11 @@
-"""Scheduler and task allocation (paper section 4.2): effective accuracy EA = (A k / N) e^{-lambda T}
-maximised in closed form for the edge (eq. 2) and the cloud (eq. 1), with latency models
-a k^2 + b k + c fitted online from measured timings and bandwidth estimated from transfers."""
+"""Scheduler and task allocation (paper section 4.2): effective accuracy
+EA = (A k / N) e^{-lambda T} maximised in closed form for the edge (eq. 2) and the cloud
+(eq. 1), with latency models a k^2 + b k + c fitted online from measured timings and the
+bandwidth estimated from transfers."""
 
 from collections import deque
 from dataclasses import dataclass
 import math
-from typing import Optional
 
 import numpy as np
 

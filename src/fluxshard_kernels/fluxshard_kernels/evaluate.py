@@ -15,7 +15,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import time
 
 import cv2
@@ -58,7 +57,8 @@ def _ground_truth(seq, n):
 
 
 def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
-                 use_salience=False, net_block=16, layout='batch', dense_above=0.5):
+                 use_salience=False, net_block=16, layout='batch', dense_above=0.8,
+                 independent_px=0.0):
     """Incremental vs dense over one sequence; returns a dict of numbers."""
     runner = IncrementalYOLO(model, net_block, layout=layout, dense_above=dense_above)
     imgs = list(data.iter_frames(seq, limit=frames))
@@ -95,7 +95,11 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                 sal = salience.salience_map(boxes, prev_det.scores, f.grid)
             n_miss = int(np.sum(d >= tau))
             k = math.ceil(k_frac * n_miss)
-            miss = salience.rank_misses(d, tau, sal, k)
+            extra = f.independent(independent_px) if independent_px else None
+            if extra is not None:
+                n_miss = int(np.sum((d >= tau) | extra.reshape(-1)))
+                k = math.ceil(k_frac * n_miss)
+            miss = salience.rank_misses(d, tau, sal, k, extra)
             k_used.append(len(miss) / f.grid.count)
             raw, lb2, st = runner.step(img, f.mv, miss, block)
             t_inc.append(time.perf_counter() - t0)
@@ -119,6 +123,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                                  dd.scores[sel], np.full(len(gb), gc))
     res = {'sequence': seq, 'task': model.task, 'frames': len(imgs), 'tau': tau,
            'block': block, 'refresh': refresh, 'k_frac': k_frac, 'salience': use_salience,
+           'independent_px': independent_px,
            'hit_ratio': float(np.mean(hits)) if hits else 1.0,
            'recomputed_fraction': float(np.mean(k_used)) if k_used else 0.0,
            'mac_ratio': float(np.mean(macs)) if macs else 0.0,
@@ -151,6 +156,9 @@ def main(argv=None):
     p.add_argument('--refresh', type=int, default=0, help='dense refresh every N frames')
     p.add_argument('--k-frac', type=float, default=1.0, help='fraction of misses recomputed')
     p.add_argument('--salience', action='store_true')
+    p.add_argument('--independent', type=float, default=0.0,
+                   help='also recompute blocks moving >= this many px against their '
+                        'neighbourhood (0 = off)')
     p.add_argument('--sweep', action='store_true',
                    help='also sweep tau, block, refresh, k/N (+/- salience) for detection on '
                         'davis-parkour and pets09-s2l1')
@@ -169,7 +177,7 @@ def main(argv=None):
     for task in a.tasks:
         for seq in seqs:
             r = run_sequence(models[task], seq, a.frames, a.tau, a.block, a.refresh,
-                             a.k_frac, a.salience)
+                             a.k_frac, a.salience, independent_px=a.independent)
             rows.append(r)
             _print_row(r)
     sweep = []

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from fluxshard_kernels import proxy, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
-from fluxshard_kernels.warp import warp_features
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import Letterbox, letterbox
 

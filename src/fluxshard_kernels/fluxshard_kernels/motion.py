@@ -43,11 +43,27 @@ class MotionField:
         """(rows, cols) bool: D < tau (reusable blocks)."""
         return self.dissimilarity < tau
 
-    def misses(self, tau: float) -> np.ndarray:
-        """Row-major indices of blocks with D >= tau, most dissimilar first."""
+    def misses(self, tau: float, independent_px: float = 0.0) -> np.ndarray:
+        """Row-major indices of blocks with D >= tau (or, with ``independent_px``, moving
+        independently of their neighbourhood), most dissimilar first."""
         d = self.dissimilarity.reshape(-1)
-        idx = np.flatnonzero(d >= tau)
+        miss = d >= tau
+        if independent_px:
+            miss |= self.independent(independent_px).reshape(-1)
+        idx = np.flatnonzero(miss)
         return idx[np.argsort(-d[idx], kind='stable')]
+
+    def independent(self, px: float, radius: int = 2) -> np.ndarray:
+        """(rows, cols) bool: blocks whose MV differs by >= ``px`` from the median MV of their
+        (2 radius + 1)^2 neighbourhood - objects moving against the background. Warping their
+        cached features is unreliable (context changed), so they can be recomputed even when
+        the image match is good (static cameras with small movers)."""
+        from numpy.lib.stride_tricks import sliding_window_view
+        k = 2 * radius + 1
+        pad = np.pad(self.mv, ((radius, radius), (radius, radius), (0, 0)), mode='edge')
+        win = sliding_window_view(pad, (k, k), axis=(0, 1))
+        med = np.median(win.reshape(win.shape[0], win.shape[1], 2, -1), axis=3)
+        return np.abs(self.mv - med).max(axis=2) >= px
 
     @property
     def mv_x(self) -> np.ndarray:
@@ -69,14 +85,12 @@ def _lib():
         if spec is not None and spec.origin:
             lib = ctypes.CDLL(spec.origin)
             f = lib.fs_block_search
-            u8p = np.ctypeslib.ndpointer(np.uint8, flags='C')
             i32p = np.ctypeslib.ndpointer(np.int32, flags='C')
             f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
                           ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                           i32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, i32p,
                           np.ctypeslib.ndpointer(np.uint32, flags='C')]
             f.restype = None
-            del u8p
         else:
             warnings.warn('fluxshard_kernels._motion is not built; block matching runs the '
                           'slow Python reference (rebuild with colcon to get the C kernel)')

@@ -37,10 +37,15 @@ def salience_map(boxes: np.ndarray, scores: np.ndarray, grid: BlockGrid,
     return sal.reshape(-1)
 
 
-def rank_misses(dissimilarity: np.ndarray, tau: float, salience=None, k=None) -> np.ndarray:
-    """Miss blocks (D >= tau) ordered by D x salience, best first; the first ``k`` if given."""
+def rank_misses(dissimilarity: np.ndarray, tau: float, salience=None, k=None,
+                extra=None) -> np.ndarray:
+    """Miss blocks (D >= tau, or ``extra`` True) ordered by D x salience, best first; the first
+    ``k`` if given."""
     d = np.asarray(dissimilarity, np.float32).reshape(-1)
-    idx = np.flatnonzero(d >= tau)
+    miss = d >= tau
+    if extra is not None:
+        miss |= np.asarray(extra, bool).reshape(-1)
+    idx = np.flatnonzero(miss)
     score = d[idx] * (salience[idx] if salience is not None else 1.0)
     idx = idx[np.argsort(-score, kind='stable')]
     return idx if k is None else idx[:max(0, int(k))]

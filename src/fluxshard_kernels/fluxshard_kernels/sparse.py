@@ -246,8 +246,8 @@ def _hw_stacked(src, dst, mask, op, k, s, pad, p_len):
     inner = dst.interior[0]
     for r, c0, c1, bnd, x0, _ in place:
         oy, ox = bnd * band_h // s, x0 // s
-        inner[:, r * bo:(r + 1) * bo, c0 * bo:c1 * bo] = y[0, :, oy:oy + bo,
-                                                            ox:ox + (c1 - c0) * bo]
+        out = y[0, :, oy:oy + bo, ox:ox + (c1 - c0) * bo]
+        inner[:, r * bo:(r + 1) * bo, c0 * bo:c1 * bo] = out
 
 
 def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor) -> FMap:

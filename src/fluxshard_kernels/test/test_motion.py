@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from fluxshard_kernels import data, motion, proxy
-from fluxshard_kernels.blocks import BlockGrid
 
 
 @pytest.fixture(scope='module')
@@ -79,3 +78,16 @@ def test_block_matching_warps_better_than_block_averaged_dis(seq):
         theirs.append(_warp_err(a, b, f.grid, np.rint(fb[..., 0]).reshape(-1),
                                 np.rint(fb[..., 1]).reshape(-1)))
     assert np.mean(ours) <= np.mean(theirs), (ours, theirs)
+
+
+def test_independent_motion_flags_movers_against_the_background():
+    from fluxshard_kernels.blocks import BlockGrid
+    grid = BlockGrid(96, 160, 16)
+    mv = np.zeros((grid.rows, grid.cols, 2), np.int32)
+    mv[..., 0] = 7                      # camera pan: everything moves alike
+    mv[2, 4] = (-3, 5)                  # one object moves on its own
+    f = motion.MotionField(grid, mv, np.zeros((grid.rows, grid.cols), np.float32))
+    ind = f.independent(4)
+    assert ind[2, 4] and ind.sum() == 1
+    assert set(f.misses(10.0, independent_px=4)) == {2 * grid.cols + 4}
+    assert f.misses(10.0).size == 0

@@ -2,7 +2,6 @@
 type and both layouts, over random masks; empty and full masks; errors."""
 
 from hypothesis import given, settings, strategies as st
-import numpy as np
 import pytest
 import torch
 
@@ -74,7 +73,7 @@ def test_property_random_masks_and_sizes(seed, frac, layout, ks, h, w):
 def test_pointwise_add_concat_and_upsample():
     x0, x1, mask, rows, cols = _pair(4, 48, 64, B_IN, 0.3, 7)
     y0, y1 = x0 * 0.5 + 1, x1 * 0.5 + 1  # a second branch changing in the same blocks
-    a0, a1 = S.FMap.from_dense(x0, B_IN, rows, cols), S.FMap.from_dense(x1, B_IN, rows, cols)
+    a1 = S.FMap.from_dense(x1, B_IN, rows, cols)
     b1 = S.FMap.from_dense(y1, B_IN, rows, cols)
     add = S.FMap.from_dense(x0 + y0, B_IN, rows, cols)
     S.sparse_pointwise(torch.add, [a1, b1], add, mask)

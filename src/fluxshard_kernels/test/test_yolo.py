@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fluxshard_kernels import data, incremental as I, metrics, motion
+from fluxshard_kernels import data, incremental as inc, metrics, motion
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
@@ -85,7 +85,7 @@ def test_onnx_backend_segment_and_pose_outputs(parkour):
 
 def test_incremental_equals_dense_when_all_changed_blocks_recomputed(det_model):
     frames = list(data.iter_frames('pets09-s2l1', limit=2))
-    run = I.IncrementalYOLO(det_model, 16, halo='exact', exact_global=True)
+    run = inc.IncrementalYOLO(det_model, 16, halo='exact', exact_global=True)
     run.dense(frames[0])
     grid = BlockGrid(frames[0].shape[0], frames[0].shape[1], 16)
     diff = np.abs(frames[1].astype(int) - frames[0]).max(axis=2)
@@ -99,7 +99,7 @@ def test_incremental_equals_dense_when_all_changed_blocks_recomputed(det_model):
 
 def test_incremental_saves_work_on_a_static_camera(det_model):
     frames = list(data.iter_frames('pets09-s2l1', limit=3))
-    run = I.IncrementalYOLO(det_model, 16)
+    run = inc.IncrementalYOLO(det_model, 16)
     raw0, lb, st0 = run.dense(frames[0])
     assert st0.mac_ratio == 1.0
     for f in frames[1:]:
@@ -113,9 +113,9 @@ def test_incremental_saves_work_on_a_static_camera(det_model):
 
 def test_refresh_is_preemptible_between_layers_and_swaps_caches(det_model):
     frames = list(data.iter_frames('pets09-s2l1', limit=2))
-    run = I.IncrementalYOLO(det_model, 16)
+    run = inc.IncrementalYOLO(det_model, 16)
     run.dense(frames[0])
-    ref = I.Refresh(run)
+    ref = inc.Refresh(run)
     ref.start(frames[1])
     assert ref.pause(timeout=10)          # parks at a layer boundary
     assert ref.running

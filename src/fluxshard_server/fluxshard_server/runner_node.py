@@ -48,8 +48,10 @@ class Monitor(Node):
         self.diag = {}
         self.names = {}
         self.quiet = quiet
-        typ, topic = (KeypointArray, 'keypoints') if task == 'pose' else (DetectionArray,
-                                                                           'detections')
+        if task == 'pose':
+            typ, topic = KeypointArray, 'keypoints'
+        else:
+            typ, topic = DetectionArray, 'detections'
         for r in robots:
             self.create_subscription(typ, f'/{r}/{topic}',
                                      lambda m, r=r: self._on_result(r, m), RESULT_QOS)

@@ -8,12 +8,11 @@ import numpy as np
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from fluxshard_edge import conversions
-from fluxshard_edge.common_node import declare, LATCHED_QOS, LINK_QOS, ReasonLog, RESULT_QOS
+from fluxshard_edge.common_node import (declare, LATCHED_QOS, LINK_QOS, ReasonLog, RESULT_QOS,
+                                        run_node)
 from fluxshard_kernels import proxy
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, KeypointArray, LabelMap, ProxyDelta
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -240,20 +239,7 @@ def _to_vision(det, header):
 
 
 def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ServerNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run_node(ServerNode, args, threads=4)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,8 @@ class Letterbox:
 
 def letterbox_geometry(src_h: int, src_w: int, size: int = 640, stride: int = 32,
                        square: bool = False) -> Letterbox:
-    """Fit the long side to ``size``; pad the short side to a multiple of ``stride`` (or square)."""
+    """Fit the long side to ``size``; pad the short side to a multiple of ``stride``
+    (or to a square)."""
     scale = min(size / src_h, size / src_w)
     nh, nw = int(round(src_h * scale)), int(round(src_w * scale))
     if square:
