@@ -126,3 +126,30 @@ def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
     slog = ros.log(server)
     assert 'duplicate' in slog
     assert server.poll() is None and edge.poll() is None
+
+
+def test_h264_camera_codec_mvs_replace_block_matching(ros):
+    """An H.264 camera (one access unit per CompressedImage): the edge decodes it, uses the
+    codec motion vectors, and every frame is served."""
+    got, diag = {}, {}
+    ros.node.create_subscription(DetectionArray, '/robot1/detections',
+                                 lambda m: got.setdefault(_stamp(m.header), m), RESULT_QOS)
+
+    def on_diag(m):
+        for st in m.status:
+            diag[st.name] = {kv.key: kv.value for kv in st.values}
+    ros.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    server = ros.spawn('fluxshard_server.server_node', params=["edges:=['robot1']",
+                                                               'model.threads:=1'])
+    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
+                     params=['camera.transport:=h264', 'scheduler.force_strategy:=cloud'])
+    assert ros.wait_for(lambda: 'fluxshard/server' in diag, 60), ros.log(server)
+    n = 6
+    cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1',
+                    params=['source:=davis-parkour', f'count:={n}', 'rate_hz:=1.5',
+                            'transport:=h264', 'wait_for_subscribers:=1',
+                            'start_delay_s:=0.5'])
+    assert ros.wait_for(lambda: len(got) >= n, 60), (ros.log(edge), ros.log(cam))
+    assert ros.wait_for(lambda: int(diag.get('fluxshard/edge/robot1', {}).get(
+        'codec_mv_frames', 0)) == n - 1, 5), diag  # every P-frame used codec MVs
+    assert edge.poll() is None and server.poll() is None

@@ -71,6 +71,26 @@ def image_to_array(msg: Image, max_side: int = proxy.MAX_SIDE) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def compressed_to_array(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg / png) -> (H, W, 3) BGR uint8.
+
+    Raises:
+        InputError: empty data, unsupported format, or undecodable bytes.
+    """
+    import cv2
+    fmt = (msg.format or '').lower()
+    if not any(k in fmt for k in ('jpeg', 'jpg', 'png')):
+        raise InputError('bad_format', f'unsupported compressed format {msg.format!r}; '
+                         "expected jpeg or png (or 'h264' with camera.transport h264)")
+    buf = np.frombuffer(memoryview(msg.data).cast('B'), dtype=np.uint8)
+    if buf.size == 0:
+        raise InputError('empty_image', 'compressed image has no data')
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError('undecodable', f'{buf.size} bytes of {msg.format!r} do not decode')
+    return img
+
+
 def array_to_image(arr: np.ndarray, header, encoding: Optional[str] = None) -> Image:
     """(H, W, 3) BGR / (H, W[, 1]) mono / (H, W) uint16 -> sensor_msgs/Image with ``header``."""
     a = np.ascontiguousarray(arr)

@@ -11,7 +11,7 @@ from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, Label
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
@@ -82,6 +82,13 @@ class EdgeNode(Node):
                         'QoS reliability of the camera subscription (depth 1); best_effort for '
                         'best-effort cameras', choices=['reliable', 'best_effort'],
                         read_only=True)
+        self.transport = d('camera.transport', 'raw',
+                           "raw: sensor_msgs/Image on 'image'; compressed: jpeg/png "
+                           "CompressedImage on 'image/compressed'; h264: one H.264 access unit "
+                           "per CompressedImage (format 'h264') on 'image/compressed', whose "
+                           'codec motion vectors replace block matching',
+                           choices=['raw', 'compressed', 'h264'], read_only=True)
+        self._h264 = None
         self.pipeline = EdgePipeline(self.config)
         self.slot = LatestSlot()
         self.counters = Counter()
@@ -102,8 +109,12 @@ class EdgeNode(Node):
             self.create_publisher(LabelMap, 'labels', LATCHED_QOS).publish(
                 conversions.label_map_msg(self.pipeline.model.names, LabelMap().header))
         fb = MutuallyExclusiveCallbackGroup()
+        if self.transport == 'raw':
+            typ, topic = Image, 'image'
+        else:
+            typ, topic = CompressedImage, 'image/compressed'
         self.create_subscription(
-            Image, 'image', self._on_image, camera_qos(reliability),
+            typ, topic, self._on_image, camera_qos(reliability),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_bad_qos))
         self.create_subscription(ProxyDelta, 'proxy_feedback', self._on_feedback, LINK_QOS,
                                  callback_group=fb)
@@ -117,7 +128,7 @@ class EdgeNode(Node):
         self.get_logger().info(
             f'edge {c.edge_id!r}: block {c.block_size}px, tau {c.tau}, codec {c.codec}, '
             f'local inference {c.local_inference} ({c.task}); listening on '
-            f'{self.resolve_topic_name("image")}')
+            f'{self.resolve_topic_name(topic)} ({self.transport})')
 
     def _declare(self, name, default, description, **kw):
         return declare(self, name, default, description, **kw)
@@ -195,7 +206,13 @@ class EdgeNode(Node):
 
     def _process(self, idx: int, msg: Image):
         t0 = time.perf_counter()
-        frame = conversions.image_to_array(msg)
+        codec_mvs = None
+        if self.transport == 'raw':
+            frame = conversions.image_to_array(msg)
+        elif self.transport == 'compressed':
+            frame = conversions.compressed_to_array(msg)
+        else:
+            frame, codec_mvs = self._decode_h264(msg)
         with self._lock:
             late = any(s > self._acked_upto and v[2] < time.monotonic() - self.cloud_timeout
                        for s, v in self._sent.items())
@@ -203,7 +220,7 @@ class EdgeNode(Node):
             if self.pipeline.cloud_available:
                 self.get_logger().warn('no ACK from the server: computing locally')
             self.pipeline.cloud_available = False
-        step = self.pipeline.step(frame)
+        step = self.pipeline.step(frame, codec_mvs)
         dec = step.decision
         self.counters[f'decision_{dec.strategy}'] += 1
         if step.local_result is not None:
@@ -237,6 +254,25 @@ class EdgeNode(Node):
                           frames_since_refresh=self.pipeline._since_refresh)
         if self.config.local_inference and getattr(self.pipeline, 'last_stats', None):
             self._last['mac_ratio'] = round(self.pipeline.last_stats.mac_ratio, 3)
+
+    def _decode_h264(self, msg):
+        from fluxshard_kernels.codec_mv import H264Decoder
+        if 'h264' not in (msg.format or '').lower():
+            raise conversions.InputError('bad_format', f'format {msg.format!r} on an h264 '
+                                         "transport; expected 'h264'")
+        if self._h264 is None:
+            self._h264 = H264Decoder()
+        try:
+            out = self._h264.decode(bytes(msg.data))
+        except ValueError as e:
+            self._h264 = None  # restart the decoder at the next key frame
+            raise conversions.InputError('undecodable', str(e)) from e
+        if not out:
+            raise conversions.InputError('no_frame', 'H.264 data produced no frame yet')
+        frame, mvs = out[-1]
+        if mvs is not None:
+            self.counters['codec_mv_frames'] += 1
+        return frame, mvs
 
     def _publish_local(self, det, header, idx, shape):
         eid, task = self.config.edge_id, self.config.task

@@ -6,7 +6,7 @@ import time
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import declare, run_node
@@ -32,8 +32,32 @@ class ImagePublisher(Node):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE if reliable
                          else ReliabilityPolicy.BEST_EFFORT)
-        self.pub = self.create_publisher(Image, 'image', qos)
+        self.transport = declare(self, 'transport', 'raw',
+                                 "raw (Image on 'image'), compressed (jpeg) or h264 (one access "
+                                 "unit per CompressedImage) on 'image/compressed'",
+                                 choices=['raw', 'compressed', 'h264'])
+        if self.transport == 'raw':
+            self.pub = self.create_publisher(Image, 'image', qos)
+        else:
+            self.pub = self.create_publisher(CompressedImage, 'image/compressed', qos)
+        self._enc = None
         self.published = 0
+
+    def _message(self, frame):
+        if self.transport == 'raw':
+            return conversions.array_to_image(frame, Image().header)
+        import cv2
+        msg = CompressedImage()
+        if self.transport == 'compressed':
+            msg.format = 'jpeg'
+            msg.data = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        else:
+            from fluxshard_kernels.codec_mv import H264Encoder
+            if self._enc is None:
+                self._enc = H264Encoder(frame.shape[1], frame.shape[0])
+            msg.format = 'h264'
+            msg.data = self._enc.encode(frame)
+        return msg
 
     def run(self):
         deadline = time.monotonic() + 30.0
@@ -47,7 +71,7 @@ class ImagePublisher(Node):
             for frame in data.iter_frames(self.source, self.limit or None):
                 if not rclpy.ok() or (self.limit and self.published >= self.limit):
                     return
-                msg = conversions.array_to_image(frame, Image().header)
+                msg = self._message(frame)
                 msg.header.stamp = self.get_clock().now().to_msg()
                 msg.header.frame_id = self.frame_id
                 self.pub.publish(msg)

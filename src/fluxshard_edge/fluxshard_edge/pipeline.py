@@ -154,8 +154,9 @@ class EdgePipeline:
             self.refresh.cancel()
 
     # -- per frame -------------------------------------------------------------------------------
-    def step(self, frame: np.ndarray) -> EdgeStep:
-        """Run Algorithm 1 on one (H, W, C) uint8 frame.
+    def step(self, frame: np.ndarray, codec_mvs: Optional[np.ndarray] = None) -> EdgeStep:
+        """Run Algorithm 1 on one (H, W, C) uint8 frame; ``codec_mvs`` (H.264 motion vectors of
+        this frame against the previous one) replace block matching when given.
 
         Raises:
             ValueError: frame not (H, W, 1|3) uint8.
@@ -165,6 +166,7 @@ class EdgePipeline:
         cfg = self.config
         t = {'t0': time.perf_counter()}
         self.frames += 1
+        self._codec_mvs = codec_mvs
         if self.refresh is not None and self.refresh.running:
             self.refresh.pause()                                            # step 1
         t['pause'] = time.perf_counter()
@@ -242,7 +244,13 @@ class EdgePipeline:
             d = block_dissimilarity(frame, ref, grid)
             return None, d
         prev = self._prev_mv_proxy if which == 'proxy' else self._prev_mv_local
-        f = motion.estimate_motion(frame, ref, cfg.block_size, prev)
+        if getattr(self, '_codec_mvs', None) is not None:
+            # codec MVs point at the previous decoded frame; D is measured against the real
+            # reference, so a reference that lags behind shows up as misses, not as drift
+            from fluxshard_kernels.codec_mv import field_from_codec
+            f = field_from_codec(self._codec_mvs, frame, ref, cfg.block_size)
+        else:
+            f = motion.estimate_motion(frame, ref, cfg.block_size, prev)
         if which == 'proxy':
             self._prev_mv_proxy = f.mv
         else:

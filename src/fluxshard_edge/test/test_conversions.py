@@ -94,3 +94,18 @@ def test_detections_to_msg_center_size():
     assert list(m.class_ids) == ['0'] and abs(m.scores[0] - 0.9) < 1e-6
     boxes, scores, cls = conversions.boxes_from_msg(m)
     assert np.allclose(boxes, det.boxes)
+
+
+def test_compressed_images_decode_and_bad_ones_are_rejected(frame):
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    m = CompressedImage(format='png')
+    m.data = cv2.imencode('.png', frame)[1].tobytes()
+    assert np.array_equal(conversions.compressed_to_array(m), frame)
+    for fmt, data, reason in (('rgb8; jpeg compressed bgr8', b'\xff\xd8junk', 'undecodable'),
+                              ('tiff', b'x', 'bad_format'), ('jpeg', b'', 'empty_image')):
+        m = CompressedImage(format=fmt)
+        m.data = data
+        with pytest.raises(conversions.InputError) as e:
+            conversions.compressed_to_array(m)
+        assert e.value.reason == reason

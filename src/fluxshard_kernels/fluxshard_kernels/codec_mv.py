@@ -134,3 +134,49 @@ def decode_with_motion(path, block_size: int = 16,
                 field = field_from_codec(sd.to_ndarray(), img, prev, block_size)
             yield img, field
             prev = img
+
+
+class H264Encoder:
+    """Per-frame H.264 access units (Annex B) for causal MV use: x264 ref=1, no B-frames,
+    zero latency (one packet out per frame in)."""
+
+    def __init__(self, width: int, height: int, fps: int = 30, crf: int = 23):
+        import av
+        self.ctx = av.CodecContext.create('libx264', 'w')
+        self.ctx.width, self.ctx.height = width // 2 * 2, height // 2 * 2
+        self.ctx.pix_fmt = 'yuv420p'
+        self.ctx.framerate = fps
+        self.ctx.options = {'x264-params': 'ref=1:bframes=0:scenecut=0:keyint=100000',
+                            'preset': 'veryfast', 'tune': 'zerolatency', 'crf': str(crf)}
+
+    def encode(self, frame: np.ndarray) -> bytes:
+        import av
+        f = av.VideoFrame.from_ndarray(np.ascontiguousarray(
+            frame[:self.ctx.height, :self.ctx.width]), format='bgr24')
+        return b''.join(bytes(p) for p in self.ctx.encode(f))
+
+
+class H264Decoder:
+    """Decodes one H.264 access unit per call, exporting its motion vectors."""
+
+    def __init__(self):
+        import av
+        self.ctx = av.CodecContext.create('h264', 'r')
+        self.ctx.options = {'flags2': '+export_mvs'}
+
+    def decode(self, data: bytes):
+        """List of (BGR frame, MOTION_VECTORS array or None) decoded from ``data``.
+
+        Raises:
+            ValueError: undecodable bytes.
+        """
+        import av
+        try:
+            frames = self.ctx.decode(av.Packet(bytes(data)))
+        except av.error.FFmpegError as e:
+            raise ValueError(f'undecodable H.264 data ({len(data)} bytes): {e}') from e
+        out = []
+        for fr in frames:
+            sd = fr.side_data.get('MOTION_VECTORS')
+            out.append((fr.to_ndarray(format='bgr24'), None if sd is None else sd.to_ndarray()))
+        return out
