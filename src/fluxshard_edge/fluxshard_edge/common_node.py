@@ -4,6 +4,8 @@ from typing import Any, Optional
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 import rclpy
+import rclpy.exceptions
+import rclpy.logging
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
@@ -38,6 +40,9 @@ def declare(node: Node, name: str, default: Any, description: str, *,
             choices: Optional[list] = None, read_only: bool = False) -> Any:
     """Declare one parameter with a descriptor (range / allowed values) and return its value."""
     desc = ParameterDescriptor(description=description, read_only=read_only)
+    is_float = isinstance(default, float)
+    if is_float:
+        desc.dynamic_typing = True  # accept 600 where 600.0 is meant (a classic YAML slip)
     if lo is not None and hi is not None:
         if isinstance(default, bool):
             pass
@@ -49,6 +54,12 @@ def declare(node: Node, name: str, default: Any, description: str, *,
     if choices:
         desc.additional_constraints = 'one of: ' + ', '.join(map(str, choices))
     value = node.declare_parameter(name, default, desc).value
+    if is_float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f'parameter {name}={value!r}: must be a number')
+        value = float(value)
+        if lo is not None and hi is not None and not lo <= value <= hi:
+            raise ValueError(f'parameter {name}={value}: must be in [{lo}, {hi}]')
     if choices and value not in choices:
         raise ValueError(f'parameter {name}={value!r}: must be one of {choices}')
     return value
@@ -80,7 +91,12 @@ def run_node(make_node, args=None, threads: int = 2, body=None):
     rclpy.init(args=args)
     node = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except (ValueError, TypeError, FileNotFoundError, rclpy.exceptions.ParameterException,
+                rclpy.exceptions.InvalidParameterTypeException) as e:
+            rclpy.logging.get_logger('fluxshard').fatal(f'cannot start: {e}')
+            raise SystemExit(2)
         if body is not None:
             body(node)
         else:

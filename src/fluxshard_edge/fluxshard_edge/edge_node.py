@@ -75,6 +75,11 @@ class EdgeNode(Node):
         self.emulate_bps = d('link.emulate_mbps', 0.0,
                              'Emulate an uplink of this many Mbit/s in the transport (0 = off)',
                              lo=0.0, hi=1e5) * 1e6 / 8
+        self.drop_rate = d('link.drop_rate', 0.0,
+                           'Drop this fraction of outgoing batches (loss injection for tests '
+                           'and evaluation; 0 = off)', lo=0.0, hi=1.0)
+        import random
+        self._rng = random.Random(0)
         self.cloud_timeout = d('link.ack_timeout_ms', 1000.0,
                                'No ACK for this long: the server counts as unavailable',
                                lo=10.0, hi=1e6) / 1e3
@@ -97,6 +102,7 @@ class EdgeNode(Node):
         self._sent = OrderedDict()  # seq -> (digest, bytes, send time)
         self._acked_upto = 0
         self._last_item = None
+        self._last_probe = 0.0
         self._lock = threading.Lock()
         self._last = {}
         self.batch_pub = self.create_publisher(BlockBatch, 'block_batch', LINK_QOS)
@@ -219,7 +225,13 @@ class EdgeNode(Node):
         if late:
             if self.pipeline.cloud_available:
                 self.get_logger().warn('no ACK from the server: computing locally')
+                self._last_probe = time.monotonic()
             self.pipeline.cloud_available = False
+            if time.monotonic() - self._last_probe > self.cloud_timeout:
+                # probe: a key batch (also served locally) that a returning server can apply
+                self._last_probe = time.monotonic()
+                self.pipeline.request_resync('probing the server')
+                self.counters['probes'] += 1
         step = self.pipeline.step(frame, codec_mvs)
         dec = step.decision
         self.counters[f'decision_{dec.strategy}'] += 1
@@ -239,7 +251,13 @@ class EdgeNode(Node):
                 self._sent[step.seq] = (step.digest, len(step.payload), t_send)
                 while len(self._sent) > 256:
                     self._sent.popitem(last=False)
-            self.batch_pub.publish(out)
+            if self.drop_rate and self._rng.random() < self.drop_rate:
+                self.counters['injected_drops'] += 1  # lost on the emulated link
+            else:
+                self.batch_pub.publish(out)
+            if step.key:
+                self.counters['key_batches'] += 1
+                self.counters['key_bytes'] += len(step.payload)
             self.counters['batches_sent'] += 1
             self.counters['bytes_sent'] += len(step.payload)
             self.counters['blocks_sent'] += len(step.update.block_indices)
@@ -305,10 +323,11 @@ class EdgeNode(Node):
         self.diag_pub.publish(arr)
 
     def destroy_node(self):
-        self._stop.set()
-        self.slot.close()
-        self._worker.join(timeout=5.0)
-        self.pipeline.close()
+        if hasattr(self, '_worker'):
+            self._stop.set()
+            self.slot.close()
+            self._worker.join(timeout=5.0)
+            self.pipeline.close()
         return super().destroy_node()
 
 

@@ -83,8 +83,13 @@ class ImagePublisher(Node):
 
 
 def _publish_all(node):
-    node.run()
-    node.get_logger().info(f'published {node.published} frames from {node.source}')
+    try:
+        node.run()
+    except KeyboardInterrupt:
+        pass
+    finally:  # the runner reads this line to account for every published frame
+        print(f'[fluxshard_image_publisher] published {node.published} frames from '
+              f'{node.source}', flush=True)
     time.sleep(0.5)
 
 

@@ -199,10 +199,14 @@ class EdgePipeline:
         dec = self.scheduler.decide(len(labs), len(cobs), edge_available=local_ready or (
             self.runner is not None and frame.shape[2] == 3),
             cloud_available=self.cloud_available or key)
-        if cfg.force_strategy:
+        if cfg.force_strategy and (cfg.force_strategy != 'cloud' or self.cloud_available
+                                   or self.runner is None):
             dec.strategy = cfg.force_strategy
-        if key:
+        probe = key and not self.cloud_available and self.runner is not None
+        if key and not probe:
             dec.strategy, dec.k_cloud = 'cloud', grid.count  # the proxy must be initialised
+        elif probe:
+            dec.strategy = 'edge'  # server unreachable: serve locally, send the key as a probe
         if self.runner is None and not key:
             dec.strategy = 'cloud'
         out.decision = dec
@@ -218,6 +222,8 @@ class EdgePipeline:
                                                         len(cobs))
             if k_opp and self.cloud_available:
                 send_idx = cobs[:k_opp]
+            if probe:
+                send_idx = np.arange(grid.count)
         else:
             send_idx = np.arange(grid.count) if key else cobs[:dec.k_cloud]
             infer = True

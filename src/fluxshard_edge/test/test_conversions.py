@@ -102,10 +102,10 @@ def test_compressed_images_decode_and_bad_ones_are_rejected(frame):
     m = CompressedImage(format='png')
     m.data = cv2.imencode('.png', frame)[1].tobytes()
     assert np.array_equal(conversions.compressed_to_array(m), frame)
-    for fmt, data, reason in (('rgb8; jpeg compressed bgr8', b'\xff\xd8junk', 'undecodable'),
-                              ('tiff', b'x', 'bad_format'), ('jpeg', b'', 'empty_image')):
+    for fmt, raw, reason in (('rgb8; jpeg compressed bgr8', b'\xff\xd8junk', 'undecodable'),
+                             ('tiff', b'x', 'bad_format'), ('jpeg', b'', 'empty_image')):
         m = CompressedImage(format=fmt)
-        m.data = data
+        m.data = raw
         with pytest.raises(conversions.InputError) as e:
             conversions.compressed_to_array(m)
         assert e.value.reason == reason

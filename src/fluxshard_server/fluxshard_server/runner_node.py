@@ -34,6 +34,8 @@ def _args(argv):
                    help='override a server parameter (repeatable)')
     p.add_argument('--config-dir', default=None, help='folder with edge.yaml and server.yaml')
     p.add_argument('--timeout', type=float, default=120.0, help='give up after this many s')
+    p.add_argument('--duration', type=float, default=0.0,
+                   help='soak: loop the source and stop after this many seconds')
     p.add_argument('--quiet', action='store_true', help='no per-frame lines')
     p.add_argument('--json', default=None, help='write the summary as JSON here')
     return p.parse_args(argv)
@@ -132,15 +134,16 @@ def main(argv=None):
             rclpy.spin_once(mon, timeout_sec=0.2)
             if any(f'{x}=model.backend:=none' in x for x in srv_params):
                 break
+        cam_extra = ['loop:=true', 'count:=0'] if a.duration else [f'count:={a.count}']
         for r in robots:
             spawn('fluxshard_edge.image_publisher_node', r, None,
-                  [f'source:={a.source}', f'count:={a.count}', f'rate_hz:={a.rate}',
+                  [f'source:={a.source}', *cam_extra, f'rate_hz:={a.rate}',
                    'start_delay_s:=0.5', 'wait_for_subscribers:=1',
                    f'frame_id:={r}_camera'], f'camera_{r}')
         print(f'fluxshard_run: {len(robots)} robot(s), source {a.source}, '
               f'{a.count or "all"} frames at {a.rate} Hz; logs in {logdir}', flush=True)
         cams = [p for n, p in procs if n.startswith('camera_')]
-        t_end = time.monotonic() + a.timeout
+        t_end = time.monotonic() + (a.duration if a.duration else a.timeout)
         idle_since = None
         while time.monotonic() < t_end:
             rclpy.spin_once(mon, timeout_sec=0.1)
@@ -152,10 +155,21 @@ def main(argv=None):
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since > 3.0:
                     break
-        end = time.monotonic() + 1.5
-        while time.monotonic() < end:  # last diagnostics
+        for n, p in procs:  # stop the cameras, let the pipeline drain
+            if n.startswith('camera_') and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:  # last results and diagnostics
             rclpy.spin_once(mon, timeout_sec=0.1)
-        summary = _summary(mon, robots, a, time.monotonic() - t_start)
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for _, p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        summary = _summary(mon, robots, a, time.monotonic() - t_start, logdir)
     finally:
         for _, p in procs:
             if p.poll() is None:
@@ -174,15 +188,27 @@ def main(argv=None):
     return 0 if summary and all(r['results'] > 0 for r in summary['robots'].values()) else 1
 
 
-def _summary(mon, robots, a, wall_s):
+def _published(logdir, robot):
+    """Frames the camera replay says it published (its last log line), or None."""
+    import re
+    try:
+        with open(os.path.join(logdir, f'camera_{robot}.log')) as f:
+            m = re.findall(r'published (\d+) frames', f.read())
+        return int(m[-1]) if m else None
+    except OSError:
+        return None
+
+
+def _summary(mon, robots, a, wall_s, logdir):
     out = {'source': a.source, 'rate_hz': a.rate, 'wall_s': wall_s, 'robots': {}}
     for r in robots:
         res = mon.results[r]
         edge = mon.diag.get(f'fluxshard/edge/{r}', {})
+        srv = mon.diag.get(f'fluxshard/server/{r}', {})
         lat = sorted(x['latency_ms'] for x in res)
         pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else (lambda q: None)
         out['robots'][r] = {
-            'published': a.count, 'results': len(res),
+            'published': _published(logdir, r), 'results': len(res),
             'edge_frames_in': int(edge.get('frames_in', 0)),
             'edge_dropped_superseded': int(edge.get('dropped_superseded', 0)),
             'edge_rejected': sum(int(v) for k, v in edge.items() if k.startswith('rejected.')),
@@ -194,7 +220,19 @@ def _summary(mon, robots, a, wall_s):
             'bytes_sent': int(edge.get('bytes_sent', 0)),
             'latency_ms_p50': pct(0.5), 'latency_ms_p90': pct(0.9),
             'stamps_unique': len({x['stamp_ns'] for x in res}) == len(res),
+            'server_dropped_superseded': int(srv.get('dropped_superseded', 0)),
+            'server_rejected': sum(int(v) for k, v in srv.items() if k.startswith('rejected.')),
+            'no_result_no_batch': int(edge.get('no_result_no_batch', 0)),
+            'latency_ms_p99': pct(0.99),
+            'throughput_fps': len(res) / max(wall_s, 1e-9),
         }
+        v = out['robots'][r]
+        v['dds_dropped'] = (v['published'] - v['edge_frames_in']
+                            if v['published'] is not None else None)
+        v['unaccounted'] = v['edge_frames_in'] - (
+            len({x['stamp_ns'] for x in res}) + v['edge_dropped_superseded'] +
+            v['edge_rejected'] + v['server_dropped_superseded'] + v['server_rejected'] +
+            v['no_result_no_batch'])
     out['server'] = mon.diag.get('fluxshard/server', {})
     return out
 
@@ -213,6 +251,14 @@ def _print_summary(s):
               f"{v['edge_dropped_superseded']} | {v['edge_rejected']} | "
               f"{v['decisions_edge']} / {v['decisions_cloud']} | {v['batches_sent']} | "
               f"{v['bytes_sent'] / 1e6:.2f} | {p50} / {p90} |")
+    print('\n| robot | published | not delivered (DDS depth 1) | throughput fps | '
+          'latency p99 ms | server drops (latest wins) | server rejects | unaccounted frames |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r, v in s['robots'].items():
+        p99 = '-' if v['latency_ms_p99'] is None else f"{v['latency_ms_p99']:.0f}"
+        print(f"| {r} | {v['published']} | {v['dds_dropped']} | {v['throughput_fps']:.1f} | "
+              f"{p99} | {v['server_dropped_superseded']} | "
+              f"{v['server_rejected']} | {v['unaccounted']} |")
     srv = s.get('server', {})
     if srv:
         print('server: ' + ', '.join(f'{k}={v}' for k, v in sorted(srv.items())))

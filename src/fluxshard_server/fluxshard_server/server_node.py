@@ -32,6 +32,7 @@ class _Edge:
         self.ns = ns
         prefix = (ns.strip('/') + '/') if ns.strip('/') else ''
         self.session = EdgeSession(ns.strip('/') or 'edge0')
+        self.counters = Counter()
         self.model = node.make_edge_model()
         self.group = MutuallyExclusiveCallbackGroup()
         self.feedback = node.create_publisher(ProxyDelta, prefix + 'proxy_feedback', LINK_QOS)
@@ -139,6 +140,7 @@ class ServerNode(Node):
             with self._cv:
                 if edge in self._pending:
                     self.counters['dropped_superseded'] += 1
+                    edge.counters['dropped_superseded'] += 1
                 self._pending[edge] = job
                 self._cv.notify()
 
@@ -149,6 +151,7 @@ class ServerNode(Node):
 
     def _reject(self, edge: _Edge, counter: str, reason: str, seq: int, resync: bool = True):
         self.rejects[counter] += 1
+        edge.counters[f'rejected.{counter}'] += 1
         self.errors.error(counter, f'{edge.session.edge_id}: {reason}')
         if resync:
             req = ProxyDelta(edge_id=edge.session.edge_id, kind=ProxyDelta.KIND_RESYNC_REQUEST,
@@ -194,6 +197,7 @@ class ServerNode(Node):
             if edge.vision is not None:
                 edge.vision.publish(_to_vision(det, header))
         self.counters['results_published'] += 1
+        edge.counters['results_published'] += 1
         self.counters['infer_ms_total'] += int((time.perf_counter() - t0) * 1000)
 
     def _publish_diagnostics(self):
@@ -204,8 +208,8 @@ class ServerNode(Node):
                                   hardware_id=e.session.edge_id)
             st.level = DiagnosticStatus.OK if e.session.synced else DiagnosticStatus.WARN
             st.message = 'in sync' if e.session.synced else 'waiting for key batch'
-            st.values = [KeyValue(key='last_seq', value=str(e.session.last_seq)),
-                         KeyValue(key='applied', value=str(e.session.applied))]
+            vals = dict(e.counters, last_seq=e.session.last_seq, applied=e.session.applied)
+            st.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(vals.items())]
             arr.status.append(st)
         tot = DiagnosticStatus(name='fluxshard/server', hardware_id='server')
         vals = dict(self.counters)
@@ -215,10 +219,11 @@ class ServerNode(Node):
         self.diag_pub.publish(arr)
 
     def destroy_node(self):
-        self._stop.set()
-        self._worker.join(timeout=5.0)
-        for e in self.edges:
-            e.model.close()
+        if hasattr(self, '_worker'):
+            self._stop.set()
+            self._worker.join(timeout=5.0)
+            for e in self.edges:
+                e.model.close()
         return super().destroy_node()
 
 

@@ -42,6 +42,9 @@ class EdgeSession:
               stamp_ns: int = -1) -> Outcome:
         """Apply ``update`` (batch number ``seq``, source image stamp ``stamp_ns``) if it
         continues the stream; verify the digest."""
+        if len(expected_digest) != 16:
+            return Outcome(False, False, f'seq {seq}: state digest has {len(expected_digest)} '
+                           'bytes, expected 16', 'bad_digest')
         if update.key:
             if self.synced and seq <= self.last_seq and stamp_ns <= self.last_stamp:
                 return Outcome(False, False, f'duplicate or out-of-order key batch seq {seq} '

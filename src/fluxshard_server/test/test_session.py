@@ -53,5 +53,7 @@ def test_unappliable_batch_requests_resync():
     u = steps[1].update
     bad = proxy.ProxyUpdate(u.height + 16, u.width, u.channels, u.block_size,
                             np.array([], np.int64), np.zeros((0, 16, 3), np.uint8), 1)
-    out = s.offer(2, bad, b'')
+    out = s.offer(2, bad, b'\x00' * 16)
     assert not out.applied and out.resync and out.counter == 'bad_batch'
+    out = s.offer(2, bad, b'')
+    assert not out.applied and out.counter == 'bad_digest'
