@@ -223,16 +223,21 @@ def _summary(mon, robots, a, wall_s, logdir):
             'server_dropped_superseded': int(srv.get('dropped_superseded', 0)),
             'server_rejected': sum(int(v) for k, v in srv.items() if k.startswith('rejected.')),
             'no_result_no_batch': int(edge.get('no_result_no_batch', 0)),
+            **{k: int(edge.get(k, 0)) for k in ('injected_drops', 'resync_requests',
+                                                'key_batches', 'key_bytes', 'probes',
+                                                'digest_mismatch', 'resync_resends')},
             'latency_ms_p99': pct(0.99),
             'throughput_fps': len(res) / max(wall_s, 1e-9),
         }
         v = out['robots'][r]
         v['dds_dropped'] = (v['published'] - v['edge_frames_in']
                             if v['published'] is not None else None)
-        v['unaccounted'] = v['edge_frames_in'] - (
+        # a frame whose batch was rejected can still be served by its resync key batch, so
+        # the reasons may count a frame twice: unaccounted is a lower bound, clamped at 0
+        v['unaccounted'] = max(0, v['edge_frames_in'] - (
             len({x['stamp_ns'] for x in res}) + v['edge_dropped_superseded'] +
             v['edge_rejected'] + v['server_dropped_superseded'] + v['server_rejected'] +
-            v['no_result_no_batch'])
+            v['no_result_no_batch'] + v['injected_drops']))
     out['server'] = mon.diag.get('fluxshard/server', {})
     return out
 
@@ -259,6 +264,12 @@ def _print_summary(s):
         print(f"| {r} | {v['published']} | {v['dds_dropped']} | {v['throughput_fps']:.1f} | "
               f"{p99} | {v['server_dropped_superseded']} | "
               f"{v['server_rejected']} | {v['unaccounted']} |")
+    for r, v in s['robots'].items():
+        if v['injected_drops'] or v['resync_requests']:
+            print(f"{r}: {v['injected_drops']} batches lost on the link, "
+                  f"{v['resync_requests']} resync requests, {v['key_batches']} key batches "
+                  f"({v['key_bytes'] / 1e6:.2f} MB of {v['bytes_sent'] / 1e6:.2f} MB sent), "
+                  f"{v['digest_mismatch']} digest mismatches")
     srv = s.get('server', {})
     if srv:
         print('server: ' + ', '.join(f'{k}={v}' for k, v in sorted(srv.items())))

@@ -1,0 +1,77 @@
+"""Property-based fuzzing of the server's input path (ROS-free part): any BlockBatch, random or
+mutated from a real one, is either applied or rejected with a ProxyError / counted outcome -
+never another exception, never an allocation beyond the size limits."""
+
+from hypothesis import given, HealthCheck, settings, strategies as st
+import numpy as np
+import pytest
+
+from fluxshard_edge import conversions
+from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
+from fluxshard_kernels import data, proxy
+from fluxshard_server.session import EdgeSession
+from std_msgs.msg import Header
+
+
+@pytest.fixture(scope='module')
+def real_batches():
+    pipe = EdgePipeline(EdgeConfig(tau=5.0, codec='jpeg', local_inference=False))
+    out = []
+    for f in data.iter_frames('davis-blackswan', limit=3):
+        s = pipe.step(np.ascontiguousarray(f[:96, :160]))
+        out.append(conversions.update_to_msg(s.update, s.payload, Header(), 'e', s.seq, 1,
+                                             s.codec, s.quality, s.dissimilarity, True,
+                                             s.digest))
+    return out
+
+
+def _offer(session, msg):
+    try:
+        upd = conversions.msg_to_update(msg)
+    except proxy.ProxyError:
+        return 'rejected'
+    out = session.offer(int(msg.seq), upd, bytes(msg.state_digest))
+    return 'applied' if out.applied else out.counter
+
+
+FIELDS = {
+    'seq': st.integers(0, 2**64 - 1), 'height': st.integers(0, 2**32 - 1),
+    'width': st.integers(0, 2**32 - 1), 'channels': st.integers(0, 255),
+    'block_size': st.integers(0, 65535), 'grid_rows': st.integers(0, 65535),
+    'grid_cols': st.integers(0, 65535), 'codec': st.integers(0, 255),
+    'canvas_cols': st.integers(0, 65535), 'key': st.booleans(),
+}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(sorted(FIELDS) + ['payload', 'block_indices', 'mv', 'digest']),
+       which=st.integers(0, 2), data_=st.data())
+def test_mutated_real_batches_never_raise(real_batches, field, which, data_):
+    import copy
+    msg = copy.deepcopy(real_batches[which])
+    if field in FIELDS:
+        setattr(msg, field, data_.draw(FIELDS[field]))
+    elif field == 'payload':
+        p = bytearray(bytes(msg.payload))
+        cut = data_.draw(st.integers(0, len(p)))
+        flip = data_.draw(st.integers(0, max(len(p) - 1, 0)))
+        p = p[:cut] if data_.draw(st.booleans()) else p
+        if p:
+            p[flip % len(p)] ^= 0xFF
+        msg.payload = bytes(p)
+    elif field == 'block_indices':
+        msg.block_indices = data_.draw(st.lists(st.integers(0, 2**32 - 1), max_size=50))
+    elif field == 'mv':
+        n = data_.draw(st.sampled_from([0, 3, msg.grid_rows * msg.grid_cols]))
+        msg.mv_x = data_.draw(st.lists(st.integers(-32768, 32767), min_size=n, max_size=n))
+        msg.mv_y = data_.draw(st.lists(st.integers(-32768, 32767), min_size=n, max_size=n))
+    else:
+        msg.state_digest = data_.draw(st.binary(max_size=40))
+    session = EdgeSession('e')
+    for m in real_batches[:which]:
+        _offer(session, m)
+    result = _offer(session, msg)
+    assert result in ('applied', 'rejected', 'stale_seq', 'seq_gap', 'unsynced', 'bad_batch',
+                      'digest_mismatch', 'bad_digest')
+    if session.state is not None:
+        assert session.state.nbytes <= proxy.MAX_SIDE * proxy.MAX_SIDE * 3
