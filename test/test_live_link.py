@@ -58,10 +58,13 @@ def test_every_frame_gets_a_result_with_its_stamp_and_exact_reconstruction(ros):
     assert ros.wait_for(lambda: got['labels'], 60), ros.log(server)
     cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1',
                     params=['source:=davis-parkour', f'count:={N}', 'rate_hz:=1.5',
-                            'wait_for_subscribers:=2', 'start_delay_s:=0.5'])
+                            'wait_for_subscribers:=2', 'start_delay_s:=2.0'])
     ok = ros.wait_for(lambda: len(got['det']) >= N and len(got['proxy']) >= N, 60)
-    assert ok, (len(got['image']), len(got['det']), len(got['proxy']), ros.log(edge),
-                ros.log(server), ros.log(cam))
+    if not ok:
+        print('EDGE_DIAG', got['diag'].get('fluxshard/edge/robot1'))
+        print('SERVER_DIAG', got['diag'].get('fluxshard/server/robot1'))
+    assert ok, (len(got['image']), len(got['det']), len(got['proxy']), got['diag'],
+                ros.log(edge), ros.log(server), ros.log(cam))
     assert len(got['image']) == N
     # every published frame: a result carrying its stamp and frame_id, and the server's proxy
     # reconstruction equal to the source bytes

@@ -148,7 +148,7 @@ def test_h264_camera_codec_mvs_replace_block_matching(ros):
     cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1',
                     params=['source:=davis-parkour', f'count:={n}', 'rate_hz:=1.5',
                             'transport:=h264', 'wait_for_subscribers:=1',
-                            'start_delay_s:=0.5'])
+                            'start_delay_s:=2.0'])
     assert ros.wait_for(lambda: len(got) >= n, 60), (ros.log(edge), ros.log(cam))
     assert ros.wait_for(lambda: int(diag.get('fluxshard/edge/robot1', {}).get(
         'codec_mv_frames', 0)) == n - 1, 5), diag  # every P-frame used codec MVs
