@@ -161,24 +161,10 @@ def main(argv=None):
         end = time.monotonic() + 4.0
         while time.monotonic() < end:  # last results and diagnostics
             rclpy.spin_once(mon, timeout_sec=0.1)
-        for _, p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for _, p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
         summary = _summary(mon, robots, a, time.monotonic() - t_start, logdir)
     finally:
-        for _, p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for _, p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
         mon.destroy_node()
         rclpy.shutdown()
     _print_summary(summary)
@@ -186,6 +172,18 @@ def main(argv=None):
         with open(a.json, 'w') as f:
             json.dump(summary, f, indent=2)
     return 0 if summary and all(r['results'] > 0 for r in summary['robots'].values()) else 1
+
+
+def _stop(procs):
+    """SIGINT every child still running, wait, kill what does not exit in 5 s."""
+    for _, p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for _, p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _published(logdir, robot):
