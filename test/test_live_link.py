@@ -48,7 +48,7 @@ def _start(ros, codec='raw', tau='0.0', extra=('key_interval:=1',)):
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=[f'payload.codec:={codec}', f'motion.tau:={tau}',
                              'scheduler.force_strategy:=cloud', 'scheduler.lambda:=0.001',
-                             'model.local_inference:=false', *extra])
+                             'model.local_inference:=false', 'camera.depth:=10', *extra])
     return server, edge
 
 

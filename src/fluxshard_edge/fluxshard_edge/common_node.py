@@ -11,7 +11,7 @@ from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 
 
-def camera_qos(reliability: str) -> QoSProfile:
+def camera_qos(reliability: str, depth: int = 1) -> QoSProfile:
     """Camera input, depth 1 (latest frame wins).
 
     Best effort matches every publisher, but Fast DDS loses most best-effort frames of ~1 MB
@@ -20,7 +20,7 @@ def camera_qos(reliability: str) -> QoSProfile:
     """
     rel = {'reliable': ReliabilityPolicy.RELIABLE,
            'best_effort': ReliabilityPolicy.BEST_EFFORT}[reliability]
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=rel)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=rel)
 
 
 #: BlockBatch / ProxyDelta: reliable, in order; a lost batch breaks proxy sync (then resync).

@@ -93,6 +93,11 @@ class EdgeNode(Node):
                            "per CompressedImage (format 'h264') on 'image/compressed', whose "
                            'codec motion vectors replace block matching',
                            choices=['raw', 'compressed', 'h264'], read_only=True)
+        self.camera_depth = d('camera.depth', 1,
+                              'Camera QoS history depth. 1 = latest frame wins inside DDS '
+                              '(replaced frames are not seen, so not counted); >1 lets the '
+                              "edge's own latest-wins slot count every replaced frame",
+                              lo=1, hi=100, read_only=True)
         self._h264 = None
         self.pipeline = EdgePipeline(self.config)
         self.slot = LatestSlot()
@@ -120,7 +125,7 @@ class EdgeNode(Node):
         else:
             typ, topic = CompressedImage, 'image/compressed'
         self.create_subscription(
-            typ, topic, self._on_image, camera_qos(reliability),
+            typ, topic, self._on_image, camera_qos(reliability, self.camera_depth),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_bad_qos))
         self.create_subscription(ProxyDelta, 'proxy_feedback', self._on_feedback, LINK_QOS,
                                  callback_group=fb)

@@ -29,7 +29,9 @@ class ImagePublisher(Node):
                                  'Wait (up to 30 s) for this many subscribers before starting',
                                  lo=0, hi=1000)
         reliable = declare(self, 'reliable', True, 'Publish with reliable QoS')
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+        depth = declare(self, 'depth', 5, 'Publisher history depth (as camera drivers: a '
+                        'reliable reader that lags a frame still gets it)', lo=1, hi=100)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                          reliability=ReliabilityPolicy.RELIABLE if reliable
                          else ReliabilityPolicy.BEST_EFFORT)
         self.transport = declare(self, 'transport', 'raw',
