@@ -113,9 +113,21 @@ def test_bad_input_is_logged_counted_and_nodes_keep_running(ros):
         if ros.wait_for(lambda: good1 in got['det'], 1.5):
             break
     assert good1 in got['det'], ros.log(edge)
-    send(frames[1], 'bgr8', encoding='yuv422')                    # wrong encoding
-    send(frames[1], 'bgr8', height=0, width=0, step=0, data=b'')  # zero-size image
-    send(frames[1], 'bgr8', data=bytes(frames[1].tobytes()[:1000]))  # truncated data
+
+    def rejected(reason):
+        return int(got['diag'].get('fluxshard/edge/robot1', {}).get(f'rejected.{reason}', 0))
+
+    def send_bad(reason, **kw):
+        # wait until the edge has counted it (a busy edge may replace a frame by a newer one:
+        # that is counted as superseded, and the bad frame is sent again)
+        for _ in range(5):
+            send(frames[1], 'bgr8', **kw)
+            if ros.wait_for(lambda: rejected(reason) >= 1, 4.0):
+                return
+        raise AssertionError(f'{reason} never counted: {got["diag"]}')
+    send_bad('bad_encoding', encoding='yuv422')                    # wrong encoding
+    send_bad('empty_image', height=0, width=0, step=0, data=b'')  # zero-size image
+    send_bad('truncated', data=bytes(frames[1].tobytes()[:1000]))  # truncated data
     # a truncated BlockBatch straight at the server
     bad = BlockBatch(edge_id='robot1', seq=999, height=576, width=768, channels=3,
                      block_size=16, grid_rows=36, grid_cols=48, codec=BlockBatch.CODEC_RAW,
@@ -130,11 +142,7 @@ def test_bad_input_is_logged_counted_and_nodes_keep_running(ros):
     good3 = send(np.ascontiguousarray(frames[2][:400, :600]))
     assert ros.wait_for(lambda: good2 in got['det'] and good3 in got['det'], 30), (
         ros.log(edge), ros.log(server))
-    assert ros.wait_for(lambda: int(got['diag'].get('fluxshard/edge/robot1', {}).get(
-        'rejected.truncated', 0)) >= 1, 5)
-    ediag = got['diag']['fluxshard/edge/robot1']
-    assert int(ediag['rejected.bad_encoding']) == 1
-    assert int(ediag['rejected.empty_image']) == 1
+    assert min(rejected('bad_encoding'), rejected('empty_image'), rejected('truncated')) >= 1
     assert ros.wait_for(lambda: int(got['diag'].get('fluxshard/server', {}).get(
         'rejected.bad_batch', 0)) >= 1, 5)
     elog, slog = ros.log(edge), ros.log(server)
