@@ -60,6 +60,17 @@ class RosGraph:
         self.procs.append(p)
         return p
 
+    def watch_diagnostics(self) -> dict:
+        """Latest key/value table per status name seen on /diagnostics (updated on spin)."""
+        from diagnostic_msgs.msg import DiagnosticArray
+        table = {}
+
+        def on_diag(m):
+            for st in m.status:
+                table[st.name] = {kv.key: kv.value for kv in st.values}
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+        return table
+
     def log(self, p):
         return p.log_path.read_text()
 

@@ -2,7 +2,6 @@
 into two edges (different emulated uplinks) served by one server, all separate processes."""
 
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
-from diagnostic_msgs.msg import DiagnosticArray
 from fluxshard_edge.common_node import LINK_QOS, RESULT_QOS
 
 N = 12
@@ -14,7 +13,6 @@ def _stamp(h):
 
 def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
     got = {r: {'det': {}, 'fb': [], 'batches': []} for r in ('robot1', 'robot2')}
-    diag = {}
     for r in got:
         ros.node.create_subscription(
             DetectionArray, f'/{r}/detections',
@@ -24,11 +22,7 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
                                      got[r]['fb'].append, LINK_QOS)
         ros.node.create_subscription(BlockBatch, f'/{r}/block_batch',
                                      got[r]['batches'].append, LINK_QOS)
-
-    def on_diag(m):
-        for st in m.status:
-            diag[st.name] = {kv.key: kv.value for kv in st.values}
-    ros.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    diag = ros.watch_diagnostics()
     server = ros.spawn('fluxshard_server.server_node',
                        params=["edges:=['robot1','robot2']", 'model.threads:=1'])
     edges = {}
@@ -48,6 +42,11 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
         return int(d.get('frames_in', 0)) >= N and all(c.poll() is not None for c in cams)
     assert ros.wait_for(lambda: accounted('robot1') and accounted('robot2'), 120)
     ros.wait_for(lambda: False, 4.0)  # last results and diagnostics
+
+    def acked(r):
+        return len([f for f in got[r]['fb'] if f.kind == ProxyDelta.KIND_ACK]) == len(
+            got[r]['batches'])
+    ros.wait_for(lambda: acked('robot1') and acked('robot2'), 10.0)
     srv = diag['fluxshard/server']
     for r in got:
         d = diag[f'fluxshard/edge/{r}']
@@ -81,16 +80,12 @@ def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
     from std_msgs.msg import Header
     from fluxshard_edge import conversions
     from fluxshard_kernels import data
-    got, fb, batches, diag = {}, [], [], {}
+    got, fb, batches = {}, [], []
     ros.node.create_subscription(DetectionArray, '/robot1/detections',
                                  lambda m: got.setdefault(_stamp(m.header), m), RESULT_QOS)
     ros.node.create_subscription(ProxyDelta, '/robot1/proxy_feedback', fb.append, LINK_QOS)
     ros.node.create_subscription(BlockBatch, '/robot1/block_batch', batches.append, LINK_QOS)
-
-    def on_diag(m):
-        for st in m.status:
-            diag[st.name] = {kv.key: kv.value for kv in st.values}
-    ros.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    diag = ros.watch_diagnostics()
     server = ros.spawn('fluxshard_server.server_node', params=["edges:=['robot1']",
                                                                'model.threads:=1'])
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
@@ -131,14 +126,10 @@ def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
 def test_h264_camera_codec_mvs_replace_block_matching(ros):
     """An H.264 camera (one access unit per CompressedImage): the edge decodes it, uses the
     codec motion vectors, and every frame is served."""
-    got, diag = {}, {}
+    got = {}
     ros.node.create_subscription(DetectionArray, '/robot1/detections',
                                  lambda m: got.setdefault(_stamp(m.header), m), RESULT_QOS)
-
-    def on_diag(m):
-        for st in m.status:
-            diag[st.name] = {kv.key: kv.value for kv in st.values}
-    ros.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
+    diag = ros.watch_diagnostics()
     server = ros.spawn('fluxshard_server.server_node', params=["edges:=['robot1']",
                                                                'model.threads:=1'])
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
