@@ -29,8 +29,9 @@ def _collect(ros):
     n.create_subscription(Image, '/robot1/proxy_image',
                           lambda m: got['proxy'].__setitem__(_stamp(m.header), m), IMAGE_QOS)
     n.create_subscription(LabelMap, '/robot1/labels', got['labels'].append, LATCHED_QOS)
+    # deep history: the test process must not lose feedback it is slow to take
     n.create_subscription(ProxyDelta, '/robot1/proxy_feedback', got['feedback'].append,
-                          LINK_QOS)
+                          QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
 
     def on_diag(m):
         for st in m.status:

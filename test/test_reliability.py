@@ -9,6 +9,10 @@ import signal
 from diagnostic_msgs.msg import DiagnosticArray
 from fluxshard_edge.common_node import LINK_QOS, RESULT_QOS
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+#: the test's own monitors keep a deep history: a slow test process must not lose messages
+MONITOR_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def _stamp(h):
@@ -21,7 +25,7 @@ def _watch(ros):
         DetectionArray, '/robot1/detections',
         lambda m: got['det'].setdefault(_stamp(m.header), []).append(m), RESULT_QOS)
     ros.node.create_subscription(ProxyDelta, '/robot1/proxy_feedback', got['fb'].append,
-                                 LINK_QOS)
+                                 MONITOR_QOS)
 
     def on_diag(m):
         for st in m.status:

@@ -3,6 +3,10 @@ into two edges (different emulated uplinks) served by one server, all separate p
 
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
 from fluxshard_edge.common_node import LINK_QOS, RESULT_QOS
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+#: the test's own monitors keep a deep history: a slow test process must not lose messages
+MONITOR_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 
 N = 12
 
@@ -19,9 +23,9 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
             lambda m, r=r: got[r]['det'].setdefault(_stamp(m.header), []).append(m),
             RESULT_QOS)
         ros.node.create_subscription(ProxyDelta, f'/{r}/proxy_feedback',
-                                     got[r]['fb'].append, LINK_QOS)
+                                     got[r]['fb'].append, MONITOR_QOS)
         ros.node.create_subscription(BlockBatch, f'/{r}/block_batch',
-                                     got[r]['batches'].append, LINK_QOS)
+                                     got[r]['batches'].append, MONITOR_QOS)
     diag = ros.watch_diagnostics()
     server = ros.spawn('fluxshard_server.server_node',
                        params=["edges:=['robot1','robot2']", 'model.threads:=1'])
@@ -83,8 +87,8 @@ def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
     got, fb, batches = {}, [], []
     ros.node.create_subscription(DetectionArray, '/robot1/detections',
                                  lambda m: got.setdefault(_stamp(m.header), m), RESULT_QOS)
-    ros.node.create_subscription(ProxyDelta, '/robot1/proxy_feedback', fb.append, LINK_QOS)
-    ros.node.create_subscription(BlockBatch, '/robot1/block_batch', batches.append, LINK_QOS)
+    ros.node.create_subscription(ProxyDelta, '/robot1/proxy_feedback', fb.append, MONITOR_QOS)
+    ros.node.create_subscription(BlockBatch, '/robot1/block_batch', batches.append, MONITOR_QOS)
     diag = ros.watch_diagnostics()
     server = ros.spawn('fluxshard_server.server_node', params=["edges:=['robot1']",
                                                                'model.threads:=1'])
