@@ -45,7 +45,9 @@ def _start(ros, codec='raw', tau='0.0', extra=('key_interval:=1',)):
     batch is a key batch carrying the whole frame."""
     server = ros.spawn('fluxshard_server.server_node',
                        params=["edges:=['robot1']", 'publish_proxy_image:=true',
-                               'model.threads:=1', 'refresh.interval:=1000'])
+                               # the link is under test: the steady dense reference backend,
+                               # so a cold incremental first pass cannot supersede a frame
+                               'model.backend:=onnxruntime', 'model.threads:=1'])
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=[f'payload.codec:={codec}', f'motion.tau:={tau}',
                              'scheduler.force_strategy:=cloud', 'scheduler.lambda:=0.001',
