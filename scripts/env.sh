@@ -7,6 +7,12 @@ export AMENT_PREFIX_PATH="$_fs_venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$_fs_venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 # shellcheck disable=SC1091
 source "$_fs_root/install/setup.bash"
+# console scripts of the workspace (fluxshard-eval, fluxshard-bag, fluxshard_run) on PATH
+for _fs_pkg in fluxshard_server fluxshard_edge; do
+  PATH="$_fs_root/install/$_fs_pkg/lib/$_fs_pkg:$PATH"
+done
+export PATH
+unset _fs_pkg
 # Frames of ~1 MB need Fast DDS's large-data transports (see README, "DDS and big messages").
 export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
 if [ -z "${FLUXSHARD_DATA:-}" ]; then

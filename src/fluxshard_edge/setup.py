@@ -20,5 +20,6 @@ setup(
     entry_points={'console_scripts': [
         'edge_node = fluxshard_edge.edge_node:main',
         'image_publisher = fluxshard_edge.image_publisher_node:main',
+        'fluxshard-bag = fluxshard_edge.bag:main',
     ]},
 )

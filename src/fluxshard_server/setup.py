@@ -20,5 +20,6 @@ setup(
     entry_points={'console_scripts': [
         'server_node = fluxshard_server.server_node:main',
         'fluxshard_run = fluxshard_server.runner_node:main',
+        'fluxshard-eval = fluxshard_server.evaluation.cli:main',
     ]},
 )

@@ -16,7 +16,9 @@ from sensor_msgs.msg import CompressedImage, Image
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
                                         RESULT_QOS, run_node)
+from fluxshard_edge.link import BandwidthTrace, DelayLine
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
+from fluxshard_edge.scheduler import PROFILES
 from fluxshard_edge.slot import LatestSlot
 
 
@@ -58,9 +60,15 @@ class EdgeNode(Node):
             bandwidth_mbps=d('link.bandwidth_mbps', 56.0,
                              'Initial uplink bandwidth estimate, Mbit/s', lo=0.01, hi=1e5),
             edge_profile=d('scheduler.edge_profile', 'xavier_nx',
-                           'Seed of the edge latency model', choices=['xavier_nx', 'rtx3080']),
+                           'Seed of the edge latency model', choices=sorted(PROFILES)),
             cloud_profile=d('scheduler.cloud_profile', 'rtx3080',
-                            'Seed of the cloud latency model', choices=['xavier_nx', 'rtx3080']),
+                            'Seed of the cloud latency model', choices=sorted(PROFILES)),
+            fit_latency=d('scheduler.fit_latency', True,
+                          'Refit the edge latency model from measured local times (false: '
+                          'keep the profile, e.g. to emulate a device)'),
+            task_allocation=d('scheduler.task_allocation', True,
+                              'Adaptive task allocation (k*); false = every missed block '
+                              "(the paper's No-ATA ablation)"),
             accuracy_edge=d('scheduler.accuracy_edge', 1.0, 'Per-block accuracy A_e', lo=0.0,
                             hi=1.0),
             accuracy_cloud=d('scheduler.accuracy_cloud', 1.0, 'Per-block accuracy A_c',
@@ -78,6 +86,14 @@ class EdgeNode(Node):
         self.drop_rate = d('link.drop_rate', 0.0,
                            'Drop this fraction of outgoing batches (loss injection for tests '
                            'and evaluation; 0 = off)', lo=0.0, hi=1.0)
+        self.delay_s = d('link.delay_ms', 0.0,
+                         'Emulated one-way delay of outgoing batches, ms (0 = off)',
+                         lo=0.0, hi=10000.0) / 1e3
+        trace = d('link.trace', '', 'Bandwidth trace file (seconds,mbps per line) replacing '
+                  'link.emulate_mbps over time', read_only=True)
+        self.trace = BandwidthTrace.load(trace) if trace else None
+        self.delay_line = DelayLine(self.delay_s) if self.delay_s > 0 else None
+        self._t_start = time.monotonic()
         import random
         self._rng = random.Random(0)
         self.cloud_timeout = d('link.ack_timeout_ms', 1000.0,
@@ -250,14 +266,19 @@ class EdgeNode(Node):
             if step.key:
                 self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
             t_send = time.monotonic()
-            if self.emulate_bps:
-                time.sleep(len(step.payload) / self.emulate_bps)  # transport-layer shaping
+            bps = self.emulate_bps
+            if self.trace is not None:
+                bps = self.trace.at(t_send - self._t_start) * 1e6 / 8
+            if bps:
+                time.sleep(len(step.payload) / bps)  # transport-layer shaping
             with self._lock:
                 self._sent[step.seq] = (step.digest, len(step.payload), t_send)
                 while len(self._sent) > 256:
                     self._sent.popitem(last=False)
             if self.drop_rate and self._rng.random() < self.drop_rate:
                 self.counters['injected_drops'] += 1  # lost on the emulated link
+            elif self.delay_line is not None:
+                self.delay_line.put(lambda m=out: self.batch_pub.publish(m))
             else:
                 self.batch_pub.publish(out)
             if step.key:
@@ -333,6 +354,8 @@ class EdgeNode(Node):
             self.slot.close()
             self._worker.join(timeout=5.0)
             self.pipeline.close()
+        if getattr(self, 'delay_line', None) is not None:
+            self.delay_line.close()
         return super().destroy_node()
 
 

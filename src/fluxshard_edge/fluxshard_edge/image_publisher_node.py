@@ -1,5 +1,6 @@
-"""Publish real frames (a frame folder, a sequence name from the data folder, or a video file) as
-sensor_msgs/Image at a fixed rate: a camera stand-in for demos and tests."""
+"""Publish real frames (a rosbag2 folder, a frame folder, a sequence name from the data folder, or
+a video file) as sensor_msgs/Image at a fixed rate or the source's own: a camera stand-in for
+demos, tests and rosbag replay evaluation."""
 
 import time
 
@@ -10,15 +11,19 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import declare, run_node
-from fluxshard_kernels import data
 
 
 class ImagePublisher(Node):
     def __init__(self, **kwargs):
         super().__init__('fluxshard_image_publisher', **kwargs)
         self.source = declare(self, 'source', 'davis-parkour',
-                              'Sequence name in the data folder, a frame folder or a video file')
-        self.rate = declare(self, 'rate_hz', 10.0, 'Publishing rate, Hz', lo=0.1, hi=1000.0)
+                              'rosbag2 folder (sqlite3/MCAP), sequence name in the data folder, '
+                              'a frame folder or a video file')
+        self.topic = declare(self, 'bag_topic', '',
+                             "Image topic in a bag ('' = the only Image/CompressedImage topic)")
+        self.rate = declare(self, 'rate_hz', 10.0,
+                            "Publishing rate, Hz (0 = the source's rate: bag stamps, video fps)",
+                            lo=0.0, hi=1000.0)
         self.limit = declare(self, 'count', 0, 'Frames to publish (0 = all)', lo=0, hi=10**9)
         self.frame_id = declare(self, 'frame_id', 'camera', 'frame_id of the images')
         self.loop = declare(self, 'loop', False, 'Start over at the end')
@@ -67,10 +72,18 @@ class ImagePublisher(Node):
                 time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(self.start_delay)
-        period = 1.0 / self.rate
+        from fluxshard_edge import bag
+        rate = self.rate
+        if rate <= 0:
+            if bag.is_bag(self.source):
+                with bag.BagSource(self.source, self.topic) as b:
+                    rate = b.rate_hz()
+            else:
+                rate = bag.default_rate(self.source)
+        period = 1.0 / rate
         nxt = time.monotonic()
         while rclpy.ok():
-            for frame in data.iter_frames(self.source, self.limit or None):
+            for frame in bag.iter_source(self.source, self.limit or None, self.topic):
                 if not rclpy.ok() or (self.limit and self.published >= self.limit):
                     return
                 msg = self._message(frame)

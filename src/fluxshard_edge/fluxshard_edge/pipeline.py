@@ -50,6 +50,8 @@ class EdgeConfig:
     refresh_interval: int = 10
     use_salience: bool = True
     force_strategy: str = ''
+    fit_latency: bool = True
+    task_allocation: bool = True
 
     def __post_init__(self):
         if self.block_size not in (8, 16, 32):
@@ -198,7 +200,7 @@ class EdgePipeline:
         # step 3: schedule
         dec = self.scheduler.decide(len(labs), len(cobs), edge_available=local_ready or (
             self.runner is not None and frame.shape[2] == 3),
-            cloud_available=self.cloud_available or key)
+            cloud_available=self.cloud_available or key, adaptive=cfg.task_allocation)
         if cfg.force_strategy and (cfg.force_strategy != 'cloud' or self.cloud_available
                                    or self.runner is None):
             dec.strategy = cfg.force_strategy
@@ -217,7 +219,8 @@ class EdgePipeline:
             out.local_result = self._local(frame, mv_l, labs[:dec.k_edge], local_ready)
             t['local'] = time.perf_counter()
             local_s = t['local'] - t['schedule']
-            self.scheduler.edge.observe(dec.k_edge if local_ready else grid.count, local_s)
+            if cfg.fit_latency:
+                self.scheduler.edge.observe(dec.k_edge if local_ready else grid.count, local_s)
             k_opp = self.scheduler.opportunistic_blocks(cfg.deadline_ms / 1e3, local_s,
                                                         len(cobs))
             if k_opp and self.cloud_available:

@@ -13,6 +13,9 @@ import numpy as np
 PROFILES = {
     'xavier_nx': (3.60e-8, 2.13e-4, 0.0429),
     'rtx3080': (2.63e-9, 1.52e-5, 0.00714),
+    # full-scale (dense) execution whatever k: the paper's No-MS-Comp ablation
+    'xavier_nx_dense': (0.0, 0.0, 0.209),
+    'rtx3080_dense': (0.0, 0.0, 0.012),
 }
 
 
@@ -114,8 +117,11 @@ class Scheduler:
         return self.tau_wait + self.edge(k)
 
     def decide(self, n_edge: int, n_cloud: int, edge_available: bool = True,
-               cloud_available: bool = True) -> Decision:
+               cloud_available: bool = True, adaptive: bool = True) -> Decision:
         """Closed-form k* for both sides, clamped to [0, N], and the strategy with higher EA.
+
+        With ``adaptive`` False (the paper's No-ATA ablation) k is N on both sides: every
+        missed block is recomputed or offloaded.
 
         With nothing to compute (N = 0) on a side, its EA is that of k = 0 at full accuracy
         (the cached result is current), so an all-hit frame stays local and sends nothing.
@@ -125,6 +131,8 @@ class Scheduler:
         kc = int(min(max(k_star(self.cloud.a, self.cloud.b, self.lam, s_over_b), 0.0),
                      n_cloud) + 0.5)
         ke, kc = min(ke, n_edge), min(kc, n_cloud)
+        if not adaptive:
+            ke, kc = n_edge, n_cloud
         te, tc = self.t_edge(ke), self.t_cloud(kc)
         ea_e = (self.acc_e * (ke / n_edge if n_edge else 1.0)) * math.exp(-self.lam * te)
         ea_c = (self.acc_c * (kc / n_cloud if n_cloud else 1.0)) * math.exp(-self.lam * tc)

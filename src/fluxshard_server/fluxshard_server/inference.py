@@ -98,7 +98,8 @@ class EdgeModel:
                                            mv[..., 1].reshape(-1))
             diff = np.abs(ref.astype(np.int16) - img.astype(np.int16)).max(axis=2)
             changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)))
-            raw, lb, _ = r.step(img, mv if use_mv else None, changed, self.cam_block)
+            raw, lb, self.last_stats = r.step(img, mv if use_mv else None, changed,
+                                              self.cam_block)
             self.last_blocks = int(changed.size)
         self._last_seq = seq
         det = self.model.decode(raw, lb, self.conf, self.iou)

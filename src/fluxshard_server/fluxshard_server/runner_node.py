@@ -216,6 +216,7 @@ def _summary(mon, robots, a, wall_s, logdir):
             'results_local': int(edge.get('results_local', 0)),
             'mb_per_s': int(edge.get('bytes_sent', 0)) / 1e6 / max(wall_s, 1e-9),
             'bytes_sent': int(edge.get('bytes_sent', 0)),
+            'server_bytes_in': int(srv.get('bytes_in', 0)),
             'latency_ms_p50': pct(0.5), 'latency_ms_p90': pct(0.9),
             'stamps_unique': len({x['stamp_ns'] for x in res}) == len(res),
             'server_dropped_superseded': int(srv.get('dropped_superseded', 0)),

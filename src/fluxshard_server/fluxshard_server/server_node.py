@@ -110,6 +110,8 @@ class ServerNode(Node):
     # -- per message (ordered per edge by its callback group) ---------------------------------
     def on_batch(self, edge: _Edge, msg: BlockBatch):
         self.counters['batches_in'] += 1
+        edge.counters['batches_in'] += 1
+        edge.counters['bytes_in'] += len(msg.payload)
         try:
             upd = conversions.msg_to_update(msg)
         except proxy.ProxyError as e:

@@ -337,28 +337,30 @@ class YOLO11(nn.Module):
             m._fs_name = name
         self.names: Dict[int, str] = {}
 
-    def features(self, x, ex=DENSE):
-        """Backbone and neck; returns the head's inputs (P3, P4, P5) and the head branches."""
+    #: Backbone layers whose outputs the neck reuses (skip connections).
+    SKIPS = (4, 6, 10)
+
+    def backbone(self, x, ex=DENSE, start: int = 0, stop: int = 10, y: dict = None):
+        """Backbone layers ``start..stop`` (a sequential chain) from ``x``; returns the last
+        output and ``y`` with the skip outputs (layers 4, 6, 10) computed so far. A model split
+        after layer s sends ``y`` and resumes with ``backbone(y[s], ex, s + 1, 10, y)``."""
+        y = {} if y is None else y
+        for i in range(start, stop + 1):
+            x = self.model[i](x, ex)
+            if i in self.SKIPS:
+                y[i] = x
+        return x, y
+
+    def neck_head(self, y: dict, ex=DENSE):
+        """Neck and head branches from the backbone's skip outputs {4, 6, 10}."""
         m = self.model
-        y = {}
-        x = m[0](x, ex)
-        x = m[1](x, ex)
-        x = m[2](x, ex)
-        x = m[3](x, ex)
-        y[4] = x = m[4](x, ex)
-        x = m[5](x, ex)
-        y[6] = x = m[6](x, ex)
-        x = m[7](x, ex)
-        x = m[8](x, ex)
-        x = m[9](x, ex)
-        y[10] = x = m[10](x, ex)
-        x = ex.upsample('model.11', x)
+        x = ex.upsample('model.11', y[10])
         x = m[13](ex.cat('model.12', [x, y[6]]), ex)
-        y[13] = x
+        y13 = x
         x = ex.upsample('model.14', x)
         p3 = x = m[16](ex.cat('model.15', [x, y[4]]), ex)
         x = m[17](x, ex)
-        p4 = x = m[19](ex.cat('model.18', [x, y[13]]), ex)
+        p4 = x = m[19](ex.cat('model.18', [x, y13]), ex)
         x = m[20](x, ex)
         p5 = m[22](ex.cat('model.21', [x, y[10]]), ex)
         head = m[23]
@@ -368,6 +370,11 @@ class YOLO11(nn.Module):
         if self.task == 'segment':
             out['proto'] = head.proto(p3, ex)
         return out
+
+    def features(self, x, ex=DENSE):
+        """Backbone and neck; returns the head's inputs (P3, P4, P5) and the head branches."""
+        _, y = self.backbone(x, ex)
+        return self.neck_head(y, ex)
 
     def head_outputs(self, feats: dict):
         """Raw outputs (as the ONNX export) from dense head tensors."""

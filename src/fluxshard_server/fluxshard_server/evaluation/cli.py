@@ -1,0 +1,286 @@
+"""``fluxshard-eval``: rosbag replay evaluation of FluxShard against the paper's baselines.
+
+    fluxshard-eval [--sequences S ...] [--bags BAG ...] [--frames N] [--links high medium low]
+                   [--methods ...] [--edges 1 2 3 4] [--delay-ms 10] [--loss 0]
+                   [--live] [--out out/eval]
+
+Each source becomes a rosbag2 (MCAP) under ``<out>/bags`` (bags given with ``--bags`` are read
+as they are) and its frames are read back from the bag. Every method runs its real edge and
+server code on every frame it gets to (modelled timeline, see ``harness``); the tables print as
+markdown, the plots and ``results.json`` land in ``--out``. ``--live`` also replays the first
+bag through the real nodes over DDS (FluxShard and Full Offload at the first link class, link
+shaped in the edge's transport) and reports the measured latency on this machine.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+from fluxshard_server.evaluation import report
+from fluxshard_server.evaluation.methods import BASELINES, METHODS
+from fluxshard_server.evaluation.sim import LINK_CLASSES, LinkSpec
+
+MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan')
+
+
+class Progress:
+    """A one-line progress bar on stderr (frames consumed, rate, ETA)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.n, self.t0 = max(total, 1), 0, time.monotonic()
+        self.label = ''
+        self.enabled = enabled and total > 0
+        self._last = 0.0
+
+    def __call__(self, k: int = 1):
+        self.n += k
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.5 and self.n < self.total):
+            return
+        self._last = now
+        frac = min(self.n / self.total, 1.0)
+        el = now - self.t0
+        eta = el / frac - el if frac > 0 else 0
+        bar = '#' * int(30 * frac) + '-' * (30 - int(30 * frac))
+        sys.stderr.write(f'\r[{bar}] {100 * frac:5.1f}% {self.n}/{self.total} frames '
+                         f'{el / 60:5.1f} min, ETA {eta / 60:5.1f} min  {self.label[:40]:<40}')
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write('\n')
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(prog='fluxshard-eval', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--sequences', nargs='*', default=None,
+                   help='data-folder sequences, frame folders or video files (default: all '
+                        'sequences of the data folder)')
+    p.add_argument('--bags', nargs='*', default=[], help='existing rosbag2 folders to replay')
+    p.add_argument('--topic', default='', help='image topic in --bags (default: the only one)')
+    p.add_argument('--frames', type=int, default=0, help='frames per source (0 = all)')
+    p.add_argument('--links', nargs='+', default=['high', 'medium', 'low'],
+                   help="link classes (high 130, medium 56, low 25 Mbit/s), a rate in Mbit/s "
+                        "or trace:<file>")
+    p.add_argument('--methods', nargs='+', default=['fluxshard', *BASELINES],
+                   choices=METHODS + ('full-offload-png',),
+                   help='methods run at every link (full-offload-png: lossless frames, a '
+                        'check of the harness)')
+    p.add_argument('--ablations', nargs='*', default=['no-ata', 'no-ms-comp'],
+                   choices=['no-ata', 'no-ms-comp'], help='run at the medium link only')
+    p.add_argument('--edges', nargs='*', type=int, default=[2, 3, 4],
+                   help='scalability: edge counts besides 1 (run at the first link)')
+    p.add_argument('--scal-source', default='davis-blackswan',
+                   help='source of the scalability runs')
+    p.add_argument('--scal-frames', type=int, default=40)
+    p.add_argument('--scal-methods', nargs='*', default=None,
+                   help='methods of the scalability runs (default: --methods)')
+    p.add_argument('--delay-ms', type=float, default=10.0, help='one-way link delay, ms')
+    p.add_argument('--loss', type=float, default=0.0, help='message loss probability')
+    p.add_argument('--task', default='detect', choices=['detect', 'segment', 'pose'])
+    p.add_argument('--rate', type=float, default=0.0,
+                   help='replay rate, Hz (0 = the bag rate from its stamps)')
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--out', default='out/eval', help='folder for bags, plots, JSON, report')
+    p.add_argument('--live', action='store_true',
+                   help='also replay the first bag through the real nodes over DDS')
+    p.add_argument('--live-frames', type=int, default=24)
+    p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--quick', action='store_true',
+                   help='the short run of the README: davis-parkour and pets09-s2l1 (those '
+                        'present), 24 frames each, scalability on the first, live replay')
+    a = p.parse_args(argv)
+    if a.quick:
+        from fluxshard_kernels import data
+        have = data.sequences()
+        a.sequences = a.sequences or [s for s in ('davis-parkour', 'pets09-s2l1')
+                                      if s in have] or have[:1]
+        a.frames = a.frames or 24
+        a.scal_source, a.scal_frames = a.sequences[0], 24
+        a.live = True
+        a.live_frames = 12
+    if not 0 <= a.loss < 1:
+        p.error('--loss must be in [0, 1)')
+    return a
+
+
+def _bags(a):
+    from fluxshard_edge import bag
+    from fluxshard_kernels import data
+    out = []
+    srcs = a.sequences if a.sequences is not None else (data.sequences() if not a.bags else [])
+    os.makedirs(os.path.join(a.out, 'bags'), exist_ok=True)
+    for s in srcs:
+        name = os.path.basename(os.path.normpath(s)).split('.')[0]
+        path = os.path.join(a.out, 'bags', name)
+        if not bag.is_bag(path):
+            r = bag.write_bag(s, path, limit=a.frames or None)
+            print(f"bag {path}: {r['frames']} frames at {r['rate_hz']:g} Hz "
+                  f"({r['bytes'] / 1e6:.0f} MB)", flush=True)
+        out.append((name, path))
+    for b in a.bags:
+        out.append((os.path.basename(os.path.normpath(b)), b))
+    return out
+
+
+def _load(path, topic, frames):
+    from fluxshard_edge.bag import BagSource
+    with BagSource(path, topic) as b:
+        rate = b.rate_hz()
+        imgs = [f for _, f in b.frames(frames or None)]
+    return imgs, rate
+
+
+def main(argv=None) -> int:
+    a = _args(sys.argv[1:] if argv is None else argv)
+    import cv2
+    import torch
+    from fluxshard_kernels import data
+    from fluxshard_kernels.evaluate import _ground_truth
+    from fluxshard_server.evaluation import harness, methods
+    from fluxshard_server.inference import load_model
+    torch.set_num_threads(a.threads)
+    cv2.setNumThreads(a.threads)
+    try:
+        links = [LinkSpec.parse(x, a.delay_ms, a.loss) for x in a.links]
+        bags = _bags(a)
+    except (ValueError, OSError) as e:
+        print(f'fluxshard-eval: {e}', file=sys.stderr)
+        return 2
+    model = load_model(a.task)
+    sources = []
+    for name, path in bags:
+        imgs, rate = _load(path, a.topic, a.frames)
+        gt = None
+        try:
+            gt = _ground_truth(name, len(imgs))
+        except (FileNotFoundError, OSError):
+            pass
+        sources.append((name, imgs, a.rate or rate, harness.Reference(model, imgs, gt)))
+    scal_methods = a.scal_methods if a.scal_methods is not None else a.methods
+    scal = None
+    if a.edges:
+        if a.scal_source in [n for n, *_ in sources]:
+            scal = next(s for s in sources if s[0] == a.scal_source)
+        else:
+            try:
+                path = os.path.join(a.out, 'bags', a.scal_source)
+                if not __import__('fluxshard_edge.bag').bag.is_bag(path):
+                    from fluxshard_edge.bag import write_bag
+                    write_bag(a.scal_source, path)
+                imgs, rate = _load(path, '', a.scal_frames)
+                scal = (a.scal_source, imgs, a.rate or rate,
+                        harness.Reference(model, imgs, None))
+            except (ValueError, OSError) as e:
+                print(f'fluxshard-eval: no scalability runs: {e}', file=sys.stderr)
+    medium = next((lk for lk in links if lk.name == 'medium'), links[0])
+    plan = [(m, lk, s, 1) for s in sources for lk in links for m in a.methods]
+    plan += [(m, medium, s, 1) for s in sources for m in a.ablations]
+    if scal is not None:
+        imgs = scal[1][:a.scal_frames]
+        scal = (scal[0], imgs, scal[2], scal[3])
+        plan += [(m, links[0], scal, e) for m in scal_methods for e in [1] + a.edges]
+    total = sum(len(s[1]) * e for _, _, s, e in plan)
+    print(f'fluxshard-eval: {len(plan)} runs, {total} frames, sources '
+          f'{", ".join(n for n, *_ in sources)}; links '
+          f'{", ".join(f"{lk.name} ({lk.mbps:g} Mbit/s)" for lk in links)}, delay '
+          f'{a.delay_ms:g} ms, loss {a.loss:g}; modelled on the paper\'s Table 1 profiles',
+          flush=True)
+    bar = Progress(total, not a.no_progress)
+    runs = []
+    t0 = time.monotonic()
+    for m, lk, (name, imgs, rate, ref), e in plan:
+        bar.label = f'{m} {lk.name} {name} x{e}'
+        r = harness.replay(lambda eid, m=m, lk=lk: methods.make(m, model, eid, lk), imgs, rate,
+                           lk, ref, edges=e, progress=bar)
+        r.update(method=m, link=lk.name, link_mbps=lk.mbps, sequence=name)
+        if scal is not None and imgs is scal[1]:
+            r['link'] = f'{lk.name}, scalability ({name}, {len(imgs)} frames)'
+            r.pop('per_frame', None)
+        runs.append(r)
+    bar.close()
+    wall = time.monotonic() - t0
+    agg = report.aggregate(runs)
+    names = [lk.name for lk in links]
+    text = report.tables(agg, names, runs)
+    text += '\n' + targets(runs, agg, names)
+    live = None
+    if a.live and bags:
+        from fluxshard_server.evaluation import live as L
+        live = L.run(bags[0][1], links[0], a.live_frames, a.out)
+        text += '\n' + L.table(live, links[0])
+    print('\n' + text)
+    os.makedirs(a.out, exist_ok=True)
+    files = report.plots(agg, names, a.out)
+    with open(os.path.join(a.out, 'report.md'), 'w') as f:
+        f.write(text)
+    with open(os.path.join(a.out, 'results.json'), 'w') as f:
+        json.dump({'args': vars(a), 'wall_s': wall, 'runs': runs, 'live': live,
+                   'aggregate': [{'method': k[0], 'link': k[1], 'edges': k[2], **v}
+                                 for k, v in agg.items()]}, f, indent=1, default=float)
+    print(f'wrote {a.out}/report.md, {a.out}/results.json, ' + ', '.join(files)
+          + f' ({wall / 60:.1f} min)')
+    bad = [r for r in runs if r['bytes_counted'] != r['bytes_on_link']]
+    if bad:
+        print('fluxshard-eval: byte counts disagree in ' + ', '.join(
+            f"{r['method']}/{r['sequence']}" for r in bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+def targets(runs, agg, links) -> str:
+    """The issue's targets, measured in this run (moving-camera DAVIS at the medium link)."""
+    lines = ['### Targets (this run)', '']
+    med = 'medium' if 'medium' in links else links[0]
+    mv = [s for s in MOVING if all(any(r['sequence'] == s and r['method'] == m
+                                       and r['link'] == med for r in runs)
+                                   for m in ('fluxshard', 'full-offload'))]
+
+    def get(m, s, k):
+        return next((r[k] for r in runs if r['method'] == m and r['sequence'] == s
+                     and r['link'] == med and r['edges'] == 1), math.nan)
+    if mv:
+        ratio = [get('fluxshard', s, 'bytes_on_link') / get('full-offload', s, 'bytes_on_link')
+                 for s in mv]
+        ret = [get('fluxshard', s, 'retention') for s in mv]
+        hit = [get('fluxshard', s, 'hit_ratio') for s in mv]
+        dhit = [get('deltacnn', s, 'hit_ratio') for s in mv]
+        r_, t_, h_ = max(ratio), min(ret), min(hit)
+        lines.append(f"- FluxShard bytes / Full Offload on moving DAVIS at {med}: "
+                     f"{', '.join(f'{100 * x:.1f} %' for x in ratio)} (target <= 8 %: "
+                     f"{'met' if r_ <= 0.08 else 'not met'})")
+        lines.append(f"- retention: {', '.join(f'{100 * x:.1f} %' for x in ret)} (target >= 99 %"
+                     f": {'met' if t_ >= 0.99 else 'not met'})")
+        lines.append(f"- hit ratio: {', '.join(f'{100 * x:.1f} %' for x in hit)}; DeltaCNN-style"
+                     f" {', '.join(f'{100 * x:.1f} %' for x in dhit)} (target >= 75 %: "
+                     f"{'met' if h_ >= 0.75 else 'not met'})")
+        lat = {m: [get(m, s, 'latency_ms_mean') for s in mv] for m in
+               ('fluxshard', *BASELINES)}
+        mean = {m: float(sum(v) / len(v)) for m, v in lat.items()}
+        best = min((m for m in BASELINES if not math.isnan(mean[m])), key=mean.get,
+                   default=None)
+        best2 = min((m for m in BASELINES if m != 'full-offload' and not math.isnan(mean[m])),
+                    key=mean.get, default=None)
+        if best:
+            sp = mean[best] / mean['fluxshard']
+            lines.append(f"- modelled speedup over the best baseline ({best}): {sp:.2f}x "
+                         f"(target >= 2x: {'met' if sp >= 2 else 'not met'})")
+        if best2:
+            lines.append(f"- over the best baseline other than Full Offload ({best2}): "
+                         f"{mean[best2] / mean['fluxshard']:.2f}x")
+    es = sorted({k[2] for k in agg if k[0] == 'fluxshard' and k[2] > 1})
+    if 3 in es:
+        sl = next(k[1] for k in agg if k[0] == 'fluxshard' and k[2] == 3)
+        g = agg[('fluxshard', sl, 3)]['latency_ms_mean'] / \
+            agg[('fluxshard', sl, 1)]['latency_ms_mean']
+        lines.append(f"- FluxShard latency growth 1 -> 3 edges: {g:.2f}x (target <= 1.35x: "
+                     f"{'met' if g <= 1.35 else 'not met'})")
+    return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Replay a bag's frames through one method on 1..N edges sharing one server and its ingress
+link, on the modelled timeline (``sim``), and measure it against dense inference.
+
+Timeline per edge: frame i arrives at i / rate; the edge takes the newest arrived frame when it
+is free (older ones are dropped, "latest wins", and counted); its critical-path compute, then
+each message over the link (FIFO, shared by all edges, at the link's rate, plus the one-way
+delay; a reliable publish blocks the edge until its bytes are on the wire), then the server
+(FIFO, shared), then the result back over the link. Background work (dense refreshes) occupies
+the device after the frame. Accuracy is judged on every processed frame that got a result.
+"""
+
+from dataclasses import asdict
+import math
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from fluxshard_kernels import metrics
+from fluxshard_server.evaluation import methods as M
+from fluxshard_server.evaluation import sim
+
+
+class Reference:
+    """Dense inference of the model on the true frames (computed once per frame, shared by
+    every method and edge) and the sequence's ground truth when it has one."""
+
+    def __init__(self, model, frames: List[np.ndarray], gt=None):
+        self.model, self.frames, self.gt = model, frames, gt
+        self._det: Dict[int, object] = {}
+
+    def __getitem__(self, i):
+        if i not in self._det:
+            self._det[i] = M.dense_detect(self.model, self.frames[i])
+        return self._det[i]
+
+
+def _similarity(task, det, ref):
+    if task == 'pose':
+        return metrics.oks(det.keypoints, ref.keypoints, ref.boxes)
+    return metrics.box_iou(det.boxes, ref.boxes)
+
+
+class Scores:
+    """Accuracy of one method's results: AP@0.5 against the dense reference (all and
+    confident references), mask IoU for segmentation, AP against ground truth."""
+
+    def __init__(self, task):
+        self.task = task
+        self.ap = metrics.APAccumulator(0.5)
+        self.ap_conf = metrics.APAccumulator(0.5)
+        self.gt_ap = metrics.APAccumulator(0.5)
+        self.gt_dense = metrics.APAccumulator(0.5)
+        self.mask = []
+        self.has_gt = False
+
+    def add(self, det, ref, gt=None):
+        sim_ = _similarity(self.task, det, ref)
+        self.ap.add(sim_, det.class_ids, det.scores, ref.class_ids)
+        rs, dp = ref.scores >= 0.5, det.scores >= 0.4
+        self.ap_conf.add(sim_[dp][:, rs], det.class_ids[dp], det.scores[dp], ref.class_ids[rs])
+        if self.task == 'segment':
+            self.mask.append(metrics.matched_mask_iou(det.boxes, det.masks, ref.boxes,
+                                                      ref.masks))
+        if gt is not None and self.task != 'pose':
+            self.has_gt = True
+            gb, gc = gt
+            for acc, dd in ((self.gt_ap, det), (self.gt_dense, ref)):
+                sel = dd.class_ids == gc
+                acc.add(metrics.box_iou(dd.boxes[sel], gb), np.full(sel.sum(), gc),
+                        dd.scores[sel], np.full(len(gb), gc))
+
+    def summary(self) -> dict:
+        out = {'retention': self.ap.value(), 'retention_confident': self.ap_conf.value()}
+        if self.task == 'segment' and self.mask:
+            out['mask_iou'] = float(np.nanmean(self.mask))
+        if self.has_gt:
+            out['gt_ap'] = self.gt_ap.value()
+            out['gt_ap_dense'] = self.gt_dense.value()
+        return out
+
+
+def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz: float,
+           link: sim.LinkSpec, ref: Reference, edges: int = 1, seed: int = 0,
+           progress: Optional[Callable[[int], None]] = None) -> dict:
+    """Run ``edges`` instances of a method (``factory(edge_id)``) over ``frames`` at
+    ``rate_hz``; returns the run's numbers (see ``summarise``)."""
+    net = sim.Link(link, seed)
+    gpu = sim.Resource()
+    n = len(frames)
+    st = [{'m': factory(f'robot{e + 1}'), 'next': 0, 'free': e * 0.37 / rate_hz,
+           'recs': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0}
+          for e in range(edges)]
+    for s in st:
+        s['scores'] = Scores(s['m'].model.task)
+    while True:
+        live = [s for s in st if s['next'] < n]
+        if not live:
+            break
+        s = min(live, key=lambda s: max(s['free'], s['next'] / rate_hz))
+        start = max(s['free'], s['next'] / rate_hz)
+        j = min(n - 1, int(math.floor(start * rate_hz + 1e-9)))
+        j = max(j, s['next'])
+        s['dropped'] += j - s['next']
+        m = s['m']
+        w = m.edge(frames[j], j)
+        rec = sim.FrameRecord(j, j / rate_hz, hit_ratio=w.hit_ratio,
+                              edge_compute=w.edge_compute, cpu_edge_ms=w.cpu_ms)
+        t_e = start + w.edge_s
+        delivered, t_arrive, t_wire = [], t_e, t_e
+        for i, raw in enumerate(w.messages + w.async_messages):
+            wire, arrive, ok = net.transmit(t_e, len(raw))
+            m.observe_link(len(raw), wire - t_e)
+            delivered.append(ok)
+            rec.uplink_bytes += len(raw)
+            t_wire = max(t_wire, wire)
+            if i < len(w.messages):
+                t_arrive = max(t_arrive, arrive)
+        srv = m.server(w, delivered) if delivered else M.ServerWork()
+        rec.cpu_server_ms = srv.cpu_ms
+        rec.server_compute = srv.server_compute
+        rec.extra = dict(w.info)
+        if srv.result is not None:
+            t_done = gpu.run(t_arrive, srv.server_s)
+            if srv.background_s:
+                gpu.run(t_done, srv.background_s)
+            back = srv.result_bytes * 8 / (link.mbps_at(t_done) * 1e6) + link.delay_ms / 1e3
+            rec.latency = t_done + back - rec.arrival
+            rec.computed_by, result = 'server', srv.result
+        elif w.result is not None:
+            rec.latency = t_e - rec.arrival
+            rec.computed_by, result = w.computed_by, w.result
+        else:
+            rec.lost, result = True, None
+        if result is not None:
+            s['scores'].add(result, ref[j], ref.gt[j] if ref.gt is not None else None)
+        s['recs'].append(rec)
+        s['bg_s'] += w.background_s
+        s['free'] = max(t_e + w.background_s, t_wire)
+        if progress:
+            progress(j + 1 - s['next'])
+        s['next'] = j + 1
+    out = summarise(st, n, rate_hz, net)
+    for s in st:
+        s['m'].close()
+    return out
+
+
+def _pct(xs, q):
+    return float(np.percentile(xs, q)) if len(xs) else math.nan
+
+
+def summarise(st, n, rate_hz, net) -> dict:
+    """Per-run numbers, averaged over edges where per edge."""
+    recs = [r for s in st for r in s['recs']]
+    lat = np.array([r.latency for r in recs if not math.isnan(r.latency)])
+    dur = n / rate_hz
+    e_c = sum(r.edge_compute for r in recs)
+    s_c = sum(r.server_compute for r in recs)
+    by = {}
+    for r in recs:
+        by[r.computed_by or 'lost'] = by.get(r.computed_by or 'lost', 0) + 1
+    scores = [s['scores'].summary() for s in st]
+    acc = {k: float(np.nanmean([sc[k] for sc in scores if k in sc]))
+           for k in scores[0]} if scores else {}
+    counted = sum(s['m'].sent_bytes for s in st)
+    received = sum(s['m'].received_bytes for s in st)
+    out = {
+        'edges': len(st), 'frames': n, 'rate_hz': rate_hz,
+        'processed': len(recs), 'dropped_edge_busy': sum(s['dropped'] for s in st),
+        'lost_on_link': sum(r.lost for r in recs), 'link_messages_lost': net.lost,
+        'computed_by': by,
+        'latency_ms_mean': 1e3 * float(lat.mean()) if len(lat) else math.nan,
+        'latency_ms_p50': 1e3 * _pct(lat, 50), 'latency_ms_p95': 1e3 * _pct(lat, 95),
+        'bytes_counted': counted, 'bytes_on_link': net.bytes, 'bytes_received': received,
+        'bandwidth_MBps': net.bytes / len(st) / dur / 1e6,
+        'hit_ratio': float(np.mean([r.hit_ratio for r in recs])) if recs else math.nan,
+        'edge_compute_share': e_c / (e_c + s_c) if e_c + s_c else math.nan,
+        'edge_dense_equiv_per_frame': e_c / max(len(recs), 1),
+        'server_dense_equiv_per_frame': s_c / max(len(recs), 1),
+        'background_edge_s': sum(s['bg_s'] for s in st),
+        'cpu_edge_ms_median': float(np.median([r.cpu_edge_ms for r in recs])) if recs else 0,
+        'cpu_server_ms_median': float(np.median([r.cpu_server_ms for r in recs
+                                                 if r.cpu_server_ms] or [0.0])),
+    }
+    out.update(acc)
+    out['per_frame'] = [asdict(r) for r in st[0]['recs']]
+    return out

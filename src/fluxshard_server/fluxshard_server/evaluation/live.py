@@ -1,0 +1,65 @@
+"""Replay a bag through the real nodes over DDS (``fluxshard_run``: camera replay, edge and
+server as separate processes) for FluxShard and for Full Offload (the same nodes pinned to
+offload a JPEG key batch of every frame, no local model), with the link shaped in the edge's
+transport (``link.emulate_mbps``, ``link.delay_ms``). Latencies are *measured* on this machine
+(camera stamp to result), CPU inference included."""
+
+import json
+import os
+import subprocess
+import sys
+
+from fluxshard_server.evaluation.sim import LinkSpec
+
+LIVE_METHODS = {
+    'fluxshard': [],
+    'full-offload': ['scheduler.force_strategy:=cloud', 'key_interval:=1',
+                     'model.local_inference:=false'],
+}
+
+
+def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float = 300.0):
+    """{method: the runner's JSON summary}; a failed run is reported, not raised."""
+    res = {}
+    for name, extra in LIVE_METHODS.items():
+        js = os.path.join(out_dir, f'live_{name}.json')
+        cmd = [sys.executable, '-m', 'fluxshard_server.runner_node', '--source', bag_path,
+               '--count', str(frames), '--rate', '0', '--quiet', '--json', js,
+               '--timeout', str(timeout),
+               '--edge-param', f'link.emulate_mbps:={link.mbps}',
+               '--edge-param', f'link.bandwidth_mbps:={link.mbps}',
+               '--edge-param', f'link.delay_ms:={link.delay_ms}',
+               '--edge-param', 'camera.depth:=10']
+        for p in extra:
+            cmd += ['--edge-param', p]
+        if link.trace is not None:
+            raise ValueError('live mode takes a bandwidth class or rate, not a trace')
+        env = dict(os.environ, FLUXSHARD_LOG_DIR=os.path.join(out_dir, f'live_{name}_logs'))
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 120)
+        if os.path.isfile(js):
+            with open(js) as f:
+                res[name] = json.load(f)
+        else:
+            res[name] = {'error': (p.stdout + p.stderr)[-2000:]}
+    return res
+
+
+def table(res: dict, link: LinkSpec) -> str:
+    lines = [f'### Live replay through the real nodes over DDS, link {link.name} '
+             f'({link.mbps:g} Mbit/s, {link.delay_ms:g} ms, shaped in the edge transport); '
+             'latency measured on this machine (CPU inference)', '',
+             '| method | frames published | results | dropped (latest wins) | uplink MB | '
+             'edge bytes = server bytes | latency p50 / p90 ms |', '|---|---|---|---|---|---|---|']
+    for name, s in res.items():
+        if 'error' in s:
+            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | |')
+            continue
+        r = next(iter(s['robots'].values()))
+        p50 = '-' if r['latency_ms_p50'] is None else f"{r['latency_ms_p50']:.0f}"
+        p90 = '-' if r['latency_ms_p90'] is None else f"{r['latency_ms_p90']:.0f}"
+        lines.append(f"| {name} | {r['published']} | {r['results']} | "
+                     f"{r['edge_dropped_superseded'] + r['server_dropped_superseded']} | "
+                     f"{r['bytes_sent'] / 1e6:.2f} | "
+                     f"{'yes' if r['bytes_sent'] == r.get('server_bytes_in') else 'no'} | "
+                     f"{p50} / {p90} |")
+    return '\n'.join(lines) + '\n'

@@ -1,0 +1,576 @@
+"""The methods the harness compares, each its real edge and server code with real message
+serialisation (CDR bytes are what the link carries and what the byte counts count):
+
+* ``fluxshard`` - the edge pipeline (Algorithm 1) and the server session + incremental model
+  (Algorithm 2), BlockBatch messages; ablations ``no-ata`` (k = every miss, no adaptive task
+  allocation) and ``no-ms-comp`` (full-scale execution: dense compute times on both sides and
+  latency models that know it).
+* ``full-offload`` - every frame as a JPEG ``CompressedImage``; dense inference on the server.
+* ``deltacnn`` - DeltaCNN-style: per-block deltas against an *accumulated* reference (a block
+  is sent and recomputed only when its mean absolute delta reaches tau; smaller deltas
+  accumulate until they do), no motion alignment; sparse recomputation on the server.
+* ``spinn`` - SPINN-style: the model split after a backbone stage chosen per frame to minimise
+  latency at the estimated bandwidth (input / after layer 4 / after layer 10 / all on the
+  edge), fp16 features; an early-exit cache that reuses the last result when the whole frame
+  is similar to the last computed one.
+* ``coach`` - COACH-style: SPINN plus quantised transfer (uint8 features with per-channel
+  affine scale, JPEG q60 input).
+"""
+
+from dataclasses import dataclass, field
+import time
+from typing import List, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from fluxshard_edge import conversions
+from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipeline
+from fluxshard_edge.scheduler import BandwidthEstimator, PROFILES
+from fluxshard_kernels import proxy
+from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.yolo.processing import Detections, letterbox
+from fluxshard_server.evaluation import sim
+from fluxshard_server.inference import EdgeModel
+from fluxshard_server.session import EdgeSession
+
+METHODS = ('fluxshard', 'full-offload', 'deltacnn', 'spinn', 'coach', 'no-ata', 'no-ms-comp')
+BASELINES = ('full-offload', 'spinn', 'coach', 'deltacnn')
+
+
+def serialize(msg) -> bytes:
+    from rclpy.serialization import serialize_message
+    return serialize_message(msg)
+
+
+def deserialize(raw: bytes, typ):
+    from rclpy.serialization import deserialize_message
+    return deserialize_message(raw, typ)
+
+
+class SyncRefresh:
+    """The background dense refresh run to completion when started (a deterministic replay; its
+    modelled time is charged to the device as background work)."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.completed = 0
+        self.cancelled = 0
+        self.running = False
+
+    def start(self, frame):
+        if self.runner.state is None or self.runner.state.shape != frame.shape:
+            return
+        self.runner.dense(frame)
+        self.completed += 1
+
+    def pause(self, timeout=5.0):
+        return True
+
+    def resume(self):
+        pass
+
+    def cancel(self):
+        pass
+
+
+@dataclass
+class EdgeWork:
+    """What the edge did with one frame."""
+
+    result: Optional[Detections] = None      # a result produced on the edge (local or cache)
+    computed_by: str = ''                    # 'edge' | 'cache' when result is set
+    edge_s: float = 0.0                      # modelled critical-path edge time
+    background_s: float = 0.0                # modelled background edge work after the frame
+    messages: List[bytes] = field(default_factory=list)        # critical-path uplink
+    async_messages: List[bytes] = field(default_factory=list)  # uplink not waited for
+    hit_ratio: float = 0.0
+    edge_compute: float = 0.0                # fraction of a dense pass done on the edge
+    cpu_ms: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class ServerWork:
+    result: Optional[Detections] = None
+    server_s: float = 0.0
+    background_s: float = 0.0
+    result_bytes: int = 0
+    server_compute: float = 0.0
+    cpu_ms: float = 0.0
+    received_bytes: int = 0
+
+
+def _result_bytes(det, edge_id, index, task):
+    from std_msgs.msg import Header
+    if task == 'pose':
+        m = conversions.keypoints_to_msg(det, Header(), edge_id, 'server', index)
+    else:
+        m = conversions.detections_to_msg(det, Header(), edge_id, 'server', index,
+                                          task == 'segment')
+    return len(serialize(m))
+
+
+class Method:
+    name = ''
+
+    def __init__(self, model, edge_id: str, link: sim.LinkSpec):
+        self.model, self.edge_id, self.task = model, edge_id, model.task
+        self.bw = BandwidthEstimator(link.mbps * 1e6 / 8)
+        self.sent_bytes = 0      # counted by the edge as it sends
+        self.received_bytes = 0  # counted by the server as it receives
+
+    def observe_link(self, nbytes: int, seconds: float):
+        self.bw.observe(nbytes, seconds)
+
+    def edge(self, frame: np.ndarray, index: int) -> EdgeWork:
+        raise NotImplementedError
+
+    def server(self, work: EdgeWork, delivered: List[bool]) -> ServerWork:
+        return ServerWork()
+
+    def _count(self, work: EdgeWork):
+        self.sent_bytes += sum(map(len, work.messages)) + sum(map(len, work.async_messages))
+
+    def close(self):
+        pass
+
+
+class _BlockServer:
+    """The server side of FluxShard and DeltaCNN-style: a session (sequence and digest checks,
+    proxy apply) and an incremental model over the proxy state, as ``server_node`` runs them."""
+
+    def __init__(self, model, edge_id, dense_times=False):
+        self.session = EdgeSession(edge_id)
+        self.em = EdgeModel('incremental', model.task, model, refresh_interval=10)
+        self.em.refresh = SyncRefresh(self.em.runner)
+        self.dense_times = dense_times
+        self.edge_id = edge_id
+        self.resync = None
+
+    def receive(self, raw: bytes, index: int) -> ServerWork:
+        from fluxshard_msgs.msg import BlockBatch
+        t0 = time.perf_counter()
+        out = ServerWork(received_bytes=len(raw))
+        msg = deserialize(raw, BlockBatch)
+        try:
+            upd = conversions.msg_to_update(msg)
+        except proxy.ProxyError as e:
+            self.resync = (f'bad batch: {e}', int(msg.seq))
+            return out
+        prev_seq = self.session.last_seq
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        o = self.session.offer(int(msg.seq), upd, bytes(msg.state_digest), stamp)
+        if o.resync:
+            self.resync = (o.reason, int(msg.seq))
+        if not o.applied or o.resync or not msg.sparse_inference_requested:
+            out.cpu_ms = 1e3 * (time.perf_counter() - t0)
+            return out
+        mv = None
+        if upd.mv_x is not None:
+            mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
+        refreshes = self.em.refresh.completed
+        det = self.em(self.session.state, int(msg.seq), mv, prev_seq if not upd.key else None)
+        grid = upd.grid
+        k = self.em.last_blocks
+        out.result = det
+        out.server_s = (sim.SERVER_DENSE_S if self.dense_times else
+                        sim.sparse_time(PROFILES['rtx3080'], k, sim.SERVER_DENSE_S))
+        out.server_compute = 1.0 if self.dense_times else min(1.0, k / grid.count)
+        if self.em.refresh.completed > refreshes:
+            out.background_s = sim.SERVER_DENSE_S
+        out.result_bytes = _result_bytes(det, self.edge_id, index, self.em.task)
+        out.cpu_ms = 1e3 * (time.perf_counter() - t0)
+        return out
+
+
+class FluxShard(Method):
+    """The real EdgePipeline with the server's session and incremental model."""
+
+    name = 'fluxshard'
+
+    def __init__(self, model, edge_id, link, ablation: str = '', tau: float = 10.0,
+                 block: int = 16, refresh: int = 10, quality: int = 90):
+        super().__init__(model, edge_id, link)
+        self.name = ablation or 'fluxshard'
+        dense = ablation == 'no-ms-comp'
+        cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec='jpeg',
+                         quality=quality, task=model.task, bandwidth_mbps=link.mbps,
+                         refresh_interval=refresh, fit_latency=False,
+                         task_allocation=ablation != 'no-ata',
+                         edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
+                         cloud_profile='rtx3080_dense' if dense else 'rtx3080')
+        self.pipe = EdgePipeline(cfg, model)
+        self.pipe.refresh = SyncRefresh(self.pipe.runner)
+        self.srv = _BlockServer(model, edge_id, dense)
+        self.dense = dense
+        self._pending = None
+
+    def observe_link(self, nbytes, seconds):
+        self.pipe.scheduler.bw.observe(nbytes, seconds)
+
+    def edge(self, frame, index):
+        from std_msgs.msg import Header
+        p = self.pipe
+        ready = p.runner.state is not None and p.runner.state.shape == frame.shape
+        refreshes = p.refresh.completed
+        t0 = time.perf_counter()
+        st = p.step(frame)
+        w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0))
+        dec = st.decision
+        n = BlockGrid(frame.shape[0], frame.shape[1], p.config.block_size).count
+        w.edge_s = sim.EDGE_OVERHEAD_S
+        if st.local_result is not None:
+            k = min(dec.k_edge, dec.n_edge) if ready else n
+            w.result, w.computed_by = st.local_result, 'edge' if k else 'cache'
+            if self.dense:
+                w.edge_s += sim.EDGE_DENSE_S
+                w.edge_compute = 1.0
+            else:
+                w.edge_s += sim.sparse_time(PROFILES['xavier_nx'], k, sim.EDGE_DENSE_S)
+                w.edge_compute = min(1.0, k / n)
+        if p.refresh.completed > refreshes:
+            w.background_s = sim.EDGE_DENSE_S
+        w.info = {'strategy': dec.strategy, 'k_edge': dec.k_edge, 'k_cloud': dec.k_cloud,
+                  'key': st.key}
+        if st.sends:
+            h = Header()
+            h.stamp.sec, h.stamp.nanosec = divmod(index * 10**7, 10**9)
+            raw = serialize(conversions.update_to_msg(
+                st.update, st.payload, h, self.edge_id, st.seq, index, st.codec, st.quality,
+                st.dissimilarity, st.sparse_inference_requested, st.digest))
+            (w.messages if st.sparse_inference_requested else w.async_messages).append(raw)
+        self._pending = index
+        self._count(w)
+        return w
+
+    def server(self, work, delivered):
+        out = ServerWork()
+        for raw, ok in zip(work.messages + work.async_messages, delivered):
+            if not ok:
+                continue  # lost: the server sees the sequence gap at the next batch
+            self.received_bytes += len(raw)
+            s = self.srv.receive(raw, self._pending)
+            if s.result is not None:
+                out = s
+            else:
+                out.cpu_ms += s.cpu_ms
+        if self.srv.resync is not None:
+            reason, seq = self.srv.resync
+            self.pipe.request_resync(reason, seq)
+            self.srv.resync = None
+        return out
+
+    def close(self):
+        self.pipe.close()
+
+
+class FullOffload(Method):
+    """Every frame JPEG-coded (``CompressedImage``) to the server, dense inference there."""
+
+    name = 'full-offload'
+
+    def __init__(self, model, edge_id, link, quality: int = 90, fmt: str = 'jpeg'):
+        super().__init__(model, edge_id, link)
+        self.quality, self.fmt = quality, fmt
+        self._index = 0
+
+    def edge(self, frame, index):
+        from sensor_msgs.msg import CompressedImage
+        t0 = time.perf_counter()
+        m = CompressedImage(format=self.fmt)
+        ext, opt = (('.png', [cv2.IMWRITE_PNG_COMPRESSION, 1]) if self.fmt == 'png'
+                    else ('.jpg', [cv2.IMWRITE_JPEG_QUALITY, self.quality]))
+        m.data = cv2.imencode(ext, frame, opt)[1].tobytes()
+        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, messages=[serialize(m)],
+                     cpu_ms=1e3 * (time.perf_counter() - t0))
+        self._index = index
+        self._count(w)
+        return w
+
+    def server(self, work, delivered):
+        from sensor_msgs.msg import CompressedImage
+        if not delivered or not delivered[0]:
+            return ServerWork()
+        t0 = time.perf_counter()
+        raw = work.messages[0]
+        self.received_bytes += len(raw)
+        img = conversions.compressed_to_array(deserialize(raw, CompressedImage))
+        det = dense_detect(self.model, img)
+        return ServerWork(det, sim.SERVER_DENSE_S, 0.0,
+                          _result_bytes(det, self.edge_id, self._index, self.task), 1.0,
+                          1e3 * (time.perf_counter() - t0), len(raw))
+
+
+def dense_detect(model, img, conf=0.25):
+    x, lb = letterbox(img if img.shape[2] == 3 else np.repeat(img, 3, 2), 640)
+    with torch.no_grad():
+        return model.decode(model(torch.from_numpy(x)), lb, conf)
+
+
+class DeltaCNN(Method):
+    """DeltaCNN-style: blocks whose accumulated delta reaches tau are sent (JPEG, like
+    FluxShard's, so byte differences come from motion alignment alone) and recomputed
+    sparsely on the server; no motion vectors."""
+
+    name = 'deltacnn'
+
+    def __init__(self, model, edge_id, link, tau: float = 10.0, block: int = 16,
+                 quality: int = 90):
+        super().__init__(model, edge_id, link)
+        self.tau, self.block, self.quality = tau, block, quality
+        self.ref = None
+        self.seq = 0
+        self.srv = _BlockServer(model, edge_id)
+        self.last = None
+        self._index = 0
+        self._key = True
+
+    def edge(self, frame, index):
+        from std_msgs.msg import Header
+        t0 = time.perf_counter()
+        grid = BlockGrid(frame.shape[0], frame.shape[1], self.block)
+        key = self._key or self.ref is None or self.ref.shape != frame.shape
+        if key:
+            idx, hit = np.arange(grid.count), 0.0
+        else:
+            d = block_dissimilarity(frame, self.ref, grid)
+            idx, hit = np.flatnonzero(d >= self.tau), float(np.mean(d < self.tau))
+        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, hit_ratio=hit)
+        self._index = index
+        if len(idx) == 0 and self.last is not None:
+            w.result, w.computed_by = self.last, 'cache'
+        else:
+            payload, _, upd = proxy.build_update(frame, grid, idx.astype(np.int64),
+                                                 proxy.CODEC_NAMES['jpeg'], self.quality,
+                                                 None, None, key)
+            self.ref = proxy.apply(None if key else self.ref, upd)
+            self.seq += 1
+            self._key = False
+            h = Header()
+            h.stamp.sec, h.stamp.nanosec = divmod(index * 10**7, 10**9)
+            w.messages.append(serialize(conversions.update_to_msg(
+                upd, payload, h, self.edge_id, self.seq, index, proxy.CODEC_NAMES['jpeg'],
+                self.quality, np.zeros(len(idx), np.float32), True, proxy.digest(self.ref))))
+        w.cpu_ms = 1e3 * (time.perf_counter() - t0)
+        self._count(w)
+        return w
+
+    def server(self, work, delivered):
+        if not work.messages:
+            return ServerWork()
+        if not delivered[0]:
+            self._key = True  # the server will ask for a resync; start over with a key
+            return ServerWork()
+        self.received_bytes += len(work.messages[0])
+        s = self.srv.receive(work.messages[0], self._index)
+        if self.srv.resync is not None:
+            self._key, self.srv.resync = True, None
+        if s.result is not None:
+            self.last = s.result
+        return s
+
+
+#: Split points of the SPINN/COACH-style model: after this backbone layer (0 = the input is
+#: sent, 23 = everything on the edge).
+SPLITS = (0, 4, 10, 23)
+
+
+class Split(Method):
+    """SPINN-style split inference with a whole-frame-similarity early-exit cache; with
+    ``quantize`` the COACH-style variant (uint8 features, JPEG q60 input)."""
+
+    def __init__(self, model, edge_id, link, quantize: bool = False,
+                 exit_threshold: float = 2.0):
+        super().__init__(model, edge_id, link)
+        self.name = 'coach' if quantize else 'spinn'
+        self.quantize = quantize
+        self.exit_threshold = exit_threshold
+        self.jpeg_q = 60 if quantize else 90
+        self.thumb = None
+        self.last = None
+        self.frac = split_fractions(model)
+        self.feat_bytes = {}
+        self.jpeg_bytes = None
+        self._job = None
+
+    def _thumb(self, frame):
+        g = frame if frame.shape[2] == 1 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        return cv2.resize(g, (64, 36), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    def _choose(self, frame):
+        bps = max(self.bw.bps, 1.0)
+        best, best_t = 23, None
+        for s in SPLITS:
+            if s == 0:
+                nbytes = self.jpeg_bytes or frame.size // 8
+            elif s == 23:
+                nbytes = 0
+            else:
+                nbytes = self.feat_bytes.get(s, frame.size * 2)
+            t = (sim.EDGE_DENSE_S * self.frac[s] + nbytes / bps
+                 + sim.SERVER_DENSE_S * (1 - self.frac[s]))
+            if best_t is None or t < best_t:
+                best, best_t = s, t
+        return best
+
+    def edge(self, frame, index):
+        from sensor_msgs.msg import CompressedImage
+        t0 = time.perf_counter()
+        th = self._thumb(frame)
+        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S)
+        self._job = None
+        if self.thumb is not None and self.thumb.shape == th.shape and \
+                float(np.mean(np.abs(th - self.thumb))) < self.exit_threshold:
+            w.result, w.computed_by, w.hit_ratio = self.last, 'cache', 1.0  # early exit
+            w.cpu_ms = 1e3 * (time.perf_counter() - t0)
+            return w
+        self.thumb = th
+        s = self._choose(frame)
+        w.info = {'split': s}
+        w.edge_s += sim.EDGE_DENSE_S * self.frac[s]
+        w.edge_compute = self.frac[s]
+        if s == 23:
+            w.result = self.last = dense_detect(self.model, frame)
+            w.computed_by = 'edge'
+        elif s == 0:
+            m = CompressedImage(format='jpeg')
+            m.data = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_q])[1] \
+                .tobytes()
+            self.jpeg_bytes = len(m.data)
+            w.messages.append(serialize(m))
+        else:
+            x, lb = letterbox(frame if frame.shape[2] == 3 else np.repeat(frame, 3, 2), 640)
+            with torch.no_grad():
+                _, y = self.model.backbone(torch.from_numpy(x), stop=s)
+            raw = serialize(pack_features(y, s, lb, self.quantize))
+            self.feat_bytes[s] = len(raw)
+            w.messages.append(raw)
+        self._job = (s, index)
+        w.cpu_ms = 1e3 * (time.perf_counter() - t0)
+        self._count(w)
+        return w
+
+    def server(self, work, delivered):
+        from sensor_msgs.msg import CompressedImage
+        from std_msgs.msg import UInt8MultiArray
+        if not work.messages or not delivered[0]:
+            return ServerWork()
+        s, index = self._job
+        t0 = time.perf_counter()
+        raw = work.messages[0]
+        self.received_bytes += len(raw)
+        if s == 0:
+            det = dense_detect(self.model,
+                               conversions.compressed_to_array(deserialize(raw, CompressedImage)))
+        else:
+            y, lb = unpack_features(deserialize(raw, UInt8MultiArray))
+            with torch.no_grad():
+                _, y = self.model.backbone(y[s], start=s + 1, y=y)
+                det = self.model.decode(self.model.head_outputs(self.model.neck_head(y)), lb)
+        self.last = det
+        return ServerWork(det, sim.SERVER_DENSE_S * (1 - self.frac[s]), 0.0,
+                          _result_bytes(det, self.edge_id, index, self.task),
+                          1 - self.frac[s], 1e3 * (time.perf_counter() - t0), len(raw))
+
+
+def split_fractions(model) -> dict:
+    """Fraction of a dense pass's multiply-accumulates done before each split point (conv MACs
+    counted on a 640x384 input)."""
+    key = id(model)
+    if key in _FRACTIONS:
+        return _FRACTIONS[key]
+    macs = {}
+
+    def hook(mod, inp, out):
+        top = int(mod._fs_name.split('.')[1])
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+        macs[top] = macs.get(top, 0) + out.numel() * k
+
+    hs = [m.register_forward_hook(hook) for m in model.modules()
+          if isinstance(m, torch.nn.Conv2d)]
+    try:
+        model(torch.zeros(1, 3, 384, 640))
+    finally:
+        for h in hs:
+            h.remove()
+    total = sum(macs.values())
+    out = {0: 0.0, 23: 1.0}
+    for s in SPLITS[1:-1]:
+        out[s] = sum(v for k, v in macs.items() if k <= s) / total
+    _FRACTIONS[key] = out
+    return out
+
+
+_FRACTIONS = {}
+
+
+def pack_features(y: dict, split: int, lb, quantize: bool):
+    """The tensors crossing the split as a ``std_msgs/UInt8MultiArray``: one dimension entry
+    per tensor (label ``layer:dtype:CxHxW``), fp16 or uint8 with per-channel float32
+    (scale, offset) appended; the letterbox geometry in a last entry."""
+    from std_msgs.msg import MultiArrayDimension, UInt8MultiArray
+    m = UInt8MultiArray()
+    chunks = []
+    for layer in sorted(k for k in y if k <= split):
+        t = y[layer][0].float().numpy()
+        c, h, w = t.shape
+        if quantize:
+            lo = t.reshape(c, -1).min(1)
+            hi = t.reshape(c, -1).max(1)
+            scale = np.maximum(hi - lo, 1e-8) / 255.0
+            q = np.clip(np.round((t - lo[:, None, None]) / scale[:, None, None]), 0, 255)
+            data = q.astype(np.uint8).tobytes() + np.stack([scale, lo], 1).astype(
+                np.float32).tobytes()
+            dt = 'u8'
+        else:
+            data, dt = t.astype(np.float16).tobytes(), 'f16'
+        chunks.append(data)
+        m.layout.dim.append(MultiArrayDimension(label=f'{layer}:{dt}:{c}x{h}x{w}',
+                                                size=len(data), stride=0))
+    g = f'lb:{lb.scale!r}:{lb.pad_x}:{lb.pad_y}:{lb.in_h}:{lb.in_w}:{lb.src_h}:{lb.src_w}'
+    m.layout.dim.append(MultiArrayDimension(label=g, size=0, stride=0))
+    m.data = b''.join(chunks)
+    return m
+
+
+def unpack_features(m):
+    """Inverse of ``pack_features``: ({layer: tensor}, Letterbox)."""
+    from fluxshard_kernels.yolo.processing import Letterbox
+    y, off, lb = {}, 0, None
+    buf = bytes(m.data)
+    for d in m.layout.dim:
+        if d.label.startswith('lb:'):
+            p = d.label.split(':')[1:]
+            lb = Letterbox(float(p[0]), *(int(v) for v in p[1:]))
+            continue
+        layer, dt, shape = d.label.split(':')
+        c, h, w = (int(v) for v in shape.split('x'))
+        data = buf[off:off + d.size]
+        off += d.size
+        if dt == 'u8':
+            q = np.frombuffer(data[:c * h * w], np.uint8).reshape(c, h, w).astype(np.float32)
+            sl = np.frombuffer(data[c * h * w:], np.float32).reshape(c, 2)
+            t = q * sl[:, 0, None, None] + sl[:, 1, None, None]
+        else:
+            t = np.frombuffer(data, np.float16).reshape(c, h, w).astype(np.float32)
+        y[int(layer)] = torch.from_numpy(np.ascontiguousarray(t))[None]
+    return y, lb
+
+
+def make(name: str, model, edge_id: str, link: sim.LinkSpec, **kw) -> Method:
+    """A fresh method instance by name (see ``METHODS``)."""
+    if name == 'fluxshard':
+        return FluxShard(model, edge_id, link, **kw)
+    if name in ('no-ata', 'no-ms-comp'):
+        return FluxShard(model, edge_id, link, ablation=name, **kw)
+    if name == 'full-offload':
+        return FullOffload(model, edge_id, link)
+    if name == 'full-offload-png':
+        return FullOffload(model, edge_id, link, fmt='png')
+    if name == 'deltacnn':
+        return DeltaCNN(model, edge_id, link, **kw)
+    if name in ('spinn', 'coach'):
+        return Split(model, edge_id, link, quantize=name == 'coach')
+    raise ValueError(f'unknown method {name!r}; one of {", ".join(METHODS)}')

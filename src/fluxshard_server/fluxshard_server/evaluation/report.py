@@ -1,0 +1,184 @@
+"""Markdown tables shaped like the paper's Tables 2-4 and the PNG plots of an evaluation."""
+
+import math
+from typing import Dict, List
+
+import numpy as np
+
+NAMES = {'fluxshard': 'FluxShard', 'full-offload': 'Full Offload', 'spinn': 'SPINN-style',
+         'coach': 'COACH-style', 'deltacnn': 'DeltaCNN-style', 'no-ata': 'No-ATA',
+         'no-ms-comp': 'No-MS-Comp', 'full-offload-png': 'Full Offload (PNG)'}
+ORDER = ('full-offload', 'full-offload-png', 'spinn', 'coach', 'deltacnn', 'fluxshard', 'no-ata', 'no-ms-comp')
+
+
+def _f(v, fmt='{:.1f}', scale=1.0):
+    return 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else \
+        fmt.format(v * scale)
+
+
+def aggregate(runs: List[dict]) -> Dict[tuple, dict]:
+    """(method, link, edges) -> means over sequences of the per-run numbers."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r['method'], r['link'], r['edges']), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        agg = {'sequences': [r['sequence'] for r in rs]}
+        for k, v in rs[0].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                agg[k] = float(np.nanmean([r.get(k, math.nan) for r in rs]))
+        agg['bytes_on_link_total'] = float(sum(r['bytes_on_link'] for r in rs))
+        out[key] = agg
+    return out
+
+
+def _methods(agg, edges=1):
+    present = {m for (m, _, e) in agg if e == edges}
+    return [m for m in ORDER if m in present]
+
+
+def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
+    """All tables as one markdown string."""
+    main = [m for m in _methods(agg) if m not in ('no-ata', 'no-ms-comp')]
+    lines = ['### Accuracy retention vs dense inference on the true frame (%, AP@0.5; '
+             'paper Table 2)', '',
+             '| link | ' + ' | '.join(NAMES[m] for m in main) + ' |',
+             '|---|' + '---|' * len(main)]
+    for link in links:
+        lines.append(f'| {link} | ' + ' | '.join(
+            _f(agg.get((m, link, 1), {}).get('retention'), scale=100) for m in main) + ' |')
+    lines += ['', '### Cache hit ratio (%) and uplink bandwidth (MB/s) (paper Table 3)', '',
+              '| link | ' + ' | '.join(NAMES[m] for m in main) + ' |',
+              '|---|' + '---|' * len(main)]
+    for link in links:
+        cells = []
+        for m in main:
+            a = agg.get((m, link, 1), {})
+            cells.append(f"{_f(a.get('hit_ratio'), scale=100)} "
+                         f"({_f(a.get('bandwidth_MBps'), '{:.2f}')})")
+        lines.append(f'| {link} | ' + ' | '.join(cells) + ' |')
+    lines += ['', '### End-to-end latency, modelled (ms, mean; Xavier NX edge + RTX 3080 '
+              'server, Table 1 profiles; paper Figure 2)', '',
+              '| link | ' + ' | '.join(NAMES[m] for m in main)
+              + ' | FluxShard speedup vs best baseline | vs best non-offload baseline |',
+              '|---|' + '---|' * (len(main) + 2)]
+    for link in links:
+        lat = {m: agg.get((m, link, 1), {}).get('latency_ms_mean', math.nan) for m in main}
+        base = [lat[m] for m in main if m != 'fluxshard' and not math.isnan(lat[m])]
+        base2 = [lat[m] for m in main if m not in ('fluxshard', 'full-offload')
+                 and not math.isnan(lat[m])]
+        fx = lat.get('fluxshard', math.nan)
+        sp = f'{min(base) / fx:.2f}x' if base and fx == fx else 'n/a'
+        sp2 = f'{min(base2) / fx:.2f}x' if base2 and fx == fx else 'n/a'
+        lines.append(f'| {link} | ' + ' | '.join(_f(lat[m]) for m in main)
+                     + f' | {sp} | {sp2} |')
+    lines += ['', '### Compute on the edge (% of all MACs) and frames served / dropped', '',
+              '| link | ' + ' | '.join(NAMES[m] for m in main) + ' |',
+              '|---|' + '---|' * len(main)]
+    for link in links:
+        cells = []
+        for m in main:
+            a = agg.get((m, link, 1), {})
+            cells.append(f"{_f(a.get('edge_compute_share'), scale=100)} % / "
+                         f"{_f(a.get('processed'), '{:.0f}')} of {_f(a.get('frames'), '{:.0f}')}")
+        lines.append(f'| {link} | ' + ' | '.join(cells) + ' |')
+    abl = [m for m in ('fluxshard', 'no-ata', 'no-ms-comp') if (m, 'medium', 1) in agg]
+    if len(abl) > 1:
+        lines += ['', '### Ablation at the medium link (paper Table 4)', '',
+                  '| method | latency (ms) | cache hit (%) | retention (%) | MB/s |',
+                  '|---|---|---|---|---|']
+        for m in abl:
+            a = agg[(m, 'medium', 1)]
+            lines.append(f"| {NAMES[m]} | {_f(a['latency_ms_mean'])} | "
+                         f"{_f(a['hit_ratio'], scale=100)} | {_f(a['retention'], scale=100)} | "
+                         f"{_f(a['bandwidth_MBps'], '{:.2f}')} |")
+    seq_rows = [r for r in runs if r['edges'] == 1 and r['method'] in ('fluxshard',
+                                                                      'full-offload')]
+    seqs = sorted({r['sequence'] for r in seq_rows})
+    link0 = 'medium' if 'medium' in links else links[0]
+    if seqs:
+        lines += ['', f'### Per sequence at the {link0} link: FluxShard against Full Offload',
+                  '', '| sequence | FluxShard bytes / Full Offload | retention (%) | '
+                  'retention, refs >= 0.5 (%) | GT AP FluxShard / dense | hit (%) | '
+                  'latency ms FluxShard / Full Offload |', '|---|---|---|---|---|---|---|']
+        for sq in seqs:
+            f = next((r for r in seq_rows if r['sequence'] == sq and r['link'] == link0
+                      and r['method'] == 'fluxshard'), None)
+            o = next((r for r in seq_rows if r['sequence'] == sq and r['link'] == link0
+                      and r['method'] == 'full-offload'), None)
+            if not f or not o:
+                continue
+            gt = (f"{_f(f.get('gt_ap'), '{:.3f}')} / {_f(f.get('gt_ap_dense'), '{:.3f}')}"
+                  if 'gt_ap' in f else 'no GT')
+            lines.append(f"| {sq} | {_f(f['bytes_on_link'] / o['bytes_on_link'], scale=100)} %"
+                         f" | {_f(f['retention'], scale=100)} | "
+                         f"{_f(f['retention_confident'], scale=100)} | {gt} | "
+                         f"{_f(f['hit_ratio'], scale=100)} | {_f(f['latency_ms_mean'])} / "
+                         f"{_f(o['latency_ms_mean'])} |")
+    scal = sorted({e for (_, _, e) in agg if e > 1})
+    if scal:
+        edges = [1] + scal
+        sl = next(iter({lk for (m, lk, e) in agg if e > 1}))
+        ms = [m for m in ORDER if (m, sl, 2) in agg or (m, sl, max(scal)) in agg]
+        lines += ['', f'### Scalability at the {sl} link (modelled latency ms; growth vs one '
+                  'edge; paper Figure 4)', '',
+                  '| method | ' + ' | '.join(f'{e} edge{"s" if e > 1 else ""}' for e in edges)
+                  + ' |', '|---|' + '---|' * len(edges)]
+        for m in ms:
+            one = agg.get((m, sl, 1), {}).get('latency_ms_mean', math.nan)
+            cells = []
+            for e in edges:
+                v = agg.get((m, sl, e), {}).get('latency_ms_mean', math.nan)
+                cells.append(f'{_f(v)} ({v / one:.2f}x)' if e > 1 and one == one and v == v
+                             else _f(v))
+            lines.append(f'| {NAMES[m]} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def plots(agg: Dict[tuple, dict], links: List[str], out_dir: str) -> List[str]:
+    """PNG bar/line charts; returns the files written."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    files = []
+    main = [m for m in _methods(agg)]
+    for key, label, fname, scale in (
+            ('latency_ms_mean', 'modelled end-to-end latency (ms)', 'latency.png', 1),
+            ('bandwidth_MBps', 'uplink bandwidth (MB/s)', 'bandwidth.png', 1),
+            ('hit_ratio', 'cache hit ratio (%)', 'hit_ratio.png', 100),
+            ('retention', 'accuracy retention (%)', 'retention.png', 100)):
+        ms = [m for m in main if any((m, lk, 1) in agg for lk in links)]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / max(len(ms), 1)
+        for i, m in enumerate(ms):
+            vals = [agg.get((m, lk, 1), {}).get(key, math.nan) * scale for lk in links]
+            ax.bar(np.arange(len(links)) + i * width, vals, width, label=NAMES[m])
+        ax.set_xticks(np.arange(len(links)) + width * (len(ms) - 1) / 2)
+        ax.set_xticklabels(links)
+        ax.set_ylabel(label)
+        ax.set_xlabel('link class')
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = f'{out_dir}/{fname}'
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    scal = sorted({e for (_, _, e) in agg if e > 1})
+    if scal:
+        sl = next(iter({lk for (m, lk, e) in agg if e > 1}))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in ORDER:
+            es = [e for e in [1] + scal if (m, sl, e) in agg]
+            if len(es) > 1:
+                ax.plot(es, [agg[(m, sl, e)]['latency_ms_mean'] for e in es], marker='o',
+                        label=NAMES[m])
+        ax.set_xlabel('edges sharing one server')
+        ax.set_ylabel('modelled latency (ms)')
+        ax.set_xticks([1] + scal)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = f'{out_dir}/scalability.png'
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files

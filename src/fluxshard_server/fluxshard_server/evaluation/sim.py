@@ -1,0 +1,117 @@
+"""The modelled timeline of a replay: device compute times from the paper's Table 1, an
+emulated uplink (bandwidth class or trace, one-way delay, loss) and FIFO resources.
+
+Every time here is *modelled* (seconds on the paper's Jetson Xavier NX edge and RTX 3080
+server); times measured on this machine are kept separately by the harness.
+"""
+
+from dataclasses import dataclass, field
+import math
+from typing import Optional
+
+import numpy as np
+
+from fluxshard_edge.link import BandwidthTrace
+
+#: The paper's link classes (section 6.1), Mbit/s.
+LINK_CLASSES = {'high': 130.0, 'medium': 56.0, 'low': 25.0}
+
+#: Table 1 (YOLOv11): dense latency of the edge (Xavier NX) and the server (RTX 3080), s.
+EDGE_DENSE_S = 0.209
+SERVER_DENSE_S = 0.012
+#: Per-frame fixed edge overhead (capture, block extraction or encoding, scheduling), s: the
+#: scheduler's tau_wait.
+EDGE_OVERHEAD_S = 0.005
+
+
+def sparse_time(profile, k: float, dense_s: float) -> float:
+    """a k^2 + b k + c (Table 1 fit, k blocks), never more than the dense pass."""
+    a, b, c = profile
+    return min(a * k * k + b * k + c, dense_s) if k > 0 else 0.0
+
+
+@dataclass
+class LinkSpec:
+    """An emulated edge-server link: a class name or Mbit/s, or a trace; delay and loss."""
+
+    name: str = 'medium'
+    mbps: float = LINK_CLASSES['medium']
+    delay_ms: float = 10.0
+    loss: float = 0.0
+    trace: Optional[BandwidthTrace] = None
+
+    @classmethod
+    def parse(cls, text: str, delay_ms: float = 10.0, loss: float = 0.0) -> 'LinkSpec':
+        """'high' | 'medium' | 'low' | '<Mbit/s>' | 'trace:<file>'."""
+        if text in LINK_CLASSES:
+            return cls(text, LINK_CLASSES[text], delay_ms, loss)
+        if text.startswith('trace:'):
+            tr = BandwidthTrace.load(text[6:])
+            return cls(text, tr.mean(), delay_ms, loss, tr)
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"link {text!r}: expected high, medium, low, a rate in Mbit/s or "
+                             "trace:<file>") from None
+        if v <= 0:
+            raise ValueError(f'link rate must be > 0 Mbit/s, got {v}')
+        return cls(f'{v:g}Mbps', v, delay_ms, loss)
+
+    def mbps_at(self, t: float) -> float:
+        return self.trace.at(t) if self.trace is not None else self.mbps
+
+
+class Link:
+    """A FIFO link: one message at a time at the spec's rate, then the one-way delay."""
+
+    def __init__(self, spec: LinkSpec, seed: int = 0):
+        self.spec = spec
+        self.free_at = 0.0
+        self.rng = np.random.default_rng(seed)
+        self.bytes = 0
+        self.messages = 0
+        self.lost = 0
+
+    def transmit(self, t_ready: float, nbytes: int):
+        """Returns (time the last byte left, arrival time, delivered?)."""
+        start = max(t_ready, self.free_at)
+        done = start + nbytes * 8 / (self.spec.mbps_at(start) * 1e6)
+        self.free_at = done
+        self.bytes += nbytes
+        self.messages += 1
+        ok = not (self.spec.loss and self.rng.random() < self.spec.loss)
+        if not ok:
+            self.lost += 1
+        return done, done + self.spec.delay_ms / 1e3, ok
+
+
+class Resource:
+    """A FIFO compute resource (the server GPU)."""
+
+    def __init__(self):
+        self.free_at = 0.0
+        self.busy = 0.0
+
+    def run(self, t_ready: float, seconds: float) -> float:
+        start = max(t_ready, self.free_at)
+        self.free_at = start + seconds
+        self.busy += seconds
+        return self.free_at
+
+
+@dataclass
+class FrameRecord:
+    """One processed frame on the timeline (times in modelled seconds)."""
+
+    index: int
+    arrival: float
+    latency: float = math.nan
+    computed_by: str = ''
+    uplink_bytes: int = 0
+    hit_ratio: float = 0.0
+    edge_compute: float = 0.0     # fraction of a dense pass computed on the edge
+    server_compute: float = 0.0   # fraction of a dense pass computed on the server
+    lost: bool = False
+    cpu_edge_ms: float = 0.0      # measured on this machine
+    cpu_server_ms: float = 0.0
+    extra: dict = field(default_factory=dict)
