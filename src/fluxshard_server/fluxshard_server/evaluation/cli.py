@@ -21,7 +21,7 @@ import time
 
 from fluxshard_server.evaluation import report
 from fluxshard_server.evaluation.methods import BASELINES, METHODS
-from fluxshard_server.evaluation.sim import LINK_CLASSES, LinkSpec
+from fluxshard_server.evaluation.sim import LinkSpec
 
 MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan')
 
@@ -139,7 +139,6 @@ def main(argv=None) -> int:
     a = _args(sys.argv[1:] if argv is None else argv)
     import cv2
     import torch
-    from fluxshard_kernels import data
     from fluxshard_kernels.evaluate import _ground_truth
     from fluxshard_server.evaluation import harness, methods
     from fluxshard_server.inference import load_model

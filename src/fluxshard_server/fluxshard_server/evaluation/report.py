@@ -8,7 +8,8 @@ import numpy as np
 NAMES = {'fluxshard': 'FluxShard', 'full-offload': 'Full Offload', 'spinn': 'SPINN-style',
          'coach': 'COACH-style', 'deltacnn': 'DeltaCNN-style', 'no-ata': 'No-ATA',
          'no-ms-comp': 'No-MS-Comp', 'full-offload-png': 'Full Offload (PNG)'}
-ORDER = ('full-offload', 'full-offload-png', 'spinn', 'coach', 'deltacnn', 'fluxshard', 'no-ata', 'no-ms-comp')
+ORDER = ('full-offload', 'full-offload-png', 'spinn', 'coach', 'deltacnn', 'fluxshard', 'no-ata',
+         'no-ms-comp')
 
 
 def _f(v, fmt='{:.1f}', scale=1.0):
@@ -92,8 +93,8 @@ def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
             lines.append(f"| {NAMES[m]} | {_f(a['latency_ms_mean'])} | "
                          f"{_f(a['hit_ratio'], scale=100)} | {_f(a['retention'], scale=100)} | "
                          f"{_f(a['bandwidth_MBps'], '{:.2f}')} |")
-    seq_rows = [r for r in runs if r['edges'] == 1 and r['method'] in ('fluxshard',
-                                                                      'full-offload')]
+    seq_rows = [r for r in runs
+                if r['edges'] == 1 and r['method'] in ('fluxshard', 'full-offload')]
     seqs = sorted({r['sequence'] for r in seq_rows})
     link0 = 'medium' if 'medium' in links else links[0]
     if seqs:
