@@ -82,7 +82,7 @@ def test_small_evaluation_numbers_are_consistent(tmp_path):
 
 
 def test_live_replay_of_a_bag_through_the_nodes(tmp_path, monkeypatch):
-    monkeypatch.setenv('ROS_DOMAIN_ID', str(225 + os.getpid() % 20))
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(40 + os.getpid() % 20))
     b = tmp_path / 'clip'
     bag.write_bag('davis-blackswan', str(b), limit=6, rate=3.0)
     from fluxshard_server.evaluation import live
@@ -98,6 +98,29 @@ def test_live_replay_of_a_bag_through_the_nodes(tmp_path, monkeypatch):
     fo = res['full-offload']['robots']['robot1']
     assert fo['results_local'] == 0 and fo['key_batches'] == fo['batches_sent']
     assert '| fluxshard |' in live.table(res, LinkSpec.parse('medium'))
+
+
+def test_live_replay_across_a_tc_shaped_veth_between_namespaces(tmp_path, monkeypatch):
+    from fluxshard_server import netns
+    why = netns.available()
+    if why:
+        pytest.skip(f'network namespaces need root and iproute2 ({why})')
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(60 + os.getpid() % 20))
+    b = tmp_path / 'clip'
+    bag.write_bag('davis-blackswan', str(b), limit=5, rate=3.0)
+    from fluxshard_server.evaluation import live
+    from fluxshard_server.evaluation.sim import LinkSpec
+    res = live.run(str(b), LinkSpec.parse('low', delay_ms=0.0), 5, str(tmp_path), 150,
+                   mode='netns')
+    for name in ('fluxshard', 'full-offload'):
+        assert 'error' not in res[name], res[name].get('error')
+        assert res[name]['link_mode'] == 'netns veth tc tbf 25 Mbit/s'
+        r = res[name]['robots']['robot1']
+        assert r['published'] == 5 and r['unaccounted'] == 0 and r['results'] >= 3, r
+        assert r['bytes_sent'] == r['server_bytes_in'] > 0, r
+    assert 'network namespaces' in live.table(res, LinkSpec.parse('low'))
+    assert not any(n.startswith('fs') and '_edge' in n for n in subprocess.run(
+        ['ip', 'netns', 'list'], capture_output=True, text=True).stdout.split())
 
 
 def test_eval_command_is_installed():

@@ -38,7 +38,36 @@ def _args(argv):
                    help='soak: loop the source and stop after this many seconds')
     p.add_argument('--quiet', action='store_true', help='no per-frame lines')
     p.add_argument('--json', default=None, help='write the summary as JSON here')
+    p.add_argument('--netns', type=float, default=0.0, metavar='MBPS',
+                   help='run the server and the robots in two network namespaces joined by a '
+                        'veth pair shaped with tc tbf at this rate, so DDS crosses a shaped '
+                        'link (root and iproute2 needed; 0 = off)')
     return p.parse_args(argv)
+
+
+def _run_in_netns(a, argv):
+    """Set up the shaped namespaces, rerun this command inside the robots' namespace (the
+    server is spawned in the server's), tear them down."""
+    from fluxshard_server import netns
+    why = netns.available()
+    if why:
+        print(f'fluxshard_run: --netns needs root and iproute2 ({why})', file=sys.stderr)
+        return 2
+    name = f'fs{os.getpid() % 100000}'
+    try:
+        netns.up(name, a.netns)
+    except subprocess.CalledProcessError as e:
+        netns.down(name)
+        print(f'fluxshard_run: cannot create the namespaces: {e.stderr.strip()}',
+              file=sys.stderr)
+        return 2
+    env = dict(os.environ, FLUXSHARD_NETNS=name, **netns.dds_env())
+    try:
+        return subprocess.call(netns.exec_prefix(name, 'edge')
+                               + [sys.executable, '-m', 'fluxshard_server.runner_node', *argv],
+                               env=env)
+    finally:
+        netns.down(name)
 
 
 class Monitor(Node):
@@ -90,7 +119,11 @@ def _find_config(name, config_dir):
 
 
 def main(argv=None):
-    a = _args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    a = _args(argv)
+    if a.netns and not os.environ.get('FLUXSHARD_NETNS'):
+        return _run_in_netns(a, argv)
+    ns_name = os.environ.get('FLUXSHARD_NETNS', '')
     env = dict(os.environ)
     env.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
     env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -105,6 +138,9 @@ def main(argv=None):
 
     def spawn(module, ns, params_file, params, name):
         cmd = [py, '-m', module, '--ros-args']
+        if ns_name and name == 'server':
+            from fluxshard_server import netns
+            cmd = netns.exec_prefix(ns_name, 'srv') + cmd
         if ns:
             cmd += ['-r', f'__ns:=/{ns}']
         if params_file:
@@ -163,6 +199,8 @@ def main(argv=None):
             rclpy.spin_once(mon, timeout_sec=0.1)
         _stop(procs)
         summary = _summary(mon, robots, a, time.monotonic() - t_start, logdir)
+        summary['link_mode'] = (f'netns veth tc tbf {a.netns:g} Mbit/s' if ns_name else
+                                'transport emulation (edge parameters) or none')
     finally:
         _stop(procs)
         mon.destroy_node()

@@ -89,6 +89,9 @@ def _args(argv):
     p.add_argument('--live', action='store_true',
                    help='also replay the first bag through the real nodes over DDS')
     p.add_argument('--live-frames', type=int, default=24)
+    p.add_argument('--live-link', choices=['auto', 'netns', 'transport'], default='auto',
+                   help='live link shaping: network namespaces + tc (root), the edge '
+                        'transport, or auto (netns where possible)')
     p.add_argument('--no-progress', action='store_true')
     p.add_argument('--quick', action='store_true',
                    help='the short run of the README: davis-parkour and pets09-s2l1 (those '
@@ -210,7 +213,8 @@ def main(argv=None) -> int:
     live = None
     if a.live and bags:
         from fluxshard_server.evaluation import live as L
-        live = L.run(bags[0][1], links[0], a.live_frames, a.out)
+        mode = L.default_mode() if a.live_link == 'auto' else a.live_link
+        live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode)
         text += '\n' + L.table(live, links[0])
     print('\n' + text)
     os.makedirs(a.out, exist_ok=True)

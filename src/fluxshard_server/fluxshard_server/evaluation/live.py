@@ -1,8 +1,10 @@
 """Replay a bag through the real nodes over DDS (``fluxshard_run``: camera replay, edge and
 server as separate processes) for FluxShard and for Full Offload (the same nodes pinned to
-offload a JPEG key batch of every frame, no local model), with the link shaped in the edge's
-transport (``link.emulate_mbps``, ``link.delay_ms``). Latencies are *measured* on this machine
-(camera stamp to result), CPU inference included."""
+offload a JPEG key batch of every frame, no local model). The link is shaped either by
+``tc tbf`` on a veth pair between two network namespaces (mode ``netns``: DDS crosses it) or
+in the edge's transport (mode ``transport``: ``link.emulate_mbps``); the one-way delay is
+always emulated in the edge transport (``link.delay_ms``; no sch_netem here). Latencies are
+*measured* on this machine (camera stamp to result), CPU inference included."""
 
 import json
 import os
@@ -18,20 +20,31 @@ LIVE_METHODS = {
 }
 
 
-def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float = 300.0):
+def default_mode() -> str:
+    from fluxshard_server import netns
+    return 'transport' if netns.available() else 'netns'
+
+
+def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float = 300.0,
+        mode: str = 'transport'):
     """{method: the runner's JSON summary}; a failed run is reported, not raised."""
+    if mode not in ('transport', 'netns'):
+        raise ValueError(f"live link mode must be 'transport' or 'netns', got {mode!r}")
     res = {}
     for name, extra in LIVE_METHODS.items():
         js = os.path.join(out_dir, f'live_{name}.json')
         cmd = [sys.executable, '-m', 'fluxshard_server.runner_node', '--source', bag_path,
                '--count', str(frames), '--rate', '0', '--quiet', '--json', js,
                '--timeout', str(timeout),
-               '--edge-param', f'link.emulate_mbps:={link.mbps}',
                '--edge-param', f'link.bandwidth_mbps:={link.mbps}',
                '--edge-param', f'link.delay_ms:={link.delay_ms}',
                '--edge-param', 'camera.depth:=10']
         for p in extra:
             cmd += ['--edge-param', p]
+        if mode == 'netns':
+            cmd += ['--netns', str(link.mbps)]
+        else:
+            cmd += ['--edge-param', f'link.emulate_mbps:={link.mbps}']
         if link.trace is not None:
             raise ValueError('live mode takes a bandwidth class or rate, not a trace')
         env = dict(os.environ, FLUXSHARD_LOG_DIR=os.path.join(out_dir, f'live_{name}_logs'))
@@ -41,13 +54,17 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
                 res[name] = json.load(f)
         else:
             res[name] = {'error': (p.stdout + p.stderr)[-2000:]}
+        res[name]['mode'] = mode
     return res
 
 
 def table(res: dict, link: LinkSpec) -> str:
+    mode = next(iter(res.values()), {}).get('mode', 'transport')
+    how = ('tc tbf on a veth pair between network namespaces' if mode == 'netns'
+           else 'shaped in the edge transport')
     lines = [f'### Live replay through the real nodes over DDS, link {link.name} '
-             f'({link.mbps:g} Mbit/s, {link.delay_ms:g} ms, shaped in the edge transport); '
-             'latency measured on this machine (CPU inference)', '',
+             f'({link.mbps:g} Mbit/s, {how}; {link.delay_ms:g} ms one-way delay in the edge '
+             'transport); latency measured on this machine (CPU inference)', '',
              '| method | frames published | results | dropped (latest wins) | uplink MB | '
              'edge bytes = server bytes | latency p50 / p90 ms |', '|---|---|---|---|---|---|---|']
     for name, s in res.items():
