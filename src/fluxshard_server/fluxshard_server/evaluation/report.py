@@ -41,48 +41,39 @@ def _methods(agg, edges=1):
 def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
     """All tables as one markdown string."""
     main = [m for m in _methods(agg) if m not in ('no-ata', 'no-ms-comp')]
-    lines = ['### Accuracy retention vs dense inference on the true frame (%, AP@0.5; '
-             'paper Table 2)', '',
-             '| link | ' + ' | '.join(NAMES[m] for m in main) + ' |',
-             '|---|' + '---|' * len(main)]
-    for link in links:
-        lines.append(f'| {link} | ' + ' | '.join(
-            _f(agg.get((m, link, 1), {}).get('retention'), scale=100) for m in main) + ' |')
-    lines += ['', '### Cache hit ratio (%) and uplink bandwidth (MB/s) (paper Table 3)', '',
-              '| link | ' + ' | '.join(NAMES[m] for m in main) + ' |',
-              '|---|' + '---|' * len(main)]
-    for link in links:
-        cells = []
-        for m in main:
-            a = agg.get((m, link, 1), {})
-            cells.append(f"{_f(a.get('hit_ratio'), scale=100)} "
-                         f"({_f(a.get('bandwidth_MBps'), '{:.2f}')})")
-        lines.append(f'| {link} | ' + ' | '.join(cells) + ' |')
-    lines += ['', '### End-to-end latency, modelled (ms, mean; Xavier NX edge + RTX 3080 '
-              'server, Table 1 profiles; paper Figure 2)', '',
-              '| link | ' + ' | '.join(NAMES[m] for m in main)
-              + ' | FluxShard speedup vs best baseline | vs best non-offload baseline |',
-              '|---|' + '---|' * (len(main) + 2)]
-    for link in links:
-        lat = {m: agg.get((m, link, 1), {}).get('latency_ms_mean', math.nan) for m in main}
-        base = [lat[m] for m in main if m != 'fluxshard' and not math.isnan(lat[m])]
-        base2 = [lat[m] for m in main if m not in ('fluxshard', 'full-offload')
-                 and not math.isnan(lat[m])]
+
+    def per_link(title, cell, extra_cols=(), extra=None):
+        cols = [NAMES[m] for m in main] + list(extra_cols)
+        out = ['', title, '', '| link | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
+        for link in links:
+            a = {m: agg.get((m, link, 1), {}) for m in main}
+            cells = [cell(a[m]) for m in main] + (extra(a) if extra else [])
+            out.append(f'| {link} | ' + ' | '.join(cells) + ' |')
+        return out
+
+    def speedups(a):
+        lat = {m: a[m].get('latency_ms_mean', math.nan) for m in main}
         fx = lat.get('fluxshard', math.nan)
-        sp = f'{min(base) / fx:.2f}x' if base and fx == fx else 'n/a'
-        sp2 = f'{min(base2) / fx:.2f}x' if base2 and fx == fx else 'n/a'
-        lines.append(f'| {link} | ' + ' | '.join(_f(lat[m]) for m in main)
-                     + f' | {sp} | {sp2} |')
-    lines += ['', '### Compute on the edge (% of all MACs) and frames served / dropped', '',
-              '| link | ' + ' | '.join(NAMES[m] for m in main) + ' |',
-              '|---|' + '---|' * len(main)]
-    for link in links:
-        cells = []
-        for m in main:
-            a = agg.get((m, link, 1), {})
-            cells.append(f"{_f(a.get('edge_compute_share'), scale=100)} % / "
-                         f"{_f(a.get('processed'), '{:.0f}')} of {_f(a.get('frames'), '{:.0f}')}")
-        lines.append(f'| {link} | ' + ' | '.join(cells) + ' |')
+        out = []
+        for skip in (('fluxshard',), ('fluxshard', 'full-offload')):
+            base = [v for m, v in lat.items() if m not in skip and not math.isnan(v)]
+            out.append(f'{min(base) / fx:.2f}x' if base and fx == fx else 'n/a')
+        return out
+
+    lines = per_link('### Accuracy retention vs dense inference on the true frame (%, AP@0.5; '
+                     'paper Table 2)', lambda a: _f(a.get('retention'), scale=100))
+    lines += per_link('### Cache hit ratio (%) and uplink bandwidth (MB/s) (paper Table 3)',
+                      lambda a: f"{_f(a.get('hit_ratio'), scale=100)} "
+                                f"({_f(a.get('bandwidth_MBps'), '{:.2f}')})")
+    lines += per_link('### End-to-end latency, modelled (ms, mean; Xavier NX edge + RTX 3080 '
+                      'server, Table 1 profiles; paper Figure 2)',
+                      lambda a: _f(a.get('latency_ms_mean', math.nan)),
+                      ('FluxShard speedup vs best baseline', 'vs best non-offload baseline'),
+                      speedups)
+    lines += per_link('### Compute on the edge (% of all MACs) and frames served / dropped',
+                      lambda a: f"{_f(a.get('edge_compute_share'), scale=100)} % / "
+                                f"{_f(a.get('processed'), '{:.0f}')} of "
+                                f"{_f(a.get('frames'), '{:.0f}')}")
     abl = [m for m in ('fluxshard', 'no-ata', 'no-ms-comp') if (m, 'medium', 1) in agg]
     if len(abl) > 1:
         lines += ['', '### Ablation at the medium link (paper Table 4)', '',
