@@ -1,0 +1,100 @@
+"""Pieces of the evaluation harness: the modelled link, bandwidth traces, the split model of the
+SPINN/COACH-style baselines and its feature messages."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fluxshard_edge.link import BandwidthTrace
+from fluxshard_kernels import data
+from fluxshard_kernels.yolo import model as Y
+from fluxshard_kernels.yolo.processing import letterbox
+from fluxshard_server.evaluation import methods as M
+from fluxshard_server.evaluation import sim
+
+
+@pytest.fixture(scope='module')
+def model():
+    return Y.load_onnx(str(data.model_path('detect')))
+
+
+def test_link_is_fifo_at_its_rate_plus_delay():
+    link = sim.Link(sim.LinkSpec.parse('25', delay_ms=10.0))
+    wire, arrive, ok = link.transmit(0.0, 25_000_000 // 8)  # 1 s of traffic at 25 Mbit/s
+    assert ok and math.isclose(wire, 1.0) and math.isclose(arrive, 1.010)
+    wire2, _, _ = link.transmit(0.5, 125_000)  # queued behind the first message
+    assert math.isclose(wire2, 1.04)
+    assert link.bytes == 25_000_000 // 8 + 125_000 and link.messages == 2
+    lossy = sim.Link(sim.LinkSpec.parse('high', loss=0.5), seed=1)
+    got = [lossy.transmit(0.0, 100)[2] for _ in range(400)]
+    assert 150 < sum(got) < 250 and lossy.lost == 400 - sum(got)
+
+
+def test_bandwidth_trace_file(tmp_path):
+    f = tmp_path / 'trace.csv'
+    f.write_text('# seconds,mbps\n0,130\n2,25\n4,56\n')
+    tr = BandwidthTrace.load(str(f))
+    assert [tr.at(t) for t in (0.5, 2.5, 4.5)] == [130.0, 25.0, 56.0]
+    assert tr.at(6.5) == 130.0  # looped, period 6 s
+    spec = sim.LinkSpec.parse(f'trace:{f}')
+    link = sim.Link(spec)
+    slow = link.transmit(2.0, 1_000_000)[0] - 2.0
+    link2 = sim.Link(spec)
+    fast = link2.transmit(0.0, 1_000_000)[0]
+    assert math.isclose(slow / fast, 130 / 25)
+    (tmp_path / 'bad').write_text('1,2,3\n')
+    with pytest.raises(ValueError, match='bad:1'):
+        BandwidthTrace.load(str(tmp_path / 'bad'))
+    with pytest.raises(ValueError, match='link'):
+        sim.LinkSpec.parse('fast')
+
+
+def test_sparse_time_never_exceeds_dense():
+    p = (3.6e-8, 2.13e-4, 0.0429)
+    assert sim.sparse_time(p, 0, 0.209) == 0.0
+    assert math.isclose(sim.sparse_time(p, 100, 0.209), 3.6e-4 + 0.0213 + 0.0429)
+    assert sim.sparse_time(p, 5000, 0.209) == 0.209
+
+
+def test_split_model_equals_the_whole_model(model):
+    img = next(data.iter_frames('davis-parkour', 1))
+    x, lb = letterbox(img, 640)
+    x = torch.from_numpy(x)
+    with torch.no_grad():
+        full = model(x)
+        for s in (4, 10):
+            _, y = model.backbone(x, stop=s)
+            _, y = model.backbone(y[s], start=s + 1, y=y)
+            assert torch.equal(model.head_outputs(model.neck_head(y)), full)
+    fr = M.split_fractions(model)
+    assert 0 < fr[4] < fr[10] < 1 and fr[0] == 0 and fr[23] == 1
+
+
+def test_feature_messages_round_trip(model):
+    from std_msgs.msg import UInt8MultiArray
+    img = next(data.iter_frames('davis-parkour', 1))
+    x, lb = letterbox(img, 640)
+    with torch.no_grad():
+        _, y = model.backbone(torch.from_numpy(x), stop=10)
+    for quant, tol, width in ((False, 2e-2, 2), (True, None, 1)):
+        m = M.pack_features(y, 10, lb, quant)
+        raw = M.serialize(m)
+        back, lb2 = M.unpack_features(M.deserialize(raw, UInt8MultiArray))
+        assert lb2 == lb and set(back) == {4, 6, 10}
+        n = sum(t.numel() for t in y.values())
+        assert len(m.data) >= n * width and len(raw) < n * width * 1.01 + 4096
+        for k in y:
+            err = (back[k] - y[k]).abs().max().item()
+            rng = (y[k].amax(dim=(0, 2, 3)) - y[k].amin(dim=(0, 2, 3))).max().item()
+            assert err <= (tol * max(1.0, y[k].abs().max().item()) if tol else rng / 255 * 0.51
+                           + 1e-6), (k, quant, err)
+    det_full = model.decode(model(torch.from_numpy(x)), lb)
+    yq, _ = M.unpack_features(M.deserialize(M.serialize(M.pack_features(y, 10, lb, True)),
+                                            UInt8MultiArray))
+    with torch.no_grad():
+        det_q = model.decode(model.head_outputs(model.neck_head(yq)), lb)
+    # quantised transfer keeps the confident detections (the person)
+    keep = det_full.scores >= 0.5
+    assert keep.any() and np.isin(det_full.class_ids[keep], det_q.class_ids).all()
