@@ -24,6 +24,9 @@ from fluxshard_server.evaluation.methods import BASELINES, METHODS
 from fluxshard_server.evaluation.sim import LinkSpec
 
 MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan')
+#: FluxShard variants of --sweep: name -> (method, parameters).
+SWEEP = {f'fluxshard q{q} tau{t:g}': ('fluxshard', {'quality': q, 'tau': t})
+         for q, t in ((75, 10.0), (50, 10.0), (90, 20.0), (75, 20.0), (50, 30.0))}
 
 
 class Progress:
@@ -79,6 +82,9 @@ def _args(argv):
     p.add_argument('--scal-frames', type=int, default=40)
     p.add_argument('--scal-methods', nargs='*', default=None,
                    help='methods of the scalability runs (default: --methods)')
+    p.add_argument('--sweep', action='store_true',
+                   help='also run FluxShard variants (JPEG quality, tau) at the medium link on '
+                        'the moving-camera sequences: the bytes / accuracy trade-off')
     p.add_argument('--delay-ms', type=float, default=10.0, help='one-way link delay, ms')
     p.add_argument('--loss', type=float, default=0.0, help='message loss probability')
     p.add_argument('--task', default='detect', choices=['detect', 'segment', 'pose'])
@@ -181,6 +187,8 @@ def main(argv=None) -> int:
                 print(f'fluxshard-eval: no scalability runs: {e}', file=sys.stderr)
     medium = next((lk for lk in links if lk.name == 'medium'), links[0])
     plan = [(m, lk, s, 1) for s in sources for lk in links for m in a.methods]
+    if a.sweep:
+        plan += [(v, medium, s, 1) for s in sources if s[0] in MOVING for v in SWEEP]
     plan += [(m, medium, s, 1) for s in sources for m in a.ablations]
     if scal is not None:
         imgs = scal[1][:a.scal_frames]
@@ -197,8 +205,11 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     for m, lk, (name, imgs, rate, ref), e in plan:
         bar.label = f'{m} {lk.name} {name} x{e}'
-        r = harness.replay(lambda eid, m=m, lk=lk: methods.make(m, model, eid, lk), imgs, rate,
-                           lk, ref, edges=e, progress=bar)
+        mk, kw = SWEEP.get(m, (m, {}))
+
+        def factory(eid, mk=mk, kw=kw, lk=lk):
+            return methods.make(mk, model, eid, lk, **kw)
+        r = harness.replay(factory, imgs, rate, lk, ref, edges=e, progress=bar)
         r.update(method=m, link=lk.name, link_mbps=lk.mbps, sequence=name)
         if scal is not None and imgs is scal[1]:
             r['link'] = f'{lk.name}, scalability ({name}, {len(imgs)} frames)'
@@ -209,6 +220,8 @@ def main(argv=None) -> int:
     agg = report.aggregate(runs)
     names = [lk.name for lk in links]
     text = report.tables(agg, names, runs)
+    if a.sweep:
+        text += '\n' + sweep_table(runs, medium.name)
     text += '\n' + targets(runs, agg, names)
     live = None
     if a.live and bags:
@@ -233,6 +246,29 @@ def main(argv=None) -> int:
             f"{r['method']}/{r['sequence']}" for r in bad), file=sys.stderr)
         return 1
     return 0
+
+
+def sweep_table(runs, link) -> str:
+    lines = [f'### FluxShard variants at the {link} link, moving-camera sequences (mean)', '',
+             '| variant | bytes / Full Offload | retention (%) | retention, refs >= 0.5 (%) | '
+             'hit (%) | latency ms |', '|---|---|---|---|---|---|']
+    for v in ['fluxshard', *SWEEP]:
+        rs = [r for r in runs if r['method'] == v and r['link'] == link and r['edges'] == 1
+              and r['sequence'] in MOVING]
+        if not rs:
+            continue
+        ratio = []
+        for r in rs:
+            fo = next((o for o in runs if o['method'] == 'full-offload' and o['link'] == link
+                       and o['sequence'] == r['sequence'] and o['edges'] == 1), None)
+            if fo:
+                ratio.append(r['bytes_on_link'] / fo['bytes_on_link'])
+        name = 'fluxshard q90 tau10 (default)' if v == 'fluxshard' else v
+        mean = (lambda k: sum(r[k] for r in rs) / len(rs))
+        lines.append(f"| {name} | {100 * sum(ratio) / max(len(ratio), 1):.1f} % | "
+                     f"{100 * mean('retention'):.1f} | {100 * mean('retention_confident'):.1f} "
+                     f"| {100 * mean('hit_ratio'):.1f} | {mean('latency_ms_mean'):.1f} |")
+    return '\n'.join(lines) + '\n'
 
 
 def targets(runs, agg, links) -> str:
