@@ -45,6 +45,7 @@ class EdgeModel:
         self.model = model
         self.runner = self.refresh = None
         self._last_seq = -1
+        self._refresh_from = None  # (seq whose state the running refresh describes, count)
         self._since_refresh = 0
         self.last_blocks = 0
         if backend == 'onnxruntime':
@@ -85,6 +86,9 @@ class EdgeModel:
             return self.model.decode(raw, lb, self.conf, self.iou)
         if self.refresh.running:
             self.refresh.pause()
+        if self._refresh_from is not None and self.refresh.completed > self._refresh_from[1]:
+            # the refresh swapped in caches that describe the state of the batch it started on
+            self._last_seq, self._refresh_from = self._refresh_from[0], None
         r = self.runner
         grid = BlockGrid(img.shape[0], img.shape[1], self.cam_block)
         if r.state is None or r.state.shape != img.shape:
@@ -109,7 +113,7 @@ class EdgeModel:
             self.refresh.resume()
         elif self._since_refresh >= max(1, self.refresh_interval):
             self._since_refresh = 0
-            self._last_seq = -1  # after the swap the cache describes this state, not seq + 1's
+            self._refresh_from = (seq, self.refresh.completed)
             self.refresh.start(img)
         return det
 

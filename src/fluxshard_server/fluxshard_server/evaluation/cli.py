@@ -95,6 +95,9 @@ def _args(argv):
     p.add_argument('--live', action='store_true',
                    help='also replay the first bag through the real nodes over DDS')
     p.add_argument('--live-frames', type=int, default=24)
+    p.add_argument('--live-rate', type=float, default=0.0,
+                   help='live replay rate, Hz (0 = the bag rate; the nodes run CPU inference '
+                        'here, so a lower rate shows latency rather than queueing)')
     p.add_argument('--live-link', choices=['auto', 'netns', 'transport'], default='auto',
                    help='live link shaping: network namespaces + tc (root), the edge '
                         'transport, or auto (netns where possible)')
@@ -111,7 +114,7 @@ def _args(argv):
         a.frames = a.frames or 24
         a.scal_source, a.scal_frames = a.sequences[0], 24
         a.live = True
-        a.live_frames = 12
+        a.live_frames, a.live_rate = 12, a.live_rate or 2.0
     if not 0 <= a.loss < 1:
         p.error('--loss must be in [0, 1)')
     return a
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
     if a.live and bags:
         from fluxshard_server.evaluation import live as L
         mode = L.default_mode() if a.live_link == 'auto' else a.live_link
-        live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode)
+        live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode, rate=a.live_rate)
         text += '\n' + L.table(live, links[0])
     print('\n' + text)
     os.makedirs(a.out, exist_ok=True)

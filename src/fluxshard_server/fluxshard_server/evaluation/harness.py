@@ -41,12 +41,15 @@ def _similarity(task, det, ref):
 
 
 class Scores:
-    """Accuracy of one method's results: AP@0.5 against the dense reference (all and
-    confident references), mask IoU for segmentation, AP against ground truth."""
+    """Accuracy of one method's results against the dense reference: AP@0.5 pooled over all
+    reference objects (class-aware matching, every object weighs the same: the retention), the
+    same on confident references (score >= 0.5), the class-mean mAP@0.5 (noisy when a class
+    appears in a few frames), mask IoU for segmentation; AP against ground truth."""
 
     def __init__(self, task):
         self.task = task
         self.ap = metrics.APAccumulator(0.5)
+        self.ap_class = metrics.APAccumulator(0.5)
         self.ap_conf = metrics.APAccumulator(0.5)
         self.gt_ap = metrics.APAccumulator(0.5)
         self.gt_dense = metrics.APAccumulator(0.5)
@@ -55,9 +58,13 @@ class Scores:
 
     def add(self, det, ref, gt=None):
         sim_ = _similarity(self.task, det, ref)
-        self.ap.add(sim_, det.class_ids, det.scores, ref.class_ids)
+        self.ap_class.add(sim_, det.class_ids, det.scores, ref.class_ids)
+        # pooled: one class, a match only between equal classes
+        same = np.where(det.class_ids[:, None] == ref.class_ids[None, :], sim_, -1.0)
+        self.ap.add(same, np.zeros(len(det)), det.scores, np.zeros(len(ref)))
         rs, dp = ref.scores >= 0.5, det.scores >= 0.4
-        self.ap_conf.add(sim_[dp][:, rs], det.class_ids[dp], det.scores[dp], ref.class_ids[rs])
+        self.ap_conf.add(same[dp][:, rs], np.zeros(dp.sum()), det.scores[dp],
+                         np.zeros(rs.sum()))
         if self.task == 'segment':
             self.mask.append(metrics.matched_mask_iou(det.boxes, det.masks, ref.boxes,
                                                       ref.masks))
@@ -70,7 +77,8 @@ class Scores:
                         dd.scores[sel], np.full(len(gb), gc))
 
     def summary(self) -> dict:
-        out = {'retention': self.ap.value(), 'retention_confident': self.ap_conf.value()}
+        out = {'retention': self.ap.value(), 'retention_confident': self.ap_conf.value(),
+               'retention_class_mean': self.ap_class.value()}
         if self.task == 'segment' and self.mask:
             out['mask_iou'] = float(np.nanmean(self.mask))
         if self.has_gt:

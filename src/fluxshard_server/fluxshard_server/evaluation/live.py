@@ -26,7 +26,7 @@ def default_mode() -> str:
 
 
 def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float = 300.0,
-        mode: str = 'transport'):
+        mode: str = 'transport', rate: float = 0.0):
     """{method: the runner's JSON summary}; a failed run is reported, not raised."""
     if mode not in ('transport', 'netns'):
         raise ValueError(f"live link mode must be 'transport' or 'netns', got {mode!r}")
@@ -34,7 +34,7 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
     for name, extra in LIVE_METHODS.items():
         js = os.path.join(out_dir, f'live_{name}.json')
         cmd = [sys.executable, '-m', 'fluxshard_server.runner_node', '--source', bag_path,
-               '--count', str(frames), '--rate', '0', '--quiet', '--json', js,
+               '--count', str(frames), '--rate', str(rate), '--quiet', '--json', js,
                '--timeout', str(timeout),
                '--edge-param', f'link.bandwidth_mbps:={link.mbps}',
                '--edge-param', f'link.delay_ms:={link.delay_ms}',
@@ -62,7 +62,9 @@ def table(res: dict, link: LinkSpec) -> str:
     mode = next(iter(res.values()), {}).get('mode', 'transport')
     how = ('tc tbf on a veth pair between network namespaces' if mode == 'netns'
            else 'shaped in the edge transport')
-    lines = [f'### Live replay through the real nodes over DDS, link {link.name} '
+    rate = next(iter(res.values()), {}).get('rate_hz', 0)
+    lines = [f'### Live replay at {f"{rate:g} Hz" if rate else "the bag rate"} through the real '
+             f'nodes over DDS, link {link.name} '
              f'({link.mbps:g} Mbit/s, {how}; {link.delay_ms:g} ms one-way delay in the edge '
              'transport); latency measured on this machine (CPU inference)', '',
              '| method | frames published | results | dropped (latest wins) | uplink MB | '
