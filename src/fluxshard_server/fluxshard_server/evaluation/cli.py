@@ -36,7 +36,9 @@ class Progress:
         self.total, self.n, self.t0 = max(total, 1), 0, time.monotonic()
         self.label = ''
         self.enabled = enabled and total > 0
+        self.tty = sys.stderr.isatty()
         self._last = 0.0
+        self._decile = -1
 
     def __call__(self, k: int = 1):
         self.n += k
@@ -45,11 +47,17 @@ class Progress:
             return
         self._last = now
         frac = min(self.n / self.total, 1.0)
+        if not self.tty:  # a log file: one line per 10 %
+            if int(10 * frac) == self._decile:
+                return
+            self._decile = int(10 * frac)
         el = now - self.t0
         eta = el / frac - el if frac > 0 else 0
         bar = '#' * int(30 * frac) + '-' * (30 - int(30 * frac))
-        sys.stderr.write(f'\r[{bar}] {100 * frac:5.1f}% {self.n}/{self.total} frames '
-                         f'{el / 60:5.1f} min, ETA {eta / 60:5.1f} min  {self.label[:40]:<40}')
+        sys.stderr.write(f'{chr(13) if self.tty else ""}[{bar}] {100 * frac:5.1f}% '
+                         f'{self.n}/{self.total} frames {el / 60:5.1f} min, ETA '
+                         f'{eta / 60:5.1f} min  {self.label[:40]:<40}' + ('' if self.tty
+                                                                          else '\n'))
         sys.stderr.flush()
 
     def close(self):
