@@ -4,19 +4,17 @@ from collections import Counter
 import threading
 import time
 
-import numpy as np
-
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (declare, LATCHED_QOS, LINK_QOS, ReasonLog, RESULT_QOS,
                                         run_node)
-from fluxshard_kernels import proxy
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, KeypointArray, LabelMap, ProxyDelta
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from fluxshard_server.inference import BACKENDS, EdgeModel, load_model
+from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
 try:  # a ROS 2 robot with vision_msgs: publish the standard type too
@@ -112,20 +110,11 @@ class ServerNode(Node):
         self.counters['batches_in'] += 1
         edge.counters['batches_in'] += 1
         edge.counters['bytes_in'] += len(msg.payload)
-        try:
-            upd = conversions.msg_to_update(msg)
-        except proxy.ProxyError as e:
-            self._reject(edge, 'bad_batch', f'seq {msg.seq}: {e}', msg.seq)
-            return
-        except Exception as e:  # noqa: B902 - malformed input must not escape the callback
-            self._reject(edge, 'bad_batch', f'seq {msg.seq}: {type(e).__name__}: {e}', msg.seq)
-            return
-        prev_seq = edge.session.last_seq
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        out = edge.session.offer(int(msg.seq), upd, bytes(msg.state_digest), stamp)
-        if out.counter:
-            self._reject(edge, out.counter, out.reason, msg.seq, resync=out.resync)
-        if not out.applied or out.resync:
+        r = receive_batch(edge.session, msg)
+        if r.outcome.counter:
+            self._reject(edge, r.outcome.counter, r.outcome.reason, msg.seq,
+                         resync=r.outcome.resync)
+        if not r.acked:
             return
         ack = ProxyDelta(header=msg.header, edge_id=edge.session.edge_id,
                          kind=ProxyDelta.KIND_ACK, seq=msg.seq)
@@ -133,12 +122,9 @@ class ServerNode(Node):
         edge.feedback.publish(ack)
         if edge.proxy_image is not None:
             edge.proxy_image.publish(conversions.array_to_image(edge.session.state, msg.header))
-        if msg.sparse_inference_requested:
-            mv = None
-            if upd.mv_x is not None:
-                mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
-            job = (msg.header, int(msg.frame_index), edge.session.state, int(msg.seq), mv,
-                   prev_seq if not upd.key else None)
+        if r.infer:
+            job = (msg.header, int(msg.frame_index), edge.session.state, int(msg.seq), r.mv,
+                   r.prev_seq)
             with self._cv:
                 if edge in self._pending:
                     self.counters['dropped_superseded'] += 1

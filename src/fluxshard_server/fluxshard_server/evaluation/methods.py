@@ -33,6 +33,7 @@ from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo.processing import Detections, letterbox
 from fluxshard_server.evaluation import sim
 from fluxshard_server.inference import EdgeModel
+from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
 METHODS = ('fluxshard', 'full-offload', 'deltacnn', 'spinn', 'coach', 'no-ata', 'no-ms-comp')
@@ -154,30 +155,20 @@ class _BlockServer:
         t0 = time.perf_counter()
         out = ServerWork(received_bytes=len(raw))
         msg = deserialize(raw, BlockBatch)
-        try:
-            upd = conversions.msg_to_update(msg)
-        except proxy.ProxyError as e:
-            self.resync = (f'bad batch: {e}', int(msg.seq))
-            return out
-        prev_seq = self.session.last_seq
-        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-        o = self.session.offer(int(msg.seq), upd, bytes(msg.state_digest), stamp)
-        if o.resync:
-            self.resync = (o.reason, int(msg.seq))
-        if not o.applied or o.resync or not msg.sparse_inference_requested:
+        r = receive_batch(self.session, msg)
+        if r.outcome.resync:
+            self.resync = (r.outcome.reason, int(msg.seq))
+        if not r.infer:
             out.cpu_ms = 1e3 * (time.perf_counter() - t0)
             return out
-        mv = None
-        if upd.mv_x is not None:
-            mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
         refreshes = self.em.refresh.completed
-        det = self.em(self.session.state, int(msg.seq), mv, prev_seq if not upd.key else None)
-        grid = upd.grid
-        k = self.em.last_blocks
+        det = self.em(self.session.state, int(msg.seq), r.mv, r.prev_seq)
+        k, n = self.em.last_blocks, self.session.state.shape
+        count = BlockGrid(n[0], n[1], self.em.cam_block).count
         out.result = det
         out.server_s = (sim.SERVER_DENSE_S if self.dense_times else
                         sim.sparse_time(PROFILES['rtx3080'], k, sim.SERVER_DENSE_S))
-        out.server_compute = 1.0 if self.dense_times else min(1.0, k / grid.count)
+        out.server_compute = 1.0 if self.dense_times else min(1.0, k / count)
         if self.em.refresh.completed > refreshes:
             out.background_s = sim.SERVER_DENSE_S
         out.result_bytes = _result_bytes(det, self.edge_id, index, self.em.task)

@@ -1,0 +1,57 @@
+"""What the server does with one BlockBatch before inference (paper Algorithm 2, step 2),
+without ROS: decode it, offer it to the edge's session (sequence, stamp and digest checks,
+proxy apply), and say what follows - a counted rejection, a resync request, an ACK, and the
+incremental-inference job. ``server_node`` and the evaluation harness both use it."""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from fluxshard_edge import conversions
+from fluxshard_kernels import proxy
+from fluxshard_server.session import EdgeSession, Outcome
+
+
+@dataclass
+class Received:
+    """Result of ``receive_batch``.
+
+    Attributes:
+        outcome: the session's verdict (``counter`` non-empty: count and log a rejection;
+            ``resync``: ask the edge for a key batch).
+        mv: (rows, cols, 2) camera-block MVs of the batch, or None.
+        prev_seq: the batch the incremental cache should move from (None after a key).
+        infer: applied cleanly and the edge asked for sparse inference.
+    """
+
+    outcome: Outcome
+    mv: Optional[np.ndarray] = None
+    prev_seq: Optional[int] = None
+    infer: bool = False
+
+    @property
+    def acked(self) -> bool:
+        return self.outcome.applied and not self.outcome.resync
+
+
+def receive_batch(session: EdgeSession, msg) -> Received:
+    """Decode ``msg`` (fluxshard_msgs/BlockBatch) and offer it to ``session``; malformed input
+    of any kind becomes a 'bad_batch' rejection with a resync request, never an exception."""
+    try:
+        upd = conversions.msg_to_update(msg)
+    except proxy.ProxyError as e:
+        return Received(Outcome(False, True, f'seq {msg.seq}: {e}', 'bad_batch'))
+    except Exception as e:  # noqa: B902 - malformed input must not escape
+        return Received(Outcome(False, True, f'seq {msg.seq}: {type(e).__name__}: {e}',
+                                'bad_batch'))
+    prev_seq = session.last_seq
+    stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    out = session.offer(int(msg.seq), upd, bytes(msg.state_digest), stamp)
+    r = Received(out)
+    if r.acked and msg.sparse_inference_requested:
+        if upd.mv_x is not None:
+            r.mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
+        r.prev_seq = None if upd.key else prev_seq
+        r.infer = True
+    return r
