@@ -74,7 +74,7 @@ def write_bag(source: str, out: str, rate: Optional[float] = None, topic: str = 
     from rclpy.serialization import serialize_message
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import get_typestore, Stores
-    from sensor_msgs.msg import CompressedImage, Image
+    from sensor_msgs.msg import Image
 
     from fluxshard_edge import conversions
     from fluxshard_kernels import data
@@ -104,9 +104,8 @@ def write_bag(source: str, out: str, rate: Optional[float] = None, topic: str = 
                 from fluxshard_kernels.codec_mv import H264Encoder
                 if enc is None:
                     enc = H264Encoder(frame.shape[1], frame.shape[0])
-                cm = CompressedImage(header=msg.header, format='h264')
-                cm.data = enc.encode(frame)
-                raw = serialize_message(cm)
+                raw = serialize_message(conversions.array_to_compressed(
+                    frame, msg.header, 'h264', encoder=enc))
                 w.write(conn_h, t, raw)
                 nbytes += len(raw)
             n += 1

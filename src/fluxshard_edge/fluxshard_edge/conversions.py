@@ -91,6 +91,54 @@ def compressed_to_array(msg) -> np.ndarray:
     return img
 
 
+def array_to_compressed(arr: np.ndarray, header, fmt: str = 'jpeg', quality: int = 90,
+                        encoder=None):
+    """(H, W, 3) BGR uint8 -> sensor_msgs/CompressedImage: 'jpeg' (``quality``), 'png'
+    (lossless, fast level) or 'h264' (one access unit from ``encoder``, an H264Encoder)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    msg = CompressedImage(header=header, format=fmt)
+    if fmt == 'h264':
+        if encoder is None:
+            raise ValueError("format 'h264' needs an H264Encoder")
+        msg.data = encoder.encode(arr)
+    elif fmt in ('jpeg', 'png'):
+        ext, opt = (('.png', [cv2.IMWRITE_PNG_COMPRESSION, 1]) if fmt == 'png'
+                    else ('.jpg', [cv2.IMWRITE_JPEG_QUALITY, int(quality)]))
+        msg.data = cv2.imencode(ext, arr, opt)[1].tobytes()
+    else:
+        raise ValueError(f"format must be 'jpeg', 'png' or 'h264', got {fmt!r}")
+    return msg
+
+
+class H264Input:
+    """A stream of ``CompressedImage`` H.264 access units (format 'h264') -> (BGR frame, codec
+    MVs of the frame or None); after an undecodable unit it restarts at the next key frame.
+
+    Raises (per call):
+        InputError: wrong format, undecodable data, or no frame yet.
+    """
+
+    def __init__(self):
+        self._dec = None
+
+    def __call__(self, msg):
+        from fluxshard_kernels.codec_mv import H264Decoder
+        if 'h264' not in (msg.format or '').lower():
+            raise InputError('bad_format', f'format {msg.format!r} on an h264 transport; '
+                             "expected 'h264'")
+        if self._dec is None:
+            self._dec = H264Decoder()
+        try:
+            out = self._dec.decode(bytes(msg.data))
+        except ValueError as e:
+            self._dec = None
+            raise InputError('undecodable', str(e)) from e
+        if not out:
+            raise InputError('no_frame', 'H.264 data produced no frame yet')
+        return out[-1]
+
+
 def array_to_image(arr: np.ndarray, header, encoding: Optional[str] = None) -> Image:
     """(H, W, 3) BGR / (H, W[, 1]) mono / (H, W) uint16 -> sensor_msgs/Image with ``header``."""
     a = np.ascontiguousarray(arr)

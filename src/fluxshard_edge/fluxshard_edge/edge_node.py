@@ -16,7 +16,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
                                         RESULT_QOS, run_node)
-from fluxshard_edge.link import BandwidthTrace, DelayLine
+from fluxshard_edge.link import BandwidthTrace, EmulatedLink
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_edge.scheduler import PROFILES
 from fluxshard_edge.slot import LatestSlot
@@ -80,22 +80,19 @@ class EdgeNode(Node):
                              "'' = EA decides; 'edge' or 'cloud' to pin",
                              choices=['', 'edge', 'cloud']),
         )
-        self.emulate_bps = d('link.emulate_mbps', 0.0,
-                             'Emulate an uplink of this many Mbit/s in the transport (0 = off)',
-                             lo=0.0, hi=1e5) * 1e6 / 8
-        self.drop_rate = d('link.drop_rate', 0.0,
-                           'Drop this fraction of outgoing batches (loss injection for tests '
-                           'and evaluation; 0 = off)', lo=0.0, hi=1.0)
-        self.delay_s = d('link.delay_ms', 0.0,
-                         'Emulated one-way delay of outgoing batches, ms (0 = off)',
-                         lo=0.0, hi=10000.0) / 1e3
+        emulate_mbps = d('link.emulate_mbps', 0.0,
+                         'Emulate an uplink of this many Mbit/s in the transport (0 = off)',
+                         lo=0.0, hi=1e5)
+        drop_rate = d('link.drop_rate', 0.0,
+                      'Drop this fraction of outgoing batches (loss injection for tests and '
+                      'evaluation; 0 = off)', lo=0.0, hi=1.0)
+        delay_ms = d('link.delay_ms', 0.0,
+                     'Emulated one-way delay of outgoing batches, ms (0 = off)',
+                     lo=0.0, hi=10000.0)
         trace = d('link.trace', '', 'Bandwidth trace file (seconds,mbps per line) replacing '
                   'link.emulate_mbps over time', read_only=True)
-        self.trace = BandwidthTrace.load(trace) if trace else None
-        self.delay_line = DelayLine(self.delay_s) if self.delay_s > 0 else None
-        self._t_start = time.monotonic()
-        import random
-        self._rng = random.Random(0)
+        self.link = EmulatedLink(emulate_mbps, BandwidthTrace.load(trace) if trace else None,
+                                 delay_ms / 1e3, drop_rate)
         self.cloud_timeout = d('link.ack_timeout_ms', 1000.0,
                                'No ACK for this long: the server counts as unavailable',
                                lo=10.0, hi=1e6) / 1e3
@@ -114,7 +111,7 @@ class EdgeNode(Node):
                               '(replaced frames are not seen, so not counted); >1 lets the '
                               "edge's own latest-wins slot count every replaced frame",
                               lo=1, hi=100, read_only=True)
-        self._h264 = None
+        self._h264 = conversions.H264Input()
         self.pipeline = EdgePipeline(self.config)
         self.slot = LatestSlot()
         self.counters = Counter()
@@ -266,21 +263,12 @@ class EdgeNode(Node):
             if step.key:
                 self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
             t_send = time.monotonic()
-            bps = self.emulate_bps
-            if self.trace is not None:
-                bps = self.trace.at(t_send - self._t_start) * 1e6 / 8
-            if bps:
-                time.sleep(len(step.payload) / bps)  # transport-layer shaping
             with self._lock:
                 self._sent[step.seq] = (step.digest, len(step.payload), t_send)
                 while len(self._sent) > 256:
                     self._sent.popitem(last=False)
-            if self.drop_rate and self._rng.random() < self.drop_rate:
+            if not self.link.send(len(step.payload), lambda m=out: self.batch_pub.publish(m)):
                 self.counters['injected_drops'] += 1  # lost on the emulated link
-            elif self.delay_line is not None:
-                self.delay_line.put(lambda m=out: self.batch_pub.publish(m))
-            else:
-                self.batch_pub.publish(out)
             if step.key:
                 self.counters['key_batches'] += 1
                 self.counters['key_bytes'] += len(step.payload)
@@ -300,20 +288,7 @@ class EdgeNode(Node):
             self._last['mac_ratio'] = round(self.pipeline.last_stats.mac_ratio, 3)
 
     def _decode_h264(self, msg):
-        from fluxshard_kernels.codec_mv import H264Decoder
-        if 'h264' not in (msg.format or '').lower():
-            raise conversions.InputError('bad_format', f'format {msg.format!r} on an h264 '
-                                         "transport; expected 'h264'")
-        if self._h264 is None:
-            self._h264 = H264Decoder()
-        try:
-            out = self._h264.decode(bytes(msg.data))
-        except ValueError as e:
-            self._h264 = None  # restart the decoder at the next key frame
-            raise conversions.InputError('undecodable', str(e)) from e
-        if not out:
-            raise conversions.InputError('no_frame', 'H.264 data produced no frame yet')
-        frame, mvs = out[-1]
+        frame, mvs = self._h264(msg)
         if mvs is not None:
             self.counters['codec_mv_frames'] += 1
         return frame, mvs
@@ -354,8 +329,8 @@ class EdgeNode(Node):
             self.slot.close()
             self._worker.join(timeout=5.0)
             self.pipeline.close()
-        if getattr(self, 'delay_line', None) is not None:
-            self.delay_line.close()
+        if getattr(self, 'link', None) is not None:
+            self.link.close()
         return super().destroy_node()
 
 

@@ -53,18 +53,12 @@ class ImagePublisher(Node):
     def _message(self, frame):
         if self.transport == 'raw':
             return conversions.array_to_image(frame, Image().header)
-        import cv2
-        msg = CompressedImage()
-        if self.transport == 'compressed':
-            msg.format = 'jpeg'
-            msg.data = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-        else:
+        if self.transport == 'h264' and self._enc is None:
             from fluxshard_kernels.codec_mv import H264Encoder
-            if self._enc is None:
-                self._enc = H264Encoder(frame.shape[1], frame.shape[0])
-            msg.format = 'h264'
-            msg.data = self._enc.encode(frame)
-        return msg
+            self._enc = H264Encoder(frame.shape[1], frame.shape[0])
+        return conversions.array_to_compressed(
+            frame, Image().header, 'jpeg' if self.transport == 'compressed' else 'h264',
+            encoder=self._enc)
 
     def run(self):
         deadline = time.monotonic() + 30.0

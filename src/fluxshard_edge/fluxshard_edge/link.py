@@ -4,9 +4,10 @@ blocking the edge's critical path."""
 
 import heapq
 import itertools
+import random
 import threading
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -95,3 +96,38 @@ class DelayLine:
             self._stop = True
             self._cv.notify()
         self._thread.join(1.0)
+
+
+class EmulatedLink:
+    """The edge's outgoing link as emulated in its transport: ``send(nbytes, publish)`` blocks
+    for the transfer time at the current rate (a constant or a trace, as a reliable publish on a
+    shaped link does), drops the message with probability ``drop_rate``, and publishes it after
+    ``delay_s`` on a delay line (the caller does not wait for the delay)."""
+
+    def __init__(self, mbps: float = 0.0, trace: Optional[BandwidthTrace] = None,
+                 delay_s: float = 0.0, drop_rate: float = 0.0, seed: int = 0):
+        self.bps = mbps * 1e6 / 8
+        self.trace = trace
+        self.drop_rate = drop_rate
+        self.delay_line = DelayLine(delay_s) if delay_s > 0 else None
+        self._rng = random.Random(seed)
+        self._t0 = time.monotonic()
+
+    def send(self, nbytes: int, publish: Callable[[], None]) -> bool:
+        """False when the message was dropped (lost on the emulated link)."""
+        bps = self.bps
+        if self.trace is not None:
+            bps = self.trace.at(time.monotonic() - self._t0) * 1e6 / 8
+        if bps:
+            time.sleep(nbytes / bps)
+        if self.drop_rate and self._rng.random() < self.drop_rate:
+            return False
+        if self.delay_line is not None:
+            self.delay_line.put(publish)
+        else:
+            publish()
+        return True
+
+    def close(self):
+        if self.delay_line is not None:
+            self.delay_line.close()

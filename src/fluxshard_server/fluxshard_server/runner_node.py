@@ -201,6 +201,7 @@ def main(argv=None):
         summary = _summary(mon, robots, a, time.monotonic() - t_start, logdir)
         summary['link_mode'] = (f'netns veth tc tbf {a.netns:g} Mbit/s' if ns_name else
                                 'transport emulation (edge parameters) or none')
+        summary['netns'] = ns_name
     finally:
         _stop(procs)
         mon.destroy_node()

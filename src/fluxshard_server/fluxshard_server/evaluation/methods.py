@@ -268,12 +268,9 @@ class FullOffload(Method):
         self._index = 0
 
     def edge(self, frame, index):
-        from sensor_msgs.msg import CompressedImage
+        from std_msgs.msg import Header
         t0 = time.perf_counter()
-        m = CompressedImage(format=self.fmt)
-        ext, opt = (('.png', [cv2.IMWRITE_PNG_COMPRESSION, 1]) if self.fmt == 'png'
-                    else ('.jpg', [cv2.IMWRITE_JPEG_QUALITY, self.quality]))
-        m.data = cv2.imencode(ext, frame, opt)[1].tobytes()
+        m = conversions.array_to_compressed(frame, Header(), self.fmt, self.quality)
         w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, messages=[serialize(m)],
                      cpu_ms=1e3 * (time.perf_counter() - t0))
         self._index = index
@@ -407,7 +404,6 @@ class Split(Method):
         return best
 
     def edge(self, frame, index):
-        from sensor_msgs.msg import CompressedImage
         t0 = time.perf_counter()
         th = self._thumb(frame)
         w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S)
@@ -426,9 +422,8 @@ class Split(Method):
             w.result = self.last = dense_detect(self.model, frame)
             w.computed_by = 'edge'
         elif s == 0:
-            m = CompressedImage(format='jpeg')
-            m.data = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_q])[1] \
-                .tobytes()
+            from std_msgs.msg import Header
+            m = conversions.array_to_compressed(frame, Header(), 'jpeg', self.jpeg_q)
             self.jpeg_bytes = len(m.data)
             w.messages.append(serialize(m))
         else:
