@@ -197,6 +197,9 @@ def main(argv=None):
         end = time.monotonic() + 4.0
         while time.monotonic() < end:  # last results and diagnostics
             rclpy.spin_once(mon, timeout_sec=0.1)
+        end = time.monotonic() + 15.0
+        while time.monotonic() < end and not _server_results_in(mon, robots):
+            rclpy.spin_once(mon, timeout_sec=0.1)  # a slow machine: results still on the way
         _stop(procs)
         summary = _summary(mon, robots, a, time.monotonic() - t_start, logdir)
         summary['link_mode'] = (f'netns veth tc tbf {a.netns:g} Mbit/s' if ns_name else
@@ -234,6 +237,16 @@ def _published(logdir, robot):
         return int(m[-1]) if m else None
     except OSError:
         return None
+
+
+def _server_results_in(mon, robots) -> bool:
+    """Every result the server reports as published (diagnostics) has reached the monitor."""
+    for r in robots:
+        published = int(mon.diag.get(f'fluxshard/server/{r}', {}).get('results_published', 0))
+        got = sum(1 for x in mon.results[r] if x['computed_by'] == 'server')
+        if got < published:
+            return False
+    return True
 
 
 def _summary(mon, robots, a, wall_s, logdir):
