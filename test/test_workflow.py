@@ -31,11 +31,13 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
                        params=["edges:=['robot1','robot2']", 'model.threads:=1'])
     edges = {}
     # 0.5 Mbit/s: a transfer time well above the per-message processing noise of a loaded
-    # machine, so the estimated bandwidths (from ACK timings) differ clearly
+    # machine, so the estimated bandwidths (from ACK timings) differ clearly. Both edges start
+    # from the same estimate and keep the paper's device profiles (Xavier NX edge, RTX 3080
+    # server) instead of fitting this CPU's times: the decisions then follow the link alone.
     for r, mbps in (('robot1', '130.0'), ('robot2', '0.5')):
         edges[r] = ros.spawn('fluxshard_edge.edge_node', ns=r,
-                             params=[f'link.emulate_mbps:={mbps}',
-                                     f'link.bandwidth_mbps:={mbps}', 'refresh.interval:=5'])
+                             params=[f'link.emulate_mbps:={mbps}', 'link.bandwidth_mbps:=10.0',
+                                     'scheduler.fit_latency:=false', 'refresh.interval:=5'])
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag and
                         'fluxshard/edge/robot2' in diag, 60), ros.log(server)
     cams = [ros.spawn('fluxshard_edge.image_publisher_node', ns=r,
@@ -72,10 +74,14 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
         assert int(d.get('digest_mismatch', 0)) == 0
         assert not any(f.kind == ProxyDelta.KIND_RESYNC_REQUEST for f in got[r]['fb'])
     fast, slow = diag['fluxshard/edge/robot1'], diag['fluxshard/edge/robot2']
+    # the estimates (from ACK timings) tell the links apart
+    assert float(fast['last.bandwidth_mbps']) > 5 * float(slow['last.bandwidth_mbps']), (
+        fast, slow)
+    print('fast', {k: v for k, v in fast.items() if k.startswith(('decision', 'last.b'))},
+          'slow', {k: v for k, v in slow.items() if k.startswith(('decision', 'last.b'))})
     # the fast link offloads more, the slow one computes more at the edge
     assert int(fast.get('decision_cloud', 0)) > int(slow.get('decision_cloud', 0)), (fast, slow)
     assert int(slow.get('decision_edge', 0)) > int(fast.get('decision_edge', 0)), (fast, slow)
-    assert float(slow['last.bandwidth_mbps']) < float(fast['last.bandwidth_mbps'])
     assert server.poll() is None and all(e.poll() is None for e in edges.values())
 
 

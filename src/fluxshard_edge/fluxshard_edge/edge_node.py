@@ -64,8 +64,9 @@ class EdgeNode(Node):
             cloud_profile=d('scheduler.cloud_profile', 'rtx3080',
                             'Seed of the cloud latency model', choices=sorted(PROFILES)),
             fit_latency=d('scheduler.fit_latency', True,
-                          'Refit the edge latency model from measured local times (false: '
-                          'keep the profile, e.g. to emulate a device)'),
+                          'Refit the latency models from measured times (edge: local '
+                          'inference; cloud: server-reported compute); false keeps both '
+                          'profiles, e.g. to emulate devices'),
             task_allocation=d('scheduler.task_allocation', True,
                               'Adaptive task allocation (k*); false = every missed block '
                               "(the paper's No-ATA ablation)"),
@@ -199,7 +200,8 @@ class EdgeNode(Node):
             if sent is None:
                 return
             digest, nbytes, t_sent = sent
-            self.pipeline.scheduler.bw.observe(nbytes, now - t_sent)
+            self.pipeline.scheduler.bw.observe(
+                nbytes, now - t_sent - float(msg.server_receive_ms) / 1e3)
             if bytes(msg.state_digest) != digest:
                 self.counters['digest_mismatch'] += 1
                 self.pipeline.request_resync(f'digest mismatch at seq {msg.seq}', msg.seq)
@@ -207,7 +209,7 @@ class EdgeNode(Node):
                                         'sending a key batch')
             else:
                 self.counters['acks'] += 1
-        elif msg.kind == ProxyDelta.KIND_INFERENCE_DONE:
+        elif msg.kind == ProxyDelta.KIND_INFERENCE_DONE and self.config.fit_latency:
             self.pipeline.scheduler.cloud.observe(int(msg.server_blocks),
                                                   float(msg.server_compute_ms) / 1e3)
 

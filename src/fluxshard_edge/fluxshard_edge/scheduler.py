@@ -47,18 +47,56 @@ class LatencyModel:
 
 
 class BandwidthEstimator:
-    """Uplink bandwidth (bytes/s): EWMA of bytes / (ack time - send time - server time)."""
+    """Uplink bandwidth ``bps`` (bytes/s) and fixed round-trip overhead ``latency_s`` from
+    transfer timings (bytes, seconds from send to ACK).
 
-    def __init__(self, initial_bps: float, alpha: float = 0.3):
+    A timing is ``latency + bytes / bandwidth`` plus noise: the fixed part (propagation, the
+    peer's processing, executor wake-ups) dominates small messages on fast links, so dividing
+    bytes by the round trip would mistake a busy peer for a slow link. Once the last ``window``
+    timings span message sizes (largest >= 1.5x smallest) the two are separated by a robust line
+    fit (Theil-Sen slope, median intercept); a size dependence below the timing noise means the
+    link is not the bottleneck and the estimate rises to ``max_bps``. Until then (and for a
+    window of one size) ``bps`` is bytes / seconds summed over the window's messages of >= 2000
+    bytes.
+    """
+
+    def __init__(self, initial_bps: float, window: int = 32, max_bps: float = 1.25e9):
         self.bps = float(initial_bps)
-        self.alpha = alpha
+        self.latency_s = 0.0
+        self.max_bps = max_bps
         self.samples = 0
+        self._win = deque(maxlen=window)
 
     def observe(self, nbytes: int, seconds: float):
-        if nbytes < 2000 or seconds <= 0:  # tiny messages measure latency, not bandwidth
+        if seconds <= 0 or nbytes <= 0:
             return
-        self.bps = (1 - self.alpha) * self.bps + self.alpha * nbytes / seconds
+        self._win.append((float(nbytes), float(seconds)))
         self.samples += 1
+        if self._fit():
+            return
+        big = [w for w in self._win if w[0] >= 2000]  # tiny messages measure latency only
+        if big:
+            self.bps = sum(w[0] for w in big) / sum(w[1] for w in big)
+
+    def _fit(self) -> bool:
+        if len(self._win) < 6:
+            return False
+        n = np.array([w[0] for w in self._win])
+        t = np.array([w[1] for w in self._win])
+        if n.max() < 1.5 * n.min():
+            return False
+        # Theil-Sen: the median slope over pairs whose sizes differ by >= 20 %, robust to the
+        # occasional stalled round trip
+        i, j = np.triu_indices(len(n), 1)
+        dn = n[j] - n[i]
+        keep = np.abs(dn) >= 0.2 * np.maximum(n[i], n[j])
+        if keep.sum() < 3:
+            return False
+        slope = float(np.median((t[j] - t[i])[keep] / dn[keep]))
+        slope = max(slope, 0.0)
+        self.latency_s = float(max(np.median(t - slope * n), 0.0))
+        self.bps = self.max_bps if slope * self.max_bps <= 1.0 else 1.0 / slope
+        return True
 
 
 def k_star(a: float, b: float, lam: float, per_block_s: float = 0.0) -> float:
@@ -111,7 +149,8 @@ class Scheduler:
             self.bytes_per_block = 0.8 * self.bytes_per_block + 0.2 * nbytes / blocks
 
     def t_cloud(self, k: float) -> float:
-        return self.tau_wait + self.bytes_per_block * k / max(self.bw.bps, 1.0) + self.cloud(k)
+        transfer = self.bytes_per_block * k / max(self.bw.bps, 1.0)
+        return self.tau_wait + self.bw.latency_s + transfer + self.cloud(k)
 
     def t_edge(self, k: float) -> float:
         return self.tau_wait + self.edge(k)

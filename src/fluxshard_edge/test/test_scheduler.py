@@ -51,7 +51,31 @@ def test_latency_model_fits_measurements():
 def test_bandwidth_estimate_moves_toward_measurements():
     b = BandwidthEstimator(1e6)
     for _ in range(20):
-        b.observe(100000, 0.01)  # 10 MB/s
+        b.observe(100000, 0.01)  # 10 MB/s, one size: bytes / seconds
     assert b.bps == pytest.approx(1e7, rel=0.01)
-    b.observe(100, 1.0)  # too small to count
-    assert b.samples == 20
+    assert b.latency_s == 0.0
+
+
+def test_bandwidth_estimate_separates_latency_from_transfer():
+    rng = np.random.default_rng(1)
+    slow, fast = BandwidthEstimator(1e7), BandwidthEstimator(1e5)
+    for n in rng.integers(5000, 80000, 32):
+        noise = float(rng.exponential(0.01))  # a busy peer only ever adds time
+        slow.observe(int(n), 0.03 + n / 62500 + noise)  # 0.5 Mbit/s
+        fast.observe(int(n), 0.03 + n / 16.25e6 + noise)  # 130 Mbit/s
+    assert slow.bps == pytest.approx(62500, rel=0.1)
+    assert slow.latency_s == pytest.approx(0.04, abs=0.015)
+    # bytes / round trip would say ~1.5 MB/s; the size dependence is below the noise
+    assert fast.bps > 5e6
+    assert fast.latency_s == pytest.approx(0.04, abs=0.015)
+    # one stalled round trip of a small message does not make the link fast or slow
+    slow.observe(5000, 2.0)
+    assert slow.bps == pytest.approx(62500, rel=0.15)
+
+
+def test_cloud_time_includes_the_link_latency():
+    bw = BandwidthEstimator(1e6)
+    s = Scheduler(LatencyModel(*PROFILES['xavier_nx']), LatencyModel(*PROFILES['rtx3080']), bw)
+    t0 = s.t_cloud(100)
+    bw.latency_s = 0.05
+    assert s.t_cloud(100) == pytest.approx(t0 + 0.05)

@@ -107,6 +107,7 @@ class ServerNode(Node):
 
     # -- per message (ordered per edge by its callback group) ---------------------------------
     def on_batch(self, edge: _Edge, msg: BlockBatch):
+        t0 = time.perf_counter()
         self.counters['batches_in'] += 1
         edge.counters['batches_in'] += 1
         edge.counters['bytes_in'] += len(msg.payload)
@@ -119,6 +120,7 @@ class ServerNode(Node):
         ack = ProxyDelta(header=msg.header, edge_id=edge.session.edge_id,
                          kind=ProxyDelta.KIND_ACK, seq=msg.seq)
         ack.state_digest = conversions._seq('B', bytearray(edge.session.digest))
+        ack.server_receive_ms = 1e3 * (time.perf_counter() - t0)
         edge.feedback.publish(ack)
         if edge.proxy_image is not None:
             edge.proxy_image.publish(conversions.array_to_image(edge.session.state, msg.header))
