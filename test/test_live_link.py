@@ -138,7 +138,7 @@ def test_bad_input_is_logged_counted_and_nodes_keep_running(ros):
                      block_size=16, grid_rows=36, grid_cols=48, codec=BlockBatch.CODEC_RAW,
                      canvas_cols=1)
     bad.block_indices = [0]
-    bad.dissimilarity = [1.0]
+    bad.dissimilarity = [1]
     bad.payload = b'\x01' * 100
     batch_pub.publish(bad)
     ros.wait_for(lambda: False, 0.5)

@@ -124,10 +124,13 @@ def test_random_and_mutated_messages_are_rejected_and_counted(ros):
                        key=rng.random() < 0.5, sparse_inference_requested=True)
         k = rng.randrange(0, 40)
         m.block_indices = [rng.randrange(0, 2**32) for _ in range(k)]
-        m.dissimilarity = [rng.random() * 300 for _ in range(rng.choice([k, k + 1]))]
+        m.dissimilarity = [rng.randrange(256) for _ in range(rng.choice([k, k + 1]))]
         nmv = rng.choice([0, 5, 60])
         m.mv_x = [rng.randrange(-30000, 30000) for _ in range(nmv)]
         m.mv_y = [rng.randrange(-30000, 30000) for _ in range(nmv)]
+        m.mv_packing = rng.choice([0, 0, 1, 9])
+        if m.mv_packing:
+            m.mv_packed = bytes(rng.randrange(256) for _ in range(rng.choice([0, 7, 200])))
         m.payload = bytes(rng.randrange(256) for _ in range(rng.choice([0, 10, 3000])))
         if rng.random() < 0.5:
             m.state_digest = bytes(rng.randrange(256) for _ in range(16))

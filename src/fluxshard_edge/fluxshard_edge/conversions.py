@@ -5,6 +5,7 @@ Imports message types only (no rclpy), so it is testable without DDS.
 
 import array
 from typing import Optional, Tuple
+import zlib
 
 import numpy as np
 
@@ -159,10 +160,34 @@ def array_to_image(arr: np.ndarray, header, encoding: Optional[str] = None) -> I
     return msg
 
 
+def pack_motion(mv_x, mv_y) -> bytes:
+    """zlib of the int16 little-endian field [mv_x, mv_y] (BlockBatch.MV_PACK_ZLIB)."""
+    field = np.concatenate([np.asarray(mv_x), np.asarray(mv_y)]).astype('<i2')
+    return zlib.compress(field.tobytes(), 6)
+
+
+def unpack_motion(packed: bytes, count: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Inverse of pack_motion for a grid of ``count`` blocks; ProxyError on anything else
+    (never inflates beyond the expected 4 * count bytes)."""
+    want = 4 * count
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(packed, want + 1)
+    except zlib.error as e:
+        raise proxy.ProxyError(f'mv_packed is not zlib data: {e}') from None
+    if len(raw) != want or d.unconsumed_tail or d.unused_data or not d.eof:
+        raise proxy.ProxyError(f'mv_packed does not hold exactly {count} block vectors '
+                               f'({want} bytes)')
+    field = np.frombuffer(raw, dtype='<i2').astype(np.int64)
+    return field[:count], field[count:]
+
+
 def update_to_msg(update: proxy.ProxyUpdate, payload: bytes, header, edge_id: str, seq: int,
                   frame_index: int, codec: int, quality: int, dissimilarity: np.ndarray,
-                  sparse_inference_requested: bool, state_digest: bytes) -> BlockBatch:
-    """Build the BlockBatch that carries ``update`` (whose canvas was encoded into ``payload``)."""
+                  sparse_inference_requested: bool, state_digest: bytes,
+                  pack_mv: bool = True) -> BlockBatch:
+    """Build the BlockBatch that carries ``update`` (whose canvas was encoded into ``payload``);
+    the motion field is zlib-packed unless ``pack_mv`` is False."""
     m = BlockBatch()
     m.header = header
     m.edge_id = edge_id
@@ -173,11 +198,17 @@ def update_to_msg(update: proxy.ProxyUpdate, payload: bytes, header, edge_id: st
     m.block_size, m.grid_rows, m.grid_cols = int(g.block_size), int(g.rows), int(g.cols)
     if update.mv_x is not None and np.asarray(update.mv_x).any() or \
             update.mv_y is not None and np.asarray(update.mv_y).any():
-        m.mv_x = _seq('h', update.mv_x)
-        m.mv_y = _seq('h', update.mv_y)
+        if pack_mv:
+            m.mv_packing = BlockBatch.MV_PACK_ZLIB
+            m.mv_packed = _seq('B', np.frombuffer(pack_motion(update.mv_x, update.mv_y),
+                                                  dtype=np.uint8))
+        else:
+            m.mv_x = _seq('h', update.mv_x)
+            m.mv_y = _seq('h', update.mv_y)
     m.mv_reference = BlockBatch.MV_REF_PROXY
     m.block_indices = _seq('I', update.block_indices)
-    m.dissimilarity = _seq('f', dissimilarity)
+    m.dissimilarity = _seq('B', np.clip(np.rint(np.asarray(dissimilarity, dtype=np.float64)),
+                                        0, 255).astype(np.uint8))
     m.codec = int(codec)
     m.quality = int(quality)
     m.canvas_cols = int(update.canvas_cols)
@@ -212,8 +243,18 @@ def msg_to_update(m: BlockBatch) -> proxy.ProxyUpdate:
                                f'{grid_rows * grid_cols}')
     shape = proxy.canvas_shape(idx.size, m.canvas_cols, m.block_size, m.channels)
     canvas = proxy.decode_canvas(bytes(m.payload), m.codec, shape)
-    mvx = np.asarray(m.mv_x, dtype=np.int64) if len(m.mv_x) else None
-    mvy = np.asarray(m.mv_y, dtype=np.int64) if len(m.mv_y) else None
+    if m.mv_packing == BlockBatch.MV_PACK_ZLIB:
+        if len(m.mv_x) or len(m.mv_y):
+            raise proxy.ProxyError('mv_x / mv_y must be empty when the field is in mv_packed')
+        mvx, mvy = (unpack_motion(bytes(m.mv_packed), grid_rows * grid_cols)
+                    if len(m.mv_packed) else (None, None))
+    elif m.mv_packing == BlockBatch.MV_PACK_NONE:
+        if len(m.mv_packed):
+            raise proxy.ProxyError('mv_packed is set but mv_packing is MV_PACK_NONE')
+        mvx = np.asarray(m.mv_x, dtype=np.int64) if len(m.mv_x) else None
+        mvy = np.asarray(m.mv_y, dtype=np.int64) if len(m.mv_y) else None
+    else:
+        raise proxy.ProxyError(f'unknown mv_packing {m.mv_packing}')
     upd = proxy.ProxyUpdate(int(m.height), int(m.width), int(m.channels), int(m.block_size),
                             idx, canvas, int(m.canvas_cols), mvx, mvy, bool(m.key))
     proxy.validate(upd)

@@ -81,6 +81,9 @@ class EdgeNode(Node):
                              "'' = EA decides; 'edge' or 'cloud' to pin",
                              choices=['', 'edge', 'cloud']),
         )
+        self.pack_motion = d('payload.pack_motion', True,
+                             'zlib-pack the motion field of each BlockBatch (false: plain '
+                             'mv_x / mv_y arrays, readable with ros2 topic echo)')
         emulate_mbps = d('link.emulate_mbps', 0.0,
                          'Emulate an uplink of this many Mbit/s in the transport (0 = off)',
                          lo=0.0, hi=1e5)
@@ -261,7 +264,7 @@ class EdgeNode(Node):
             out = conversions.update_to_msg(
                 step.update, step.payload, msg.header, self.config.edge_id, step.seq, idx,
                 step.codec, step.quality, step.dissimilarity, step.sparse_inference_requested,
-                step.digest)
+                step.digest, self.pack_motion)
             if step.key:
                 self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
             t_send = time.monotonic()

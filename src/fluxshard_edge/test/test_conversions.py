@@ -77,6 +77,54 @@ def test_block_batch_round_trip_through_serialization(frame):
     assert back.key and back.grid_rows * back.grid_cols == upd.grid.count
 
 
+def test_packed_motion_field_is_smaller_and_decodes_to_the_same_update(frame):
+    from rclpy.serialization import deserialize_message, serialize_message
+    from fluxshard_msgs.msg import BlockBatch
+    pipe = EdgePipeline(EdgeConfig(codec='jpeg', local_inference=False))
+    pipe.step(frame)
+    moved = np.ascontiguousarray(np.roll(frame, (3, -5), (0, 1)))
+    step = pipe.step(moved)
+    assert step.update.mv_x is not None and np.asarray(step.update.mv_x).any()
+    sizes, updates = {}, {}
+    for pack in (True, False):
+        msg = conversions.update_to_msg(step.update, step.payload, Header(), 'e1', step.seq, 2,
+                                        step.codec, step.quality, step.dissimilarity, True,
+                                        step.digest, pack_mv=pack)
+        raw = serialize_message(msg)
+        sizes[pack] = len(raw)
+        back = deserialize_message(raw, BlockBatch)
+        assert (back.mv_packing == BlockBatch.MV_PACK_ZLIB) == pack
+        assert (len(back.mv_x) == 0) == pack
+        updates[pack] = conversions.msg_to_update(back)
+    assert sizes[True] < sizes[False] - 2 * step.update.grid.count  # the field shrinks
+    for a in ('mv_x', 'mv_y', 'block_indices'):
+        assert np.array_equal(getattr(updates[True], a), getattr(updates[False], a))
+        assert np.array_equal(getattr(updates[True], a), getattr(step.update, a))
+
+
+@pytest.mark.parametrize('mutate, match', [
+    (lambda m: setattr(m, 'mv_packed', bytes(m.mv_packed)[:-3]), 'exactly'),
+    (lambda m: setattr(m, 'mv_packed', b'not zlib at all'), 'not zlib'),
+    (lambda m: setattr(m, 'mv_packed', bytes(m.mv_packed) + b'tail'), 'exactly'),
+    # a decompression bomb: far more than the grid's field, never inflated in full
+    (lambda m: setattr(m, 'mv_packed', __import__('zlib').compress(bytes(50_000_000))),
+     'exactly'),
+    (lambda m: setattr(m, 'mv_x', [1] * (m.grid_rows * m.grid_cols)), 'must be empty'),
+    (lambda m: setattr(m, 'mv_packing', 7), 'unknown mv_packing'),
+])
+def test_bad_packed_motion_fields_are_proxy_errors(frame, mutate, match):
+    pipe = EdgePipeline(EdgeConfig(codec='jpeg', local_inference=False))
+    pipe.step(frame)
+    step = pipe.step(np.ascontiguousarray(np.roll(frame, (3, -5), (0, 1))))
+    msg = conversions.update_to_msg(step.update, step.payload, Header(), 'e1', step.seq, 2,
+                                    step.codec, step.quality, step.dissimilarity, True,
+                                    step.digest)
+    conversions.msg_to_update(msg)  # the unmutated batch is fine
+    mutate(msg)
+    with pytest.raises(proxy.ProxyError, match=match):
+        conversions.msg_to_update(msg)
+
+
 def test_truncated_batch_payload_is_a_proxy_error(frame):
     pipe = EdgePipeline(EdgeConfig(codec='raw'))
     step = pipe.step(frame)

@@ -37,11 +37,15 @@ FIELDS = {
     'block_size': st.integers(0, 65535), 'grid_rows': st.integers(0, 65535),
     'grid_cols': st.integers(0, 65535), 'codec': st.integers(0, 255),
     'canvas_cols': st.integers(0, 65535), 'key': st.booleans(),
+    'mv_packing': st.integers(0, 255),
 }
 
 
+MUTATIONS = ['payload', 'block_indices', 'mv', 'mv_packed', 'digest']
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(field=st.sampled_from(sorted(FIELDS) + ['payload', 'block_indices', 'mv', 'digest']),
+@given(field=st.sampled_from(sorted(FIELDS) + MUTATIONS),
        which=st.integers(0, 2), data_=st.data())
 def test_mutated_real_batches_never_raise(real_batches, field, which, data_):
     import copy
@@ -62,6 +66,13 @@ def test_mutated_real_batches_never_raise(real_batches, field, which, data_):
         n = data_.draw(st.sampled_from([0, 3, msg.grid_rows * msg.grid_cols]))
         msg.mv_x = data_.draw(st.lists(st.integers(-32768, 32767), min_size=n, max_size=n))
         msg.mv_y = data_.draw(st.lists(st.integers(-32768, 32767), min_size=n, max_size=n))
+    elif field == 'mv_packed':
+        p = bytearray(bytes(msg.mv_packed) or b'x')
+        cut = data_.draw(st.integers(0, len(p)))
+        p = p[:cut] if data_.draw(st.booleans()) else p + data_.draw(st.binary(max_size=8))
+        if p:
+            p[data_.draw(st.integers(0, len(p) - 1))] ^= data_.draw(st.integers(1, 255))
+        msg.mv_packed = bytes(p)
     else:
         msg.state_digest = data_.draw(st.binary(max_size=40))
     session = EdgeSession('e')
