@@ -182,14 +182,15 @@ class FluxShard(Method):
     name = 'fluxshard'
 
     def __init__(self, model, edge_id, link, ablation: str = '', tau: float = 10.0,
-                 block: int = 16, refresh: int = 10, quality: int = 90):
+                 block: int = 16, refresh: int = 10, quality: int = 90,
+                 independent_px: float = 0.0):
         super().__init__(model, edge_id, link)
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec='jpeg',
                          quality=quality, task=model.task, bandwidth_mbps=link.mbps,
                          refresh_interval=refresh, fit_latency=False,
-                         task_allocation=ablation != 'no-ata',
+                         independent_px=independent_px, task_allocation=ablation != 'no-ata',
                          edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
         self.pipe = EdgePipeline(cfg, model)
