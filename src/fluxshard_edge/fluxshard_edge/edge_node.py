@@ -1,7 +1,7 @@
 """FluxShard edge node: camera in; BlockBatch, local results and diagnostics out (glue only;
 the logic is pipeline.py, paper Algorithm 1)."""
 
-from collections import Counter, OrderedDict
+from collections import Counter
 import threading
 import time
 
@@ -16,6 +16,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
                                         RESULT_QOS, run_node)
+from fluxshard_edge.feedback import ServerLink
 from fluxshard_edge.link import BandwidthTrace, EmulatedLink
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_edge.scheduler import PROFILES
@@ -97,9 +98,9 @@ class EdgeNode(Node):
                   'link.emulate_mbps over time', read_only=True)
         self.link = EmulatedLink(emulate_mbps, BandwidthTrace.load(trace) if trace else None,
                                  delay_ms / 1e3, drop_rate)
-        self.cloud_timeout = d('link.ack_timeout_ms', 1000.0,
-                               'No ACK for this long: the server counts as unavailable',
-                               lo=10.0, hi=1e6) / 1e3
+        self.server = ServerLink(d('link.ack_timeout_ms', 1000.0,
+                                   'No ACK for this long: the server counts as unavailable',
+                                   lo=10.0, hi=1e6) / 1e3)
         reliability = d('camera.reliability', 'reliable',
                         'QoS reliability of the camera subscription (depth 1); best_effort for '
                         'best-effort cameras', choices=['reliable', 'best_effort'],
@@ -121,11 +122,7 @@ class EdgeNode(Node):
         self.counters = Counter()
         self.rejects = Counter()
         self.errors = ReasonLog(self.get_logger())
-        self._sent = OrderedDict()  # seq -> (digest, bytes, send time)
-        self._acked_upto = 0
         self._last_item = None
-        self._last_probe = 0.0
-        self._lock = threading.Lock()
         self._last = {}
         self.batch_pub = self.create_publisher(BlockBatch, 'block_batch', LINK_QOS)
         self.delta_pub = self.create_publisher(ProxyDelta, 'proxy_delta', LINK_QOS)
@@ -195,17 +192,13 @@ class EdgeNode(Node):
                 if self._last_item is not None and self.slot.put_if_empty(self._last_item):
                     self.counters['resync_resends'] += 1
         elif msg.kind == ProxyDelta.KIND_ACK:
-            with self._lock:
-                sent = self._sent.get(msg.seq)
-            self._last_ack = now
-            self._acked_upto = max(self._acked_upto, int(msg.seq))
+            ack = self.server.ack(msg.seq, bytes(msg.state_digest),
+                                  float(msg.server_receive_ms) / 1e3, now)
             self.pipeline.cloud_available = True
-            if sent is None:
+            if ack is None:
                 return
-            digest, nbytes, t_sent = sent
-            self.pipeline.scheduler.bw.observe(
-                nbytes, now - t_sent - float(msg.server_receive_ms) / 1e3)
-            if bytes(msg.state_digest) != digest:
+            self.pipeline.scheduler.bw.observe(ack.nbytes, ack.seconds)
+            if not ack.digest_ok:
                 self.counters['digest_mismatch'] += 1
                 self.pipeline.request_resync(f'digest mismatch at seq {msg.seq}', msg.seq)
                 self.get_logger().error(f'server proxy digest differs at seq {msg.seq}; '
@@ -218,7 +211,6 @@ class EdgeNode(Node):
 
     # -- critical path ---------------------------------------------------------------------------
     def _run(self):
-        self._last_ack = time.monotonic()
         while not self._stop.is_set():
             item = self.slot.take(timeout=0.2)
             if item is None:
@@ -242,19 +234,14 @@ class EdgeNode(Node):
             frame = conversions.compressed_to_array(msg)
         else:
             frame, codec_mvs = self._decode_h264(msg)
-        with self._lock:
-            late = any(s > self._acked_upto and v[2] < time.monotonic() - self.cloud_timeout
-                       for s, v in self._sent.items())
-        if late:
-            if self.pipeline.cloud_available:
-                self.get_logger().warn('no ACK from the server: computing locally')
-                self._last_probe = time.monotonic()
-            self.pipeline.cloud_available = False
-            if time.monotonic() - self._last_probe > self.cloud_timeout:
-                # probe: a key batch (also served locally) that a returning server can apply
-                self._last_probe = time.monotonic()
-                self.pipeline.request_resync('probing the server')
-                self.counters['probes'] += 1
+        link = self.server.poll(time.monotonic())
+        if link == 'lost':
+            self.get_logger().warn('no ACK from the server: computing locally')
+        elif link == 'probe':
+            # a key batch (also served locally) that a returning server can apply
+            self.pipeline.request_resync('probing the server')
+            self.counters['probes'] += 1
+        self.pipeline.cloud_available = self.server.available
         step = self.pipeline.step(frame, codec_mvs)
         dec = step.decision
         self.counters[f'decision_{dec.strategy}'] += 1
@@ -267,11 +254,7 @@ class EdgeNode(Node):
                 step.digest, self.pack_motion)
             if step.key:
                 self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
-            t_send = time.monotonic()
-            with self._lock:
-                self._sent[step.seq] = (step.digest, len(step.payload), t_send)
-                while len(self._sent) > 256:
-                    self._sent.popitem(last=False)
+            self.server.sent(step.seq, step.digest, len(step.payload), time.monotonic())
             if not self.link.send(len(step.payload), lambda m=out: self.batch_pub.publish(m)):
                 self.counters['injected_drops'] += 1  # lost on the emulated link
             if step.key:

@@ -121,6 +121,7 @@ class IncrementalExecutor:
             raise ValueError(f"halo must be 'fixed' or 'exact', got {halo!r}")
         self.halo, self.halo_px = halo, halo_px
         self._fixed = {}
+        self._plans = {}
         self.input_mask: Optional[torch.Tensor] = None
         self.B = block
         self.layout, self.dense_above = layout, dense_above
@@ -141,6 +142,7 @@ class IncrementalExecutor:
         self.mode, self.grid = mode, grid
         self.input_mask = input_mask
         self._fixed = {}
+        self._plans = {}
         self.mv = mv if (mv is not None and np.any(mv)) else None
         self.frame += 1
         self.stats = StepStats()
@@ -153,7 +155,7 @@ class IncrementalExecutor:
             return c
         if self.mv is not None and self._warped.get(name) != self.frame:
             t0 = time.perf_counter()
-            warp_moving(c, self.mv, self.grid, stride)
+            warp_moving(c, self.mv, self.grid, stride, self._plans)
             self.stats.warp_seconds += time.perf_counter() - t0
             self._warped[name] = self.frame
         return c
@@ -348,25 +350,50 @@ class IncrementalExecutor:
                                lambda: fn(x.tensor()), 'attention')
 
 
-def warp_moving(fm: S.FMap, mv: np.ndarray, grid: BlockGrid, stride: int):
-    """Bilinear MV warp of a cache in place, touching only pixels whose flow is non-zero."""
+def _warp_plan(mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int, device, dtype):
+    """Sampling grid of an MV warp at one stride: None (nothing moves), ('dense', grid) or
+    ('sparse', (ys, xs, grid)) for the moving pixels only."""
     from fluxshard_kernels.warp import flow_at_stride
-    h, w = fm.h, fm.w
-    flow = flow_at_stride(mv, grid, stride, h, w, fm.t.device).to(fm.t.dtype)
+    flow = flow_at_stride(mv, grid, stride, h, w, device).to(dtype)
     moving = (flow[0] != 0) | (flow[1] != 0)
     n_moving = int(moving.sum())
     if not n_moving:
-        return
+        return None
     if n_moving > 0.4 * h * w:  # most pixels move: one dense bilinear pass is cheaper
-        from fluxshard_kernels.warp import warp_features
-        fm.valid.copy_(warp_features(fm.valid, mv, grid, stride))
-        return
+        ys = torch.arange(h, device=device, dtype=dtype)[:, None] + flow[1]
+        xs = torch.arange(w, device=device, dtype=dtype)[None, :] + flow[0]
+        g = torch.stack([2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1], -1)
+        return 'dense', g[None]
     ys, xs = torch.nonzero(moving, as_tuple=True)
-    sy = (ys.to(fm.t.dtype) + flow[1][ys, xs]).clamp(0, h - 1)
-    sx = (xs.to(fm.t.dtype) + flow[0][ys, xs]).clamp(0, w - 1)
+    sy = (ys.to(dtype) + flow[1][ys, xs]).clamp(0, h - 1)
+    sx = (xs.to(dtype) + flow[0][ys, xs]).clamp(0, w - 1)
     g = torch.stack([2 * sx / max(w - 1, 1) - 1, 2 * sy / max(h - 1, 1) - 1], -1)
+    return 'sparse', (ys, xs, g.view(1, 1, -1, 2))
+
+
+def warp_moving(fm: S.FMap, mv: np.ndarray, grid: BlockGrid, stride: int,
+                plans: Optional[dict] = None):
+    """Bilinear MV warp of a cache in place, touching only pixels whose flow is non-zero.
+
+    ``plans`` (one dict per frame) shares the sampling grids between the caches of a stride.
+    """
+    key = (stride, fm.h, fm.w, fm.t.device, fm.t.dtype)
+    if plans is not None and key in plans:
+        plan = plans[key]
+    else:
+        plan = _warp_plan(mv, grid, stride, fm.h, fm.w, fm.t.device, fm.t.dtype)
+        if plans is not None:
+            plans[key] = plan
+    if plan is None:
+        return
     v = fm.valid
-    vals = F.grid_sample(v, g.view(1, 1, -1, 2), mode='bilinear', padding_mode='border',
+    if plan[0] == 'dense':
+        # border padding: a sample beyond the map takes the edge value (clamped source)
+        v.copy_(F.grid_sample(v, plan[1], mode='bilinear', padding_mode='border',
+                              align_corners=True))
+        return
+    ys, xs, g = plan[1]
+    vals = F.grid_sample(v, g, mode='bilinear', padding_mode='border',
                          align_corners=True)[0, :, 0]  # (C, P), read before writing
     v[0][:, ys, xs] = vals
 

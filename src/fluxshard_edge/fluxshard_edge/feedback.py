@@ -1,0 +1,71 @@
+"""The edge's view of its server from the feedback stream (no ROS): which batches await an ACK,
+whether the server counts as available, when to probe it, and the transfer timings that feed
+the bandwidth estimate."""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+import threading
+from typing import Optional
+
+
+@dataclass
+class AckOutcome:
+    """What one ACK says."""
+
+    digest_ok: bool
+    nbytes: int
+    seconds: float  # send -> ACK, minus the server's receive time: one transfer sample
+
+
+class ServerLink:
+    """Outstanding batches and server availability (thread-safe: batches are sent from the
+    critical path, ACKs arrive on the feedback callback).
+
+    The server is *unavailable* once a batch newer than the last ACK has waited ``timeout_s``;
+    while unavailable, ``poll`` asks for a probe (a key batch a returning server can apply)
+    every ``timeout_s``. Any ACK makes it available again.
+    """
+
+    def __init__(self, timeout_s: float, keep: int = 256):
+        self.timeout_s = timeout_s
+        self.keep = keep
+        self.available = True
+        self._sent = OrderedDict()  # seq -> (digest, bytes, send time)
+        self._acked_upto = 0
+        self._last_probe = 0.0
+        self._lock = threading.Lock()
+
+    def sent(self, seq: int, digest: bytes, nbytes: int, now: float):
+        with self._lock:
+            self._sent[int(seq)] = (bytes(digest), int(nbytes), now)
+            while len(self._sent) > self.keep:
+                self._sent.popitem(last=False)
+
+    def ack(self, seq: int, digest: bytes, server_receive_s: float,
+            now: float) -> Optional[AckOutcome]:
+        """Record an ACK; None when ``seq`` is not a batch this edge remembers sending."""
+        with self._lock:
+            self.available = True
+            self._acked_upto = max(self._acked_upto, int(seq))
+            sent = self._sent.get(int(seq))
+        if sent is None:
+            return None
+        want, nbytes, t_sent = sent
+        return AckOutcome(bytes(digest) == want, nbytes, now - t_sent - server_receive_s)
+
+    def poll(self, now: float) -> str:
+        """Before a frame: 'ok'; 'lost' when the server has just become unavailable; 'probe'
+        when a probe is due; 'down' while unavailable between probes."""
+        with self._lock:
+            late = any(s > self._acked_upto and t < now - self.timeout_s
+                       for s, (_, _, t) in self._sent.items())
+            if not late:
+                return 'ok' if self.available else 'down'
+            if self.available:
+                self.available = False
+                self._last_probe = now
+                return 'lost'
+            if now - self._last_probe > self.timeout_s:
+                self._last_probe = now
+                return 'probe'
+            return 'down'

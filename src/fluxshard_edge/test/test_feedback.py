@@ -1,0 +1,37 @@
+"""The edge's server-link bookkeeping: ACK samples, digests, unavailability and probing."""
+
+from fluxshard_edge.feedback import ServerLink
+
+
+def test_ack_gives_a_transfer_sample_net_of_the_server_receive_time():
+    link = ServerLink(timeout_s=1.0)
+    link.sent(1, b'd1', 5000, now=10.0)
+    out = link.ack(1, b'd1', server_receive_s=0.02, now=10.25)
+    assert out.digest_ok and out.nbytes == 5000
+    assert abs(out.seconds - 0.23) < 1e-9
+    assert not link.ack(1, b'other', 0.0, now=10.3).digest_ok  # a digest mismatch is reported
+    assert link.ack(99, b'd1', 0.0, now=10.3) is None  # never sent (or forgotten)
+
+
+def test_unacked_batch_makes_the_server_unavailable_then_probes_until_an_ack():
+    link = ServerLink(timeout_s=1.0)
+    link.sent(1, b'a', 100, now=0.0)
+    assert link.poll(0.5) == 'ok'
+    assert link.poll(1.2) == 'lost' and not link.available
+    assert link.poll(1.5) == 'down'  # within one timeout of losing it
+    assert link.poll(2.3) == 'probe'
+    link.sent(2, b'b', 100, now=2.3)  # the probe
+    assert link.poll(2.8) == 'down'
+    assert link.poll(3.4) == 'probe'
+    link.ack(2, b'b', 0.0, now=3.5)  # the server is back
+    assert link.available and link.poll(3.6) == 'ok'
+
+
+def test_an_ack_covers_older_unacked_batches_and_memory_is_bounded():
+    link = ServerLink(timeout_s=1.0, keep=8)
+    for seq in range(1, 21):
+        link.sent(seq, b'x', 10, now=0.0)
+    link.ack(20, b'x', 0.0, now=0.1)
+    assert link.poll(5.0) == 'ok'  # 1..19 never ACKed, but 20 was
+    assert link.ack(3, b'x', 0.0, now=5.0) is None  # only the last 8 are remembered
+    assert link.ack(15, b'x', 0.0, now=5.0) is not None
