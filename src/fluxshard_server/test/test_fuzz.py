@@ -83,3 +83,43 @@ def test_mutated_real_batches_never_raise(real_batches, field, which, data_):
                       'digest_mismatch', 'bad_digest')
     if session.state is not None:
         assert session.state.nbytes <= proxy.MAX_SIDE * proxy.MAX_SIDE * 3
+
+
+def test_memory_stays_bounded_over_thousands_of_good_and_bad_batches(real_batches):
+    """A long stream of applied, mutated and rejected batches does not grow the server's
+    memory (the session keeps one proxy image, whatever arrives)."""
+    import copy
+    import gc
+    import random
+    import tracemalloc
+    rng = random.Random(0)
+    session = EdgeSession('e')
+    outcomes = set()
+
+    def run(start, n):
+        for i in range(start, start + n):
+            m = copy.deepcopy(real_batches[i % 3])  # key, then two deltas, repeated
+            m.seq = i + 1
+            r = rng.random()
+            if r < 0.15:
+                m.payload = bytes(m.payload)[:rng.randrange(len(m.payload) + 1)]
+            elif r < 0.25:
+                m.mv_packed = bytes(m.mv_packed)[::-1]
+            elif r < 0.35:
+                m.block_indices = [rng.randrange(2**32) for _ in range(rng.randrange(8))]
+            elif r < 0.45:
+                m.seq = rng.randrange(1, i + 2)  # duplicate / out of order
+            outcomes.add(_offer(session, m))
+
+    run(0, 300)  # warm-up: caches, interned strings, first allocations
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        run(300, 3000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert 'applied' in outcomes and len(outcomes) >= 3, outcomes
+    assert grown < 1_000_000, f'{grown} bytes retained after 3000 batches'
