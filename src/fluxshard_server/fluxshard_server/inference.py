@@ -117,6 +117,16 @@ class EdgeModel:
             self.refresh.start(img)
         return det
 
+    def pause_background(self):
+        """Hold this edge's refresh at its next layer boundary (another edge's critical job
+        is about to run on the shared device)."""
+        if self.refresh is not None and self.refresh.running:
+            self.refresh.pause()
+
+    def resume_background(self):
+        if self.refresh is not None and self.refresh.running:
+            self.refresh.resume()
+
     def close(self):
         if self.refresh is not None:
             self.refresh.cancel()

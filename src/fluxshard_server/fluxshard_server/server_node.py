@@ -159,11 +159,19 @@ class ServerNode(Node):
                     continue
                 edge = next(iter(self._pending))
                 job = self._pending.pop(edge)
+            # the critical path first: every other edge's background refresh yields (within
+            # one layer) until this result is out
+            others = [e.model for e in self.edges if e is not edge]
+            for m in others:
+                m.pause_background()
             try:
                 self._infer(edge, *job)
             except Exception as e:  # noqa: B902 - keep serving other edges
                 self.rejects['inference_error'] += 1
                 self.get_logger().error(f'inference failed: {type(e).__name__}: {e}')
+            finally:
+                for m in others:
+                    m.resume_background()
 
     def _infer(self, edge: _Edge, header, frame_index: int, image, seq, mv, prev_seq):
         eid = edge.session.edge_id

@@ -32,6 +32,25 @@ def test_link_is_fifo_at_its_rate_plus_delay():
     assert 150 < sum(got) < 250 and lossy.lost == 400 - sum(got)
 
 
+def test_background_work_uses_idle_time_and_yields_within_one_layer():
+    dev = sim.Resource(preempt_s=0.001)
+    assert dev.run(0.0, 0.010) == pytest.approx(0.010)
+    dev.background(0.010, 0.050)  # a refresh queued after the first job
+    # a critical job at 20 ms finds the refresh running: it waits one layer, not 40 ms
+    assert dev.run(0.020, 0.010) == pytest.approx(0.031)
+    assert dev.backlog == pytest.approx(0.040)  # 10 ms of it ran in the idle gap
+    dev.run(1.0, 0.010)  # plenty of idle time: the refresh finished before this job
+    assert dev.backlog == 0.0
+    assert dev.free_at == pytest.approx(1.010)  # no preemption wait, nothing was running
+    assert dev.busy == pytest.approx(0.080)
+    # a saturated device never runs its background work: the backlog shows it
+    busy = sim.Resource()
+    for i in range(20):
+        t = busy.run(i * 0.010, 0.010)
+        busy.background(t, 0.012)
+    assert busy.backlog == pytest.approx(20 * 0.012)
+
+
 def test_bandwidth_trace_file(tmp_path):
     f = tmp_path / 'trace.csv'
     f.write_text('# seconds,mbps\n0,130\n2,25\n4,56\n')

@@ -42,3 +42,20 @@ def test_refresh_then_motion_vectors_still_used():
     assert blocks[0] == grid.count
     # after each refresh the next batch recomputes only what its MVs do not explain
     assert max(blocks[1:]) < 0.6 * grid.count, blocks
+
+
+def test_pause_background_holds_a_running_refresh_until_resumed():
+    import time
+    stream, _ = _proxy_stream(2)
+    em = EdgeModel('incremental', 'detect', load_model('detect'), refresh_interval=1)
+    em(stream[0][0], 1, None, None)
+    em(stream[1][0], 2, stream[1][1], 1)  # starts a refresh (interval 1)
+    assert em.refresh.running
+    em.pause_background()  # another edge's job is about to run
+    done = em.refresh.completed
+    time.sleep(0.5)
+    assert em.refresh.running and em.refresh.completed == done  # parked at a layer boundary
+    em.resume_background()
+    em.refresh.thread.join(30)
+    assert em.refresh.completed == done + 1
+    em.close()

@@ -5,8 +5,9 @@ Timeline per edge: frame i arrives at i / rate; the edge takes the newest arrive
 is free (older ones are dropped, "latest wins", and counted); its critical-path compute, then
 each message over the link (FIFO, shared by all edges, at the link's rate, plus the one-way
 delay; a reliable publish blocks the edge until its bytes are on the wire), then the server
-(FIFO, shared), then the result back over the link. Background work (dense refreshes) occupies
-the device after the frame. Accuracy is judged on every processed frame that got a result.
+(FIFO, shared), then the result back over the link. Background work (dense refreshes) runs on
+its device (edge or server) in idle time and yields within one layer to critical work
+(``sim.Resource``). Accuracy is judged on every processed frame that got a result.
 """
 
 from dataclasses import asdict
@@ -96,7 +97,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
     gpu = sim.Resource()
     n = len(frames)
     st = [{'m': factory(f'robot{e + 1}'), 'next': 0, 'free': e * 0.37 / rate_hz,
-           'recs': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0}
+           'recs': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0, 'dev': sim.Resource()}
           for e in range(edges)]
     for s in st:
         s['scores'] = Scores(s['m'].model.task)
@@ -113,7 +114,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         w = m.edge(frames[j], j)
         rec = sim.FrameRecord(j, j / rate_hz, hit_ratio=w.hit_ratio,
                               edge_compute=w.edge_compute, cpu_edge_ms=w.cpu_ms)
-        t_e = start + w.edge_s
+        t_e = s['dev'].run(start, w.edge_s)  # waits one layer if its refresh is running
         delivered, t_arrive, t_wire = [], t_e, t_e
         for i, raw in enumerate(w.messages + w.async_messages):
             wire, arrive, ok = net.transmit(t_e, len(raw))
@@ -130,7 +131,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         if srv.result is not None:
             t_done = gpu.run(t_arrive, srv.server_s)
             if srv.background_s:
-                gpu.run(t_done, srv.background_s)
+                gpu.background(t_done, srv.background_s)
             back = srv.result_bytes * 8 / (link.mbps_at(t_done) * 1e6) + link.delay_ms / 1e3
             rec.latency = t_done + back - rec.arrival
             rec.computed_by, result = 'server', srv.result
@@ -143,11 +144,15 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
             s['scores'].add(result, ref[j], ref.gt[j] if ref.gt is not None else None)
         s['recs'].append(rec)
         s['bg_s'] += w.background_s
-        s['free'] = max(t_e + w.background_s, t_wire)
+        if w.background_s:
+            s['dev'].background(t_e, w.background_s)
+        s['free'] = max(t_e, t_wire)  # the edge's refresh yields to the next frame
         if progress:
             progress(j + 1 - s['next'])
         s['next'] = j + 1
     out = summarise(st, n, rate_hz, net)
+    out['background_backlog_s'] = {'server': gpu.backlog,
+                                   'edges': float(np.mean([s['dev'].backlog for s in st]))}
     for s in st:
         s['m'].close()
     return out

@@ -1,5 +1,6 @@
 """The modelled timeline of a replay: device compute times from the paper's Table 1, an
-emulated uplink (bandwidth class or trace, one-way delay, loss) and FIFO resources.
+emulated uplink (bandwidth class or trace, one-way delay, loss) and compute resources (FIFO
+critical work, preemptible background work).
 
 Every time here is *modelled* (seconds on the paper's Jetson Xavier NX edge and RTX 3080
 server); times measured on this machine are kept separately by the harness.
@@ -85,18 +86,51 @@ class Link:
         return done, done + self.spec.delay_ms / 1e3, ok
 
 
-class Resource:
-    """A FIFO compute resource (the server GPU)."""
+#: How long a critical job waits for running background work to yield: one layer of a
+#: dense pass (the refresh is preemptible between layers; YOLO11n has ~100 primitives).
+PREEMPT_S = 0.0005
 
-    def __init__(self):
-        self.free_at = 0.0
+
+class Resource:
+    """A compute device (the server GPU, or one edge): critical jobs run FIFO; background work
+    (the dense cache refresh) runs at low priority in the idle time between them and yields
+    within ``preempt_s`` (one layer) when a critical job arrives, as the real refresh does.
+
+    ``backlog`` is the background work still waiting for idle time: when it stays large, the
+    device is saturated and the modelled refreshes are late in reality.
+    """
+
+    def __init__(self, preempt_s: float = PREEMPT_S):
+        self.preempt_s = preempt_s
+        self.free_at = 0.0      # critical work done
         self.busy = 0.0
+        self.backlog = 0.0      # background seconds not yet run
+        self._bg_from = 0.0     # background has run up to here
+
+    def _advance(self, t: float):
+        """Run background work in the idle time up to ``t``."""
+        idle = t - max(self._bg_from, self.free_at)
+        if idle > 0 and self.backlog > 0:
+            done = min(idle, self.backlog)
+            self.backlog -= done
+            self.busy += done
+        self._bg_from = max(self._bg_from, t)
 
     def run(self, t_ready: float, seconds: float) -> float:
+        """A critical job ready at ``t_ready``; returns its completion time."""
+        self._advance(t_ready)
         start = max(t_ready, self.free_at)
+        if self.backlog > 0 and start == t_ready:  # background is running: it yields
+            start += self.preempt_s
         self.free_at = start + seconds
         self.busy += seconds
+        self._bg_from = max(self._bg_from, self.free_at)
         return self.free_at
+
+    def background(self, t_ready: float, seconds: float):
+        """Queue low-priority work from ``t_ready``."""
+        self._advance(t_ready)
+        self.backlog += seconds
 
 
 @dataclass
