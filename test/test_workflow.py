@@ -75,10 +75,9 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
         assert not any(f.kind == ProxyDelta.KIND_RESYNC_REQUEST for f in got[r]['fb'])
     fast, slow = diag['fluxshard/edge/robot1'], diag['fluxshard/edge/robot2']
     # the estimates (from ACK timings) tell the links apart
+    assert float(slow['last.link_latency_ms']) >= 0.0
     assert float(fast['last.bandwidth_mbps']) > 5 * float(slow['last.bandwidth_mbps']), (
         fast, slow)
-    print('fast', {k: v for k, v in fast.items() if k.startswith(('decision', 'last.b'))},
-          'slow', {k: v for k, v in slow.items() if k.startswith(('decision', 'last.b'))})
     # the fast link offloads more, the slow one computes more at the edge
     assert int(fast.get('decision_cloud', 0)) > int(slow.get('decision_cloud', 0)), (fast, slow)
     assert int(slow.get('decision_edge', 0)) > int(fast.get('decision_edge', 0)), (fast, slow)

@@ -270,6 +270,8 @@ class EdgeNode(Node):
                           n_labs=dec.n_edge, n_cobs=dec.n_cloud,
                           ea_edge=round(dec.ea_edge, 4), ea_cloud=round(dec.ea_cloud, 4),
                           bandwidth_mbps=round(dec.bandwidth_bps * 8 / 1e6, 2),
+                          link_latency_ms=round(
+                              1e3 * self.pipeline.scheduler.bw.latency_s, 1),
                           hit_ratio=round(step.hit_ratio, 3),
                           frames_since_refresh=self.pipeline._since_refresh)
         if self.config.local_inference and getattr(self.pipeline, 'last_stats', None):
