@@ -353,17 +353,14 @@ class IncrementalExecutor:
 def _warp_plan(mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int, device, dtype):
     """Sampling grid of an MV warp at one stride: None (nothing moves), ('dense', grid) or
     ('sparse', (ys, xs, grid)) for the moving pixels only."""
-    from fluxshard_kernels.warp import flow_at_stride
+    from fluxshard_kernels.warp import flow_at_stride, sampling_grid
     flow = flow_at_stride(mv, grid, stride, h, w, device).to(dtype)
     moving = (flow[0] != 0) | (flow[1] != 0)
     n_moving = int(moving.sum())
     if not n_moving:
         return None
     if n_moving > 0.4 * h * w:  # most pixels move: one dense bilinear pass is cheaper
-        ys = torch.arange(h, device=device, dtype=dtype)[:, None] + flow[1]
-        xs = torch.arange(w, device=device, dtype=dtype)[None, :] + flow[0]
-        g = torch.stack([2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1], -1)
-        return 'dense', g[None]
+        return 'dense', sampling_grid(flow)
     ys, xs = torch.nonzero(moving, as_tuple=True)
     sy = (ys.to(dtype) + flow[1][ys, xs]).clamp(0, h - 1)
     sx = (xs.to(dtype) + flow[0][ys, xs]).clamp(0, w - 1)

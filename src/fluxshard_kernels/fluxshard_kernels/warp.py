@@ -42,10 +42,15 @@ def warp_features(feat: torch.Tensor, mv: np.ndarray, grid: BlockGrid,
     if not np.any(mv):
         return feat.clone()
     flow = flow_at_stride(mv, grid, stride, h, w, feat.device).to(feat.dtype)
-    ys = torch.arange(h, device=feat.device, dtype=feat.dtype)[:, None] + flow[1]
-    xs = torch.arange(w, device=feat.device, dtype=feat.dtype)[None, :] + flow[0]
-    # normalised coordinates for align_corners=True: -1 -> pixel 0, +1 -> pixel w-1
-    gx = 2 * xs / max(w - 1, 1) - 1
-    gy = 2 * ys / max(h - 1, 1) - 1
-    g = torch.stack([gx, gy], -1)[None].expand(n, h, w, 2)
+    g = sampling_grid(flow).expand(n, h, w, 2)
     return F.grid_sample(feat, g, mode='bilinear', padding_mode='border', align_corners=True)
+
+
+def sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """(1, h, w, 2) ``grid_sample`` grid (align_corners=True) that reads pixel (i, j) from
+    (i + flow[1], j + flow[0]); ``flow`` is (2, h, w) as from ``flow_at_stride``."""
+    _, h, w = flow.shape
+    ys = torch.arange(h, device=flow.device, dtype=flow.dtype)[:, None] + flow[1]
+    xs = torch.arange(w, device=flow.device, dtype=flow.dtype)[None, :] + flow[0]
+    # normalised coordinates for align_corners=True: -1 -> pixel 0, +1 -> pixel w-1
+    return torch.stack([2 * xs / max(w - 1, 1) - 1, 2 * ys / max(h - 1, 1) - 1], -1)[None]
