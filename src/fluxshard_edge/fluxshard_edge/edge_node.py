@@ -194,7 +194,6 @@ class EdgeNode(Node):
         elif msg.kind == ProxyDelta.KIND_ACK:
             ack = self.server.ack(msg.seq, bytes(msg.state_digest),
                                   float(msg.server_receive_ms) / 1e3, now)
-            self.pipeline.cloud_available = True
             if ack is None:
                 return
             self.pipeline.scheduler.bw.observe(ack.nbytes, ack.seconds)

@@ -3,6 +3,7 @@ the MV-warped server cache, recomputing the blocks the proxy edge state changed,
 preemptible background refresh from the proxy edge state. Dense torch and onnxruntime backends
 are kept as references."""
 
+from contextlib import contextmanager
 import time
 from typing import Optional
 
@@ -130,3 +131,16 @@ class EdgeModel:
     def close(self):
         if self.refresh is not None:
             self.refresh.cancel()
+
+
+@contextmanager
+def background_paused(models):
+    """Hold the background refresh of every model in ``models`` (each yields within one layer)
+    for the duration: the critical job of another edge runs first on the shared device."""
+    for m in models:
+        m.pause_background()
+    try:
+        yield
+    finally:
+        for m in models:
+            m.resume_background()

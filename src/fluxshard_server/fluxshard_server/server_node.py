@@ -13,7 +13,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from fluxshard_server.inference import BACKENDS, EdgeModel, load_model
+from fluxshard_server.inference import background_paused, BACKENDS, EdgeModel, load_model
 from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
@@ -159,19 +159,12 @@ class ServerNode(Node):
                     continue
                 edge = next(iter(self._pending))
                 job = self._pending.pop(edge)
-            # the critical path first: every other edge's background refresh yields (within
-            # one layer) until this result is out
-            others = [e.model for e in self.edges if e is not edge]
-            for m in others:
-                m.pause_background()
             try:
-                self._infer(edge, *job)
+                with background_paused([e.model for e in self.edges if e is not edge]):
+                    self._infer(edge, *job)
             except Exception as e:  # noqa: B902 - keep serving other edges
                 self.rejects['inference_error'] += 1
                 self.get_logger().error(f'inference failed: {type(e).__name__}: {e}')
-            finally:
-                for m in others:
-                    m.resume_background()
 
     def _infer(self, edge: _Edge, header, frame_index: int, image, seq, mv, prev_seq):
         eid = edge.session.edge_id

@@ -5,7 +5,7 @@ import numpy as np
 
 from fluxshard_kernels import data, motion, proxy
 from fluxshard_kernels.blocks import BlockGrid
-from fluxshard_server.inference import EdgeModel, load_model
+from fluxshard_server.inference import background_paused, EdgeModel, load_model
 
 
 def _proxy_stream(n):
@@ -51,11 +51,10 @@ def test_pause_background_holds_a_running_refresh_until_resumed():
     em(stream[0][0], 1, None, None)
     em(stream[1][0], 2, stream[1][1], 1)  # starts a refresh (interval 1)
     assert em.refresh.running
-    em.pause_background()  # another edge's job is about to run
     done = em.refresh.completed
-    time.sleep(0.5)
-    assert em.refresh.running and em.refresh.completed == done  # parked at a layer boundary
-    em.resume_background()
+    with background_paused([em]):  # another edge's job runs
+        time.sleep(0.5)
+        assert em.refresh.running and em.refresh.completed == done  # parked at a layer
     em.refresh.thread.join(30)
     assert em.refresh.completed == done + 1
     em.close()
