@@ -32,6 +32,11 @@ class RosGraph:
         self.tmp = tmp_path
         self.domain = domain
         self.procs = []
+        # link keys of the edge ids the tests use (nodes started by spawn() get this file)
+        from fluxshard_msgs_py import auth
+        self.key_file = str(tmp_path / 'link.keys')
+        self.keys = auth.generate(['edge0'] + [f'robot{i}' for i in range(1, 9)])
+        auth.save_keys(self.key_file, self.keys)
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx, domain_id=domain)
         self.node = rclpy.create_node('fluxshard_test', context=self.ctx)
@@ -51,6 +56,9 @@ class RosGraph:
             cmd += ['-r', f'__ns:=/{ns}']
         if params_file:
             cmd += ['--params-file', params_file]
+        if module.endswith(('.edge_node', '.server_node')) and not any(
+                p.startswith('security.') for p in params):
+            cmd += ['-p', f'security.key_file:={self.key_file}']
         for p in params:
             cmd += ['-p', p]
         name = name or f'{module.split(".")[-1]}_{ns or "root"}_{len(self.procs)}'
@@ -70,6 +78,12 @@ class RosGraph:
                 table[st.name] = {kv.key: kv.value for kv in st.values}
         self.node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 50)
         return table
+
+    def signer(self, edge_id: str, role: str):
+        """A signer holding ``edge_id``'s key for the topic ``role`` (the genuine edge or
+        server side of a test)."""
+        from fluxshard_msgs_py import auth
+        return auth.Signer(self.keys[edge_id], role)
 
     def log(self, p):
         return p.log_path.read_text()

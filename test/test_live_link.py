@@ -140,7 +140,7 @@ def test_bad_input_is_logged_counted_and_nodes_keep_running(ros):
     bad.block_indices = [0]
     bad.dissimilarity = [1]
     bad.payload = b'\x01' * 100
-    batch_pub.publish(bad)
+    batch_pub.publish(ros.signer('robot1', 'block_batch').sign(bad))  # authentic but malformed
     ros.wait_for(lambda: False, 0.5)
     good2 = send(frames[2])
     # a frame size change mid-stream is served too (key batch)

@@ -8,6 +8,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
                                 ProxyDelta)
+from fluxshard_msgs_py import auth
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
@@ -16,7 +17,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
                                         RESULT_QOS, run_node)
-from fluxshard_edge.feedback import ServerLink
+from fluxshard_edge.feedback import ResyncGuard, ServerLink
 from fluxshard_edge.link import BandwidthTrace, EmulatedLink
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_edge.scheduler import PROFILES
@@ -116,6 +117,39 @@ class EdgeNode(Node):
                               '(replaced frames are not seen, so not counted); >1 lets the '
                               "edge's own latest-wins slot count every replaced frame",
                               lo=1, hi=100, read_only=True)
+        security = d('security.mode', 'mac',
+                     'mac: sign every BlockBatch / ProxyDelta with this edge\'s key and accept '
+                     'server feedback only with it; none: no authentication (lab only)',
+                     choices=list(auth.MODES), read_only=True)
+        key_file = d('security.key_file', '',
+                     'Key file holding a "<edge_id> <hex secret>" line for this edge (mode '
+                     '0600; python -m fluxshard_msgs_py.auth generate / extract)',
+                     read_only=True)
+        max_age_s = d('security.max_age_s', 30.0,
+                      "Reject feedback whose nonce is further than this from the edge's "
+                      'clock, s (replays after a restart; 0 = off)', lo=0.0, hi=1e6,
+                      read_only=True)
+        self.batch_signer = self.delta_signer = self.feedback_check = None
+        if security == 'mac':
+            keys = auth.load_keys(key_file)
+            if self.config.edge_id not in keys:
+                raise ValueError(f'security.key_file {key_file} has no key for edge_id '
+                                 f'{self.config.edge_id!r}')
+            key = keys[self.config.edge_id]
+            self.batch_signer = auth.Signer(key, 'block_batch')
+            self.delta_signer = auth.Signer(key, 'proxy_delta')
+            self.feedback_check = auth.Verifier(key, 'proxy_feedback', max_age_s)
+        else:
+            self.get_logger().warn('security.mode none: link messages are not authenticated; '
+                                   'any participant on this DDS domain can forge feedback '
+                                   '(lab use only)')
+        self.resync = ResyncGuard(
+            d('resync.max_rate_hz', 0.5, 'Key batches per second the edge sends in answer to '
+              'resync requests (sustained); requests beyond it are refused and counted '
+              '(resync_limited), so resync cannot be used as a bandwidth amplifier',
+              lo=0.001, hi=1000.0, read_only=True),
+            d('resync.burst', 2, 'Key batches answered back to back above resync.max_rate_hz',
+              lo=1, hi=1000, read_only=True))
         self._h264 = conversions.H264Input()
         self.pipeline = EdgePipeline(self.config)
         self.slot = LatestSlot()
@@ -181,9 +215,24 @@ class EdgeNode(Node):
     def _on_feedback(self, msg: ProxyDelta):
         if msg.edge_id != self.config.edge_id:
             return
+        if self.feedback_check is not None:
+            bad = self.feedback_check.check(msg)
+            if bad:  # forged or replayed: never acted upon
+                counter, why = bad
+                self.rejects[f'feedback.{counter}'] += 1
+                self.errors.error(f'feedback.{counter}',
+                                  f'dropped proxy_feedback kind {msg.kind} ({counter}): {why}')
+                return
         now = time.monotonic()
         if msg.kind == ProxyDelta.KIND_RESYNC_REQUEST:
             self.counters['resync_requests'] += 1
+            if msg.seq < self.pipeline.last_key_seq:
+                return  # a key batch after the failed one is already on its way
+            if not self.resync.allow(now):
+                self.counters['resync_limited'] += 1
+                self.errors.error('resync_limited', 'resync request refused: more than '
+                                  'resync.max_rate_hz key batches requested (resync storm?)')
+                return
             if self.pipeline.request_resync(f'server: {msg.reason}', msg.seq):
                 self.get_logger().warn(f'server asked for resync after seq {msg.seq}: '
                                        f'{msg.reason}')
@@ -199,6 +248,9 @@ class EdgeNode(Node):
             self.pipeline.scheduler.bw.observe(ack.nbytes, ack.seconds)
             if not ack.digest_ok:
                 self.counters['digest_mismatch'] += 1
+                if not self.resync.allow(now):
+                    self.counters['resync_limited'] += 1
+                    return
                 self.pipeline.request_resync(f'digest mismatch at seq {msg.seq}', msg.seq)
                 self.get_logger().error(f'server proxy digest differs at seq {msg.seq}; '
                                         'sending a key batch')
@@ -251,6 +303,8 @@ class EdgeNode(Node):
                 step.update, step.payload, msg.header, self.config.edge_id, step.seq, idx,
                 step.codec, step.quality, step.dissimilarity, step.sparse_inference_requested,
                 step.digest, self.pack_motion)
+            if self.batch_signer is not None:
+                self.batch_signer.sign(out)
             if step.key:
                 self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
             self.server.sent(step.seq, step.digest, len(step.payload), time.monotonic())
@@ -302,6 +356,10 @@ class EdgeNode(Node):
         st.level = DiagnosticStatus.OK if not bad else DiagnosticStatus.WARN
         st.message = (f'{self.counters["batches_sent"]} batches, '
                       f'{self.counters["results_local"]} local results, {bad} rejected inputs')
+        storm = self.resync.refused_recently(time.monotonic(), 10.0)
+        if storm:
+            st.level = DiagnosticStatus.WARN
+            st.message += f'; resync storm: {storm} requests refused in the last 10 s'
         vals = dict(self.counters)
         vals.update({f'rejected.{k}': v for k, v in self.rejects.items()})
         vals.update({f'last.{k}': v for k, v in self._last.items()})

@@ -2,10 +2,12 @@
 whether the server counts as available, when to probe it, and the transfer timings that feed
 the bandwidth estimate."""
 
-from collections import OrderedDict
+from collections import deque, OrderedDict
 from dataclasses import dataclass
 import threading
 from typing import Optional
+
+from fluxshard_msgs_py.ratelimit import TokenBucket
 
 
 @dataclass
@@ -69,3 +71,24 @@ class ServerLink:
                 self._last_probe = now
                 return 'probe'
             return 'down'
+
+
+class ResyncGuard:
+    """Budget of key batches sent in answer to the server's resync requests (and digest
+    mismatches): ``rate_hz`` sustained, ``burst`` back to back. A request beyond it is refused;
+    the server keeps asking with every batch it cannot apply, so a genuine one is served as
+    soon as the budget allows, while a storm of requests cannot multiply the uplink."""
+
+    def __init__(self, rate_hz: float, burst: int):
+        self._bucket = TokenBucket(rate_hz, burst)
+        self._refused = deque(maxlen=4096)
+
+    def allow(self, now: float) -> bool:
+        if self._bucket.take(now):
+            return True
+        self._refused.append(now)
+        return False
+
+    def refused_recently(self, now: float, window_s: float) -> int:
+        """How many requests were refused in the last ``window_s`` seconds."""
+        return sum(1 for t in self._refused if t > now - window_s)

@@ -35,3 +35,12 @@ def test_an_ack_covers_older_unacked_batches_and_memory_is_bounded():
     assert link.poll(5.0) == 'ok'  # 1..19 never ACKed, but 20 was
     assert link.ack(3, b'x', 0.0, now=5.0) is None  # only the last 8 are remembered
     assert link.ack(15, b'x', 0.0, now=5.0) is not None
+
+
+def test_resync_guard_bounds_key_batches_and_reports_the_storm():
+    from fluxshard_edge.feedback import ResyncGuard
+    g = ResyncGuard(rate_hz=0.5, burst=2)
+    allowed = sum(g.allow(t / 100) for t in range(1000))  # 1,000 requests over 10 s
+    assert allowed == 2 + 4                               # burst + 0.5/s x ~10 s
+    assert g.refused_recently(10.0, 10.0) == 1000 - allowed
+    assert g.refused_recently(100.0, 10.0) == 0

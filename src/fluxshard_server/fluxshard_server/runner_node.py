@@ -153,6 +153,13 @@ def main(argv=None):
 
     logdir = os.environ.get('FLUXSHARD_LOG_DIR', os.path.join(os.getcwd(), 'log', 'run'))
     os.makedirs(logdir, exist_ok=True)
+    if not any(p.startswith('security.') for p in list(a.server_param) + list(a.edge_param)):
+        # a fresh key per robot for this run, shared by its edge and the server
+        from fluxshard_msgs_py import auth
+        key_file = os.path.join(logdir, 'run.keys')
+        auth.save_keys(key_file, auth.generate(robots), overwrite=True)
+        srv_params.append(f'security.key_file:={key_file}')
+        a.edge_param = list(a.edge_param) + [f'security.key_file:={key_file}']
     rclpy.init()
     mon = Monitor(robots, a.task or 'detect', a.quiet)
     t_start = time.monotonic()

@@ -9,11 +9,14 @@ from fluxshard_edge import conversions
 from fluxshard_edge.common_node import (declare, LATCHED_QOS, LINK_QOS, ReasonLog, RESULT_QOS,
                                         run_node)
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, KeypointArray, LabelMap, ProxyDelta
+from fluxshard_msgs_py import auth
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
+from fluxshard_server.admission import Budget, EdgeGate
 from fluxshard_server.inference import background_paused, BACKENDS, EdgeModel, load_model
+from fluxshard_server.jobs import JobTable
 from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
@@ -29,8 +32,12 @@ class _Edge:
     def __init__(self, node: 'ServerNode', ns: str):
         self.ns = ns
         prefix = (ns.strip('/') + '/') if ns.strip('/') else ''
-        self.session = EdgeSession(ns.strip('/') or 'edge0')
+        self.session = EdgeSession(ns.strip('/').replace('/', '_') or 'edge0')
         self.counters = Counter()
+        key = node.keys.get(self.session.edge_id) if node.keys is not None else None
+        self.gate = EdgeGate(key, node.budget, node.max_age_s)
+        self.signer = auth.Signer(key, 'proxy_feedback') if key else None
+        self.last_refused = -1e9  # monotonic time of the last refused (forged, over-budget) one
         self.model = node.make_edge_model()
         self.group = MutuallyExclusiveCallbackGroup()
         self.feedback = node.create_publisher(ProxyDelta, prefix + 'proxy_feedback', LINK_QOS)
@@ -80,6 +87,44 @@ class ServerNode(Node):
         refresh = declare(self, 'refresh.interval', 10,
                           'Batches between background dense refreshes of a server cache',
                           lo=1, hi=100000)
+        self.security = declare(self, 'security.mode', 'mac',
+                                "mac: every link message carries a keyed BLAKE2b tag; only "
+                                "edges with a key in security.key_file are served. none: no "
+                                "authentication (lab only)", choices=list(auth.MODES),
+                                read_only=True)
+        key_file = declare(self, 'security.key_file', '',
+                           'Key file with one "<edge_id> <hex secret>" line per served edge '
+                           '(mode 0600; python -m fluxshard_msgs_py.auth generate)',
+                           read_only=True)
+        self.max_age_s = declare(self, 'security.max_age_s', 30.0,
+                                 'Reject link messages whose nonce is further than this from '
+                                 "the server's clock, s (replays after a restart; 0 = off)",
+                                 lo=0.0, hi=1e6, read_only=True)
+        self.budget = Budget(
+            rate_hz=declare(self, 'admission.max_rate_hz', 60.0,
+                            'Per-edge sustained BlockBatch rate, batches/s; excess dropped '
+                            '(rejected.rate_limited)', lo=0.1, hi=1e6, read_only=True),
+            burst=declare(self, 'admission.burst', 10, 'Per-edge batches admitted back to '
+                          'back above the rate', lo=1, hi=100000, read_only=True),
+            mbps=declare(self, 'admission.max_mbps', 400.0,
+                         'Per-edge sustained batch payload, Mbit/s; excess dropped '
+                         '(rejected.byte_limited)', lo=0.01, hi=1e6, read_only=True),
+            max_batch_bytes=int(1e6 * declare(
+                self, 'admission.max_batch_mb', 16.0, 'Largest batch payload accepted, MB '
+                '(rejected.oversize)', lo=0.001, hi=1e4, read_only=True)))
+        self.keys = None
+        if self.security == 'mac':
+            self.keys = auth.load_keys(key_file)
+            ids = [ns.strip('/').replace('/', '_') or 'edge0' for ns in edges]
+            missing = [e for e in ids if e not in self.keys]
+            if missing:
+                raise ValueError(f'security.key_file {key_file} has no key for edge(s) '
+                                 f'{missing}: the server serves only edges it has keys for '
+                                 '(add them with python -m fluxshard_msgs_py.auth generate)')
+        else:
+            self.get_logger().warn('security.mode none: link messages are not authenticated; '
+                                   'any participant on this DDS domain can inject batches or '
+                                   'feedback (lab use only)')
         if threads:
             import torch
             torch.set_num_threads(threads)
@@ -91,9 +136,8 @@ class ServerNode(Node):
         self.counters = Counter()
         self.rejects = Counter()
         self.errors = ReasonLog(self.get_logger())
-        self._cv = threading.Condition()
-        self._pending = {}
         self.edges = [_Edge(self, ns) for ns in edges]
+        self.jobs = JobTable(self.edges)
         for e in self.edges:
             if e.model.names:
                 e.labels.publish(conversions.label_map_msg(e.model.names, LabelMap().header))
@@ -103,13 +147,17 @@ class ServerNode(Node):
         self._worker = threading.Thread(target=self._run, name='server-infer', daemon=True)
         self._worker.start()
         self.get_logger().info(f'serving {[e.topic for e in self.edges]} with '
-                               f'{backend} {self.task}')
+                               f'{backend} {self.task}; security {self.security}')
 
     # -- per message (ordered per edge by its callback group) ---------------------------------
     def on_batch(self, edge: _Edge, msg: BlockBatch):
         t0 = time.perf_counter()
         self.counters['batches_in'] += 1
         edge.counters['batches_in'] += 1
+        refused = edge.gate.admit_batch(msg, time.monotonic())
+        if refused:  # dropped unanswered: forgeries and floods must not trigger traffic
+            self._refuse(edge, *refused, what=f'batch seq {msg.seq}')
+            return
         edge.counters['bytes_in'] += len(msg.payload)
         r = receive_batch(edge.session, msg)
         if r.outcome.counter:
@@ -121,23 +169,36 @@ class ServerNode(Node):
                          kind=ProxyDelta.KIND_ACK, seq=msg.seq)
         ack.state_digest = conversions._seq('B', bytearray(edge.session.digest))
         ack.server_receive_ms = 1e3 * (time.perf_counter() - t0)
-        edge.feedback.publish(ack)
+        self._feedback(edge, ack)
         if edge.proxy_image is not None:
             edge.proxy_image.publish(conversions.array_to_image(edge.session.state, msg.header))
         if r.infer:
             job = (msg.header, int(msg.frame_index), edge.session.state, int(msg.seq), r.mv,
                    r.prev_seq)
-            with self._cv:
-                if edge in self._pending:
-                    self.counters['dropped_superseded'] += 1
-                    edge.counters['dropped_superseded'] += 1
-                self._pending[edge] = job
-                self._cv.notify()
+            if self.jobs.put(edge, job):
+                self.counters['dropped_superseded'] += 1
+                edge.counters['dropped_superseded'] += 1
 
     def on_delta(self, edge: _Edge, msg: ProxyDelta):
+        refused = edge.gate.admit_delta(msg)
+        if refused:
+            self._refuse(edge, *refused, what=f'proxy_delta kind {msg.kind}')
+            return
         if msg.kind == ProxyDelta.KIND_RESET:
             edge.session.synced = False
             self.get_logger().info(f'{edge.session.edge_id}: reset ({msg.reason})')
+
+    def _feedback(self, edge: _Edge, msg: ProxyDelta):
+        if edge.signer is not None:
+            edge.signer.sign(msg)
+        edge.feedback.publish(msg)
+
+    def _refuse(self, edge: _Edge, counter: str, reason: str, what: str):
+        self.rejects[counter] += 1
+        edge.counters[f'rejected.{counter}'] += 1
+        edge.last_refused = time.monotonic()
+        self.errors.error(f'{edge.session.edge_id}/{counter}',
+                          f'{edge.session.edge_id}: dropped {what} ({counter}): {reason}')
 
     def _reject(self, edge: _Edge, counter: str, reason: str, seq: int, resync: bool = True):
         self.rejects[counter] += 1
@@ -147,18 +208,15 @@ class ServerNode(Node):
             req = ProxyDelta(edge_id=edge.session.edge_id, kind=ProxyDelta.KIND_RESYNC_REQUEST,
                              seq=int(seq), reason=reason[:200])
             req.header.stamp = self.get_clock().now().to_msg()
-            edge.feedback.publish(req)
+            self._feedback(edge, req)
 
     # -- inference worker: one thread owns the model (GPU state stays on it) ----------------
     def _run(self):
         while not self._stop.is_set():
-            with self._cv:
-                if not self._pending:
-                    self._cv.wait(0.2)
-                if not self._pending:
-                    continue
-                edge = next(iter(self._pending))
-                job = self._pending.pop(edge)
+            taken = self.jobs.take(0.2)
+            if taken is None:
+                continue
+            edge, job = taken
             try:
                 with background_paused([e.model for e in self.edges if e is not edge]):
                     self._infer(edge, *job)
@@ -173,7 +231,7 @@ class ServerNode(Node):
         done = ProxyDelta(header=header, edge_id=eid, kind=ProxyDelta.KIND_INFERENCE_DONE,
                           seq=seq, server_compute_ms=1e3 * (time.perf_counter() - t0),
                           server_blocks=int(edge.model.last_blocks))
-        edge.feedback.publish(done)
+        self._feedback(edge, done)
         if self.task == 'pose':
             edge.keypoints.publish(conversions.keypoints_to_msg(det, header, eid, 'server',
                                                                 frame_index))
@@ -199,6 +257,10 @@ class ServerNode(Node):
                                   hardware_id=e.session.edge_id)
             st.level = DiagnosticStatus.OK if e.session.synced else DiagnosticStatus.WARN
             st.message = 'in sync' if e.session.synced else 'waiting for key batch'
+            if time.monotonic() - e.last_refused < 10.0:
+                st.level = DiagnosticStatus.WARN
+                st.message += ('; dropping forged, replayed or over-budget messages (see '
+                               'rejected.*)')
             vals = dict(e.counters, last_seq=e.session.last_seq, applied=e.session.applied)
             st.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(vals.items())]
             arr.status.append(st)
@@ -212,6 +274,7 @@ class ServerNode(Node):
     def destroy_node(self):
         if hasattr(self, '_worker'):
             self._stop.set()
+            self.jobs.close()
             self._worker.join(timeout=5.0)
             for e in self.edges:
                 e.model.close()
