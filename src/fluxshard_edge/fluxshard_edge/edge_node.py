@@ -213,7 +213,9 @@ class EdgeNode(Node):
             self.counters['server_results'] += 1
 
     def _on_feedback(self, msg: ProxyDelta):
+        self.counters['feedback_in'] += 1
         if msg.edge_id != self.config.edge_id:
+            self.counters['feedback_other_edge'] += 1
             return
         if self.feedback_check is not None:
             bad = self.feedback_check.check(msg)
@@ -223,6 +225,7 @@ class EdgeNode(Node):
                 self.errors.error(f'feedback.{counter}',
                                   f'dropped proxy_feedback kind {msg.kind} ({counter}): {why}')
                 return
+        self.counters['feedback_ok'] += 1
         now = time.monotonic()
         if msg.kind == ProxyDelta.KIND_RESYNC_REQUEST:
             self.counters['resync_requests'] += 1

@@ -37,6 +37,7 @@ class _Edge:
         key = node.keys.get(self.session.edge_id) if node.keys is not None else None
         self.gate = EdgeGate(key, node.budget, node.max_age_s)
         self.signer = auth.Signer(key, 'proxy_feedback') if key else None
+        self.feedback_lock = threading.Lock()
         self.last_refused = -1e9  # monotonic time of the last refused (forged, over-budget) one
         self.model = node.make_edge_model()
         self.group = MutuallyExclusiveCallbackGroup()
@@ -165,6 +166,7 @@ class ServerNode(Node):
                          resync=r.outcome.resync)
         if not r.acked:
             return
+        edge.counters['batches_ok'] += 1
         ack = ProxyDelta(header=msg.header, edge_id=edge.session.edge_id,
                          kind=ProxyDelta.KIND_ACK, seq=msg.seq)
         ack.state_digest = conversions._seq('B', bytearray(edge.session.digest))
@@ -182,16 +184,19 @@ class ServerNode(Node):
     def on_delta(self, edge: _Edge, msg: ProxyDelta):
         refused = edge.gate.admit_delta(msg)
         if refused:
-            self._refuse(edge, *refused, what=f'proxy_delta kind {msg.kind}')
+            self._refuse(edge, f'delta.{refused[0]}', refused[1],
+                         what=f'proxy_delta kind {msg.kind}')
             return
         if msg.kind == ProxyDelta.KIND_RESET:
             edge.session.synced = False
             self.get_logger().info(f'{edge.session.edge_id}: reset ({msg.reason})')
 
     def _feedback(self, edge: _Edge, msg: ProxyDelta):
-        if edge.signer is not None:
-            edge.signer.sign(msg)
-        edge.feedback.publish(msg)
+        # callback and worker threads both answer: sign and publish in nonce order
+        with edge.feedback_lock:
+            if edge.signer is not None:
+                edge.signer.sign(msg)
+            edge.feedback.publish(msg)
 
     def _refuse(self, edge: _Edge, counter: str, reason: str, what: str):
         self.rejects[counter] += 1
