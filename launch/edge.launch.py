@@ -1,5 +1,6 @@
 """Edge node for one robot: `ros2 launch fluxshard_bringup edge.launch.py namespace:=robot1
-image:=/camera/image_raw`."""
+image:=/camera/image_raw
+key_file:=/etc/fluxshard/robot1.keys`."""
 
 import os
 
@@ -17,11 +18,14 @@ def generate_launch_description():
                               description='Robot namespace (also the edge id)'),
         DeclareLaunchArgument('image', default_value='image',
                               description='Camera topic (sensor_msgs/Image)'),
+        DeclareLaunchArgument('key_file', default_value='',
+                              description="This robot's link key file (mode 0600)"),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'edge.yaml')),
         Node(package='fluxshard_edge', executable='edge_node', name='fluxshard_edge',
              namespace=LaunchConfiguration('namespace'),
-             parameters=[LaunchConfiguration('params_file')],
+             parameters=[LaunchConfiguration('params_file'),
+                         {'security.key_file': LaunchConfiguration('key_file')}],
              remappings=[('image', LaunchConfiguration('image'))],
              additional_env={'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
              output='screen'),

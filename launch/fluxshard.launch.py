@@ -16,10 +16,14 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument('namespace', default_value='robot1'),
         DeclareLaunchArgument('image', default_value='image'),
+        DeclareLaunchArgument('key_file', default_value='',
+                              description='Link key file holding this robot\'s line'),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(os.path.join(launch_dir, 'edge.launch.py')),
-            launch_arguments={'namespace': ns, 'image': LaunchConfiguration('image')}.items()),
+            launch_arguments={'namespace': ns, 'image': LaunchConfiguration('image'),
+                              'key_file': LaunchConfiguration('key_file')}.items()),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(os.path.join(launch_dir, 'server.launch.py')),
-            launch_arguments={'edges': PythonExpression(["['", ns, "']"])}.items()),
+            launch_arguments={'edges': PythonExpression(["['", ns, "']"]),
+                              'key_file': LaunchConfiguration('key_file')}.items()),
     ])

@@ -13,17 +13,21 @@ def _robots(context):
     launch_dir = os.path.join(get_package_share_directory('fluxshard_bringup'), 'launch')
     n = int(context.launch_configurations['count'])
     names = [f'robot{i + 1}' for i in range(n)]
+    keys = context.launch_configurations['key_file']  # one file with every robot's line
     acts = [IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(launch_dir, 'edge.launch.py')),
-        launch_arguments={'namespace': r, 'image': f'/{r}/image'}.items()) for r in names]
+        launch_arguments={'namespace': r, 'image': f'/{r}/image', 'key_file': keys}.items())
+        for r in names]
     acts.append(IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(launch_dir, 'server.launch.py')),
-        launch_arguments={'edges': str(names)}.items()))
+        launch_arguments={'edges': str(names), 'key_file': keys}.items()))
     return acts
 
 
 def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument('count', default_value='2', description='Number of robots'),
+        DeclareLaunchArgument('key_file', default_value='',
+                              description='Link key file with a line per robot (robot1..N)'),
         OpaqueFunction(function=_robots),
     ])

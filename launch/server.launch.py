@@ -1,5 +1,5 @@
 """Server node on the GPU host: `ros2 launch fluxshard_bringup server.launch.py
-edges:="['robot1', 'robot2']"`."""
+edges:="['robot1', 'robot2']" key_file:=/etc/fluxshard/server.keys`."""
 
 import os
 
@@ -15,11 +15,15 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument('edges', default_value="['']",
                               description='Namespaces of the served robots'),
+        DeclareLaunchArgument('key_file', default_value='',
+                              description='Link key file with a line per served robot (mode '
+                                          '0600; python -m fluxshard_msgs_py.auth generate)'),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'server.yaml')),
         Node(package='fluxshard_server', executable='server_node', name='fluxshard_server',
              parameters=[LaunchConfiguration('params_file'),
-                         {'edges': LaunchConfiguration('edges')}],
+                         {'edges': LaunchConfiguration('edges'),
+                          'security.key_file': LaunchConfiguration('key_file')}],
              additional_env={'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
              output='screen'),
     ])

@@ -49,8 +49,10 @@ def main():
     out += ['', f'Forged or replayed batches applied: **{f["forged_applied"]}** (server: '
             f'{f["genuine_applied"]} batches applied, all the genuine edge\'s, each ACK digest '
             f'equal to the edge\'s); digest mismatches {f["digest_mismatch"]}; edge key batches '
-            f'{f["edge_key_batches"]} (the first, plus {f["edge_resync_requests"]} genuine '
-            'resync requests), so the forged resync storm cost **0 key bytes**.', '',
+            f'{f["edge_key_batches"]} (the first, {f["edge_resync_requests"]} resync requests '
+            f'the server really sent - it counted {f["server_resync_causes"]} batches it could '
+            f'not apply - and {f["edge_probes"]} probes when the loaded server\'s ACKs came '
+            'late), so the forged resync storm cost **0 key bytes**.', '',
             f'Resync storm that passes authentication (`security.mode: none`, '
             f'`resync.max_rate_hz: {st["rate_hz"]}`, `resync.burst: {st["burst"]}`): '
             f'{st["requests"]} requests in {st["seconds"]:.1f} s -> {st["key_batches"]} key '
@@ -89,8 +91,8 @@ def main():
     print('\n'.join(out))
 
 
-TEXT = """Robots reach the GPU server over shared networks, and any participant on the DDS domain can
-publish on a robot's topics. FluxShard therefore authenticates its own link messages at the
+TEXT = """Robots reach the GPU server over shared networks, and any participant on the DDS domain
+can publish on a robot's topics. FluxShard therefore authenticates its own link messages at the
 application layer (the Fast DDS in the PyPI wheels has no DDS Security plugins):
 
 * **Tags.** Every `BlockBatch` (edge -> server), `ProxyDelta` RESET (edge -> server) and

@@ -118,9 +118,14 @@ def test_forged_and_replayed_messages_are_counted_and_never_applied(ros):
     for a, b in pairs:
         assert bytes(a.state_digest) == bytes(b.state_digest)
     assert e.get('digest_mismatch', 0) == 0 and s.get('rejected.digest_mismatch', 0) == 0
-    # forged feedback changed nothing on the edge: no key batch beyond the first one and
-    # those the server genuinely asked for, so the forged resync storm cost 0 key bytes
-    assert e['key_batches'] <= 1 + e.get('resync_requests', 0), e
+    # forged feedback changed nothing on the edge: every resync request it accepted is one the
+    # server sent (for a batch it could not apply), and no key batch went out beyond the first,
+    # those requests, and its own probes when the loaded server's ACKs came late - so the
+    # forged resync storm cost 0 key bytes
+    server_asked = sum(s.get(f'rejected.{r}', 0)
+                       for r in ('seq_gap', 'unsynced', 'bad_batch', 'digest_mismatch'))
+    assert e.get('resync_requests', 0) <= server_asked, (e, s)
+    assert e['key_batches'] <= 1 + e.get('resync_requests', 0) + e.get('probes', 0), e
     assert e['feedback_in'] == (e['feedback_ok'] + e.get('feedback_other_edge', 0) + sum(
         _ints(diag['fluxshard/edge/robot1'], 'rejected.feedback.').values())), e
     assert diag['fluxshard/server/robot1']['_worst'] == 1  # WARN while under attack
@@ -129,6 +134,7 @@ def test_forged_and_replayed_messages_are_counted_and_never_applied(ros):
             edge_rejected=_ints(diag['fluxshard/edge/robot1'], 'rejected.feedback.'),
             genuine_applied=s['batches_ok'], forged_applied=s['applied'] - s['batches_ok'],
             edge_key_batches=e['key_batches'], edge_resync_requests=e.get('resync_requests', 0),
+            edge_probes=e.get('probes', 0), server_resync_causes=server_asked,
             digest_mismatch=e.get('digest_mismatch', 0))
     assert server.poll() is None and edge.poll() is None
 

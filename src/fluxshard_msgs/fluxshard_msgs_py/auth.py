@@ -2,11 +2,12 @@
 
 Every ``BlockBatch`` and ``ProxyDelta`` carries ``auth_nonce`` (the sender's wall clock in ns,
 strictly increasing per sender and topic) and ``auth_tag`` (keyed BLAKE2b-128 over a canonical
-encoding of every other field - content, seq, stamp, nonce - see ``canonical``). The key
-is the edge's 32-byte secret; the tag is personalised with the topic's role, so a message cannot be moved from one topic (or direction) to another. The receiver rejects a
-message without a tag, with a wrong tag (forged, or made with another edge's key), with a nonce
-not newer than the last accepted one (replay), or with a nonce outside ``max_age_s`` of its own
-clock (a replay after a restart).
+encoding of every other field - content, seq, stamp, nonce - see ``canonical``). The key is the
+edge's 32-byte secret; the tag is personalised with the topic's role, so a message cannot be
+moved from one topic (or direction) to another. The receiver rejects a message without a tag,
+with a wrong tag (forged, or made with another edge's key), with a nonce not newer than the
+last accepted one (replay), or with a nonce outside ``max_age_s`` of its own clock (a replay
+after a restart).
 
 Keys live in a text file, one ``<edge_id> <64 hex digits>`` per line (``#`` comments), readable
 by its owner only; ``python -m fluxshard_msgs_py.auth generate`` writes one.
