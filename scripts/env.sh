@@ -8,7 +8,7 @@ export CMAKE_PREFIX_PATH="$_fs_venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 # shellcheck disable=SC1091
 source "$_fs_root/install/setup.bash"
 # console scripts of the workspace (fluxshard-eval, fluxshard-bag, fluxshard_run) on PATH
-for _fs_pkg in fluxshard_server fluxshard_edge; do
+for _fs_pkg in fluxshard_server fluxshard_edge fluxshard_eval; do
   PATH="$_fs_root/install/$_fs_pkg/lib/$_fs_pkg:$PATH"
 done
 export PATH

@@ -37,7 +37,7 @@ KINDS = {
 
 def _valid_key_batch(edge_id='robot1', full=False):
     """A well-formed key batch of a real frame that the server would apply without auth."""
-    from fluxshard_edge import conversions
+    from fluxshard_msgs_py import conversions
     from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
     from fluxshard_kernels import data
     from std_msgs.msg import Header

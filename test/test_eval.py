@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from fluxshard_edge import bag
+from fluxshard_eval import bag
 from fluxshard_kernels import data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,7 @@ def test_bag_errors_name_the_problem(tmp_path):
 
 def test_small_evaluation_numbers_are_consistent(tmp_path):
     """Two methods (plus a lossless Full Offload check) on a few frames of a real clip."""
-    from fluxshard_server.evaluation import cli
+    from fluxshard_eval import cli
     out = tmp_path / 'eval'
     rc = cli.main(['--sequences', 'davis-parkour', '--frames', '8', '--links', 'medium',
                    '--methods', 'fluxshard', 'full-offload', 'full-offload-png',
@@ -85,8 +85,8 @@ def test_live_replay_of_a_bag_through_the_nodes(tmp_path, monkeypatch):
     monkeypatch.setenv('ROS_DOMAIN_ID', str(40 + os.getpid() % 20))
     b = tmp_path / 'clip'
     bag.write_bag('davis-blackswan', str(b), limit=6, rate=3.0)
-    from fluxshard_server.evaluation import live
-    from fluxshard_server.evaluation.sim import LinkSpec
+    from fluxshard_eval import live
+    from fluxshard_eval.sim import LinkSpec
     res = live.run(str(b), LinkSpec.parse('medium', delay_ms=5.0), 6, str(tmp_path), 150)
     for name in ('fluxshard', 'full-offload'):
         assert 'error' not in res[name], res[name].get('error')
@@ -101,15 +101,15 @@ def test_live_replay_of_a_bag_through_the_nodes(tmp_path, monkeypatch):
 
 
 def test_live_replay_across_a_tc_shaped_veth_between_namespaces(tmp_path, monkeypatch):
-    from fluxshard_server import netns
+    from fluxshard_eval import netns
     why = netns.available()
     if why:
         pytest.skip(f'network namespaces need root and iproute2 ({why})')
     monkeypatch.setenv('ROS_DOMAIN_ID', str(60 + os.getpid() % 20))
     b = tmp_path / 'clip'
     bag.write_bag('davis-blackswan', str(b), limit=5, rate=3.0)
-    from fluxshard_server.evaluation import live
-    from fluxshard_server.evaluation.sim import LinkSpec
+    from fluxshard_eval import live
+    from fluxshard_eval.sim import LinkSpec
     res = live.run(str(b), LinkSpec.parse('low', delay_ms=0.0), 5, str(tmp_path), 150,
                    mode='netns')
     for name in ('fluxshard', 'full-offload'):

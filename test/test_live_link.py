@@ -5,8 +5,8 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from fluxshard_edge import conversions
-from fluxshard_edge.common_node import LATCHED_QOS, LINK_QOS, RESULT_QOS
+from fluxshard_msgs_py import conversions
+from fluxshard_msgs_py.node import LATCHED_QOS, LINK_QOS, RESULT_QOS
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, LabelMap, ProxyDelta
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -40,6 +40,11 @@ def _collect(ros):
     return got
 
 
+def _ready(got):
+    """Both nodes active (they publish diagnostics once configured)."""
+    return {'fluxshard/server/robot1', 'fluxshard/edge/robot1'} <= set(got['diag'])
+
+
 def _start(ros, codec='raw', tau='0.0', extra=('key_interval:=1',)):
     """Server + edge pinned to offloading (the link itself is under test); by default every
     batch is a key batch carrying the whole frame."""
@@ -58,8 +63,8 @@ def _start(ros, codec='raw', tau='0.0', extra=('key_interval:=1',)):
 def test_every_frame_gets_a_result_with_its_stamp_and_exact_reconstruction(ros):
     got = _collect(ros)
     server, edge = _start(ros)
-    assert ros.wait_for(lambda: got['labels'], 60), ros.log(server)
-    cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1',
+    assert ros.wait_for(lambda: _ready(got), 60), (ros.log(server), ros.log(edge))
+    cam = ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
                     params=['source:=davis-parkour', f'count:={N}', 'rate_hz:=1.5',
                             'wait_for_subscribers:=2', 'start_delay_s:=2.0'])
     ok = ros.wait_for(lambda: len(got['det']) >= N and len(got['proxy']) >= N, 60)
@@ -72,6 +77,8 @@ def test_every_frame_gets_a_result_with_its_stamp_and_exact_reconstruction(ros):
     # every published frame: a result carrying its stamp and frame_id, and the server's proxy
     # reconstruction equal to the source bytes
     assert set(got['det']) == set(got['image'])
+    # the edge runs no model here, so the labels come from the server, once
+    assert ros.wait_for(lambda: got['labels'], 10) and len(got['labels']) == 1
     names = dict(zip(got['labels'][0].class_ids, got['labels'][0].class_names))
     persons = 0
     for stamp, img in got['image'].items():
@@ -95,7 +102,7 @@ def test_every_frame_gets_a_result_with_its_stamp_and_exact_reconstruction(ros):
 def test_bad_input_is_logged_counted_and_nodes_keep_running(ros):
     got = _collect(ros)
     server, edge = _start(ros, codec='jpeg', tau='3.0', extra=())
-    assert ros.wait_for(lambda: got['labels'], 60), ros.log(server)
+    assert ros.wait_for(lambda: _ready(got), 60), (ros.log(server), ros.log(edge))
     img_pub = ros.node.create_publisher(Image, '/robot1/image', IMAGE_QOS)
     batch_pub = ros.node.create_publisher(BlockBatch, '/robot1/block_batch', LINK_QOS)
     assert ros.wait_for(lambda: img_pub.get_subscription_count() >= 1
@@ -130,7 +137,7 @@ def test_bad_input_is_logged_counted_and_nodes_keep_running(ros):
             if ros.wait_for(lambda: rejected(reason) >= 1, 4.0):
                 return
         raise AssertionError(f'{reason} never counted: {got["diag"]}')
-    send_bad('bad_encoding', encoding='yuv422')                    # wrong encoding
+    send_bad('bad_encoding', encoding='yuv444')                    # wrong encoding
     send_bad('empty_image', height=0, width=0, step=0, data=b'')  # zero-size image
     send_bad('truncated', data=bytes(frames[1].tobytes()[:1000]))  # truncated data
     # a truncated BlockBatch straight at the server

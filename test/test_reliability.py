@@ -7,7 +7,7 @@ import random
 import signal
 
 from diagnostic_msgs.msg import DiagnosticArray
-from fluxshard_edge.common_node import RESULT_QOS
+from fluxshard_msgs_py.node import RESULT_QOS
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -47,7 +47,7 @@ def test_lossy_link_gaps_are_healed_by_resync(ros):
                              'model.local_inference:=false', 'camera.depth:=10'])
     assert ros.wait_for(lambda: 'fluxshard/server' in got['diag'], 60), ros.log(server)
     n = 16
-    cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1',
+    cam = ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
                     params=['source:=davis-blackswan', f'count:={n}', 'rate_hz:=3.0',
                             'wait_for_subscribers:=1', 'start_delay_s:=2.0'])
     assert ros.wait_for(lambda: cam.poll() is not None, 60)
@@ -73,7 +73,7 @@ def test_server_restart_falls_back_to_local_then_resyncs(ros):
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=['scheduler.force_strategy:=cloud', 'link.ack_timeout_ms:=600.0'])
     assert ros.wait_for(lambda: 'fluxshard/server' in got['diag'], 60), ros.log(server)
-    cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1',
+    cam = ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
                     params=['source:=davis-parkour', 'count:=0', 'loop:=true', 'rate_hz:=2.0',
                             'wait_for_subscribers:=1', 'start_delay_s:=2.0'])
 
@@ -84,11 +84,18 @@ def test_server_restart_falls_back_to_local_then_resyncs(ros):
     server.wait(10)
     n_local = len(by('edge'))
     assert ros.wait_for(lambda: len(by('edge')) >= n_local + 3, 40), ros.log(edge)
-    assert 'no ACK from the server' in ros.log(edge)
+    assert 'no server answers on /robot1/block_batch' in ros.log(edge)
+
+    # the frame offloaded when the server went away was computed locally (or counted)
+    def recovered():
+        d = got['diag'].get('fluxshard/edge/robot1', {})
+        return int(d.get('recovered_locally', 0)) + int(d.get('lost_offloaded', 0))
+    assert ros.wait_for(lambda: recovered() >= 1, 5), got['diag']
     n_server = len(by('server'))
     server2 = _server(ros)  # a fresh server with no state: it must ask for a key batch
     assert ros.wait_for(lambda: len(by('server')) >= n_server + 2, 90), (
         ros.log(server2), ros.log(edge))
+    assert ros.wait_for(lambda: 'server answers again on' in ros.log(edge), 10)
     # results always carry the stamp of the frame they describe: no stamp is reported twice
     # by the same side
     for ms in got['det'].values():

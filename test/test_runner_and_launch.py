@@ -18,7 +18,7 @@ def test_runner_replays_real_frames_through_edge_and_server(tmp_path, monkeypatc
     monkeypatch.setenv('FLUXSHARD_LOG_DIR', str(tmp_path))
     out = tmp_path / 'summary.json'
     proc = subprocess.run(
-        [sys.executable, '-m', 'fluxshard_server.runner_node', '--source', 'davis-bmx-trees',
+        [sys.executable, '-m', 'fluxshard_eval.runner', '--source', 'davis-bmx-trees',
          '--count', '6', '--rate', '3', '--robots', '2', '--json', str(out),
          '--config-dir', str(ROOT / 'config'), '--timeout', '90'],
         capture_output=True, text=True, timeout=150)

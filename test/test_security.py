@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from diagnostic_msgs.msg import DiagnosticArray
-from fluxshard_edge.common_node import RESULT_QOS
+from fluxshard_msgs_py.node import RESULT_QOS
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
 from fluxshard_msgs_py import auth
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -78,7 +78,7 @@ def _start(ros, *extra_server, edge_params=(), rate='2.0'):
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1', params=[
         'scheduler.force_strategy:=cloud', 'model.local_inference:=false', 'camera.depth:=10',
         *edge_params])
-    cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1', params=[
+    cam = ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1', params=[
         'source:=davis-blackswan', 'count:=0', 'loop:=true', f'rate_hz:={rate}',
         'wait_for_subscribers:=1', 'start_delay_s:=1.0'])
     return server, edge, cam

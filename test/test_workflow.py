@@ -2,7 +2,7 @@
 into two edges (different emulated uplinks) served by one server, all separate processes."""
 
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
-from fluxshard_edge.common_node import LINK_QOS, RESULT_QOS
+from fluxshard_msgs_py.node import LINK_QOS, RESULT_QOS
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 #: the test's own monitors keep a deep history: a slow test process must not lose messages
@@ -40,7 +40,7 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
                                      'scheduler.fit_latency:=false', 'refresh.interval:=5'])
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag and
                         'fluxshard/edge/robot2' in diag, 60), ros.log(server)
-    cams = [ros.spawn('fluxshard_edge.image_publisher_node', ns=r,
+    cams = [ros.spawn('fluxshard_eval.image_publisher_node', ns=r,
                       params=[f'source:={seq}', f'count:={N}', 'rate_hz:=2.0',
                               'wait_for_subscribers:=1', 'start_delay_s:=0.5'])
             for r, seq in (('robot1', 'davis-bmx-trees'), ('robot2', 'davis-bmx-trees'))]
@@ -89,7 +89,7 @@ def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
-    from fluxshard_edge import conversions
+    from fluxshard_msgs_py import conversions
     from fluxshard_kernels import data
     got, fb, batches = {}, [], []
     ros.node.create_subscription(DetectionArray, '/robot1/detections',
@@ -148,7 +148,7 @@ def test_h264_camera_codec_mvs_replace_block_matching(ros):
                      params=['camera.transport:=h264', 'scheduler.force_strategy:=cloud'])
     assert ros.wait_for(lambda: 'fluxshard/server' in diag, 60), ros.log(server)
     n = 6
-    cam = ros.spawn('fluxshard_edge.image_publisher_node', ns='robot1',
+    cam = ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
                     params=['source:=davis-parkour', f'count:={n}', 'rate_hz:=1.5',
                             'transport:=h264', 'wait_for_subscribers:=1',
                             'start_delay_s:=2.0'])

@@ -9,7 +9,7 @@ import sys
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {'fluxshard_bringup', 'fluxshard_msgs', 'fluxshard_kernels', 'fluxshard_edge',
-            'fluxshard_server'}
+            'fluxshard_server', 'fluxshard_eval'}
 
 
 def _colcon(args, cwd):

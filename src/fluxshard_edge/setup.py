@@ -19,7 +19,5 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={'console_scripts': [
         'edge_node = fluxshard_edge.edge_node:main',
-        'image_publisher = fluxshard_edge.image_publisher_node:main',
-        'fluxshard-bag = fluxshard_edge.bag:main',
     ]},
 )

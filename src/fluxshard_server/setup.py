@@ -19,7 +19,5 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={'console_scripts': [
         'server_node = fluxshard_server.server_node:main',
-        'fluxshard_run = fluxshard_server.runner_node:main',
-        'fluxshard-eval = fluxshard_server.evaluation.cli:main',
     ]},
 )

@@ -18,7 +18,7 @@ import time
 from fluxshard_msgs_py import auth
 from std_msgs.msg import Header
 
-from fluxshard_edge import conversions
+from fluxshard_msgs_py import conversions
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 
 SEQUENCES = ('davis-parkour', 'pets09-s2l1')

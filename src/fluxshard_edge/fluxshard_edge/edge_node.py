@@ -1,218 +1,370 @@
-"""FluxShard edge node: camera in; BlockBatch, local results and diagnostics out (glue only;
-the logic is pipeline.py, paper Algorithm 1)."""
+"""FluxShard edge node (lifecycle): camera in; BlockBatch, local results and diagnostics out.
+Glue only: the logic is ``runtime.py`` (link protocol) over ``pipeline.py`` (paper
+Algorithm 1)."""
 
-from collections import Counter
 import threading
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
                                 ProxyDelta)
-from fluxshard_msgs_py import auth
+from fluxshard_msgs_py import auth, conversions
+from fluxshard_msgs_py.node import (camera_qos, diagnostic_status, DiagnosticsPublisher,
+                                    help_text, LATCHED_QOS, LINK_QOS, Param, Params,
+                                    ReasonLog, RecentCount, RESULT_QOS, run_node)
+from fluxshard_msgs_py.results import ResultPublisher
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from fluxshard_edge import conversions
-from fluxshard_edge.common_node import (camera_qos, declare, LATCHED_QOS, LINK_QOS, ReasonLog,
-                                        RESULT_QOS, run_node)
-from fluxshard_edge.feedback import ResyncGuard, ServerLink
 from fluxshard_edge.link import BandwidthTrace, EmulatedLink
-from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
+from fluxshard_edge.pipeline import EdgeConfig
+from fluxshard_edge.runtime import EdgeRuntime, Frame
 from fluxshard_edge.scheduler import PROFILES
 from fluxshard_edge.slot import LatestSlot
 
+PURPOSE = """fluxshard_edge edge_node: the robot side of FluxShard. Subscribes the camera,
+extracts motion blocks against its local cache and the proxy of the server's, schedules
+(edge or offload, paper Algorithm 1), publishes BlockBatch messages to the server and the
+results it computes itself. A lifecycle node: with autostart (default) it configures (loads
+the model) and activates (subscribes, starts the worker) by itself; with autostart:=false a
+lifecycle manager drives it (ros2 lifecycle set <node> configure|activate|deactivate|cleanup)."""
 
-class EdgeNode(Node):
-    """Subscribes ``image``; publishes ``block_batch``, local results on ``detections`` /
-    ``keypoints`` / ``masks``, and ``/diagnostics``."""
+TOPICS = [
+    'in   image (sensor_msgs/Image; bgr8, rgb8, bgra8, rgba8, mono8, yuv422/uyvy, yuyv), or',
+    '     image/compressed (CompressedImage jpeg/png, or h264 access units) with',
+    '     camera.transport compressed|h264 (follows remaps of image, like image_transport)',
+    'in   proxy_feedback (fluxshard_msgs/ProxyDelta: ACKs, resync requests) from the server',
+    'out  block_batch (fluxshard_msgs/BlockBatch), proxy_delta (fluxshard_msgs/ProxyDelta)',
+    'out  detections (fluxshard_msgs/DetectionArray; masks: sensor_msgs/Image mono16 labels for',
+    '     segment) or keypoints (fluxshard_msgs/KeypointArray): results computed_by edge',
+    'out  labels (fluxshard_msgs/LabelMap, latched, when the edge runs a model)',
+    'out  /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz on the wall clock)',
+]
+
+#: parameter -> EdgeConfig field (the others are the node's)
+FIELDS = {
+    'edge_id': 'edge_id', 'motion.block_size': 'block_size', 'motion.tau': 'tau',
+    'motion.enabled': 'motion', 'motion.independent_px': 'independent_px',
+    'payload.codec': 'codec', 'payload.quality': 'quality', 'key_interval': 'key_interval',
+    'model.local_inference': 'local_inference', 'model.task': 'task',
+    'model.path': 'model_path', 'model.conf': 'conf', 'scheduler.lambda': 'lam',
+    'scheduler.deadline_ms': 'deadline_ms', 'link.bandwidth_mbps': 'bandwidth_mbps',
+    'scheduler.edge_profile': 'edge_profile', 'scheduler.cloud_profile': 'cloud_profile',
+    'scheduler.fit_latency': 'fit_latency', 'scheduler.task_allocation': 'task_allocation',
+    'scheduler.accuracy_edge': 'accuracy_edge', 'scheduler.accuracy_cloud': 'accuracy_cloud',
+    'refresh.interval': 'refresh_interval', 'scheduler.salience': 'use_salience',
+    'scheduler.force_strategy': 'force_strategy',
+}
+
+PARAMS = [
+    Param('autostart', True, 'Configure and activate at start-up (false: wait for a '
+          'lifecycle manager)'),
+    Param('edge_id', '', "Unique id of this edge ('' = the namespace, or edge0)"),
+    Param('motion.block_size', 16, 'Block edge, pixels', choices=[8, 16, 32]),
+    Param('motion.tau', 10.0, 'Miss threshold on the dissimilarity D (mean abs diff, 0-255); '
+          '0 makes every block a miss', lo=0.0, hi=255.0, live=True),
+    Param('motion.enabled', True, 'Block matching (false: zero MVs, pixel deltas)', live=True),
+    Param('motion.independent_px', 0.0, 'Also recompute blocks moving >= this many px '
+          'against their neighbourhood (static cameras with small movers; 0 = off)',
+          lo=0.0, hi=1000.0, live=True),
+    Param('payload.codec', 'jpeg', 'Payload codec of carried blocks',
+          choices=['raw', 'png', 'jpeg'], live=True),
+    Param('payload.quality', 90, 'JPEG quality', lo=1, hi=100, live=True),
+    Param('payload.pack_motion', True, 'zlib-pack the motion field of each BlockBatch (false: '
+          'plain mv_x / mv_y arrays, readable with ros2 topic echo)', live=True),
+    Param('key_interval', 0, 'Key batch every N frames (0 = on demand)', lo=0, hi=100000,
+          live=True),
+    Param('model.local_inference', True, 'Run incremental YOLO11 on the edge'),
+    Param('model.task', 'detect', 'Vision task (the server must run the same; checked '
+          'through the link)', choices=['detect', 'segment', 'pose']),
+    Param('model.path', '', 'YOLO11 ONNX model file ("" = YOLO11n for the task)'),
+    Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
+    Param('scheduler.lambda', 10.0, 'EA time decay lambda, 1/s', lo=1e-6, hi=1e6, live=True),
+    Param('scheduler.deadline_ms', 100.0, 'Frame deadline for opportunistic COB upload, ms',
+          lo=1.0, hi=1e5, live=True),
+    Param('link.bandwidth_mbps', 56.0, 'Uplink bandwidth estimate, Mbit/s (setting it '
+          'resets the estimate; ACK timings refine it)', lo=0.01, hi=1e5, live=True),
+    Param('scheduler.edge_profile', 'xavier_nx', 'Seed of the edge latency model',
+          choices=sorted(PROFILES)),
+    Param('scheduler.cloud_profile', 'rtx3080', 'Seed of the cloud latency model',
+          choices=sorted(PROFILES)),
+    Param('scheduler.fit_latency', True, 'Refit the latency models from measured times '
+          '(edge: local inference; cloud: server-reported compute); false keeps both profiles, '
+          'e.g. to emulate devices', live=True),
+    Param('scheduler.task_allocation', True, "Adaptive task allocation (k*); false = every "
+          "missed block (the paper's No-ATA ablation)", live=True),
+    Param('scheduler.accuracy_edge', 1.0, 'Per-block accuracy A_e', lo=0.0, hi=1.0, live=True),
+    Param('scheduler.accuracy_cloud', 1.0, 'Per-block accuracy A_c', lo=0.0, hi=1.0,
+          live=True),
+    Param('refresh.interval', 10, 'Frames between background dense refreshes', lo=1,
+          hi=100000, live=True),
+    Param('scheduler.salience', True, 'Weight misses by projected results', live=True),
+    Param('scheduler.force_strategy', '', "'' = EA decides; 'edge' or 'cloud' to pin",
+          choices=['', 'edge', 'cloud'], live=True),
+    Param('link.emulate_mbps', 0.0, 'Emulate an uplink of this many Mbit/s in the transport '
+          '(0 = off)', lo=0.0, hi=1e5),
+    Param('link.drop_rate', 0.0, 'Drop this fraction of outgoing batches (loss injection for '
+          'tests and evaluation; 0 = off)', lo=0.0, hi=1.0),
+    Param('link.delay_ms', 0.0, 'Emulated one-way delay of outgoing batches, ms (0 = off)',
+          lo=0.0, hi=10000.0),
+    Param('link.trace', '', 'Bandwidth trace file (seconds,mbps per line) replacing '
+          'link.emulate_mbps over time'),
+    Param('link.ack_timeout_ms', 1000.0, 'No ACK for this long: the server counts as '
+          'unavailable, frames are computed locally and a probe is sent every timeout',
+          lo=10.0, hi=1e6),
+    Param('camera.reliability', 'auto', "QoS reliability of the camera subscription: auto "
+          "matches the camera's publisher (best effort for the common sensor-data QoS), or "
+          'reliable / best_effort', choices=['auto', 'reliable', 'best_effort']),
+    Param('camera.transport', 'raw', "raw: sensor_msgs/Image on 'image'; compressed: jpeg/png "
+          "CompressedImage on '<image>/compressed'; h264: one H.264 access unit per "
+          "CompressedImage (format 'h264') on '<image>/compressed', whose codec motion "
+          'vectors replace block matching', choices=['raw', 'compressed', 'h264']),
+    Param('camera.depth', 1, 'Camera QoS history depth. 1 = latest frame wins inside DDS '
+          "(replaced frames are not seen, so not counted); >1 lets the edge's own latest-wins "
+          'slot count every replaced frame', lo=1, hi=100),
+    Param('security.mode', 'mac', "mac: sign every BlockBatch / ProxyDelta with this edge's "
+          'key and accept server feedback only with it; none: no authentication (lab only)',
+          choices=list(auth.MODES)),
+    Param('security.key_file', '', 'Key file holding a "<edge_id> <hex secret>" line for this '
+          'edge (mode 0600; python -m fluxshard_msgs_py.auth generate / extract)'),
+    Param('security.max_age_s', 30.0, "Reject feedback whose nonce is further than this from "
+          "the edge's clock, s (replays after a restart; 0 = off)", lo=0.0, hi=1e6),
+    Param('resync.max_rate_hz', 0.5, 'Key batches per second the edge sends in answer to '
+          'resync requests (sustained); requests beyond it are refused and counted '
+          '(resync_limited), so resync cannot be used as a bandwidth amplifier',
+          lo=0.001, hi=1000.0),
+    Param('resync.burst', 2, 'Key batches answered back to back above resync.max_rate_hz',
+          lo=1, hi=1000),
+]
+
+#: live parameters that are the node's, not EdgeConfig's
+_NODE_LIVE = {'payload.pack_motion'}
+
+
+class EdgeNode(LifecycleNode):
+    """Subscribes ``image``; publishes ``block_batch``, local results and ``/diagnostics``."""
 
     def __init__(self, **kwargs):
         super().__init__('fluxshard_edge', **kwargs)
+        self.params = p = Params(self, PARAMS)
         ns = self.get_namespace().strip('/').replace('/', '_')
-        d = self._declare
-        self.config = EdgeConfig(
-            edge_id=d('edge_id', ns or 'edge0', 'Unique id of this edge (default: namespace)',
-                      read_only=True),
-            block_size=d('motion.block_size', 16, 'Block edge, pixels', choices=[8, 16, 32],
-                         read_only=True),
-            tau=d('motion.tau', 10.0, 'Miss threshold on the dissimilarity D (mean abs diff, '
-                  '0-255); 0 makes every block a miss', lo=0.0, hi=255.0),
-            motion=d('motion.enabled', True, 'Block matching (false: zero MVs, pixel deltas)'),
-            independent_px=d('motion.independent_px', 0.0,
-                             'Also recompute blocks moving >= this many px against their '
-                             'neighbourhood (static cameras with small movers; 0 = off)',
-                             lo=0.0, hi=1000.0),
-            codec=d('payload.codec', 'jpeg', 'Payload codec of carried blocks',
-                    choices=['raw', 'png', 'jpeg']),
-            quality=d('payload.quality', 90, 'JPEG quality', lo=1, hi=100),
-            key_interval=d('key_interval', 0, 'Key batch every N frames (0 = on demand)',
-                           lo=0, hi=100000),
-            local_inference=d('model.local_inference', True,
-                              'Run incremental YOLO11 on the edge', read_only=True),
-            task=d('model.task', 'detect', 'Vision task', choices=['detect', 'segment', 'pose'],
-                   read_only=True),
-            model_path=d('model.path', '', 'Model file ("" = YOLO11n for the task)',
-                         read_only=True),
-            conf=d('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0),
-            lam=d('scheduler.lambda', 10.0, 'EA time decay lambda, 1/s', lo=1e-6, hi=1e6),
-            deadline_ms=d('scheduler.deadline_ms', 100.0,
-                          'Frame deadline for opportunistic COB upload, ms', lo=1.0, hi=1e5),
-            bandwidth_mbps=d('link.bandwidth_mbps', 56.0,
-                             'Initial uplink bandwidth estimate, Mbit/s', lo=0.01, hi=1e5),
-            edge_profile=d('scheduler.edge_profile', 'xavier_nx',
-                           'Seed of the edge latency model', choices=sorted(PROFILES)),
-            cloud_profile=d('scheduler.cloud_profile', 'rtx3080',
-                            'Seed of the cloud latency model', choices=sorted(PROFILES)),
-            fit_latency=d('scheduler.fit_latency', True,
-                          'Refit the latency models from measured times (edge: local '
-                          'inference; cloud: server-reported compute); false keeps both '
-                          'profiles, e.g. to emulate devices'),
-            task_allocation=d('scheduler.task_allocation', True,
-                              'Adaptive task allocation (k*); false = every missed block '
-                              "(the paper's No-ATA ablation)"),
-            accuracy_edge=d('scheduler.accuracy_edge', 1.0, 'Per-block accuracy A_e', lo=0.0,
-                            hi=1.0),
-            accuracy_cloud=d('scheduler.accuracy_cloud', 1.0, 'Per-block accuracy A_c',
-                             lo=0.0, hi=1.0),
-            refresh_interval=d('refresh.interval', 10,
-                               'Frames between background dense refreshes', lo=1, hi=100000),
-            use_salience=d('scheduler.salience', True, 'Weight misses by projected results'),
-            force_strategy=d('scheduler.force_strategy', '',
-                             "'' = EA decides; 'edge' or 'cloud' to pin",
-                             choices=['', 'edge', 'cloud']),
-        )
-        self.pack_motion = d('payload.pack_motion', True,
-                             'zlib-pack the motion field of each BlockBatch (false: plain '
-                             'mv_x / mv_y arrays, readable with ros2 topic echo)')
-        emulate_mbps = d('link.emulate_mbps', 0.0,
-                         'Emulate an uplink of this many Mbit/s in the transport (0 = off)',
-                         lo=0.0, hi=1e5)
-        drop_rate = d('link.drop_rate', 0.0,
-                      'Drop this fraction of outgoing batches (loss injection for tests and '
-                      'evaluation; 0 = off)', lo=0.0, hi=1.0)
-        delay_ms = d('link.delay_ms', 0.0,
-                     'Emulated one-way delay of outgoing batches, ms (0 = off)',
-                     lo=0.0, hi=10000.0)
-        trace = d('link.trace', '', 'Bandwidth trace file (seconds,mbps per line) replacing '
-                  'link.emulate_mbps over time', read_only=True)
-        self.link = EmulatedLink(emulate_mbps, BandwidthTrace.load(trace) if trace else None,
-                                 delay_ms / 1e3, drop_rate)
-        self.server = ServerLink(d('link.ack_timeout_ms', 1000.0,
-                                   'No ACK for this long: the server counts as unavailable',
-                                   lo=10.0, hi=1e6) / 1e3)
-        reliability = d('camera.reliability', 'reliable',
-                        'QoS reliability of the camera subscription (depth 1); best_effort for '
-                        'best-effort cameras', choices=['reliable', 'best_effort'],
-                        read_only=True)
-        self.transport = d('camera.transport', 'raw',
-                           "raw: sensor_msgs/Image on 'image'; compressed: jpeg/png "
-                           "CompressedImage on 'image/compressed'; h264: one H.264 access unit "
-                           "per CompressedImage (format 'h264') on 'image/compressed', whose "
-                           'codec motion vectors replace block matching',
-                           choices=['raw', 'compressed', 'h264'], read_only=True)
-        self.camera_depth = d('camera.depth', 1,
-                              'Camera QoS history depth. 1 = latest frame wins inside DDS '
-                              '(replaced frames are not seen, so not counted); >1 lets the '
-                              "edge's own latest-wins slot count every replaced frame",
-                              lo=1, hi=100, read_only=True)
-        security = d('security.mode', 'mac',
-                     'mac: sign every BlockBatch / ProxyDelta with this edge\'s key and accept '
-                     'server feedback only with it; none: no authentication (lab only)',
-                     choices=list(auth.MODES), read_only=True)
-        key_file = d('security.key_file', '',
-                     'Key file holding a "<edge_id> <hex secret>" line for this edge (mode '
-                     '0600; python -m fluxshard_msgs_py.auth generate / extract)',
-                     read_only=True)
-        max_age_s = d('security.max_age_s', 30.0,
-                      "Reject feedback whose nonce is further than this from the edge's "
-                      'clock, s (replays after a restart; 0 = off)', lo=0.0, hi=1e6,
-                      read_only=True)
+        values = {FIELDS[k]: v for k, v in p.values.items() if k in FIELDS}
+        values['edge_id'] = values['edge_id'] or ns or 'edge0'
+        self.config = EdgeConfig(**values)  # validates; ValueError -> "cannot start"
+        self.errors = ReasonLog(self.get_logger())
+        self.runtime = None
+        self._subs, self._pubs = [], []
+        self._worker = None
+        self._stop = threading.Event()
+        self.slot = LatestSlot()
+        self.failure = ''
+        self._recent_bad = RecentCount(10.0)
+        self.get_logger().info(f'edge {self.config.edge_id!r} created (unconfigured)')
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def autostart(self):
+        """Configure and activate when ``autostart`` is true; ValueError if configure fails."""
+        if not self.params['autostart']:
+            self.get_logger().info('autostart false: waiting for a lifecycle manager')
+            return
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise ValueError(self.failure or 'configure failed')
+        self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p, c = self.params, self.config
+        try:
+            self._configure_security()
+            link = EmulatedLink(p['link.emulate_mbps'],
+                                BandwidthTrace.load(p['link.trace']) if p['link.trace']
+                                else None, p['link.delay_ms'] / 1e3, p['link.drop_rate'])
+            self.runtime = EdgeRuntime(self.config, p['link.ack_timeout_ms'] / 1e3,
+                                       p['resync.max_rate_hz'], p['resync.burst'])
+        except (ValueError, FileNotFoundError, OSError) as e:
+            self.failure = str(e)
+            self.get_logger().error(f'configure failed: {e}')
+            return TransitionCallbackReturn.FAILURE
+        self.link = link
+        self.counters, self.rejects = self.runtime.counters, self.runtime.rejects
+        self.batch_pub = self._pub(BlockBatch, 'block_batch', LINK_QOS)
+        self.delta_pub = self._pub(ProxyDelta, 'proxy_delta', LINK_QOS)
+        self.results = ResultPublisher(self, '', c.task, c.edge_id, 'edge', self.counters)
+        model = self.runtime.pipeline.model
+        if model is not None:  # the labels come from the side that has the model on board
+            self._pub(LabelMap, 'labels', LATCHED_QOS).publish(
+                conversions.label_map_msg(model.names, LabelMap().header))
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
+        self.get_logger().info(
+            f'edge {c.edge_id!r} configured: block {c.block_size}px, tau {c.tau}, codec '
+            f'{c.codec}, local inference {c.local_inference} ({c.task})')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure_security(self):
+        p = self.params
         self.batch_signer = self.delta_signer = self.feedback_check = None
-        if security == 'mac':
-            keys = auth.load_keys(key_file)
-            if self.config.edge_id not in keys:
-                raise ValueError(f'security.key_file {key_file} has no key for edge_id '
-                                 f'{self.config.edge_id!r}')
-            key = keys[self.config.edge_id]
-            self.batch_signer = auth.Signer(key, 'block_batch')
-            self.delta_signer = auth.Signer(key, 'proxy_delta')
-            self.feedback_check = auth.Verifier(key, 'proxy_feedback', max_age_s)
-        else:
+        if p['security.mode'] != 'mac':
             self.get_logger().warn('security.mode none: link messages are not authenticated; '
                                    'any participant on this DDS domain can forge feedback '
                                    '(lab use only)')
-        self.resync = ResyncGuard(
-            d('resync.max_rate_hz', 0.5, 'Key batches per second the edge sends in answer to '
-              'resync requests (sustained); requests beyond it are refused and counted '
-              '(resync_limited), so resync cannot be used as a bandwidth amplifier',
-              lo=0.001, hi=1000.0, read_only=True),
-            d('resync.burst', 2, 'Key batches answered back to back above resync.max_rate_hz',
-              lo=1, hi=1000, read_only=True))
-        self._h264 = conversions.H264Input()
-        self.pipeline = EdgePipeline(self.config)
-        self.slot = LatestSlot()
-        self.counters = Counter()
-        self.rejects = Counter()
-        self.errors = ReasonLog(self.get_logger())
-        self._last_item = None
-        self._last = {}
-        self.batch_pub = self.create_publisher(BlockBatch, 'block_batch', LINK_QOS)
-        self.delta_pub = self.create_publisher(ProxyDelta, 'proxy_delta', LINK_QOS)
-        self.det_pub = self.create_publisher(DetectionArray, 'detections', RESULT_QOS)
-        self.kpt_pub = self.create_publisher(KeypointArray, 'keypoints', RESULT_QOS)
-        self.mask_pub = self.create_publisher(Image, 'masks', RESULT_QOS)
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        if self.pipeline.model is not None:
-            self.create_publisher(LabelMap, 'labels', LATCHED_QOS).publish(
-                conversions.label_map_msg(self.pipeline.model.names, LabelMap().header))
+            return
+        keys = auth.load_keys(p['security.key_file'])
+        if self.config.edge_id not in keys:
+            raise ValueError(f'security.key_file {p["security.key_file"]} has no key for '
+                             f'edge_id {self.config.edge_id!r}')
+        key = keys[self.config.edge_id]
+        self.batch_signer = auth.Signer(key, 'block_batch')
+        self.delta_signer = auth.Signer(key, 'proxy_delta')
+        self.feedback_check = auth.Verifier(key, 'proxy_feedback', p['security.max_age_s'])
+
+    def _pub(self, typ, topic, qos):
+        pub = self.create_publisher(typ, topic, qos)
+        self._pubs.append(pub)
+        return pub
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self.params
         fb = MutuallyExclusiveCallbackGroup()
+        self.transport = p['camera.transport']
+        base = self.resolve_topic_name('image')
         if self.transport == 'raw':
-            typ, topic = Image, 'image'
+            typ, topic = Image, base
         else:
-            typ, topic = CompressedImage, 'image/compressed'
-        self.create_subscription(
-            typ, topic, self._on_image, camera_qos(reliability, self.camera_depth),
-            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_bad_qos))
-        self.create_subscription(ProxyDelta, 'proxy_feedback', self._on_feedback, LINK_QOS,
-                                 callback_group=fb)
-        self.create_subscription(DetectionArray, 'detections', self._on_server_result,
-                                 RESULT_QOS, callback_group=fb)
-        self.create_timer(1.0, self._publish_diagnostics)
-        self._stop = threading.Event()
+            typ, topic = CompressedImage, base.rstrip('/') + '/compressed'
+        self.camera_topic = topic
+        self._h264 = conversions.H264Input()
+        self._subscribe_camera(typ, self._camera_reliability(topic))
+        self._subs.append(self.create_subscription(ProxyDelta, 'proxy_feedback',
+                                                   self._on_feedback, LINK_QOS,
+                                                   callback_group=fb))
+        for t, name in ((DetectionArray, 'detections'), (KeypointArray, 'keypoints')):
+            self._subs.append(self.create_subscription(
+                t, name, lambda m, n=name: self._on_server_result(n, m), RESULT_QOS,
+                callback_group=fb))
+        self._stop.clear()
+        self.slot = LatestSlot()
         self._worker = threading.Thread(target=self._run, name='edge-critical', daemon=True)
         self._worker.start()
-        c = self.config
-        self.get_logger().info(
-            f'edge {c.edge_id!r}: block {c.block_size}px, tau {c.tau}, codec {c.codec}, '
-            f'local inference {c.local_inference} ({c.task}); listening on '
-            f'{self.resolve_topic_name(topic)} ({self.transport})')
+        self.get_logger().info(f'edge {self.config.edge_id!r} active: listening on {topic} '
+                               f'({self.transport}, {self._reliability}), batches on '
+                               f'{self.resolve_topic_name("block_batch")}')
+        return super().on_activate(state)
 
-    def _declare(self, name, default, description, **kw):
-        return declare(self, name, default, description, **kw)
+    def _camera_reliability(self, topic) -> str:
+        want = self.params['camera.reliability']
+        if want != 'auto':
+            return want
+        infos = self.get_publishers_info_by_topic(topic)
+        if infos and all(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+                         for i in infos):
+            return 'best_effort'
+        return 'reliable'
+
+    def _subscribe_camera(self, typ, reliability):
+        self._reliability = reliability
+        self._camera_type = typ
+        self._camera_sub = self.create_subscription(
+            typ, self.camera_topic, self._on_image,
+            camera_qos(reliability, self.params['camera.depth']),
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_bad_qos))
+        self._subs.append(self._camera_sub)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        self.get_logger().info(f'edge {self.config.edge_id!r} inactive')
+        return super().on_deactivate(state)
+
+    def _stop_worker(self):
+        if getattr(self, '_worker', None) is None:  # never started (or construction failed)
+            return
+        self._stop.set()
+        pending = self.slot.take(timeout=0)
+        self.slot.close()
+        self._worker.join(timeout=10.0)
+        self._worker = None
+        if pending is not None:  # accounted: never silently lost
+            self.counters['dropped_deactivated'] += 1
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info(f'edge {self.config.edge_id!r} cleaned up (model freed)')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self):
+        if getattr(self, 'runtime', None) is not None:
+            self.runtime.close()
+            self.runtime = None
+        if getattr(self, 'link', None) is not None:
+            self.link.close()
+            self.link = None
+        if getattr(self, 'diagnostics', None) is not None:
+            self.diagnostics.destroy()
+            self.diagnostics = None
+        if getattr(self, 'results', None) is not None:
+            self.results.destroy()
+            self.results = None
+        for pub in getattr(self, '_pubs', []):
+            self.destroy_publisher(pub)
+        self._pubs = []
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self):
+        self._stop_worker()
+        self._release()
+        return super().destroy_node()
 
     # -- callbacks: O(1) work ------------------------------------------------------------------
-    def _on_image(self, msg: Image):
+    def _on_image(self, msg):
         self.counters['frames_in'] += 1
         if self.slot.put((self.counters['frames_in'], msg)) is not None:
             self.counters['dropped_superseded'] += 1
 
     def _on_bad_qos(self, event):
         self.counters['incompatible_qos'] += 1
+        if self.params['camera.reliability'] == 'auto' and self._reliability == 'reliable':
+            # a best-effort camera appeared after activation: follow it
+            self.get_logger().warn(f'camera on {self.camera_topic} publishes best effort: '
+                                   'subscribing best effort')
+            self.destroy_subscription(self._camera_sub)
+            self._subs.remove(self._camera_sub)
+            self._subscribe_camera(self._camera_type, 'best_effort')
+            return
         self.get_logger().error(
-            f'camera publisher on {self.resolve_topic_name("image")} has incompatible QoS '
-            f'(policy id {event.last_policy_kind}): no frames will arrive. Set parameter '
-            'camera.reliability to best_effort for a best-effort camera.')
+            f'camera publisher on {self.camera_topic} has incompatible QoS (policy id '
+            f'{event.last_policy_kind}): no frames will arrive. Set parameter '
+            'camera.reliability to auto or best_effort for a best-effort camera.')
 
-    def _on_server_result(self, msg: DetectionArray):
-        if msg.computed_by == 'server':
+    def _on_server_result(self, topic, msg):
+        if msg.computed_by != 'server':
+            return
+        want = 'keypoints' if self.config.task == 'pose' else 'detections'
+        if topic == 'detections' and len(msg.scores) and \
+                bool(len(msg.mask_labels)) != (self.config.task == 'segment'):
+            topic = 'segment results' if len(msg.mask_labels) else 'detect results'
+        if topic != want:
+            self.rejects['task_mismatch'] += 1
+            self.errors.error('task_mismatch', f'the server publishes {topic} for this robot, '
+                              f'but model.task is {self.config.task!r} here: edge and server '
+                              'must run the same model.task')
+            return
+        if topic == 'detections' and self.runtime is not None:
             from fluxshard_kernels.yolo.processing import Detections
             boxes, scores, cls = conversions.boxes_from_msg(msg)
-            self.pipeline.last_result = Detections(boxes, scores, cls)
-            self.counters['server_results'] += 1
+            self.runtime.on_server_result(Detections(boxes, scores, cls))
 
     def _on_feedback(self, msg: ProxyDelta):
+        rt = self.runtime
+        if rt is None:
+            return
         self.counters['feedback_in'] += 1
         if msg.edge_id != self.config.edge_id:
             self.counters['feedback_other_edge'] += 1
@@ -228,40 +380,26 @@ class EdgeNode(Node):
         self.counters['feedback_ok'] += 1
         now = time.monotonic()
         if msg.kind == ProxyDelta.KIND_RESYNC_REQUEST:
-            self.counters['resync_requests'] += 1
-            if msg.seq < self.pipeline.last_key_seq:
-                return  # a key batch after the failed one is already on its way
-            if not self.resync.allow(now):
-                self.counters['resync_limited'] += 1
+            what = rt.on_resync_request(int(msg.seq), msg.reason, now)
+            if what == 'limited':
                 self.errors.error('resync_limited', 'resync request refused: more than '
                                   'resync.max_rate_hz key batches requested (resync storm?)')
-                return
-            if self.pipeline.request_resync(f'server: {msg.reason}', msg.seq):
+            elif what == 'resync':
                 self.get_logger().warn(f'server asked for resync after seq {msg.seq}: '
                                        f'{msg.reason}')
                 # bounded resync: unless a newer frame is waiting, send the last one again
-                # at once as a key batch
-                if self._last_item is not None and self.slot.put_if_empty(self._last_item):
+                last = rt.last_frame
+                if last is not None and self.slot.put_if_empty(last):
                     self.counters['resync_resends'] += 1
         elif msg.kind == ProxyDelta.KIND_ACK:
-            ack = self.server.ack(msg.seq, bytes(msg.state_digest),
-                                  float(msg.server_receive_ms) / 1e3, now)
-            if ack is None:
-                return
-            self.pipeline.scheduler.bw.observe(ack.nbytes, ack.seconds)
-            if not ack.digest_ok:
-                self.counters['digest_mismatch'] += 1
-                if not self.resync.allow(now):
-                    self.counters['resync_limited'] += 1
-                    return
-                self.pipeline.request_resync(f'digest mismatch at seq {msg.seq}', msg.seq)
+            what = rt.on_ack(int(msg.seq), bytes(msg.state_digest),
+                             float(msg.server_receive_ms) / 1e3, now)
+            if what == 'mismatch':
                 self.get_logger().error(f'server proxy digest differs at seq {msg.seq}; '
                                         'sending a key batch')
-            else:
-                self.counters['acks'] += 1
-        elif msg.kind == ProxyDelta.KIND_INFERENCE_DONE and self.config.fit_latency:
-            self.pipeline.scheduler.cloud.observe(int(msg.server_blocks),
-                                                  float(msg.server_compute_ms) / 1e3)
+        elif msg.kind == ProxyDelta.KIND_INFERENCE_DONE:
+            rt.on_inference_done(int(msg.seq), int(msg.server_blocks),
+                                 float(msg.server_compute_ms) / 1e3)
 
     # -- critical path ---------------------------------------------------------------------------
     def _run(self):
@@ -269,9 +407,12 @@ class EdgeNode(Node):
             item = self.slot.take(timeout=0.2)
             if item is None:
                 continue
-            self._last_item = item
+            changes = self.params.take_changes()
+            if changes:
+                self._apply(changes)
             try:
-                self._process(*item)
+                frame = item if isinstance(item, Frame) else self._decode(*item)
+                self._process(frame)
             except conversions.InputError as e:
                 self.rejects[e.reason] += 1
                 self.errors.error(e.reason, f'rejected image ({e.reason}): {e}')
@@ -279,113 +420,96 @@ class EdgeNode(Node):
                 self.rejects['internal_error'] += 1
                 self.errors.error('internal_error', f'frame failed: {type(e).__name__}: {e}')
 
-    def _process(self, idx: int, msg: Image):
-        t0 = time.perf_counter()
-        codec_mvs = None
-        if self.transport == 'raw':
-            frame = conversions.image_to_array(msg)
-        elif self.transport == 'compressed':
-            frame = conversions.compressed_to_array(msg)
-        else:
-            frame, codec_mvs = self._decode_h264(msg)
-        link = self.server.poll(time.monotonic())
-        if link == 'lost':
-            self.get_logger().warn('no ACK from the server: computing locally')
-        elif link == 'probe':
-            # a key batch (also served locally) that a returning server can apply
-            self.pipeline.request_resync('probing the server')
-            self.counters['probes'] += 1
-        self.pipeline.cloud_available = self.server.available
-        step = self.pipeline.step(frame, codec_mvs)
-        dec = step.decision
-        self.counters[f'decision_{dec.strategy}'] += 1
-        if step.local_result is not None:
-            self._publish_local(step.local_result, msg.header, idx, frame.shape)
-        if step.sends:
-            out = conversions.update_to_msg(
-                step.update, step.payload, msg.header, self.config.edge_id, step.seq, idx,
-                step.codec, step.quality, step.dissimilarity, step.sparse_inference_requested,
-                step.digest, self.pack_motion)
-            if self.batch_signer is not None:
-                self.batch_signer.sign(out)
-            if step.key:
-                self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
-            self.server.sent(step.seq, step.digest, len(step.payload), time.monotonic())
-            if not self.link.send(len(step.payload), lambda m=out: self.batch_pub.publish(m)):
-                self.counters['injected_drops'] += 1  # lost on the emulated link
-            if step.key:
-                self.counters['key_batches'] += 1
-                self.counters['key_bytes'] += len(step.payload)
-            self.counters['batches_sent'] += 1
-            self.counters['bytes_sent'] += len(step.payload)
-            self.counters['blocks_sent'] += len(step.update.block_indices)
-        elif step.local_result is None:
-            self.counters['no_result_no_batch'] += 1
-        self._last = dict(step.timings, total_ms=1e3 * (time.perf_counter() - t0),
-                          decision=dec.strategy, k_edge=dec.k_edge, k_cloud=dec.k_cloud,
-                          n_labs=dec.n_edge, n_cobs=dec.n_cloud,
-                          ea_edge=round(dec.ea_edge, 4), ea_cloud=round(dec.ea_cloud, 4),
-                          bandwidth_mbps=round(dec.bandwidth_bps * 8 / 1e6, 2),
-                          link_latency_ms=round(
-                              1e3 * self.pipeline.scheduler.bw.latency_s, 1),
-                          hit_ratio=round(step.hit_ratio, 3),
-                          frames_since_refresh=self.pipeline._since_refresh)
-        if self.config.local_inference and getattr(self.pipeline, 'last_stats', None):
-            self._last['mac_ratio'] = round(self.pipeline.last_stats.mac_ratio, 3)
+    def _apply(self, changes):
+        cfg = {FIELDS[k]: v for k, v in changes.items() if k in FIELDS}
+        if cfg:
+            self.runtime.reconfigure(**cfg)
+            self.config = self.runtime.config
 
-    def _decode_h264(self, msg):
-        frame, mvs = self._h264(msg)
+    def _decode(self, idx, msg) -> Frame:
+        if self.transport == 'raw':
+            return Frame(idx, msg.header, conversions.image_to_array(msg))
+        if self.transport == 'compressed':
+            return Frame(idx, msg.header, conversions.compressed_to_array(msg))
+        image, mvs = self._h264(msg)
         if mvs is not None:
             self.counters['codec_mv_frames'] += 1
-        return frame, mvs
+        return Frame(idx, msg.header, image, mvs)
 
-    def _publish_local(self, det, header, idx, shape):
-        eid, task = self.config.edge_id, self.config.task
-        if task == 'pose':
-            self.kpt_pub.publish(conversions.keypoints_to_msg(det, header, eid, 'edge', idx))
-        else:
-            self.det_pub.publish(conversions.detections_to_msg(det, header, eid, 'edge', idx,
-                                                               task == 'segment'))
-            if task == 'segment':
-                from fluxshard_kernels.yolo.processing import label_image
-                self.mask_pub.publish(conversions.array_to_image(
-                    label_image(det.masks, det.scores, shape[:2]), header))
-        self.counters['results_local'] += 1
+    def _process(self, frame: Frame):
+        out = self.runtime.process(frame)
+        self._link_log(out.link)
+        for old, det in out.recovered:
+            if det is not None and self.results.publish(det, old.header, old.index,
+                                                        old.image.shape):
+                self.counters['results_local'] += 1
+        step = out.step
+        if step.local_result is not None:
+            self.results.publish(step.local_result, frame.header, frame.index,
+                                 frame.image.shape)
+        if not step.sends:
+            return
+        msg = conversions.update_to_msg(
+            step.update, step.payload, frame.header, self.config.edge_id, step.seq,
+            frame.index, step.codec, step.quality, step.dissimilarity,
+            step.sparse_inference_requested, step.digest, self.params['payload.pack_motion'])
+        if self.batch_signer is not None:
+            self.batch_signer.sign(msg)
+        if step.key:
+            self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
+        if not self.link.send(len(step.payload), lambda m=msg: self.batch_pub.publish(m)):
+            self.counters['injected_drops'] += 1  # lost on the emulated link
 
-    def _publish_diagnostics(self):
-        st = DiagnosticStatus(name=f'fluxshard/edge/{self.config.edge_id}',
-                              hardware_id=self.config.edge_id)
-        bad = sum(self.rejects.values())
-        st.level = DiagnosticStatus.OK if not bad else DiagnosticStatus.WARN
-        st.message = (f'{self.counters["batches_sent"]} batches, '
-                      f'{self.counters["results_local"]} local results, {bad} rejected inputs')
-        storm = self.resync.refused_recently(time.monotonic(), 10.0)
-        if storm:
-            st.level = DiagnosticStatus.WARN
-            st.message += f'; resync storm: {storm} requests refused in the last 10 s'
-        vals = dict(self.counters)
-        vals.update({f'rejected.{k}': v for k, v in self.rejects.items()})
-        vals.update({f'last.{k}': v for k, v in self._last.items()})
-        vals['cloud_available'] = self.pipeline.cloud_available
-        st.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(vals.items())]
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        arr.status = [st]
-        self.diag_pub.publish(arr)
+    def _link_log(self, link):
+        topic = self.resolve_topic_name('block_batch')
+        if link == 'lost':
+            self.get_logger().warn(
+                f'no server answers on {topic} (no ACK for '
+                f'{self.params["link.ack_timeout_ms"]:.0f} ms): computing locally and '
+                f'probing. Is a server running with {self.get_namespace()!r} in its edges '
+                "parameter, on this ROS_DOMAIN_ID, with this edge's key?")
+        elif link == 'probe':
+            self.errors.error('probe', f'still no server on {topic}; probing (computing '
+                              'locally meanwhile)', level='warn')
+        elif link == 'back':
+            self.get_logger().info(f'server answers again on {topic}: offloading resumes')
 
-    def destroy_node(self):
-        if hasattr(self, '_worker'):
-            self._stop.set()
-            self.slot.close()
-            self._worker.join(timeout=5.0)
-            self.pipeline.close()
-        if getattr(self, 'link', None) is not None:
-            self.link.close()
-        return super().destroy_node()
+    def _diagnostics(self):
+        c = self.config
+        rt = self.runtime
+        counters = rt.counters if rt else {}
+        rejects = rt.rejects if rt else {}
+        total_bad = sum(rejects.values())
+        recent = self._recent_bad.update(total_bad)
+        level = DiagnosticStatus.WARN if recent else DiagnosticStatus.OK
+        msg = (f'{counters.get("batches_sent", 0)} batches, '
+               f'{counters.get("results_local", 0)} local results, {recent} rejected inputs '
+               f'in the last 10 s ({total_bad} since start)')
+        if rejects.get('task_mismatch'):
+            level, msg = DiagnosticStatus.ERROR, msg + '; edge and server model.task differ'
+        if rt is not None:
+            storm = rt.resync.refused_recently(time.monotonic(), 10.0)
+            if storm:
+                level = max(level, DiagnosticStatus.WARN)
+                msg += f'; resync storm: {storm} requests refused in the last 10 s'
+            if not rt.server.available:
+                level = max(level, DiagnosticStatus.WARN)
+                msg += '; no server: computing locally'
+            servers = self.count_publishers('proxy_feedback')
+            if servers > 1:
+                level = max(level, DiagnosticStatus.WARN)
+                msg += f'; {servers} servers answer this robot (serve it from one)'
+        vals = dict(counters)
+        vals.update({f'rejected.{k}': v for k, v in rejects.items()})
+        if rt is not None:
+            vals.update({f'last.{k}': v for k, v in rt.last.items()})
+            vals['cloud_available'] = rt.server.available
+        return [diagnostic_status(f'fluxshard/edge/{c.edge_id}', c.edge_id, level, msg, vals)]
 
 
 def main(args=None):
-    run_node(EdgeNode, args, threads=3)
+    run_node(EdgeNode, args, threads=3,
+             usage=help_text('fluxshard_edge edge_node', PURPOSE, PARAMS, TOPICS))
 
 
 if __name__ == '__main__':

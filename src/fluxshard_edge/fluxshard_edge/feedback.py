@@ -35,6 +35,7 @@ class ServerLink:
         self._sent = OrderedDict()  # seq -> (digest, bytes, send time)
         self._acked_upto = 0
         self._last_probe = 0.0
+        self._returned = False
         self._lock = threading.Lock()
 
     def sent(self, seq: int, digest: bytes, nbytes: int, now: float):
@@ -47,6 +48,8 @@ class ServerLink:
             now: float) -> Optional[AckOutcome]:
         """Record an ACK; None when ``seq`` is not a batch this edge remembers sending."""
         with self._lock:
+            if not self.available:
+                self._returned = True
             self.available = True
             self._acked_upto = max(self._acked_upto, int(seq))
             sent = self._sent.get(int(seq))
@@ -57,8 +60,12 @@ class ServerLink:
 
     def poll(self, now: float) -> str:
         """Before a frame: 'ok'; 'lost' when the server has just become unavailable; 'probe'
-        when a probe is due; 'down' while unavailable between probes."""
+        when a probe is due; 'down' while unavailable between probes; 'back' once after an
+        unavailable server answered again."""
         with self._lock:
+            if self._returned:
+                self._returned = False
+                return 'back'
             late = any(s > self._acked_upto and t < now - self.timeout_s
                        for s, (_, _, t) in self._sent.items())
             if not late:

@@ -135,14 +135,35 @@ class EdgePipeline:
         self.runner = self.refresh = None
         self.model = model
         if config.local_inference:
-            from fluxshard_kernels import data
             from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
             from fluxshard_kernels.yolo import model as M
             if self.model is None:
-                self.model = M.load_onnx(config.model_path or str(data.model_path(config.task)))
+                self.model = M.load(config.task, config.model_path)
             self.runner = IncrementalYOLO(self.model, 16)
             self.refresh = Refresh(self.runner)
         self._since_refresh = 0
+
+    def reconfigure(self, **changes):
+        """Apply changed EdgeConfig fields from the next frame on (live parameters); the
+        scheduler's coefficients and the bandwidth estimate follow. ValueError on a bad value
+        (nothing changed)."""
+        from dataclasses import replace
+        cfg = replace(self.config, **changes)
+        fixed = {'edge_id', 'block_size', 'local_inference', 'task', 'model_path',
+                 'edge_profile', 'cloud_profile'} & set(changes)
+        if fixed:
+            raise ValueError(f'{sorted(fixed)} cannot change while running')
+        self.config = cfg
+        s = self.scheduler
+        s.lam, s.acc_e, s.acc_c = cfg.lam, cfg.accuracy_edge, cfg.accuracy_cloud
+        if 'bandwidth_mbps' in changes:
+            s.bw.bps = cfg.bandwidth_mbps * 1e6 / 8
+
+    def compute_locally(self, frame: np.ndarray):
+        """A dense local result for ``frame`` (an offloaded frame whose server went away)."""
+        if self.runner is None or frame.shape[2] != 3:
+            return None
+        return self._local(frame, None, np.zeros(0, np.int64), False)
 
     def request_resync(self, reason: str, failed_seq: Optional[int] = None) -> bool:
         """Make the next batch a key batch; False when a key after ``failed_seq`` was sent."""

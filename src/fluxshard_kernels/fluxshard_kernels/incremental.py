@@ -519,20 +519,24 @@ class IncrementalYOLO:
 class Refresh:
     """Background dense refresh of an IncrementalYOLO, preemptible between layers.
 
-    ``start(frame)`` runs a dense pass on a shadow executor in a thread; ``pause()`` makes it
-    stop at the next layer boundary (so the critical path waits at most one layer),
-    ``resume()`` continues, ``cancel()`` abandons it. When it completes, the runner's caches and
-    state are swapped for the refreshed ones (under the runner's lock).
+    ``start(frame)`` submits a dense pass on a shadow executor to the process's long-lived
+    background executor (``background.shared()``, one thread for every refresh of the process);
+    ``pause()`` makes it stop at the next layer boundary (so the critical path waits at most one
+    layer), ``resume()`` continues, ``cancel()`` abandons it (a queued pass never runs). When it
+    completes, the runner's caches and state are swapped for the refreshed ones (under the
+    runner's lock).
     """
 
-    def __init__(self, runner: IncrementalYOLO):
+    def __init__(self, runner: IncrementalYOLO, executor=None):
+        from fluxshard_kernels import background
+        self.executor = executor or background.shared()
         self.runner = runner
         self._go = threading.Event()
         self._go.set()
         self._cancel = False
         self._idle = threading.Event()
         self._idle.set()
-        self.thread: Optional[threading.Thread] = None
+        self.task = None
         self.completed = 0
         self.cancelled = 0
 
@@ -550,13 +554,13 @@ class Refresh:
             return
         self._cancel = False
         self._go.set()
-        self._idle.clear()
         shadow = IncrementalExecutor(r.block, **r.cfg)
         shadow.checkpoint = self._checkpoint
         img = frame.copy()
 
-        def run():
+        def run(task):
             try:
+                self._checkpoint()  # parked here if paused before it was taken
                 r._run(img, 'dense', None, r._full(), ex=shadow)
                 with r._lock:
                     if img.shape == (r.state.shape if r.state is not None else None):
@@ -567,8 +571,7 @@ class Refresh:
                 self.cancelled += 1
             finally:
                 self._idle.set()
-        self.thread = threading.Thread(target=run, name='fluxshard-refresh', daemon=True)
-        self.thread.start()
+        self.task = self.executor.submit(run)
 
     def pause(self, timeout: float = 5.0) -> bool:
         """Stop the refresh at its next layer boundary; True once it is parked."""
@@ -579,12 +582,21 @@ class Refresh:
         self._go.set()
 
     def cancel(self):
-        if self.thread is not None and self.thread.is_alive():
+        if self.task is not None and not self.task.done:
             self._cancel = True
             self._go.set()
-            self.thread.join()
-        self.thread = None
+            state = self.task.cancel()
+            if state == 'running':  # it stops at its next layer boundary
+                self.task.wait()
+            elif state == 'queued':  # never ran
+                self.cancelled += 1
+        self.task = None
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Until the submitted pass has finished (completed or cancelled)."""
+        return self.task is None or self.task.wait(timeout)
 
     @property
     def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
+        """A pass is submitted and not finished (queued, running or paused)."""
+        return self.task is not None and not self.task.done

@@ -121,7 +121,7 @@ def test_refresh_is_preemptible_between_layers_and_swaps_caches(det_model):
     assert ref.running
     state_before = run.state.copy()
     ref.resume()
-    ref.thread.join(30)
+    ref.wait(30)
     assert ref.completed == 1 and not ref.running
     assert np.array_equal(run.state, frames[1]) and not np.array_equal(state_before,
                                                                        frames[1])

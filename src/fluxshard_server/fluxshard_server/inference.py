@@ -9,20 +9,17 @@ from typing import Optional
 
 import numpy as np
 
-from fluxshard_kernels import data, proxy
+from fluxshard_kernels import data
 from fluxshard_kernels.blocks import BlockGrid
 
 BACKENDS = ('incremental', 'dense', 'onnxruntime', 'none')
 
 
 def load_model(task: str, path: str = '', device: str = 'cpu'):
-    """The YOLO11 torch model for ``task`` (ONNX initializers or an Ultralytics .pt)."""
+    """The YOLO11 torch model for ``task`` (the one loader both sides use: ONNX or an
+    Ultralytics .pt, task checked against the file's metadata)."""
     from fluxshard_kernels.yolo import model as M
-    p = path or str(data.model_path(task))
-    m = M.load_ultralytics_pt(p) if p.endswith('.pt') else M.load_onnx(p, task)
-    if m.task != task:
-        raise ValueError(f'model {p} is a {m.task!r} model, task is {task!r}')
-    return m.to(device)
+    return M.load(task, path, device)
 
 
 class EdgeModel:
@@ -62,12 +59,16 @@ class EdgeModel:
                 self.refresh = Refresh(self.runner)
 
     def __call__(self, state: np.ndarray, seq: int, mv: Optional[np.ndarray] = None,
-                 prev_seq: Optional[int] = None):
+                 prev_seq: Optional[int] = None, block_size: Optional[int] = None,
+                 changed: Optional[np.ndarray] = None):
         """Detections for the proxy image ``state`` (BGR) after batch ``seq``.
 
-        ``mv`` (camera-block MVs of that batch) is used when the cache describes the state of
-        batch ``prev_seq`` (normally seq - 1); otherwise the cache is brought up to date by
-        recomputing every block that differs.
+        The geometry comes from the batch: ``block_size`` is its camera block edge, ``mv``
+        its (rows, cols, 2) block MVs and ``changed`` the blocks it carried. When the cache
+        describes the state of batch ``prev_seq`` (normally seq - 1), the cache is warped by
+        ``mv`` and exactly ``changed`` is recomputed; otherwise (a batch was superseded in the
+        job table, or a refresh swapped in an older state) the cache is brought up to date by
+        recomputing every block that differs from it.
         """
         from fluxshard_kernels.yolo.processing import Detections
         img = state if state.shape[2] == 3 else np.repeat(state, 3, axis=2)
@@ -91,20 +92,23 @@ class EdgeModel:
             # the refresh swapped in caches that describe the state of the batch it started on
             self._last_seq, self._refresh_from = self._refresh_from[0], None
         r = self.runner
-        grid = BlockGrid(img.shape[0], img.shape[1], self.cam_block)
+        block = int(block_size or self.cam_block)
+        grid = BlockGrid(img.shape[0], img.shape[1], block)
+        if mv is not None and np.asarray(mv).shape[:2] != (grid.rows, grid.cols):
+            raise ValueError(f'motion field {np.asarray(mv).shape[:2]} does not match the '
+                             f'{grid.rows}x{grid.cols} grid of {block}-px blocks')
         if r.state is None or r.state.shape != img.shape:
             raw, lb, _ = r.dense(img)
             self.last_blocks = grid.count
         else:
-            use_mv = mv is not None and prev_seq is not None and prev_seq == self._last_seq
-            ref = r.state
-            if use_mv:
-                ref = proxy.warp_image_int(r.state, grid, mv[..., 0].reshape(-1),
-                                           mv[..., 1].reshape(-1))
-            diff = np.abs(ref.astype(np.int16) - img.astype(np.int16)).max(axis=2)
-            changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)))
-            raw, lb, self.last_stats = r.step(img, mv if use_mv else None, changed,
-                                              self.cam_block)
+            consecutive = (prev_seq is not None and prev_seq == self._last_seq
+                           and changed is not None)
+            if not consecutive:
+                mv = None
+                diff = np.abs(r.state.astype(np.int16) - img.astype(np.int16)).max(axis=2)
+                changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)))
+            changed = np.asarray(changed, dtype=np.int64)
+            raw, lb, self.last_stats = r.step(img, mv, changed, block)
             self.last_blocks = int(changed.size)
         self._last_seq = seq
         det = self.model.decode(raw, lb, self.conf, self.iou)

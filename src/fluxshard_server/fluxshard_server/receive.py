@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from fluxshard_edge import conversions
+from fluxshard_msgs_py import conversions
 from fluxshard_kernels import proxy
 from fluxshard_server.session import EdgeSession, Outcome
 
@@ -23,12 +23,17 @@ class Received:
         mv: (rows, cols, 2) camera-block MVs of the batch, or None.
         prev_seq: the batch the incremental cache should move from (None after a key).
         infer: applied cleanly and the edge asked for sparse inference.
+        block_size: the batch's camera block edge, pixels (8, 16 or 32; from the message).
+        changed: camera blocks the batch carried (``block_indices``): with ``mv``, exactly
+            where the new proxy state differs from the previous one warped.
     """
 
     outcome: Outcome
     mv: Optional[np.ndarray] = None
     prev_seq: Optional[int] = None
     infer: bool = False
+    block_size: int = 16
+    changed: Optional[np.ndarray] = None
 
     @property
     def acked(self) -> bool:
@@ -54,4 +59,6 @@ def receive_batch(session: EdgeSession, msg) -> Received:
             r.mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
         r.prev_seq = None if upd.key else prev_seq
         r.infer = True
+        r.block_size = int(upd.grid.block_size)
+        r.changed = np.asarray(upd.block_indices, dtype=np.int64)
     return r

@@ -1,309 +1,364 @@
-"""FluxShard server node: BlockBatch in, proxy edge state, results out (glue only)."""
+"""FluxShard server node (lifecycle): BlockBatch in, per-edge proxy states, results out. Glue
+only: the logic is ``runtime.py`` (sessions, admission, jobs, refresh policy)."""
 
-from collections import Counter
 import threading
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from fluxshard_edge import conversions
-from fluxshard_edge.common_node import (declare, LATCHED_QOS, LINK_QOS, ReasonLog, RESULT_QOS,
-                                        run_node)
-from fluxshard_msgs.msg import BlockBatch, DetectionArray, KeypointArray, LabelMap, ProxyDelta
-from fluxshard_msgs_py import auth
+from diagnostic_msgs.msg import DiagnosticStatus
+from fluxshard_msgs.msg import BlockBatch, LabelMap, ProxyDelta
+from fluxshard_msgs_py import auth, conversions
+from fluxshard_msgs_py.node import (diagnostic_status, DiagnosticsPublisher, help_text,
+                                    LATCHED_QOS, LINK_QOS, Param, Params, ReasonLog,
+                                    RecentCount, RESULT_QOS, run_node)
+from fluxshard_msgs_py.results import ResultPublisher
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
-from fluxshard_server.admission import Budget, EdgeGate
-from fluxshard_server.inference import background_paused, BACKENDS, EdgeModel, load_model
-from fluxshard_server.jobs import JobTable
-from fluxshard_server.receive import receive_batch
-from fluxshard_server.session import EdgeSession
+from fluxshard_server.admission import Budget
+from fluxshard_server.inference import BACKENDS, EdgeModel, load_model
+from fluxshard_server.runtime import ServerRuntime
 
-try:  # a ROS 2 robot with vision_msgs: publish the standard type too
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
-except ImportError:  # pragma: no cover - depends on the install
-    Detection2DArray = None
+PURPOSE = """fluxshard_server server_node: the GPU-host side of FluxShard. Serves the robots
+named in `edges`: applies each robot's BlockBatch messages to its proxy of the robot's camera
+(sequence, digest and authentication checks), runs incremental YOLO11 on the changed blocks
+over motion-warped caches, and publishes the results on the robot's topics. A lifecycle node:
+with autostart (default) it configures (loads the model) and activates by itself; with
+autostart:=false a lifecycle manager drives it."""
+
+TOPICS = [
+    'in   <edge ns>/block_batch (fluxshard_msgs/BlockBatch), <edge ns>/proxy_delta',
+    'out  <edge ns>/proxy_feedback (fluxshard_msgs/ProxyDelta: ACK, resync, inference done)',
+    'out  <edge ns>/detections (fluxshard_msgs/DetectionArray; + masks for segment; + '
+    'detections_vision where vision_msgs exists) or <edge ns>/keypoints, computed_by server',
+    'out  <edge ns>/labels (latched, only when the robot publishes none itself)',
+    'out  <edge ns>/proxy_image (sensor_msgs/Image, with publish_proxy_image)',
+    'out  /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz on the wall clock)',
+]
+
+PARAMS = [
+    Param('autostart', True, 'Configure and activate at start-up (false: wait for a '
+          'lifecycle manager)'),
+    Param('edges', [''], "Namespaces of the served edges (topics <ns>/block_batch, ...); '' = "
+          "this node's namespace"),
+    Param('model.task', 'detect', 'Vision task (every served edge must run the same)',
+          choices=['detect', 'segment', 'pose']),
+    Param('model.backend', 'incremental', 'incremental (sparse YOLO11 over MV-warped caches), '
+          'dense (torch), onnxruntime (dense reference) or none', choices=list(BACKENDS)),
+    Param('model.path', '', 'Model file (ONNX or Ultralytics .pt; "" = YOLO11n for the task '
+          'from the data folder)'),
+    Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
+    Param('model.iou', 0.45, 'NMS IoU threshold', lo=0.0, hi=1.0, live=True),
+    Param('model.threads', 0, 'CPU threads for inference (0 = auto)', lo=0, hi=256),
+    Param('publish_proxy_image', False, 'Publish each edge proxy image on <ns>/proxy_image',
+          live=True),
+    Param('refresh.interval', 10, 'Batches between background dense refreshes of a server '
+          'cache', lo=1, hi=100000, live=True),
+    Param('security.mode', 'mac', 'mac: every link message carries a keyed BLAKE2b tag; only '
+          'edges with a key in security.key_file are served. none: no authentication (lab '
+          'only)', choices=list(auth.MODES)),
+    Param('security.key_file', '', 'Key file with one "<edge_id> <hex secret>" line per '
+          'served edge (mode 0600; python -m fluxshard_msgs_py.auth generate)'),
+    Param('security.max_age_s', 30.0, 'Reject link messages whose nonce is further than this '
+          "from the server's clock, s (replays after a restart; 0 = off)", lo=0.0, hi=1e6),
+    Param('admission.max_rate_hz', 60.0, 'Per-edge sustained BlockBatch rate, batches/s; '
+          'excess dropped (rejected.rate_limited)', lo=0.1, hi=1e6),
+    Param('admission.burst', 10, 'Per-edge batches admitted back to back above the rate',
+          lo=1, hi=100000),
+    Param('admission.max_mbps', 400.0, 'Per-edge sustained batch payload, Mbit/s; excess '
+          'dropped (rejected.byte_limited)', lo=0.01, hi=1e6),
+    Param('admission.max_batch_mb', 16.0, 'Largest batch payload accepted, MB '
+          '(rejected.oversize)', lo=0.001, hi=1e4),
+]
 
 
-class _Edge:
-    """ROS handles and state of one served edge."""
+class _Topics:
+    """ROS handles of one served edge."""
 
-    def __init__(self, node: 'ServerNode', ns: str):
-        self.ns = ns
-        prefix = (ns.strip('/') + '/') if ns.strip('/') else ''
-        self.session = EdgeSession(ns.strip('/').replace('/', '_') or 'edge0')
-        self.counters = Counter()
-        key = node.keys.get(self.session.edge_id) if node.keys is not None else None
-        self.gate = EdgeGate(key, node.budget, node.max_age_s)
-        self.signer = auth.Signer(key, 'proxy_feedback') if key else None
-        self.feedback_lock = threading.Lock()
-        self.last_refused = -1e9  # monotonic time of the last refused (forged, over-budget) one
-        self.model = node.make_edge_model()
-        self.group = MutuallyExclusiveCallbackGroup()
-        self.feedback = node.create_publisher(ProxyDelta, prefix + 'proxy_feedback', LINK_QOS)
-        self.detections = node.create_publisher(DetectionArray, prefix + 'detections',
-                                                RESULT_QOS)
-        self.keypoints = node.create_publisher(KeypointArray, prefix + 'keypoints', RESULT_QOS)
-        self.masks = node.create_publisher(Image, prefix + 'masks', RESULT_QOS)
-        self.labels = node.create_publisher(LabelMap, prefix + 'labels', LATCHED_QOS)
-        self.proxy_image = (node.create_publisher(Image, prefix + 'proxy_image', RESULT_QOS)
-                            if node.publish_proxy_image else None)
-        self.vision = (node.create_publisher(Detection2DArray, prefix + 'detections_vision',
-                                             RESULT_QOS) if Detection2DArray else None)
-        node.create_subscription(BlockBatch, prefix + 'block_batch',
-                                 lambda m: node.on_batch(self, m), LINK_QOS,
-                                 callback_group=self.group)
-        node.create_subscription(ProxyDelta, prefix + 'proxy_delta',
-                                 lambda m: node.on_delta(self, m), LINK_QOS,
-                                 callback_group=self.group)
-        self.topic = node.resolve_topic_name(prefix + 'block_batch')
+    def __init__(self, node: 'ServerNode', ns: str, edge_id: str, task: str):
+        self.prefix = (ns.strip('/') + '/') if ns.strip('/') else ''
+        self.edge_id = edge_id
+        self.lock = threading.Lock()  # feedback: sign and publish in nonce order
+        self.feedback = node.create_publisher(ProxyDelta, self.prefix + 'proxy_feedback',
+                                              LINK_QOS)
+        self.results = ResultPublisher(node, self.prefix, task, edge_id, 'server',
+                                       node.runtime.edges[edge_id].counters)
+        self.proxy_image = node.create_publisher(Image, self.prefix + 'proxy_image',
+                                                 RESULT_QOS)
+        self.labels = None
+        self.batch_topic = node.resolve_topic_name(self.prefix + 'block_batch')
+        self.subs = []
 
 
-class ServerNode(Node):
+class ServerNode(LifecycleNode):
     """Serves the edges listed in ``edges`` (namespaces) from one process."""
 
     def __init__(self, **kwargs):
         super().__init__('fluxshard_server', **kwargs)
-        edges = declare(self, 'edges', [''],
-                        'Namespaces of the served edges (topics <ns>/block_batch, ...); '
-                        "'' = this node's namespace", read_only=True)
-        if not edges:
-            edges = ['']
-        self.task = declare(self, 'model.task', 'detect', 'Vision task',
-                            choices=['detect', 'segment', 'pose'], read_only=True)
-        backend = declare(self, 'model.backend', 'incremental',
-                          'incremental (sparse YOLO11 over MV-warped caches), dense (torch), '
-                          'onnxruntime (dense reference) or none', choices=list(BACKENDS),
-                          read_only=True)
-        path = declare(self, 'model.path', '',
-                       'Model file ("" = YOLO11n for the task from the data folder)',
-                       read_only=True)
-        conf = declare(self, 'model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0)
-        iou = declare(self, 'model.iou', 0.45, 'NMS IoU threshold', lo=0.0, hi=1.0)
-        threads = declare(self, 'model.threads', 0, 'CPU threads for inference (0 = auto)',
-                          lo=0, hi=256, read_only=True)
-        self.publish_proxy_image = declare(self, 'publish_proxy_image', False,
-                                           'Publish each edge proxy image on <ns>/proxy_image')
-        refresh = declare(self, 'refresh.interval', 10,
-                          'Batches between background dense refreshes of a server cache',
-                          lo=1, hi=100000)
-        self.security = declare(self, 'security.mode', 'mac',
-                                "mac: every link message carries a keyed BLAKE2b tag; only "
-                                "edges with a key in security.key_file are served. none: no "
-                                "authentication (lab only)", choices=list(auth.MODES),
-                                read_only=True)
-        key_file = declare(self, 'security.key_file', '',
-                           'Key file with one "<edge_id> <hex secret>" line per served edge '
-                           '(mode 0600; python -m fluxshard_msgs_py.auth generate)',
-                           read_only=True)
-        self.max_age_s = declare(self, 'security.max_age_s', 30.0,
-                                 'Reject link messages whose nonce is further than this from '
-                                 "the server's clock, s (replays after a restart; 0 = off)",
-                                 lo=0.0, hi=1e6, read_only=True)
-        self.budget = Budget(
-            rate_hz=declare(self, 'admission.max_rate_hz', 60.0,
-                            'Per-edge sustained BlockBatch rate, batches/s; excess dropped '
-                            '(rejected.rate_limited)', lo=0.1, hi=1e6, read_only=True),
-            burst=declare(self, 'admission.burst', 10, 'Per-edge batches admitted back to '
-                          'back above the rate', lo=1, hi=100000, read_only=True),
-            mbps=declare(self, 'admission.max_mbps', 400.0,
-                         'Per-edge sustained batch payload, Mbit/s; excess dropped '
-                         '(rejected.byte_limited)', lo=0.01, hi=1e6, read_only=True),
-            max_batch_bytes=int(1e6 * declare(
-                self, 'admission.max_batch_mb', 16.0, 'Largest batch payload accepted, MB '
-                '(rejected.oversize)', lo=0.001, hi=1e4, read_only=True)))
-        self.keys = None
-        if self.security == 'mac':
-            self.keys = auth.load_keys(key_file)
-            ids = [ns.strip('/').replace('/', '_') or 'edge0' for ns in edges]
-            missing = [e for e in ids if e not in self.keys]
-            if missing:
-                raise ValueError(f'security.key_file {key_file} has no key for edge(s) '
-                                 f'{missing}: the server serves only edges it has keys for '
-                                 '(add them with python -m fluxshard_msgs_py.auth generate)')
-        else:
+        self.params = p = Params(self, PARAMS)
+        self.namespaces = list(p['edges']) or ['']
+        self.edge_ids = [ns.strip('/').replace('/', '_') or 'edge0' for ns in self.namespaces]
+        if len(set(self.edge_ids)) != len(self.edge_ids):
+            raise ValueError(f'edges {self.namespaces} name the same edge twice')
+        self.task = p['model.task']
+        self.errors = ReasonLog(self.get_logger())
+        self.runtime = None
+        self.topics = {}
+        self.failure = ''
+        self._worker = None
+        self._stop = threading.Event()
+        self._recent_bad = RecentCount(10.0)
+        self._rivals = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def autostart(self):
+        if not self.params['autostart']:
+            self.get_logger().info('autostart false: waiting for a lifecycle manager')
+            return
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise ValueError(self.failure or 'configure failed')
+        self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self.params
+        try:
+            keys = self._keys()
+            budget = Budget(rate_hz=p['admission.max_rate_hz'], burst=p['admission.burst'],
+                            mbps=p['admission.max_mbps'],
+                            max_batch_bytes=int(1e6 * p['admission.max_batch_mb']))
+            if p['model.threads']:
+                import torch
+                torch.set_num_threads(p['model.threads'])
+            backend, path = p['model.backend'], p['model.path']
+            shared = (load_model(self.task, path) if backend in ('incremental', 'dense')
+                      else None)
+
+            def make_model():
+                return EdgeModel(backend, self.task, shared, path, p['model.conf'],
+                                 p['model.iou'], p['model.threads'], p['refresh.interval'])
+            self.runtime = ServerRuntime(self.edge_ids, make_model, keys, budget,
+                                         p['security.max_age_s'])
+        except (ValueError, FileNotFoundError, OSError) as e:
+            self.failure = str(e)
+            self.get_logger().error(f'configure failed: {e}')
+            return TransitionCallbackReturn.FAILURE
+        self.counters, self.rejects = self.runtime.counters, self.runtime.rejects
+        self.topics = {eid: _Topics(self, ns, eid, self.task)
+                       for ns, eid in zip(self.namespaces, self.edge_ids)}
+        self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
+        self.get_logger().info(f'configured: {p["model.backend"]} {self.task} for '
+                               f'{[t.batch_topic for t in self.topics.values()]}; security '
+                               f'{p["security.mode"]}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _keys(self):
+        p = self.params
+        if p['security.mode'] != 'mac':
             self.get_logger().warn('security.mode none: link messages are not authenticated; '
                                    'any participant on this DDS domain can inject batches or '
                                    'feedback (lab use only)')
-        if threads:
-            import torch
-            torch.set_num_threads(threads)
-        shared = load_model(self.task, path) if backend in ('incremental', 'dense') else None
+            return None
+        keys = auth.load_keys(p['security.key_file'])
+        missing = [e for e in self.edge_ids if e not in keys]
+        if missing:
+            raise ValueError(f'security.key_file {p["security.key_file"]} has no key for '
+                             f'edge(s) {missing}: the server serves only edges it has keys for '
+                             '(add them with python -m fluxshard_msgs_py.auth generate)')
+        return keys
 
-        def make_edge_model():
-            return EdgeModel(backend, self.task, shared, path, conf, iou, threads, refresh)
-        self.make_edge_model = make_edge_model
-        self.counters = Counter()
-        self.rejects = Counter()
-        self.errors = ReasonLog(self.get_logger())
-        self.edges = [_Edge(self, ns) for ns in edges]
-        self.jobs = JobTable(self.edges)
-        for e in self.edges:
-            if e.model.names:
-                e.labels.publish(conversions.label_map_msg(e.model.names, LabelMap().header))
-        self.diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self.create_timer(1.0, self._publish_diagnostics)
-        self._stop = threading.Event()
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        for eid, t in self.topics.items():
+            group = MutuallyExclusiveCallbackGroup()
+            t.subs = [
+                self.create_subscription(BlockBatch, t.prefix + 'block_batch',
+                                         lambda m, e=eid: self.on_batch(e, m), LINK_QOS,
+                                         callback_group=group),
+                self.create_subscription(ProxyDelta, t.prefix + 'proxy_delta',
+                                         lambda m, e=eid: self.on_delta(e, m), LINK_QOS,
+                                         callback_group=group)]
+        self._stop.clear()
         self._worker = threading.Thread(target=self._run, name='server-infer', daemon=True)
         self._worker.start()
-        self.get_logger().info(f'serving {[e.topic for e in self.edges]} with '
-                               f'{backend} {self.task}; security {self.security}')
+        self.get_logger().info(f'active: serving '
+                               f'{[t.batch_topic for t in self.topics.values()]}')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        for t in self.topics.values():
+            for s in t.subs:
+                self.destroy_subscription(s)
+            t.subs = []
+        self.get_logger().info('inactive')
+        return super().on_deactivate(state)
+
+    def _stop_worker(self):
+        if getattr(self, '_worker', None) is None:  # never started (or construction failed)
+            return
+        self._stop.set()
+        self._worker.join(timeout=10.0)
+        self._worker = None
+        # jobs not taken are accounted, never silently lost
+        while self.runtime is not None:
+            left = self.runtime.jobs.take(0)
+            if left is None:
+                break
+            self.counters['dropped_deactivated'] += 1
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info('cleaned up (models freed)')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _release(self):
+        if getattr(self, 'diagnostics', None) is not None:
+            self.diagnostics.destroy()
+            self.diagnostics = None
+        for t in getattr(self, 'topics', {}).values():
+            t.results.destroy()
+            for pub in (t.feedback, t.proxy_image, t.labels):
+                if pub is not None:
+                    self.destroy_publisher(pub)
+        self.topics = {}
+        if getattr(self, 'runtime', None) is not None:
+            self.runtime.close()
+            self.runtime = None
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self):
+        self._stop_worker()
+        self._release()
+        return super().destroy_node()
 
     # -- per message (ordered per edge by its callback group) ---------------------------------
-    def on_batch(self, edge: _Edge, msg: BlockBatch):
+    def on_batch(self, eid: str, msg: BlockBatch):
         t0 = time.perf_counter()
-        self.counters['batches_in'] += 1
-        edge.counters['batches_in'] += 1
-        refused = edge.gate.admit_batch(msg, time.monotonic())
-        if refused:  # dropped unanswered: forgeries and floods must not trigger traffic
-            self._refuse(edge, *refused, what=f'batch seq {msg.seq}')
+        rt, t = self.runtime, self.topics.get(eid)
+        if rt is None or t is None:
             return
-        edge.counters['bytes_in'] += len(msg.payload)
-        r = receive_batch(edge.session, msg)
-        if r.outcome.counter:
-            self._reject(edge, r.outcome.counter, r.outcome.reason, msg.seq,
-                         resync=r.outcome.resync)
-        if not r.acked:
+        out = rt.on_batch(eid, msg)
+        if out.refused:  # dropped unanswered: forgeries and floods must not trigger traffic
+            counter, reason = out.refused
+            self.errors.error(f'{eid}/{counter}',
+                              f'{eid}: dropped batch seq {msg.seq} ({counter}): {reason}')
             return
-        edge.counters['batches_ok'] += 1
-        ack = ProxyDelta(header=msg.header, edge_id=edge.session.edge_id,
-                         kind=ProxyDelta.KIND_ACK, seq=msg.seq)
-        ack.state_digest = conversions._seq('B', bytearray(edge.session.digest))
+        if out.rejected:
+            counter, reason, resync = out.rejected
+            self.errors.error(counter, f'{eid}: {reason}')
+            if resync:
+                req = ProxyDelta(edge_id=eid, kind=ProxyDelta.KIND_RESYNC_REQUEST,
+                                 seq=int(msg.seq), reason=reason[:200])
+                req.header.stamp = self.get_clock().now().to_msg()
+                self._feedback(eid, req)
+        if not out.ack:
+            return
+        e = rt.edges[eid]
+        ack = ProxyDelta(header=msg.header, edge_id=eid, kind=ProxyDelta.KIND_ACK, seq=msg.seq)
+        ack.state_digest = conversions._seq('B', bytearray(e.session.digest))
         ack.server_receive_ms = 1e3 * (time.perf_counter() - t0)
-        self._feedback(edge, ack)
-        if edge.proxy_image is not None:
-            edge.proxy_image.publish(conversions.array_to_image(edge.session.state, msg.header))
-        if r.infer:
-            job = (msg.header, int(msg.frame_index), edge.session.state, int(msg.seq), r.mv,
-                   r.prev_seq)
-            if self.jobs.put(edge, job):
-                self.counters['dropped_superseded'] += 1
-                edge.counters['dropped_superseded'] += 1
+        self._feedback(eid, ack)
+        if self.params['publish_proxy_image']:
+            t.proxy_image.publish(conversions.array_to_image(e.session.state, msg.header))
 
-    def on_delta(self, edge: _Edge, msg: ProxyDelta):
-        refused = edge.gate.admit_delta(msg)
-        if refused:
-            self._refuse(edge, f'delta.{refused[0]}', refused[1],
-                         what=f'proxy_delta kind {msg.kind}')
+    def on_delta(self, eid: str, msg: ProxyDelta):
+        if self.runtime is None:
             return
-        if msg.kind == ProxyDelta.KIND_RESET:
-            edge.session.synced = False
-            self.get_logger().info(f'{edge.session.edge_id}: reset ({msg.reason})')
+        refused = self.runtime.on_delta(eid, msg, ProxyDelta.KIND_RESET)
+        if refused:
+            self.errors.error(f'{eid}/{refused[0]}', f'{eid}: dropped proxy_delta kind '
+                              f'{msg.kind} ({refused[0]}): {refused[1]}')
+        elif msg.kind == ProxyDelta.KIND_RESET:
+            self.get_logger().info(f'{eid}: reset ({msg.reason})')
 
-    def _feedback(self, edge: _Edge, msg: ProxyDelta):
+    def _feedback(self, eid: str, msg: ProxyDelta):
         # callback and worker threads both answer: sign and publish in nonce order
-        with edge.feedback_lock:
-            if edge.signer is not None:
-                edge.signer.sign(msg)
-            edge.feedback.publish(msg)
-
-    def _refuse(self, edge: _Edge, counter: str, reason: str, what: str):
-        self.rejects[counter] += 1
-        edge.counters[f'rejected.{counter}'] += 1
-        edge.last_refused = time.monotonic()
-        self.errors.error(f'{edge.session.edge_id}/{counter}',
-                          f'{edge.session.edge_id}: dropped {what} ({counter}): {reason}')
-
-    def _reject(self, edge: _Edge, counter: str, reason: str, seq: int, resync: bool = True):
-        self.rejects[counter] += 1
-        edge.counters[f'rejected.{counter}'] += 1
-        self.errors.error(counter, f'{edge.session.edge_id}: {reason}')
-        if resync:
-            req = ProxyDelta(edge_id=edge.session.edge_id, kind=ProxyDelta.KIND_RESYNC_REQUEST,
-                             seq=int(seq), reason=reason[:200])
-            req.header.stamp = self.get_clock().now().to_msg()
-            self._feedback(edge, req)
+        t, e = self.topics[eid], self.runtime.edges[eid]
+        with t.lock:
+            if e.signer is not None:
+                e.signer.sign(msg)
+            t.feedback.publish(msg)
 
     # -- inference worker: one thread owns the model (GPU state stays on it) ----------------
     def _run(self):
         while not self._stop.is_set():
-            taken = self.jobs.take(0.2)
+            changes = self.params.take_changes()
+            if changes:
+                self._apply(changes)
+            taken = self.runtime.take_job(0.2)
             if taken is None:
                 continue
             edge, job = taken
             try:
-                with background_paused([e.model for e in self.edges if e is not edge]):
-                    self._infer(edge, *job)
+                self._infer(edge, job)
             except Exception as e:  # noqa: B902 - keep serving other edges
                 self.rejects['inference_error'] += 1
-                self.get_logger().error(f'inference failed: {type(e).__name__}: {e}')
+                self.errors.error('inference_error',
+                                  f'{edge.edge_id}: inference failed: {type(e).__name__}: {e}')
 
-    def _infer(self, edge: _Edge, header, frame_index: int, image, seq, mv, prev_seq):
-        eid = edge.session.edge_id
-        t0 = time.perf_counter()
-        det = edge.model(image, seq, mv, prev_seq)
-        done = ProxyDelta(header=header, edge_id=eid, kind=ProxyDelta.KIND_INFERENCE_DONE,
-                          seq=seq, server_compute_ms=1e3 * (time.perf_counter() - t0),
-                          server_blocks=int(edge.model.last_blocks))
-        self._feedback(edge, done)
-        if self.task == 'pose':
-            edge.keypoints.publish(conversions.keypoints_to_msg(det, header, eid, 'server',
-                                                                frame_index))
-        else:
-            seg = self.task == 'segment'
-            edge.detections.publish(conversions.detections_to_msg(det, header, eid, 'server',
-                                                                  frame_index, seg))
-            if seg:
-                from fluxshard_kernels.yolo.processing import label_image
-                lab = label_image(det.masks, det.scores, image.shape[:2])
-                edge.masks.publish(conversions.array_to_image(lab, header))
-            if edge.vision is not None:
-                edge.vision.publish(_to_vision(det, header))
-        self.counters['results_published'] += 1
-        edge.counters['results_published'] += 1
-        self.counters['infer_ms_total'] += int((time.perf_counter() - t0) * 1000)
+    def _apply(self, changes):
+        for e in self.runtime.edges.values():
+            m = e.model
+            m.conf = changes.get('model.conf', m.conf)
+            m.iou = changes.get('model.iou', m.iou)
+            m.refresh_interval = changes.get('refresh.interval', m.refresh_interval)
 
-    def _publish_diagnostics(self):
-        arr = DiagnosticArray()
-        arr.header.stamp = self.get_clock().now().to_msg()
-        for e in self.edges:
-            st = DiagnosticStatus(name=f'fluxshard/server/{e.session.edge_id}',
-                                  hardware_id=e.session.edge_id)
-            st.level = DiagnosticStatus.OK if e.session.synced else DiagnosticStatus.WARN
-            st.message = 'in sync' if e.session.synced else 'waiting for key batch'
-            if time.monotonic() - e.last_refused < 10.0:
-                st.level = DiagnosticStatus.WARN
-                st.message += ('; dropping forged, replayed or over-budget messages (see '
-                               'rejected.*)')
-            vals = dict(e.counters, last_seq=e.session.last_seq, applied=e.session.applied)
-            st.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(vals.items())]
-            arr.status.append(st)
-        tot = DiagnosticStatus(name='fluxshard/server', hardware_id='server')
-        vals = dict(self.counters)
-        vals.update({f'rejected.{k}': v for k, v in self.rejects.items()})
-        tot.values = [KeyValue(key=k, value=str(v)) for k, v in sorted(vals.items())]
-        arr.status.append(tot)
-        self.diag_pub.publish(arr)
+    def _infer(self, edge, job):
+        det, seconds, blocks = self.runtime.infer(edge, job)
+        eid, t = edge.edge_id, self.topics[edge.edge_id]
+        done = ProxyDelta(header=job.header, edge_id=eid, kind=ProxyDelta.KIND_INFERENCE_DONE,
+                          seq=job.seq, server_compute_ms=1e3 * seconds, server_blocks=blocks)
+        self._feedback(eid, done)
+        if t.labels is None and edge.model.names and \
+                self.count_publishers(t.prefix + 'labels') == 0:
+            # the robot runs no model of its own: the labels come from here
+            t.labels = self.create_publisher(LabelMap, t.prefix + 'labels', LATCHED_QOS)
+            t.labels.publish(conversions.label_map_msg(edge.model.names, LabelMap().header))
+        t.results.publish(det, job.header, job.frame_index, job.state.shape)
 
-    def destroy_node(self):
-        if hasattr(self, '_worker'):
-            self._stop.set()
-            self.jobs.close()
-            self._worker.join(timeout=5.0)
-            for e in self.edges:
-                e.model.close()
-        return super().destroy_node()
-
-
-def _to_vision(det, header):
-    out = Detection2DArray()
-    out.header = header
-    for b, s, c in zip(det.boxes, det.scores, det.class_ids):
-        d = Detection2D()
-        d.header = header
-        d.bbox.center.position.x = float((b[0] + b[2]) / 2)
-        d.bbox.center.position.y = float((b[1] + b[3]) / 2)
-        d.bbox.size_x, d.bbox.size_y = float(b[2] - b[0]), float(b[3] - b[1])
-        h = ObjectHypothesisWithPose()
-        h.hypothesis.class_id, h.hypothesis.score = str(int(c)), float(s)
-        d.results.append(h)
-        out.detections.append(d)
-    return out
+    def _diagnostics(self):
+        rt = self.runtime
+        if rt is None:
+            return []
+        now = time.monotonic()
+        out = []
+        for eid, t in self.topics.items():
+            e = rt.edges[eid]
+            s = e.session
+            level = DiagnosticStatus.OK if s.synced else DiagnosticStatus.WARN
+            msg = 'in sync' if s.synced else 'waiting for key batch'
+            if now - e.last_refused < 10.0:
+                level = DiagnosticStatus.WARN
+                msg += '; dropping forged, replayed or over-budget messages (see rejected.*)'
+            rivals = self.count_publishers(t.prefix + 'proxy_feedback') - 1
+            if rivals > 0:
+                level = DiagnosticStatus.WARN
+                msg += f'; {rivals} other server(s) also serve this robot'
+                if self._rivals.get(eid) != rivals:
+                    self.get_logger().warn(
+                        f'{eid}: {rivals} other server(s) publish on '
+                        f'{self.resolve_topic_name(t.prefix + "proxy_feedback")}: the robot '
+                        'gets every result twice; serve each robot from one server (edges)')
+            self._rivals[eid] = rivals
+            vals = dict(e.counters, last_seq=s.last_seq, applied=s.applied)
+            out.append(diagnostic_status(f'fluxshard/server/{eid}', eid, level, msg, vals))
+        bad = sum(rt.rejects.values())
+        recent = self._recent_bad.update(bad)
+        vals = dict(rt.counters)
+        vals.update({f'rejected.{k}': v for k, v in rt.rejects.items()})
+        out.append(diagnostic_status(
+            'fluxshard/server', 'server', DiagnosticStatus.WARN if recent else
+            DiagnosticStatus.OK, f'{recent} rejected in the last 10 s ({bad} since start)',
+            vals))
+        return out
 
 
 def main(args=None):
-    run_node(ServerNode, args, threads=4)
+    run_node(ServerNode, args, threads=4,
+             usage=help_text('fluxshard_server server_node', PURPOSE, PARAMS, TOPICS))
 
 
 if __name__ == '__main__':

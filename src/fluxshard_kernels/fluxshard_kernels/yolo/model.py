@@ -491,3 +491,24 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tens
     if conv.bias is not None:
         b = b + conv.bias.detach().float() * scale
     return w * scale.view(-1, 1, 1, 1), b
+
+
+def load(task: str, path: str = '', device: str = 'cpu') -> YOLO11:
+    """The one model loader of edge and server: YOLO11 for ``task`` from an ONNX file (the
+    Ultralytics export) or an Ultralytics ``.pt``; ``path`` '' = YOLO11n for the task from the
+    data folder. ValueError, saying what is wrong, for a missing or unreadable file or a model
+    whose task is not ``task`` (checked from the file's own metadata)."""
+    import os
+    from fluxshard_kernels import data
+    p = str(path or data.model_path(task))
+    if not os.path.isfile(p):
+        raise ValueError(f'model file {p} does not exist')
+    try:
+        m = load_ultralytics_pt(p) if p.endswith('.pt') else load_onnx(p)
+    except Exception as e:  # noqa: B902 - any parse failure becomes one clear message
+        kind = 'an Ultralytics .pt' if p.endswith('.pt') else 'a YOLO11 ONNX export'
+        raise ValueError(f'cannot read model {p} as {kind}: {type(e).__name__}: '
+                         f'{str(e)[:200]}') from None
+    if m.task != task:
+        raise ValueError(f'model {p} is a {m.task!r} model, but model.task is {task!r}')
+    return m.to(device)

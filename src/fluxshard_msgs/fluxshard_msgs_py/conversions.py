@@ -1,22 +1,40 @@
-"""All ROS message <-> array conversion for FluxShard (edge and server use this one module).
+"""All ROS message <-> array conversion for FluxShard (edge, server and result consumers use
+this one module).
 
-Imports message types only (no rclpy), so it is testable without DDS.
+Imports message types only (no rclpy), so it is testable without DDS. The BlockBatch helpers
+need ``fluxshard_kernels`` (the proxy model; both node packages have it) and import it on first
+use, so a consumer of the result topics needs numpy and the messages only.
 """
 
 import array
-from typing import Optional, Tuple
+from typing import Optional, Tuple, TYPE_CHECKING
 import zlib
 
 import numpy as np
 
-from fluxshard_kernels import proxy
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, KeypointArray, LabelMap
 from sensor_msgs.msg import Image
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fluxshard_kernels import proxy
 
 #: Encodings accepted from cameras -> (channels in the message, conversion to proxy image).
 _ENCODINGS = {
     'bgr8': 3, 'rgb8': 3, 'bgra8': 4, 'rgba8': 4, 'mono8': 1, '8UC1': 1, '8UC3': 3,
+    # packed 4:2:2, 2 bytes per pixel: ROS 'yuv422' is UYVY (usb_cam's default),
+    # 'yuv422_yuy2' / 'yuyv' is YUYV (sensor_msgs image_encodings)
+    'yuv422': 2, 'uyvy': 2, 'yuv422_yuy2': 2, 'yuyv': 2,
 }
+_YUV422 = {'yuv422': 'UYVY', 'uyvy': 'UYVY', 'yuv422_yuy2': 'YUY2', 'yuyv': 'YUY2'}
+
+
+#: Largest accepted image side (the same as fluxshard_kernels.proxy.MAX_SIDE; a test checks).
+MAX_SIDE = 8192
+
+
+def _proxy():
+    from fluxshard_kernels import proxy
+    return proxy
 
 
 def _seq(typecode: str, values) -> array.array:
@@ -35,7 +53,7 @@ class InputError(ValueError):
         self.reason = reason
 
 
-def image_to_array(msg: Image, max_side: int = proxy.MAX_SIDE) -> np.ndarray:
+def image_to_array(msg: Image, max_side: int = MAX_SIDE) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) BGR uint8 (color encodings) or (H, W, 1) mono8.
 
     Raises:
@@ -63,6 +81,12 @@ def image_to_array(msg: Image, max_side: int = proxy.MAX_SIDE) -> np.ndarray:
     arr = buf[:h * step].reshape(h, step)[:, :w * c].reshape(h, w, c)
     if msg.is_bigendian not in (0, 1, False, True):
         raise InputError('bad_endianness', 'is_bigendian must be 0 or 1')
+    if enc in _YUV422:
+        import cv2
+        if w % 2:
+            raise InputError('bad_step', f'{enc} needs an even width, got {w}')
+        code = getattr(cv2, f'COLOR_YUV2BGR_{_YUV422[enc]}')
+        return cv2.cvtColor(np.ascontiguousarray(arr), code)
     if enc in ('rgb8',):
         return np.ascontiguousarray(arr[:, :, ::-1])
     if enc == 'rgba8':
@@ -169,6 +193,7 @@ def pack_motion(mv_x, mv_y) -> bytes:
 def unpack_motion(packed: bytes, count: int) -> Tuple[np.ndarray, np.ndarray]:
     """Inverse of pack_motion for a grid of ``count`` blocks; ProxyError on anything else
     (never inflates beyond the expected 4 * count bytes)."""
+    proxy = _proxy()
     want = 4 * count
     d = zlib.decompressobj()
     try:
@@ -182,7 +207,7 @@ def unpack_motion(packed: bytes, count: int) -> Tuple[np.ndarray, np.ndarray]:
     return field[:count], field[count:]
 
 
-def update_to_msg(update: proxy.ProxyUpdate, payload: bytes, header, edge_id: str, seq: int,
+def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: str, seq: int,
                   frame_index: int, codec: int, quality: int, dissimilarity: np.ndarray,
                   sparse_inference_requested: bool, state_digest: bytes,
                   pack_mv: bool = True) -> BlockBatch:
@@ -219,8 +244,9 @@ def update_to_msg(update: proxy.ProxyUpdate, payload: bytes, header, edge_id: st
     return m
 
 
-def msg_to_update(m: BlockBatch) -> proxy.ProxyUpdate:
+def msg_to_update(m: BlockBatch) -> 'proxy.ProxyUpdate':
     """BlockBatch -> ProxyUpdate with the payload decoded; raises ProxyError on bad content."""
+    proxy = _proxy()
     if m.block_size not in (8, 16, 32):
         raise proxy.ProxyError(f'block_size must be 8, 16 or 32, got {m.block_size}')
     if not (0 < m.height <= proxy.MAX_SIDE and 0 < m.width <= proxy.MAX_SIDE):

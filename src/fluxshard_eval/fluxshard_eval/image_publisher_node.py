@@ -9,40 +9,45 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from fluxshard_edge import conversions
-from fluxshard_edge.common_node import declare, run_node
+from fluxshard_msgs_py import conversions
+from fluxshard_msgs_py.node import help_text, Param, Params, run_node
+
+
+PARAMS = [
+    Param('source', 'davis-parkour', 'rosbag2 folder (sqlite3/MCAP), sequence name in the data '
+          'folder, a frame folder or a video file'),
+    Param('bag_topic', '', "Image topic in a bag ('' = the only Image/CompressedImage topic)"),
+    Param('rate_hz', 10.0, "Publishing rate, Hz (0 = the source's rate: bag stamps, video fps)",
+          lo=0.0, hi=1000.0),
+    Param('count', 0, 'Frames to publish (0 = all)', lo=0, hi=10**9),
+    Param('frame_id', 'camera', 'frame_id of the images'),
+    Param('loop', False, 'Start over at the end'),
+    Param('start_delay_s', 1.0, 'Wait before the first frame (lets DDS discovery finish)',
+          lo=0.0, hi=60.0),
+    Param('wait_for_subscribers', 0, 'Wait (up to 30 s) for this many subscribers before '
+          'starting', lo=0, hi=1000),
+    Param('reliable', True, 'Publish with reliable QoS (false: best effort, the sensor-data '
+          'QoS of most camera drivers)'),
+    Param('depth', 5, 'Publisher history depth (as camera drivers: a reliable reader that lags '
+          'a frame still gets it)', lo=1, hi=100),
+    Param('transport', 'raw', "raw (Image on 'image'), compressed (jpeg) or h264 (one access "
+          "unit per CompressedImage) on 'image/compressed'",
+          choices=['raw', 'compressed', 'h264']),
+]
+TOPICS = ["out  image (sensor_msgs/Image bgr8), or image/compressed (CompressedImage)"]
 
 
 class ImagePublisher(Node):
     def __init__(self, **kwargs):
         super().__init__('fluxshard_image_publisher', **kwargs)
-        self.source = declare(self, 'source', 'davis-parkour',
-                              'rosbag2 folder (sqlite3/MCAP), sequence name in the data folder, '
-                              'a frame folder or a video file')
-        self.topic = declare(self, 'bag_topic', '',
-                             "Image topic in a bag ('' = the only Image/CompressedImage topic)")
-        self.rate = declare(self, 'rate_hz', 10.0,
-                            "Publishing rate, Hz (0 = the source's rate: bag stamps, video fps)",
-                            lo=0.0, hi=1000.0)
-        self.limit = declare(self, 'count', 0, 'Frames to publish (0 = all)', lo=0, hi=10**9)
-        self.frame_id = declare(self, 'frame_id', 'camera', 'frame_id of the images')
-        self.loop = declare(self, 'loop', False, 'Start over at the end')
-        self.start_delay = declare(self, 'start_delay_s', 1.0,
-                                   'Wait before the first frame (lets DDS discovery finish)',
-                                   lo=0.0, hi=60.0)
-        self.wait_subs = declare(self, 'wait_for_subscribers', 0,
-                                 'Wait (up to 30 s) for this many subscribers before starting',
-                                 lo=0, hi=1000)
-        reliable = declare(self, 'reliable', True, 'Publish with reliable QoS')
-        depth = declare(self, 'depth', 5, 'Publisher history depth (as camera drivers: a '
-                        'reliable reader that lags a frame still gets it)', lo=1, hi=100)
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                         reliability=ReliabilityPolicy.RELIABLE if reliable
+        p = Params(self, PARAMS)
+        self.source, self.topic, self.rate = p['source'], p['bag_topic'], p['rate_hz']
+        self.limit, self.frame_id, self.loop = p['count'], p['frame_id'], p['loop']
+        self.start_delay, self.wait_subs = p['start_delay_s'], p['wait_for_subscribers']
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p['depth'],
+                         reliability=ReliabilityPolicy.RELIABLE if p['reliable']
                          else ReliabilityPolicy.BEST_EFFORT)
-        self.transport = declare(self, 'transport', 'raw',
-                                 "raw (Image on 'image'), compressed (jpeg) or h264 (one access "
-                                 "unit per CompressedImage) on 'image/compressed'",
-                                 choices=['raw', 'compressed', 'h264'])
+        self.transport = p['transport']
         if self.transport == 'raw':
             self.pub = self.create_publisher(Image, 'image', qos)
         else:
@@ -66,7 +71,7 @@ class ImagePublisher(Node):
                 time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(self.start_delay)
-        from fluxshard_edge import bag
+        from fluxshard_eval import bag
         rate = self.rate
         if rate <= 0:
             if bag.is_bag(self.source):
@@ -103,7 +108,8 @@ def _publish_all(node):
 
 
 def main(args=None):
-    run_node(ImagePublisher, args, body=_publish_all)
+    run_node(ImagePublisher, args, body=_publish_all,
+             usage=help_text('fluxshard_eval image_publisher', __doc__, PARAMS, TOPICS))
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ import time
 
 from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
-from fluxshard_edge.common_node import LATCHED_QOS, RESULT_QOS
+from fluxshard_msgs_py.node import LATCHED_QOS, RESULT_QOS
 from fluxshard_msgs.msg import DetectionArray, KeypointArray, LabelMap
 import rclpy
 from rclpy.node import Node
@@ -36,6 +36,10 @@ def _args(argv):
     p.add_argument('--timeout', type=float, default=120.0, help='give up after this many s')
     p.add_argument('--duration', type=float, default=0.0,
                    help='soak: loop the source and stop after this many seconds')
+    p.add_argument('--camera-topic', default='', metavar='TOPIC',
+                   help='serve an existing camera topic (e.g. /camera/image_raw; every edge '
+                        'subscribes it) instead of replaying --source; runs for --duration, '
+                        'else --timeout seconds')
     p.add_argument('--quiet', action='store_true', help='no per-frame lines')
     p.add_argument('--json', default=None, help='write the summary as JSON here')
     p.add_argument('--netns', type=float, default=0.0, metavar='MBPS',
@@ -48,7 +52,7 @@ def _args(argv):
 def _run_in_netns(a, argv):
     """Set up the shaped namespaces, rerun this command inside the robots' namespace (the
     server is spawned in the server's), tear them down."""
-    from fluxshard_server import netns
+    from fluxshard_eval import netns
     why = netns.available()
     if why:
         print(f'fluxshard_run: --netns needs root and iproute2 ({why})', file=sys.stderr)
@@ -64,7 +68,7 @@ def _run_in_netns(a, argv):
     env = dict(os.environ, FLUXSHARD_NETNS=name, **netns.dds_env())
     try:
         return subprocess.call(netns.exec_prefix(name, 'edge')
-                               + [sys.executable, '-m', 'fluxshard_server.runner_node', *argv],
+                               + [sys.executable, '-m', 'fluxshard_eval.runner', *argv],
                                env=env)
     finally:
         netns.down(name)
@@ -136,10 +140,12 @@ def main(argv=None):
         srv_params.append(f'model.task:={a.task}')
     procs = []
 
-    def spawn(module, ns, params_file, params, name):
+    def spawn(module, ns, params_file, params, name, remaps=()):
         cmd = [py, '-m', module, '--ros-args']
+        for r in remaps:
+            cmd += ['-r', r]
         if ns_name and name == 'server':
-            from fluxshard_server import netns
+            from fluxshard_eval import netns
             cmd = netns.exec_prefix(ns_name, 'srv') + cmd
         if ns:
             cmd += ['-r', f'__ns:=/{ns}']
@@ -169,22 +175,26 @@ def main(argv=None):
               srv_params + ['edges:=[' + ','.join(f"'{r}'" for r in robots) + ']'], 'server')
         for r in robots:
             spawn('fluxshard_edge.edge_node', r, _find_config('edge.yaml', a.config_dir),
-                  a.edge_param, f'edge_{r}')
-        # wait until the server is up (its latched labels arrive) or it is model-less
-        deadline = time.monotonic() + 60
-        while not mon.names and time.monotonic() < deadline and all(
+                  a.edge_param, f'edge_{r}',
+                  remaps=[f'image:={a.camera_topic}'] if a.camera_topic else ())
+        # wait until the server and every edge are configured (their diagnostics arrive)
+        want = {'fluxshard/server'} | {f'fluxshard/edge/{r}' for r in robots}
+        deadline = time.monotonic() + 90
+        while not want <= set(mon.diag) and time.monotonic() < deadline and all(
                 p.poll() is None for _, p in procs):
             rclpy.spin_once(mon, timeout_sec=0.2)
-            if any(f'{x}=model.backend:=none' in x for x in srv_params):
-                break
         cam_extra = ['loop:=true', 'count:=0'] if a.duration else [f'count:={a.count}']
-        for r in robots:
-            spawn('fluxshard_edge.image_publisher_node', r, None,
+        for r in ([] if a.camera_topic else robots):
+            spawn('fluxshard_eval.image_publisher_node', r, None,
                   [f'source:={a.source}', *cam_extra, f'rate_hz:={a.rate}',
                    'start_delay_s:=0.5', 'wait_for_subscribers:=1',
                    f'frame_id:={r}_camera'], f'camera_{r}')
-        print(f'fluxshard_run: {len(robots)} robot(s), source {a.source}, '
-              f'{a.count or "all"} frames at {a.rate} Hz; logs in {logdir}', flush=True)
+        if a.camera_topic:
+            print(f'fluxshard_run: {len(robots)} robot(s) on camera {a.camera_topic} for '
+                  f'{a.duration or a.timeout:g} s; logs in {logdir}', flush=True)
+        else:
+            print(f'fluxshard_run: {len(robots)} robot(s), source {a.source}, '
+                  f'{a.count or "all"} frames at {a.rate} Hz; logs in {logdir}', flush=True)
         cams = [p for n, p in procs if n.startswith('camera_')]
         t_end = time.monotonic() + (a.duration if a.duration else a.timeout)
         idle_since = None
@@ -194,7 +204,7 @@ def main(argv=None):
             if dead:
                 print(f'fluxshard_run: process(es) exited early: {dead}', flush=True)
                 break
-            if all(p.poll() is not None for p in cams):
+            if cams and all(p.poll() is not None for p in cams):
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since > 3.0:
                     break

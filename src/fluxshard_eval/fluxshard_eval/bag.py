@@ -76,7 +76,7 @@ def write_bag(source: str, out: str, rate: Optional[float] = None, topic: str = 
     from rosbags.typesys import get_typestore, Stores
     from sensor_msgs.msg import Image
 
-    from fluxshard_edge import conversions
+    from fluxshard_msgs_py import conversions
     from fluxshard_kernels import data
 
     outp = Path(out)
@@ -198,7 +198,7 @@ class BagSource:
 
     def frames(self, limit: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
         """(bag time ns, BGR/mono uint8 frame) of the image topic, in order."""
-        from fluxshard_edge import conversions
+        from fluxshard_msgs_py import conversions
         for i, (t, msg) in enumerate(self.messages()):
             if limit is not None and i >= limit:
                 return

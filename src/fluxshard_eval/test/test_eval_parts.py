@@ -11,8 +11,8 @@ from fluxshard_edge.link import BandwidthTrace
 from fluxshard_kernels import data
 from fluxshard_kernels.yolo import model as Y
 from fluxshard_kernels.yolo.processing import letterbox
-from fluxshard_server.evaluation import methods as M
-from fluxshard_server.evaluation import sim
+from fluxshard_eval import methods as M
+from fluxshard_eval import sim
 
 
 @pytest.fixture(scope='module')

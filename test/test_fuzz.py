@@ -6,7 +6,7 @@ from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
 import pytest
 
-from fluxshard_edge import conversions
+from fluxshard_msgs_py import conversions
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_kernels import data, proxy
 from fluxshard_server.receive import receive_batch

@@ -5,7 +5,7 @@ import pytest
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from fluxshard_edge import conversions
+from fluxshard_msgs_py import conversions
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_kernels import data, proxy
 from fluxshard_kernels.yolo.processing import Detections
@@ -45,7 +45,8 @@ def test_row_padding_is_removed(frame):
 
 
 @pytest.mark.parametrize('kw, reason', [
-    (dict(encoding='yuv422'), 'bad_encoding'),
+    (dict(encoding='yuv444'), 'bad_encoding'),
+    (dict(encoding='uyvy', width=3, step=6, data=b'\x00' * 24), 'bad_step'),
     (dict(encoding='32FC1'), 'bad_encoding'),
     (dict(height=0), 'empty_image'),
     (dict(step=10), 'bad_step'),
@@ -157,3 +158,20 @@ def test_compressed_images_decode_and_bad_ones_are_rejected(frame):
         with pytest.raises(conversions.InputError) as e:
             conversions.compressed_to_array(m)
         assert e.value.reason == reason
+
+
+@pytest.mark.parametrize('enc, code', [('yuv422', 'UYVY'), ('uyvy', 'UYVY'),
+                                       ('yuv422_yuy2', 'YUY2'), ('yuyv', 'YUY2')])
+def test_packed_yuv422_cameras_are_converted_like_opencv(enc, code):
+    import cv2
+    rng = np.random.default_rng(0)
+    packed = rng.integers(0, 256, (6, 8, 2), dtype=np.uint8)
+    msg = Image(height=6, width=8, encoding=enc, step=16)
+    msg.data = packed.tobytes()
+    want = cv2.cvtColor(packed, getattr(cv2, f'COLOR_YUV2BGR_{code}'))
+    assert np.array_equal(conversions.image_to_array(msg), want)
+
+
+def test_max_side_agrees_with_the_proxy_model():
+    from fluxshard_kernels import proxy
+    assert conversions.MAX_SIDE == proxy.MAX_SIDE

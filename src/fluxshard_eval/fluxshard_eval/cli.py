@@ -19,9 +19,9 @@ import os
 import sys
 import time
 
-from fluxshard_server.evaluation import report
-from fluxshard_server.evaluation.methods import BASELINES, METHODS
-from fluxshard_server.evaluation.sim import LinkSpec
+from fluxshard_eval import report
+from fluxshard_eval.methods import BASELINES, METHODS
+from fluxshard_eval.sim import LinkSpec
 
 MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan')
 #: FluxShard variants of --sweep: name -> (method, parameters).
@@ -129,7 +129,7 @@ def _args(argv):
 
 
 def _bags(a):
-    from fluxshard_edge import bag
+    from fluxshard_eval import bag
     from fluxshard_kernels import data
     out = []
     srcs = a.sequences if a.sequences is not None else (data.sequences() if not a.bags else [])
@@ -148,7 +148,7 @@ def _bags(a):
 
 
 def _load(path, topic, frames):
-    from fluxshard_edge.bag import BagSource
+    from fluxshard_eval.bag import BagSource
     with BagSource(path, topic) as b:
         rate = b.rate_hz()
         imgs = [f for _, f in b.frames(frames or None)]
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     import cv2
     import torch
     from fluxshard_kernels.evaluate import _ground_truth
-    from fluxshard_server.evaluation import harness, methods
+    from fluxshard_eval import harness, methods
     from fluxshard_server.inference import load_model
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
@@ -188,8 +188,8 @@ def main(argv=None) -> int:
         else:
             try:
                 path = os.path.join(a.out, 'bags', a.scal_source)
-                if not __import__('fluxshard_edge.bag').bag.is_bag(path):
-                    from fluxshard_edge.bag import write_bag
+                if not __import__('fluxshard_eval.bag').bag.is_bag(path):
+                    from fluxshard_eval.bag import write_bag
                     write_bag(a.scal_source, path)
                 imgs, rate = _load(path, '', a.scal_frames)
                 scal = (a.scal_source, imgs, a.rate or rate,
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     text += '\n' + targets(runs, agg, names)
     live = None
     if a.live and bags:
-        from fluxshard_server.evaluation import live as L
+        from fluxshard_eval import live as L
         mode = L.default_mode() if a.live_link == 'auto' else a.live_link
         live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode, rate=a.live_rate)
         text += '\n' + L.table(live, links[0])

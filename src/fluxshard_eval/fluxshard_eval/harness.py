@@ -17,8 +17,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from fluxshard_kernels import metrics
-from fluxshard_server.evaluation import methods as M
-from fluxshard_server.evaluation import sim
+from fluxshard_eval import methods as M
+from fluxshard_eval import sim
 
 
 class Reference:

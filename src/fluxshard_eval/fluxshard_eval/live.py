@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from fluxshard_server.evaluation.sim import LinkSpec
+from fluxshard_eval.sim import LinkSpec
 
 LIVE_METHODS = {
     'fluxshard': [],
@@ -21,7 +21,7 @@ LIVE_METHODS = {
 
 
 def default_mode() -> str:
-    from fluxshard_server import netns
+    from fluxshard_eval import netns
     return 'transport' if netns.available() else 'netns'
 
 
@@ -33,7 +33,7 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
     res = {}
     for name, extra in LIVE_METHODS.items():
         js = os.path.join(out_dir, f'live_{name}.json')
-        cmd = [sys.executable, '-m', 'fluxshard_server.runner_node', '--source', bag_path,
+        cmd = [sys.executable, '-m', 'fluxshard_eval.runner', '--source', bag_path,
                '--count', str(frames), '--rate', str(rate), '--quiet', '--json', js,
                '--timeout', str(timeout),
                '--edge-param', f'link.bandwidth_mbps:={link.mbps}',

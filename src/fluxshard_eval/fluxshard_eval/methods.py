@@ -25,13 +25,13 @@ import cv2
 import numpy as np
 import torch
 
-from fluxshard_edge import conversions
+from fluxshard_msgs_py import conversions
 from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipeline
 from fluxshard_edge.scheduler import BandwidthEstimator, PROFILES
 from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo.processing import Detections, letterbox
-from fluxshard_server.evaluation import sim
+from fluxshard_eval import sim
 from fluxshard_server.inference import EdgeModel
 from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
@@ -162,9 +162,10 @@ class _BlockServer:
             out.cpu_ms = 1e3 * (time.perf_counter() - t0)
             return out
         refreshes = self.em.refresh.completed
-        det = self.em(self.session.state, int(msg.seq), r.mv, r.prev_seq)
+        det = self.em(self.session.state, int(msg.seq), r.mv, r.prev_seq, r.block_size,
+                      r.changed)
         k, n = self.em.last_blocks, self.session.state.shape
-        count = BlockGrid(n[0], n[1], self.em.cam_block).count
+        count = BlockGrid(n[0], n[1], r.block_size).count
         out.result = det
         out.server_s = (sim.SERVER_DENSE_S if self.dense_times else
                         sim.sparse_time(PROFILES['rtx3080'], k, sim.SERVER_DENSE_S))

@@ -1,0 +1,178 @@
+"""The edge without ROS: pipeline (paper Algorithm 1), the server link protocol (ACKs, resync
+requests, digests, availability, probes), offloaded frames awaiting a result, counters. One
+lock guards the state the critical worker and the feedback callbacks share. ``edge_node``
+only declares, subscribes, converts and publishes; tests drive this class directly."""
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+import threading
+import time
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+
+from fluxshard_edge.feedback import ResyncGuard, ServerLink
+from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline, EdgeStep
+
+#: ProxyDelta kinds (fluxshard_msgs/ProxyDelta constants; a test checks they agree)
+KIND_ACK, KIND_RESYNC_REQUEST, KIND_INFERENCE_DONE, KIND_RESET = 0, 1, 2, 3
+
+
+@dataclass
+class Frame:
+    """One camera frame on the critical path."""
+
+    index: int
+    header: Any
+    image: np.ndarray
+    codec_mvs: Optional[np.ndarray] = None
+
+
+@dataclass
+class Processed:
+    """What the worker must publish for one frame."""
+
+    step: Optional[EdgeStep] = None
+    link: str = 'ok'  # ServerLink.poll() before the frame
+    recovered: List[Tuple[Frame, Any]] = field(default_factory=list)  # (frame, local result)
+
+
+class EdgeRuntime:
+    """Edge state and protocol. Methods are the events: ``process`` (a frame, worker thread),
+    ``on_resync_request`` / ``on_ack`` / ``on_inference_done`` / ``on_server_result``
+    (feedback callbacks), ``reconfigure`` (live parameters, applied between frames)."""
+
+    def __init__(self, config: EdgeConfig, ack_timeout_s: float = 1.0,
+                 resync_rate_hz: float = 0.5, resync_burst: int = 2, model=None):
+        self.config = config
+        self.pipeline = EdgePipeline(config, model)
+        self.server = ServerLink(ack_timeout_s)
+        self.resync = ResyncGuard(resync_rate_hz, resync_burst)
+        self.counters = Counter()
+        self.rejects = Counter()
+        self.lock = threading.RLock()
+        self.last_frame: Optional[Frame] = None
+        self.last: dict = {}
+        self._awaiting = OrderedDict()  # seq -> Frame offloaded for inference, no result yet
+
+    # -- between frames ----------------------------------------------------------------------
+    def reconfigure(self, **changes):
+        with self.lock:
+            self.pipeline.reconfigure(**changes)
+            self.config = self.pipeline.config
+
+    def close(self):
+        self.pipeline.close()
+
+    # -- feedback (callbacks) -----------------------------------------------------------------
+    def on_resync_request(self, seq: int, reason: str, now: float) -> str:
+        """'stale' (a key after ``seq`` is on its way), 'limited' (over the resync budget),
+        'resync' (the next batch is a key; resend the last frame if nothing newer waits) or
+        'pending' (a key batch is already requested)."""
+        with self.lock:
+            self.counters['resync_requests'] += 1
+            if seq < self.pipeline.last_key_seq:
+                return 'stale'
+            if not self.resync.allow(now):
+                self.counters['resync_limited'] += 1
+                return 'limited'
+            ok = self.pipeline.request_resync(f'server: {reason}', seq)
+            return 'resync' if ok else 'pending'
+
+    def on_ack(self, seq: int, digest: bytes, server_receive_s: float, now: float) -> str:
+        """'ok', 'unknown' (not a batch this edge remembers), 'mismatch' (a key batch follows)
+        or 'limited' (mismatch, but over the resync budget)."""
+        ack = self.server.ack(seq, digest, server_receive_s, now)
+        if ack is None:
+            return 'unknown'
+        with self.lock:
+            self.pipeline.scheduler.bw.observe(ack.nbytes, ack.seconds)
+            if ack.digest_ok:
+                self.counters['acks'] += 1
+                return 'ok'
+            self.counters['digest_mismatch'] += 1
+            if not self.resync.allow(now):
+                self.counters['resync_limited'] += 1
+                return 'limited'
+            self.pipeline.request_resync(f'digest mismatch at seq {seq}', seq)
+            return 'mismatch'
+
+    def on_inference_done(self, seq: int, blocks: int, compute_s: float):
+        with self.lock:
+            for s in [s for s in self._awaiting if s <= seq]:
+                del self._awaiting[s]
+            if self.config.fit_latency:
+                self.pipeline.scheduler.cloud.observe(int(blocks), float(compute_s))
+
+    def on_server_result(self, det):
+        with self.lock:
+            self.pipeline.last_result = det
+            self.counters['server_results'] += 1
+
+    # -- critical path (worker) ---------------------------------------------------------------
+    def process(self, frame: Frame, now: Optional[float] = None) -> Processed:
+        """Algorithm 1 on one frame, after the link check; offloaded frames left without a
+        result by a server that went away are computed here first (newest only; older ones
+        are counted ``lost_offloaded``)."""
+        now = time.monotonic() if now is None else now
+        t0 = time.perf_counter()
+        out = Processed(link=self.server.poll(now))
+        with self.lock:
+            self.last_frame = frame
+            if out.link == 'lost':
+                out.recovered = self._recover()
+            elif out.link == 'probe':
+                # a key batch (also served locally) that a returning server can apply
+                self.pipeline.request_resync('probing the server')
+                self.counters['probes'] += 1
+            self.pipeline.cloud_available = self.server.available
+            step = self.pipeline.step(frame.image, frame.codec_mvs)
+            out.step = step
+            self._account(step, frame, t0, now)
+        return out
+
+    def _recover(self):
+        if not self._awaiting:
+            return []
+        frames = list(self._awaiting.values())
+        self._awaiting.clear()
+        self.counters['lost_offloaded'] += len(frames) - 1
+        newest = frames[-1]
+        if newest.image.shape[2] != 3 or self.pipeline.runner is None:
+            self.counters['lost_offloaded'] += 1
+            return []
+        det = self.pipeline.compute_locally(newest.image)
+        self.counters['recovered_locally'] += 1
+        return [(newest, det)]
+
+    def _account(self, step: EdgeStep, frame: Frame, t0: float, now: float):
+        dec, c = step.decision, self.counters
+        c[f'decision_{dec.strategy}'] += 1
+        if step.local_result is not None:
+            c['results_local'] += 1
+        if step.sends:
+            self.server.sent(step.seq, step.digest, len(step.payload), now)
+            if step.sparse_inference_requested:
+                self._awaiting[step.seq] = frame
+                while len(self._awaiting) > 64:
+                    self._awaiting.popitem(last=False)
+                    c['lost_offloaded'] += 1
+            if step.key:
+                c['key_batches'] += 1
+                c['key_bytes'] += len(step.payload)
+            c['batches_sent'] += 1
+            c['bytes_sent'] += len(step.payload)
+            c['blocks_sent'] += len(step.update.block_indices)
+        elif step.local_result is None:
+            c['no_result_no_batch'] += 1
+        p = self.pipeline
+        self.last = dict(step.timings, total_ms=1e3 * (time.perf_counter() - t0),
+                         decision=dec.strategy, k_edge=dec.k_edge, k_cloud=dec.k_cloud,
+                         n_labs=dec.n_edge, n_cobs=dec.n_cloud,
+                         ea_edge=round(dec.ea_edge, 4), ea_cloud=round(dec.ea_cloud, 4),
+                         bandwidth_mbps=round(dec.bandwidth_bps * 8 / 1e6, 2),
+                         link_latency_ms=round(1e3 * p.scheduler.bw.latency_s, 1),
+                         hit_ratio=round(step.hit_ratio, 3),
+                         frames_since_refresh=p._since_refresh)
+        if self.config.local_inference and getattr(p, 'last_stats', None):
+            self.last['mac_ratio'] = round(p.last_stats.mac_ratio, 3)

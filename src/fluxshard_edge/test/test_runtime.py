@@ -1,0 +1,51 @@
+"""The edge runtime without ROS: frames in, the link protocol (ACKs, digests, resync budget,
+server loss and return) and live reconfiguration, by plain method calls."""
+
+import numpy as np
+
+from fluxshard_edge.pipeline import EdgeConfig
+from fluxshard_edge.runtime import EdgeRuntime, Frame
+from fluxshard_kernels import data
+
+
+def _frames(n):
+    return [Frame(i, None, f) for i, f in enumerate(data.iter_frames('davis-parkour', n), 1)]
+
+
+def test_acks_digests_and_a_live_tau_change():
+    rt = EdgeRuntime(EdgeConfig(edge_id='robot1', local_inference=False, tau=255.0,
+                                force_strategy='cloud'), ack_timeout_s=100.0)
+    frames = _frames(3)
+    first = rt.process(frames[0], now=0.0).step
+    assert first.key and first.sends
+    assert rt.on_ack(first.seq, first.digest, 0.0, 0.1) == 'ok'
+    quiet = rt.process(frames[1], now=0.2).step
+    assert quiet.decision.n_cloud == 0  # tau 255: nothing misses
+    rt.reconfigure(tau=0.0)  # live parameter, from the next frame
+    busy = rt.process(frames[2], now=0.3).step
+    assert busy.decision.n_cloud == busy.update.grid.count  # tau 0: every block misses
+    assert rt.on_ack(busy.seq, b'\x00' * 16, 0.0, 0.4) == 'mismatch'  # a key batch follows
+    assert rt.counters['digest_mismatch'] == 1
+    assert rt.process(frames[0], now=0.5).step.key
+
+
+def test_resync_requests_are_budgeted():
+    rt = EdgeRuntime(EdgeConfig(edge_id='robot1', local_inference=False),
+                     resync_rate_hz=0.5, resync_burst=2)
+    rt.process(_frames(1)[0], now=0.0)
+    answers = [rt.on_resync_request(1, 'test', 1.0) for _ in range(5)]
+    assert answers.count('limited') == 3 and rt.counters['resync_limited'] == 3
+
+
+def test_frames_offloaded_to_a_server_that_went_away_are_computed_locally():
+    rt = EdgeRuntime(EdgeConfig(edge_id='robot1', force_strategy='cloud'), ack_timeout_s=1.0)
+    frames = _frames(3)
+    a = rt.process(frames[0], now=0.0)
+    rt.on_ack(a.step.seq, a.step.digest, 0.0, 0.1)
+    rt.process(frames[1], now=0.2)  # offloaded, never answered
+    out = rt.process(frames[2], now=5.0)
+    assert out.link == 'lost'
+    assert [f.index for f, _ in out.recovered] == [2] and len(out.recovered[0][1]) > 0
+    assert rt.counters['recovered_locally'] == 1
+    assert out.step.local_result is not None  # and the new frame is served locally
+    np.testing.assert_equal(rt.server.available, False)
