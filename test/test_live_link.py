@@ -158,7 +158,7 @@ def test_bad_input_is_logged_counted_and_nodes_keep_running(ros):
     assert ros.wait_for(lambda: int(got['diag'].get('fluxshard/server', {}).get(
         'rejected.bad_batch', 0)) >= 1, 5)
     elog, slog = ros.log(edge), ros.log(server)
-    assert "unsupported image encoding 'yuv422'" in elog
+    assert "unsupported image encoding 'yuv444'" in elog
     assert 'zero size' in elog and 'expected' in elog
     assert 'raw payload has 100 bytes' in slog
     assert server.poll() is None and edge.poll() is None

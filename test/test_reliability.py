@@ -51,7 +51,13 @@ def test_lossy_link_gaps_are_healed_by_resync(ros):
                     params=['source:=davis-blackswan', f'count:={n}', 'rate_hz:=3.0',
                             'wait_for_subscribers:=1', 'start_delay_s:=2.0'])
     assert ros.wait_for(lambda: cam.poll() is not None, 60)
-    ros.wait_for(lambda: False, 3.0)
+
+    def healed():  # the last frame reached the edge and its resync cycle is visible
+        e = got['diag'].get('fluxshard/edge/robot1', {})
+        srv = got['diag'].get('fluxshard/server', {})
+        return (int(e.get('frames_in', 0)) == n and int(srv.get('rejected.seq_gap', 0)) >= 1
+                and int(e.get('key_batches', 0)) >= 2)
+    assert ros.wait_for(healed, 30), got['diag']
     e, s = got['diag']['fluxshard/edge/robot1'], got['diag']['fluxshard/server']
     assert int(e.get('injected_drops', 0)) >= 1, e
     # every loss was detected (gap or not-in-sync) and answered with a resync

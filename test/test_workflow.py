@@ -49,7 +49,13 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
         d = diag.get(f'fluxshard/edge/{r}', {})
         return int(d.get('frames_in', 0)) >= N and all(c.poll() is not None for c in cams)
     assert ros.wait_for(lambda: accounted('robot1') and accounted('robot2'), 120)
-    ros.wait_for(lambda: False, 4.0)  # last results and diagnostics
+
+    def settled(r):  # every result a node reports as published has arrived here
+        d, srv = diag.get(f'fluxshard/edge/{r}', {}), diag.get(f'fluxshard/server/{r}', {})
+        by = [m.computed_by for ms in got[r]['det'].values() for m in ms]
+        return (by.count('edge') >= int(d.get('results_local', 0))
+                and by.count('server') >= int(srv.get('results_published', 0)))
+    assert ros.wait_for(lambda: settled('robot1') and settled('robot2'), 20)
 
     def acked(r):
         return len([f for f in got[r]['fb'] if f.kind == ProxyDelta.KIND_ACK]) == len(
@@ -75,7 +81,6 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
         assert not any(f.kind == ProxyDelta.KIND_RESYNC_REQUEST for f in got[r]['fb'])
     fast, slow = diag['fluxshard/edge/robot1'], diag['fluxshard/edge/robot2']
     # the estimates (from ACK timings) tell the links apart
-    assert float(slow['last.link_latency_ms']) >= 0.0
     assert float(fast['last.bandwidth_mbps']) > 5 * float(slow['last.bandwidth_mbps']), (
         fast, slow)
     # the fast link offloads more, the slow one computes more at the edge
@@ -137,7 +142,8 @@ def test_duplicate_out_of_order_and_odd_sizes_are_rejected_or_served(ros):
 
 def test_h264_camera_codec_mvs_replace_block_matching(ros):
     """An H.264 camera (one access unit per CompressedImage): the edge decodes it, uses the
-    codec motion vectors, and every frame is served."""
+    codec motion vectors, and every frame is served (or, on a loaded machine, superseded by a
+    newer one in the server's latest-wins job table, and counted)."""
     got = {}
     ros.node.create_subscription(DetectionArray, '/robot1/detections',
                                  lambda m: got.setdefault(_stamp(m.header), m), RESULT_QOS)
@@ -152,7 +158,12 @@ def test_h264_camera_codec_mvs_replace_block_matching(ros):
                     params=['source:=davis-parkour', f'count:={n}', 'rate_hz:=1.5',
                             'transport:=h264', 'wait_for_subscribers:=1',
                             'start_delay_s:=2.0'])
-    assert ros.wait_for(lambda: len(got) >= n, 60), (ros.log(edge), ros.log(cam))
+
+    def accounted():  # every frame served, or superseded in the server's latest-wins table
+        srv = diag.get('fluxshard/server/robot1', {})
+        return len(got) + int(srv.get('dropped_superseded', 0)) >= n
+    assert ros.wait_for(accounted, 60), (diag, ros.log(edge), ros.log(cam))
+    assert len(got) >= 2
     assert ros.wait_for(lambda: int(diag.get('fluxshard/edge/robot1', {}).get(
         'codec_mv_frames', 0)) == n - 1, 5), diag  # every P-frame used codec MVs
     assert edge.poll() is None and server.poll() is None

@@ -151,7 +151,9 @@ class EdgeRuntime:
         if step.local_result is not None:
             c['results_local'] += 1
         if step.sends:
-            self.server.sent(step.seq, step.digest, len(step.payload), now)
+            # sent now: the frame's processing time is not transfer time
+            sent_at = now + (time.perf_counter() - t0)
+            self.server.sent(step.seq, step.digest, len(step.payload), sent_at)
             if step.sparse_inference_requested:
                 self._awaiting[step.seq] = frame
                 while len(self._awaiting) > 64:
