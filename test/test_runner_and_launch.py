@@ -34,6 +34,35 @@ def test_runner_replays_real_frames_through_edge_and_server(tmp_path, monkeypatc
     assert 'robot1 frame' in proc.stdout and 'summary' in proc.stdout
 
 
+def test_runner_serves_an_existing_camera_topic(tmp_path, monkeypatch):
+    """``fluxshard_run --camera-topic``: the edges subscribe a camera that is already running
+    (here a best-effort one, the common driver QoS) instead of a replay."""
+    domain = str(225 + os.getpid() % 20)
+    monkeypatch.setenv('ROS_DOMAIN_ID', domain)
+    monkeypatch.setenv('FLUXSHARD_LOG_DIR', str(tmp_path))
+    monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    cam = subprocess.Popen(
+        [sys.executable, '-m', 'fluxshard_eval.image_publisher_node', '--ros-args',
+         '-r', 'image:=/camera/image_raw', '-p', 'source:=davis-bmx-trees', '-p', 'loop:=true',
+         '-p', 'rate_hz:=2.0', '-p', 'reliable:=false', '-p', 'start_delay_s:=0.0'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = tmp_path / 'summary.json'
+        proc = subprocess.run(
+            [sys.executable, '-m', 'fluxshard_eval.runner', '--camera-topic',
+             '/camera/image_raw', '--robots', '1', '--duration', '20', '--quiet',
+             '--json', str(out), '--config-dir', str(ROOT / 'config')],
+            capture_output=True, text=True, timeout=150)
+    finally:
+        cam.terminate()
+        cam.wait(10)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    v = json.loads(out.read_text())['robots']['robot1']
+    assert v['edge_frames_in'] >= 2 and v['results'] >= 1, v
+    log = (tmp_path / 'edge_robot1.log').read_text()
+    assert '/camera/image_raw (raw, best_effort)' in log, log
+
+
 def test_launch_files_parse_and_name_existing_config():
     for f in (ROOT / 'launch').glob('*.launch.py'):
         tree = ast.parse(f.read_text())

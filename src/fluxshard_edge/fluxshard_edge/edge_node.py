@@ -444,9 +444,9 @@ class EdgeNode(LifecycleNode):
                                                         old.image.shape):
                 self.counters['results_local'] += 1
         step = out.step
-        if step.local_result is not None:
-            self.results.publish(step.local_result, frame.header, frame.index,
-                                 frame.image.shape)
+        if step.local_result is not None and self.results.publish(
+                step.local_result, frame.header, frame.index, frame.image.shape):
+            self.counters['results_local'] += 1
         if not step.sends:
             return
         msg = conversions.update_to_msg(

@@ -148,8 +148,6 @@ class EdgeRuntime:
     def _account(self, step: EdgeStep, frame: Frame, t0: float, now: float):
         dec, c = step.decision, self.counters
         c[f'decision_{dec.strategy}'] += 1
-        if step.local_result is not None:
-            c['results_local'] += 1
         if step.sends:
             # sent now: the frame's processing time is not transfer time
             sent_at = now + (time.perf_counter() - t0)

@@ -49,3 +49,12 @@ def test_frames_offloaded_to_a_server_that_went_away_are_computed_locally():
     assert rt.counters['recovered_locally'] == 1
     assert out.step.local_result is not None  # and the new frame is served locally
     np.testing.assert_equal(rt.server.available, False)
+
+
+def test_diagnostic_levels_follow_the_recent_past():
+    from fluxshard_msgs_py.node import RecentCount
+    recent = RecentCount(window=10.0, now=0.0)
+    assert recent.update(1, now=1.0) == 1      # one transient bad image: WARN now
+    assert recent.update(1, now=5.0) == 1
+    assert recent.update(1, now=12.0) == 0     # ... and OK again 10 s later
+    assert recent.update(4, now=13.0) == 3

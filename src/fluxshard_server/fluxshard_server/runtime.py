@@ -148,9 +148,9 @@ class ServerRuntime:
                           job.changed)
         dt = time.perf_counter() - t0
         with self.lock:
-            self.counters['results_published'] += 1
+            self.counters['inferences'] += 1
             self.counters['infer_ms_total'] += int(dt * 1000)
-        e.counters['results_published'] += 1
+        e.counters['inferences'] += 1
         return det, dt, int(e.model.last_blocks)
 
     def close(self):

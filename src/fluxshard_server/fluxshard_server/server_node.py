@@ -85,7 +85,10 @@ class _Topics:
                                        node.runtime.edges[edge_id].counters)
         self.proxy_image = node.create_publisher(Image, self.prefix + 'proxy_image',
                                                  RESULT_QOS)
-        self.labels = None
+        # created here, published at the first result only when nobody else (the robot's own
+        # edge model) publishes labels: entities are not created from the worker thread
+        self.labels = node.create_publisher(LabelMap, self.prefix + 'labels', LATCHED_QOS)
+        self.labels_sent = False
         self.batch_topic = node.resolve_topic_name(self.prefix + 'block_batch')
         self.subs = []
 
@@ -312,12 +315,15 @@ class ServerNode(LifecycleNode):
         done = ProxyDelta(header=job.header, edge_id=eid, kind=ProxyDelta.KIND_INFERENCE_DONE,
                           seq=job.seq, server_compute_ms=1e3 * seconds, server_blocks=blocks)
         self._feedback(eid, done)
-        if t.labels is None and edge.model.names and \
-                self.count_publishers(t.prefix + 'labels') == 0:
-            # the robot runs no model of its own: the labels come from here
-            t.labels = self.create_publisher(LabelMap, t.prefix + 'labels', LATCHED_QOS)
-            t.labels.publish(conversions.label_map_msg(edge.model.names, LabelMap().header))
-        t.results.publish(det, job.header, job.frame_index, job.state.shape)
+        if not t.labels_sent and edge.model.names:
+            t.labels_sent = True
+            if self.count_publishers(t.prefix + 'labels') <= 1:
+                # the robot runs no model of its own: the labels come from here
+                t.labels.publish(conversions.label_map_msg(edge.model.names,
+                                                           LabelMap().header))
+        if t.results.publish(det, job.header, job.frame_index, job.state.shape):
+            self.counters['results_published'] += 1
+            edge.counters['results_published'] += 1
 
     def _diagnostics(self):
         rt = self.runtime

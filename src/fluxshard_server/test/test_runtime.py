@@ -51,7 +51,7 @@ def test_batches_become_acks_and_jobs_with_the_batch_geometry():
         recomputed.append(blocks)
     # the first batch (key) is computed whole, the others recompute exactly what they carried
     assert recomputed == [grid.count] + [len(m.block_indices) for m in msgs[1:]]
-    assert rt.counters['results_published'] == 3
+    assert rt.counters['inferences'] == 3
     # a replay of an applied batch is refused before it costs anything
     out = rt.on_batch('robot1', msgs[1])
     assert out.refused and out.refused[0] == 'auth_replay'
