@@ -37,6 +37,7 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
     for r, mbps in (('robot1', '130.0'), ('robot2', '0.5')):
         edges[r] = ros.spawn('fluxshard_edge.edge_node', ns=r,
                              params=[f'link.emulate_mbps:={mbps}', 'link.bandwidth_mbps:=10.0',
+                                     'camera.depth:=10',  # every frame reaches the edge
                                      'scheduler.fit_latency:=false', 'refresh.interval:=5'])
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag and
                         'fluxshard/edge/robot2' in diag, 60), ros.log(server)

@@ -165,15 +165,6 @@ class EdgeNode(LifecycleNode):
         self.get_logger().info(f'edge {self.config.edge_id!r} created (unconfigured)')
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def autostart(self):
-        """Configure and activate when ``autostart`` is true; ValueError if configure fails."""
-        if not self.params['autostart']:
-            self.get_logger().info('autostart false: waiting for a lifecycle manager')
-            return
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise ValueError(self.failure or 'configure failed')
-        self.trigger_activate()
-
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p, c = self.params, self.config
         try:
@@ -417,6 +408,8 @@ class EdgeNode(LifecycleNode):
                 self.rejects[e.reason] += 1
                 self.errors.error(e.reason, f'rejected image ({e.reason}): {e}')
             except Exception as e:  # noqa: B902 - a bad frame must never kill the edge
+                if not self.context.ok():
+                    break  # shutting down (Ctrl-C): nothing to publish to any more
                 self.rejects['internal_error'] += 1
                 self.errors.error('internal_error', f'frame failed: {type(e).__name__}: {e}')
 

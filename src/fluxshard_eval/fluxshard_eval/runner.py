@@ -298,6 +298,10 @@ def _summary(mon, robots, a, wall_s, logdir):
             'throughput_fps': len(res) / max(wall_s, 1e-9),
         }
         v = out['robots'][r]
+        # a result older than one already on the topic is dropped by either side (counted)
+        v['dropped_out_of_order'] = (int(edge.get('dropped_out_of_order', 0))
+                                     + int(srv.get('dropped_out_of_order', 0)))
+        v['lost_offloaded'] = int(edge.get('lost_offloaded', 0))
         v['dds_dropped'] = (v['published'] - v['edge_frames_in']
                             if v['published'] is not None else None)
         # a frame whose batch was rejected can still be served by its resync key batch, so
@@ -305,7 +309,8 @@ def _summary(mon, robots, a, wall_s, logdir):
         v['unaccounted'] = max(0, v['edge_frames_in'] - (
             len({x['stamp_ns'] for x in res}) + v['edge_dropped_superseded'] +
             v['edge_rejected'] + v['server_dropped_superseded'] + v['server_rejected'] +
-            v['no_result_no_batch'] + v['injected_drops']))
+            v['no_result_no_batch'] + v['injected_drops'] + v['dropped_out_of_order'] +
+            v['lost_offloaded']))
     out['server'] = mon.diag.get('fluxshard/server', {})
     return out
 

@@ -256,6 +256,22 @@ class DiagnosticsPublisher:
 
 
 # -- running ----------------------------------------------------------------------------------
+def autostart(node):
+    """A lifecycle node whose ``autostart`` parameter is true: configure and activate it
+    (ValueError with the node's ``failure`` reason if configure fails)."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    params = getattr(node, 'params', None)
+    if not hasattr(node, 'trigger_configure') or params is None or \
+            'autostart' not in params.values:
+        return
+    if not params['autostart']:
+        node.get_logger().info('autostart false: waiting for a lifecycle manager')
+        return
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        raise ValueError(getattr(node, 'failure', '') or 'configure failed')
+    node.trigger_activate()
+
+
 def run_node(make_node, args=None, threads: int = 2, body=None, usage: Optional[str] = None):
     """``--help``: print ``usage`` and exit 0 without starting ROS. Otherwise rclpy init, build
     the node, bring a lifecycle node with ``autostart`` to active, spin it on a
@@ -269,9 +285,7 @@ def run_node(make_node, args=None, threads: int = 2, body=None, usage: Optional[
     try:
         try:
             node = make_node()
-            start = getattr(node, 'autostart', None)
-            if start is not None:
-                start()
+            autostart(node)
         except (ValueError, TypeError, FileNotFoundError, rclpy.exceptions.ParameterException,
                 rclpy.exceptions.InvalidParameterTypeException) as e:
             rclpy.logging.get_logger('fluxshard').fatal(f'cannot start: {e}')

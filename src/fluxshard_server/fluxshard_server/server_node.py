@@ -114,14 +114,6 @@ class ServerNode(LifecycleNode):
         self._rivals = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def autostart(self):
-        if not self.params['autostart']:
-            self.get_logger().info('autostart false: waiting for a lifecycle manager')
-            return
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise ValueError(self.failure or 'configure failed')
-        self.trigger_activate()
-
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.params
         try:
