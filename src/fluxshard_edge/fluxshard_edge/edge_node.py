@@ -10,7 +10,8 @@ from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, Label
 from fluxshard_msgs_py import auth, conversions
 from fluxshard_msgs_py.node import (camera_qos, diagnostic_status, DiagnosticsPublisher,
                                     help_text, LATCHED_QOS, LINK_QOS, Param, Params,
-                                    ReasonLog, RecentCount, RESULT_QOS, run_node)
+                                    ReasonLog, RecentCount, RESULT_QOS, run_node,
+                                    WorkerLifecycle)
 from fluxshard_msgs_py.results import ResultPublisher
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -144,7 +145,7 @@ PARAMS = [
 _NODE_LIVE = {'payload.pack_motion'}
 
 
-class EdgeNode(LifecycleNode):
+class EdgeNode(WorkerLifecycle, LifecycleNode):
     """Subscribes ``image``; publishes ``block_batch``, local results and ``/diagnostics``."""
 
     def __init__(self, **kwargs):
@@ -281,11 +282,6 @@ class EdgeNode(LifecycleNode):
         if pending is not None:  # accounted: never silently lost
             self.counters['dropped_deactivated'] += 1
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self.get_logger().info(f'edge {self.config.edge_id!r} cleaned up (model freed)')
-        return TransitionCallbackReturn.SUCCESS
-
     def _release(self):
         if getattr(self, 'runtime', None) is not None:
             self.runtime.close()
@@ -302,16 +298,6 @@ class EdgeNode(LifecycleNode):
         for pub in getattr(self, '_pubs', []):
             self.destroy_publisher(pub)
         self._pubs = []
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def destroy_node(self):
-        self._stop_worker()
-        self._release()
-        return super().destroy_node()
 
     # -- callbacks: O(1) work ------------------------------------------------------------------
     def _on_image(self, msg):

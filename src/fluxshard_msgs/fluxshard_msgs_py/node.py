@@ -256,6 +256,29 @@ class DiagnosticsPublisher:
 
 
 # -- running ----------------------------------------------------------------------------------
+class WorkerLifecycle:
+    """Shutdown and destruction shared by the lifecycle nodes: stop the critical worker
+    (``_stop_worker``), then release what configure made (``_release``); each node defines the
+    two."""
+
+    def on_cleanup(self, state):
+        from rclpy.lifecycle import TransitionCallbackReturn
+        self._release()
+        self.get_logger().info('cleaned up (model freed)')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state):
+        from rclpy.lifecycle import TransitionCallbackReturn
+        self._stop_worker()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def destroy_node(self):
+        self._stop_worker()
+        self._release()
+        return super().destroy_node()
+
+
 def autostart(node):
     """A lifecycle node whose ``autostart`` parameter is true: configure and activate it
     (ValueError with the node's ``failure`` reason if configure fails)."""

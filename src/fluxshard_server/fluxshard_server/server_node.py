@@ -9,7 +9,7 @@ from fluxshard_msgs.msg import BlockBatch, LabelMap, ProxyDelta
 from fluxshard_msgs_py import auth, conversions
 from fluxshard_msgs_py.node import (diagnostic_status, DiagnosticsPublisher, help_text,
                                     LATCHED_QOS, LINK_QOS, Param, Params, ReasonLog,
-                                    RecentCount, RESULT_QOS, run_node)
+                                    RecentCount, RESULT_QOS, run_node, WorkerLifecycle)
 from fluxshard_msgs_py.results import ResultPublisher
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -93,7 +93,7 @@ class _Topics:
         self.subs = []
 
 
-class ServerNode(LifecycleNode):
+class ServerNode(WorkerLifecycle, LifecycleNode):
     """Serves the edges listed in ``edges`` (namespaces) from one process."""
 
     def __init__(self, **kwargs):
@@ -200,11 +200,6 @@ class ServerNode(LifecycleNode):
                 break
             self.counters['dropped_deactivated'] += 1
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self.get_logger().info('cleaned up (models freed)')
-        return TransitionCallbackReturn.SUCCESS
-
     def _release(self):
         if getattr(self, 'diagnostics', None) is not None:
             self.diagnostics.destroy()
@@ -218,16 +213,6 @@ class ServerNode(LifecycleNode):
         if getattr(self, 'runtime', None) is not None:
             self.runtime.close()
             self.runtime = None
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def destroy_node(self):
-        self._stop_worker()
-        self._release()
-        return super().destroy_node()
 
     # -- per message (ordered per edge by its callback group) ---------------------------------
     def on_batch(self, eid: str, msg: BlockBatch):
