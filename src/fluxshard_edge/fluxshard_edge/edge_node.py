@@ -302,7 +302,21 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
     # -- callbacks: O(1) work ------------------------------------------------------------------
     def _on_image(self, msg):
         self.counters['frames_in'] += 1
-        if self.slot.put((self.counters['frames_in'], msg)) is not None:
+        item = (self.counters['frames_in'], msg)
+        if self.transport == 'h264':
+            # every access unit must pass the decoder (P-frames reference the previous one), so
+            # H.264 is decoded here, before the latest-wins slot can supersede a unit
+            try:
+                item = self._decode(*item)
+            except conversions.InputError as e:
+                self.rejects[e.reason] += 1
+                self.errors.error(e.reason, f'rejected image ({e.reason}): {e}')
+                return
+            except Exception as e:  # noqa: B902 - a bad unit must never kill the edge
+                self.rejects['internal_error'] += 1
+                self.errors.error('internal_error', f'H.264 unit failed: {type(e).__name__}: {e}')
+                return
+        if self.slot.put(item) is not None:
             self.counters['dropped_superseded'] += 1
 
     def _on_bad_qos(self, event):
