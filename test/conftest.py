@@ -101,15 +101,21 @@ class RosGraph:
         self.rclpy.shutdown(context=self.ctx)
 
 
-_DOMAIN = [int(os.environ.get('FLUXSHARD_TEST_DOMAIN_BASE', 100 + os.getpid() % 60))]
+# Domains 100-199, split between pytest-xdist workers (gw0, gw1, ...) so parallel tests never
+# share one; FLUXSHARD_TEST_DOMAIN_BASE pins the start of a single-process run.
+_WORKERS = max(int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')), 1)
+_WORKER = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:] or 0)
+_SPAN = 100 // _WORKERS
+_DOMAIN = [int(os.environ.get('FLUXSHARD_TEST_DOMAIN_BASE', os.getpid())) % _SPAN]
 
 
 @pytest.fixture
 def ros(tmp_path, monkeypatch):
-    _DOMAIN[0] = 100 + (_DOMAIN[0] + 1) % 100
-    monkeypatch.setenv('ROS_DOMAIN_ID', str(_DOMAIN[0]))
+    _DOMAIN[0] = (_DOMAIN[0] + 1) % _SPAN
+    domain = 100 + _WORKER * _SPAN + _DOMAIN[0]
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(domain))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     monkeypatch.setenv('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
-    g = RosGraph(tmp_path, _DOMAIN[0])
+    g = RosGraph(tmp_path, domain)
     yield g
     g.close()

@@ -20,3 +20,16 @@ def test_readme_is_short_and_starts_with_the_two_commands():
     assert block[1:] == ['scripts/fluxshard eval', 'scripts/fluxshard test']
     for doc in ('design', 'engine', 'evaluation', 'reliability', 'security', 'parameters'):
         assert f'docs/{doc}.md' in text and (ROOT / 'docs' / f'{doc}.md').is_file()
+
+
+def test_measured_tables_are_rendered_from_the_saved_json():
+    """Every rendered region of docs/*.md equals what scripts/render_docs.py makes of its JSON,
+    and the evaluation page has one."""
+    mod = runpy.run_path(str(ROOT / 'scripts' / 'render_docs.py'))
+    regions = 0
+    for page in sorted((ROOT / 'docs').glob('*.md')):
+        text = page.read_text()
+        regions += len(mod['REGION'].findall(text))
+        assert mod['render_page'](text) == text, \
+            f'{page.name} is stale: scripts/fluxshard run python scripts/render_docs.py'
+    assert regions >= 1 and '<!-- render: eval' in (ROOT / 'docs' / 'evaluation.md').read_text()

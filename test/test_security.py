@@ -12,6 +12,8 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
 from diagnostic_msgs.msg import DiagnosticArray
 from fluxshard_msgs_py.node import RESULT_QOS
 from fluxshard_msgs.msg import BlockBatch, DetectionArray, ProxyDelta
@@ -167,6 +169,7 @@ def test_resync_storm_stays_within_the_key_batch_budget(ros):
     assert edge.poll() is None
 
 
+@pytest.mark.serial  # compares latencies alone and flooded
 def test_a_flooding_robot_cannot_starve_another(ros):
     """robot2 floods genuine full-frame batches at 25x robot1's frame rate; admission holds it
     to 4 batches/s and the job table serves the robots in turn: robot1's median latency with

@@ -7,9 +7,10 @@
 Each source becomes a rosbag2 (MCAP) under ``<out>/bags`` (bags given with ``--bags`` are read
 as they are) and its frames are read back from the bag. Every method runs its real edge and
 server code on every frame it gets to (modelled timeline, see ``harness``); the tables print as
-markdown, the plots and ``results.json`` land in ``--out``. ``--live`` also replays the first
-bag through the real nodes over DDS (FluxShard and Full Offload at the first link class, link
-shaped in the edge's transport) and reports the measured latency on this machine.
+markdown, the plots, ``results.json`` and ``summary.json`` (the same without per-frame records;
+``scripts/render_docs.py`` renders docs/evaluation.md from it) land in ``--out``. ``--live``
+also replays the first bag through the real nodes over DDS (FluxShard and Full Offload at the
+first link class) and reports the latency measured on this machine.
 """
 
 import argparse
@@ -20,10 +21,10 @@ import sys
 import time
 
 from fluxshard_eval import report
-from fluxshard_eval.methods import BASELINES, METHODS
+from fluxshard_eval.methods import BASELINES, METHODS, VIDEO
 from fluxshard_eval.sim import LinkSpec
 
-MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan')
+MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdance')
 #: FluxShard variants of --sweep: name -> (method, parameters).
 SWEEP = {f'fluxshard q{q} tau{t:g}': ('fluxshard', {'quality': q, 'tau': t})
          for q, t in ((75, 10.0), (50, 10.0), (90, 20.0), (75, 20.0), (50, 30.0))}
@@ -77,10 +78,11 @@ def _args(argv):
     p.add_argument('--links', nargs='+', default=['high', 'medium', 'low'],
                    help="link classes (high 130, medium 56, low 25 Mbit/s), a rate in Mbit/s "
                         "or trace:<file>")
-    p.add_argument('--methods', nargs='+', default=['fluxshard', *BASELINES],
+    p.add_argument('--methods', nargs='+', default=['fluxshard', *BASELINES, *VIDEO],
                    choices=METHODS + ('full-offload-png',),
-                   help='methods run at every link (full-offload-png: lossless frames, a '
-                        'check of the harness)')
+                   help='methods run at every link (video-offload-crfN: the camera as an '
+                        'H.264 stream at CRF N; full-offload-png: lossless frames, a check of '
+                        'the harness)')
     p.add_argument('--ablations', nargs='*', default=['no-ata', 'no-ms-comp'],
                    choices=['no-ata', 'no-ms-comp'], help='run at the medium link only')
     p.add_argument('--edges', nargs='*', type=int, default=[2, 3, 4],
@@ -228,28 +230,37 @@ def main(argv=None) -> int:
         runs.append(r)
     bar.close()
     wall = time.monotonic() - t0
-    agg = report.aggregate(runs)
-    names = [lk.name for lk in links]
-    text = report.tables(agg, names, runs)
-    if a.sweep:
-        text += '\n' + sweep_table(runs, medium.name)
-    text += '\n' + targets(runs, agg, names)
     live = None
     if a.live and bags:
         from fluxshard_eval import live as L
         mode = L.default_mode() if a.live_link == 'auto' else a.live_link
         live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode, rate=a.live_rate)
-        text += '\n' + L.table(live, links[0])
+    have = {r['sequence'] for r in runs}
+    res = {'command': 'fluxshard-eval ' + ' '.join(sys.argv[1:] if argv is None else argv),
+           'args': vars(a), 'wall_s': wall, 'runs': runs, 'live': live,
+           'frontier': {'link': medium.name,
+                        'points': report.frontier(runs, medium.name,
+                                                  [s for s in MOVING if s in have] or None)}}
+    text = render(res)
     print('\n' + text)
     os.makedirs(a.out, exist_ok=True)
-    files = report.plots(agg, names, a.out)
+    names = [lk.name for lk in links]
+    files = report.plots(report.aggregate(runs), names, a.out)
+    pts = res['frontier']['points']
+    if pts:
+        files.append(report.frontier_plot(pts, medium.name, os.path.join(a.out,
+                                                                         'frontier.png')))
     with open(os.path.join(a.out, 'report.md'), 'w') as f:
         f.write(text)
     with open(os.path.join(a.out, 'results.json'), 'w') as f:
-        json.dump({'args': vars(a), 'wall_s': wall, 'runs': runs, 'live': live,
-                   'aggregate': [{'method': k[0], 'link': k[1], 'edges': k[2], **v}
-                                 for k, v in agg.items()]}, f, indent=1, default=float)
-    print(f'wrote {a.out}/report.md, {a.out}/results.json, ' + ', '.join(files)
+        json.dump({**res, 'aggregate': [{'method': k[0], 'link': k[1], 'edges': k[2], **v}
+                                        for k, v in report.aggregate(runs).items()]},
+                  f, indent=1, default=float)
+    with open(os.path.join(a.out, 'summary.json'), 'w') as f:  # without per-frame records
+        json.dump({**res, 'runs': [{k: v for k, v in r.items() if k != 'per_frame'}
+                                   for r in runs]}, f, indent=0, default=float)
+    print(f'wrote {a.out}/report.md, {a.out}/results.json, {a.out}/summary.json, '
+          + ', '.join(files)
           + f' ({wall / 60:.1f} min)')
     bad = [r for r in runs if r['bytes_counted'] != r['bytes_on_link']]
     if bad:
@@ -257,6 +268,26 @@ def main(argv=None) -> int:
             f"{r['method']}/{r['sequence']}" for r in bad), file=sys.stderr)
         return 1
     return 0
+
+
+def render(res: dict) -> str:
+    """Every table of a run as markdown, from its saved ``results.json`` (``report.md`` and the
+    tables of docs/evaluation.md are both this text)."""
+    a, runs = res['args'], res['runs']
+    links = [LinkSpec.parse(x, a['delay_ms'], a['loss']) for x in a['links']]
+    names = [lk.name for lk in links]
+    agg = report.aggregate(runs)
+    medium = res['frontier']['link']
+    text = report.tables(agg, names, runs)
+    if a.get('sweep'):
+        text += '\n' + sweep_table(runs, medium)
+    pts = res['frontier']['points']
+    text += '\n' + report.frontier_table(pts, medium)
+    text += '\n' + targets(runs, agg, names, pts)
+    if res.get('live'):
+        from fluxshard_eval import live as L
+        text += '\n' + L.table(res['live'], links[0])
+    return text
 
 
 def sweep_table(runs, link) -> str:
@@ -282,7 +313,7 @@ def sweep_table(runs, link) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def targets(runs, agg, links) -> str:
+def targets(runs, agg, links, pts=()) -> str:
     """The issue's targets, measured in this run (moving-camera DAVIS at the medium link)."""
     lines = ['### Targets (this run)', '']
     med = 'medium' if 'medium' in links else links[0]
@@ -322,6 +353,21 @@ def targets(runs, agg, links) -> str:
         if best2:
             lines.append(f"- over the best baseline other than Full Offload ({best2}): "
                          f"{mean[best2] / mean['fluxshard']:.2f}x")
+        fo = [get('full-offload', s, 'retention') for s in mv]
+        ok = all(x >= 0.97 and x >= f - 0.01 for x, f in zip(ret, fo))
+        lines.append(f"- retention >= 97 % on each and never more than 1 point below Full "
+                     f"Offload's ({', '.join(f'{100 * f:.1f} %' for f in fo)}): "
+                     f"{'met' if ok else 'not met'}")
+    fx = next((p for p in pts if p['method'] == 'fluxshard'), None)
+    if fx is not None:
+        from fluxshard_eval.report import video_bytes_at
+        vb, how = video_bytes_at(pts, fx['retention'])
+        if vb is not None:
+            ratio = fx['kb_per_frame'] / vb
+            lines.append(f"- FluxShard bytes vs Video Offload at the same retention "
+                         f"({100 * fx['retention']:.1f} %, {how}): {fx['kb_per_frame']:.1f} vs "
+                         f"{vb:.1f} KB/frame = {ratio:.2f}x (target <= 0.7x: "
+                         f"{'met' if ratio <= 0.7 else 'not met'})")
     es = sorted({k[2] for k in agg if k[0] == 'fluxshard' and k[2] > 1})
     if 3 in es:
         sl = next(k[1] for k in agg if k[0] == 'fluxshard' and k[2] == 3)

@@ -13,6 +13,11 @@ serialisation (CDR bytes are what the link carries and what the byte counts coun
   latency at the estimated bandwidth (input / after layer 4 / after layer 10 / all on the
   edge), fp16 features; an early-exit cache that reuses the last result when the whole frame
   is similar to the last computed one.
+* ``video-offload-crf<N>`` - what a robot team does without FluxShard: the camera streamed as
+  H.264 (x264 ``tune=zerolatency``, ``preset=veryfast``, no B-frames, one reference, CRF N; one
+  access unit per frame in a ``CompressedImage`` of format ``h264``), decoded on the server,
+  dense inference there. A lost unit makes the next frame an IDR key frame (the decoder's
+  resync). ``VIDEO_CRFS`` is the default ladder.
 * ``coach`` - COACH-style: SPINN plus quantised transfer (uint8 features with per-channel
   affine scale, JPEG q60 input).
 """
@@ -36,7 +41,10 @@ from fluxshard_server.inference import EdgeModel
 from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
-METHODS = ('fluxshard', 'full-offload', 'deltacnn', 'spinn', 'coach', 'no-ata', 'no-ms-comp')
+VIDEO_CRFS = (18, 23, 28)
+VIDEO = tuple(f'video-offload-crf{c}' for c in VIDEO_CRFS)
+METHODS = ('fluxshard', 'full-offload', *VIDEO, 'deltacnn', 'spinn', 'coach', 'no-ata',
+           'no-ms-comp')
 BASELINES = ('full-offload', 'spinn', 'coach', 'deltacnn')
 
 
@@ -287,6 +295,62 @@ class FullOffload(Method):
         raw = work.messages[0]
         self.received_bytes += len(raw)
         img = conversions.compressed_to_array(deserialize(raw, CompressedImage))
+        det = dense_detect(self.model, img)
+        return ServerWork(det, sim.SERVER_DENSE_S, 0.0,
+                          _result_bytes(det, self.edge_id, self._index, self.task), 1.0,
+                          1e3 * (time.perf_counter() - t0), len(raw))
+
+
+class VideoOffload(Method):
+    """The camera as an H.264 stream (one access unit per frame it takes), decoded on the
+    server, dense inference there."""
+
+    def __init__(self, model, edge_id, link, crf: int = 23):
+        super().__init__(model, edge_id, link)
+        if not 0 <= crf <= 51:
+            raise ValueError(f'H.264 CRF must be in 0..51, got {crf}')
+        self.crf = crf
+        self.name = f'video-offload-crf{crf}'
+        self.enc = self.dec = None
+        self._key = True
+        self._index = 0
+
+    def edge(self, frame, index):
+        from sensor_msgs.msg import CompressedImage
+        from std_msgs.msg import Header
+        from fluxshard_kernels.codec_mv import H264Decoder, H264Encoder
+        t0 = time.perf_counter()
+        if self.enc is None or (self.enc.ctx.width, self.enc.ctx.height) != \
+                (frame.shape[1] // 2 * 2, frame.shape[0] // 2 * 2):
+            self.enc = H264Encoder(frame.shape[1], frame.shape[0], crf=self.crf)
+            self.dec = H264Decoder()
+            self._key = True
+        img = frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, 2)
+        m = CompressedImage(header=Header(), format='h264',
+                            data=self.enc.encode(img, key=self._key))
+        self._key = False
+        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, messages=[serialize(m)],
+                     cpu_ms=1e3 * (time.perf_counter() - t0))
+        self._index = index
+        self._shape = frame.shape[:2]
+        self._count(w)
+        return w
+
+    def server(self, work, delivered):
+        from sensor_msgs.msg import CompressedImage
+        if not delivered or not delivered[0]:
+            self._key = True  # the server asks for a key frame (modelled as immediate)
+            return ServerWork()
+        t0 = time.perf_counter()
+        raw = work.messages[0]
+        self.received_bytes += len(raw)
+        out = self.dec.decode(bytes(deserialize(raw, CompressedImage).data))
+        if not out:
+            return ServerWork(cpu_ms=1e3 * (time.perf_counter() - t0), received_bytes=len(raw))
+        img = out[-1][0]
+        h, w = self._shape
+        if img.shape[:2] != (h, w):  # x264 codes even sides: repeat the last row / column
+            img = np.pad(img, ((0, h - img.shape[0]), (0, w - img.shape[1]), (0, 0)), 'edge')
         det = dense_detect(self.model, img)
         return ServerWork(det, sim.SERVER_DENSE_S, 0.0,
                           _result_bytes(det, self.edge_id, self._index, self.task), 1.0,
@@ -559,6 +623,8 @@ def make(name: str, model, edge_id: str, link: sim.LinkSpec, **kw) -> Method:
         return FullOffload(model, edge_id, link, fmt='png')
     if name == 'deltacnn':
         return DeltaCNN(model, edge_id, link, **kw)
+    if name.startswith('video-offload-crf') and name[17:].isdigit():
+        return VideoOffload(model, edge_id, link, crf=int(name[17:]))
     if name in ('spinn', 'coach'):
         return Split(model, edge_id, link, quantize=name == 'coach')
     raise ValueError(f'unknown method {name!r}; one of {", ".join(METHODS)}')

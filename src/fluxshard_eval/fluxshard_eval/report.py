@@ -8,8 +8,15 @@ import numpy as np
 NAMES = {'fluxshard': 'FluxShard', 'full-offload': 'Full Offload', 'spinn': 'SPINN-style',
          'coach': 'COACH-style', 'deltacnn': 'DeltaCNN-style', 'no-ata': 'No-ATA',
          'no-ms-comp': 'No-MS-Comp', 'full-offload-png': 'Full Offload (PNG)'}
-ORDER = ('full-offload', 'full-offload-png', 'spinn', 'coach', 'deltacnn', 'fluxshard', 'no-ata',
-         'no-ms-comp')
+NAMES.update({f'video-offload-crf{c}': f'Video Offload (H.264 CRF {c})' for c in range(52)})
+ORDER = ('full-offload', 'full-offload-png',
+         *(f'video-offload-crf{c}' for c in range(52)), 'spinn', 'coach', 'deltacnn',
+         'fluxshard', 'no-ata', 'no-ms-comp')
+
+
+def name(m: str) -> str:
+    """A method's or variant's display name."""
+    return NAMES.get(m, m)
 
 
 def _f(v, fmt='{:.1f}', scale=1.0):
@@ -43,7 +50,7 @@ def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
     main = [m for m in _methods(agg) if m not in ('no-ata', 'no-ms-comp')]
 
     def per_link(title, cell, extra_cols=(), extra=None):
-        cols = [NAMES[m] for m in main] + list(extra_cols)
+        cols = [name(m) for m in main] + list(extra_cols)
         out = ['', title, '', '| link | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
         for link in links:
             a = {m: agg.get((m, link, 1), {}) for m in main}
@@ -81,7 +88,7 @@ def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
                   '|---|---|---|---|---|']
         for m in abl:
             a = agg[(m, 'medium', 1)]
-            lines.append(f"| {NAMES[m]} | {_f(a['latency_ms_mean'])} | "
+            lines.append(f"| {name(m)} | {_f(a['latency_ms_mean'])} | "
                          f"{_f(a['hit_ratio'], scale=100)} | {_f(a['retention'], scale=100)} | "
                          f"{_f(a['bandwidth_MBps'], '{:.2f}')} |")
     seq_rows = [r for r in runs
@@ -123,7 +130,7 @@ def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
                 v = agg.get((m, sl, e), {}).get('latency_ms_mean', math.nan)
                 cells.append(f'{_f(v)} ({v / one:.2f}x)' if e > 1 and one == one and v == v
                              else _f(v))
-            lines.append(f'| {NAMES[m]} | ' + ' | '.join(cells) + ' |')
+            lines.append(f'| {name(m)} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
@@ -144,7 +151,7 @@ def plots(agg: Dict[tuple, dict], links: List[str], out_dir: str) -> List[str]:
         width = 0.8 / max(len(ms), 1)
         for i, m in enumerate(ms):
             vals = [agg.get((m, lk, 1), {}).get(key, math.nan) * scale for lk in links]
-            ax.bar(np.arange(len(links)) + i * width, vals, width, label=NAMES[m])
+            ax.bar(np.arange(len(links)) + i * width, vals, width, label=name(m))
         ax.set_xticks(np.arange(len(links)) + width * (len(ms) - 1) / 2)
         ax.set_xticklabels(links)
         ax.set_ylabel(label)
@@ -163,7 +170,7 @@ def plots(agg: Dict[tuple, dict], links: List[str], out_dir: str) -> List[str]:
             es = [e for e in [1] + scal if (m, sl, e) in agg]
             if len(es) > 1:
                 ax.plot(es, [agg[(m, sl, e)]['latency_ms_mean'] for e in es], marker='o',
-                        label=NAMES[m])
+                        label=name(m))
         ax.set_xlabel('edges sharing one server')
         ax.set_ylabel('modelled latency (ms)')
         ax.set_xticks([1] + scal)
@@ -174,3 +181,100 @@ def plots(agg: Dict[tuple, dict], links: List[str], out_dir: str) -> List[str]:
         plt.close(fig)
         files.append(path)
     return files
+
+
+def frontier(runs: List[dict], link: str, sequences=None) -> List[dict]:
+    """Bytes against retention at ``link`` (one edge): one point per method or variant, the
+    means over the sequences every point has (``sequences`` to restrict them further)."""
+    rs = [r for r in runs if r['link'] == link and r['edges'] == 1]
+    seqs = set(sequences) if sequences is not None else {r['sequence'] for r in rs}
+    for m in {r['method'] for r in rs}:
+        seqs &= {r['sequence'] for r in rs if r['method'] == m}
+    pts = []
+    for m in sorted({r['method'] for r in rs}, key=lambda m: (ORDER + (m,)).index(m)):
+        mine = [r for r in rs if r['method'] == m and r['sequence'] in seqs]
+        if not mine:
+            continue
+        pts.append({'method': m, 'sequences': sorted(seqs),
+                    'kb_per_frame': float(np.mean([r['bytes_on_link'] / r['frames']
+                                                   for r in mine])) / 1e3,
+                    'retention': float(np.mean([r['retention'] for r in mine])),
+                    'hit_ratio': float(np.mean([r['hit_ratio'] for r in mine]))})
+    return pts
+
+
+def video_bytes_at(pts: List[dict], retention: float):
+    """The Video Offload ladder's KB per frame at ``retention`` (log-bytes interpolated between
+    neighbouring CRFs) and how it was read: 'interpolated', 'at or above the ladder's best'
+    (the highest-quality rung, which the ratio then flatters Video Offload with) or None."""
+    ladder = sorted(((p['retention'], p['kb_per_frame']) for p in pts
+                     if p['method'].startswith('video-offload')), key=lambda x: x[1])
+    if not ladder:
+        return None, None
+    best = max(ladder, key=lambda x: x[0])
+    if retention >= best[0]:
+        return best[1], "at or above the ladder's best"
+    for (r0, b0), (r1, b1) in zip(ladder, ladder[1:]):  # by bytes: retention mostly rises
+        lo, hi = min(r0, r1), max(r0, r1)
+        if lo <= retention <= hi and hi > lo:
+            t = (retention - r0) / (r1 - r0)
+            return float(math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))), \
+                'interpolated'
+    low = min(ladder, key=lambda x: x[0])
+    return low[1], "below the ladder's lowest"
+
+
+def _frames_only(m: str) -> bool:  # methods that send whole frames: no cache, no hit ratio
+    return m.startswith('video-offload') or m.startswith('full-offload')
+
+
+def frontier_table(pts: List[dict], link: str) -> str:
+    """The frontier as markdown; beside each method, Video Offload's bytes at its retention."""
+    if not pts:
+        return ''
+    lines = [f'### Bytes against accuracy at the {link} link (one edge; sequences: '
+             f"{', '.join(pts[0]['sequences'])})", '',
+             '| method | KB / frame | retention (%) | hit (%) | Video Offload KB / frame at '
+             'this retention | bytes vs Video Offload |', '|---|---|---|---|---|---|']
+    for p in pts:
+        vb, how = video_bytes_at(pts, p['retention'])
+        video = p['method'].startswith('video-offload')
+        rel = '-' if vb is None or video else f'{vb:.1f} ({how})'
+        ratio = '-' if vb is None or video else f"{p['kb_per_frame'] / vb:.2f}x"
+        hit = '-' if _frames_only(p['method']) else _f(p['hit_ratio'], scale=100)
+        lines.append(f"| {name(p['method'])} | {p['kb_per_frame']:.1f} | "
+                     f"{100 * p['retention']:.1f} | {hit} | {rel} | {ratio} |")
+    return '\n'.join(lines) + '\n'
+
+
+def frontier_plot(pts: List[dict], link: str, path: str) -> str:
+    """KB per frame (log) against retention, one marker per method, the Video Offload ladder
+    as a line; returns ``path``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    video = [p for p in pts if p['method'].startswith('video-offload')]
+    if video:
+        v = sorted(video, key=lambda p: p['kb_per_frame'])
+        ax.plot([p['kb_per_frame'] for p in v], [100 * p['retention'] for p in v], '-o',
+                color='grey', label='Video Offload (H.264 CRF ladder)')
+        for p in v:
+            ax.annotate(p['method'].split('-')[-1].upper(),
+                        (p['kb_per_frame'], 100 * p['retention']), fontsize=7,
+                        textcoords='offset points', xytext=(4, -10))
+    for p in pts:
+        if p['method'].startswith('video-offload'):
+            continue
+        ax.plot(p['kb_per_frame'], 100 * p['retention'], 's' if 'fluxshard' in p['method']
+                else 'o', label=name(p['method']))
+    ax.set_xscale('log')
+    ax.set_xlabel('uplink KB per frame (log)')
+    ax.set_ylabel('accuracy retention vs dense on the true frame (%)')
+    ax.set_title(f'bytes against accuracy, {link} link', fontsize=9)
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=6, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

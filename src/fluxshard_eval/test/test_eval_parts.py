@@ -117,3 +117,47 @@ def test_feature_messages_round_trip(model):
     # quantised transfer keeps the confident detections (the person)
     keep = det_full.scores >= 0.5
     assert keep.any() and np.isin(det_full.class_ids[keep], det_q.class_ids).all()
+
+
+def test_video_offload_resyncs_with_a_key_frame_after_a_lost_unit(model):
+    """The H.264 baseline: P-frames after the first IDR; a unit lost on the link makes the next
+    one an IDR (NAL type 5) that the server decodes on its own."""
+    from fluxshard_kernels.codec_mv import H264Decoder
+    frames = list(data.iter_frames('davis-parkour', 4))
+    m = M.make('video-offload-crf28', model, 'robot1', sim.LinkSpec.parse('medium'))
+
+    def idr(raw):
+        from sensor_msgs.msg import CompressedImage
+        au = bytes(M.deserialize(raw, CompressedImage).data)
+        return any(au[i + 3] & 0x1F == 5 for i in range(len(au) - 3)
+                   if au[i:i + 3] == b'\x00\x00\x01')
+    sent = []
+    for i, f in enumerate(frames):
+        w = m.edge(f, i)
+        sent.append(w.messages[0])
+        res = m.server(w, [i != 1])  # the second unit is lost
+        assert (res.result is not None) == (i != 1)
+    assert [idr(r) for r in sent] == [True, False, True, False]
+    # the key frame alone decodes: a fresh decoder starting at it gets a frame
+    from sensor_msgs.msg import CompressedImage
+    assert H264Decoder().decode(bytes(M.deserialize(sent[2], CompressedImage).data))
+    assert m.sent_bytes == sum(map(len, sent)) and m.received_bytes == m.sent_bytes - len(sent[1])
+    with pytest.raises(ValueError, match='CRF'):
+        M.make('video-offload-crf60', model, 'robot1', sim.LinkSpec.parse('medium'))
+
+
+def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
+    from fluxshard_eval import report
+    pts = [{'method': 'video-offload-crf18', 'kb_per_frame': 30.0, 'retention': 0.98},
+           {'method': 'video-offload-crf23', 'kb_per_frame': 15.0, 'retention': 0.96},
+           {'method': 'video-offload-crf28', 'kb_per_frame': 7.5, 'retention': 0.90},
+           {'method': 'fluxshard', 'kb_per_frame': 10.0, 'retention': 0.93, 'hit_ratio': 0.8}]
+    kb, how = report.video_bytes_at(pts, 0.93)  # half way from CRF 28 to 23 in log bytes
+    assert how == 'interpolated' and kb == pytest.approx(math.sqrt(15.0 * 7.5))
+    assert report.video_bytes_at(pts, 0.99) == (30.0, "at or above the ladder's best")
+    assert report.video_bytes_at(pts, 0.5) == (7.5, "below the ladder's lowest")
+    assert report.video_bytes_at(pts[3:], 0.9) == (None, None)
+    for p in pts:
+        p['sequences'] = ['s']
+    text = report.frontier_table(pts, 'medium')
+    assert '| FluxShard | 10.0 | 93.0 | 80.0 | 10.6 (interpolated) | 0.94x |' in text

@@ -149,10 +149,14 @@ class H264Encoder:
         self.ctx.options = {'x264-params': 'ref=1:bframes=0:scenecut=0:keyint=100000',
                             'preset': 'veryfast', 'tune': 'zerolatency', 'crf': str(crf)}
 
-    def encode(self, frame: np.ndarray) -> bytes:
+    def encode(self, frame: np.ndarray, key: bool = False) -> bytes:
+        """One access unit for ``frame`` (cropped to even sides); ``key`` forces an IDR
+        frame (a decoder that lost a unit restarts there)."""
         import av
         f = av.VideoFrame.from_ndarray(np.ascontiguousarray(
             frame[:self.ctx.height, :self.ctx.width]), format='bgr24')
+        if key:
+            f.pict_type = av.video.frame.PictureType.I
         return b''.join(bytes(p) for p in self.ctx.encode(f))
 
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Render the measured tables of docs/*.md from the JSON their commands saved, so a page and
+its numbers cannot drift apart.
+
+A rendered region of a page looks like
+
+    <!-- render: eval docs/data/eval.json -->
+    ... (replaced on every run) ...
+    <!-- end render -->
+
+``eval`` regions take a ``summary.json`` of ``fluxshard-eval`` (copied to ``docs/data/``) and
+hold the command that made it plus every table of that run (``fluxshard_eval.cli.render``).
+
+Usage:  scripts/fluxshard run python scripts/render_docs.py          # rewrite the pages
+        scripts/fluxshard run python scripts/render_docs.py --check  # exit 1 if one is stale
+(test/test_docs.py runs the check.)
+"""
+
+import json
+from pathlib import Path
+import re
+import sys
+
+ROOT = Path(__file__).resolve().parent.parent
+REGION = re.compile(r'(<!-- render: (\w+) (\S+) -->\n)(.*?)(<!-- end render -->)', re.S)
+
+
+def render_eval(path: Path) -> str:
+    from fluxshard_eval import cli
+    res = json.loads(path.read_text())
+    wall = res.get('wall_s', 0.0)
+    runs = [r for r in res['runs'] if r['edges'] == 1]
+    head = (f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`; harness "
+            f"{len(res['runs'])} runs, {sum(r['frames'] * r['edges'] for r in res['runs'])} "
+            f"frames, {wall / 60:.1f} min on this 2-core machine; sequences: "
+            f"{', '.join(sorted({r['sequence'] for r in runs}))}). Modelled times use the "
+            "paper's Table 1 devices unless a table says *measured*.\n")
+    # one level down: the page's own headings are ## and ###
+    body = re.sub(r'^### ', '#### ', cli.render(res), flags=re.M)
+    return head + '\n' + body
+
+
+RENDERERS = {'eval': render_eval}
+
+
+def render_page(text: str) -> str:
+    def one(m):
+        kind, src = m.group(2), ROOT / m.group(3)
+        if kind not in RENDERERS:
+            raise ValueError(f'unknown render kind {kind!r} (one of {", ".join(RENDERERS)})')
+        return m.group(1) + RENDERERS[kind](src).rstrip('\n') + '\n' + m.group(5)
+    return REGION.sub(one, text)
+
+
+def main(argv) -> int:
+    check = '--check' in argv
+    stale = []
+    for page in sorted((ROOT / 'docs').glob('*.md')):
+        text = page.read_text()
+        new = render_page(text)
+        if new != text:
+            stale.append(str(page.relative_to(ROOT)))
+            if not check:
+                page.write_text(new)
+    if stale:
+        print(('stale: ' if check else 'rendered: ') + ', '.join(stale))
+    return 1 if check and stale else 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main(sys.argv[1:]))
