@@ -162,8 +162,11 @@ def test_live_parameters_are_validated_and_applied_on_the_next_frame(ros):
     assert edge.poll() is None
 
 
-@pytest.mark.parametrize('block', [8, 32])  # 16, the default, runs in every other DDS test
-def test_every_block_size_from_edge_to_incremental_server(ros, block):
+@pytest.mark.parametrize('block,codec', [(8, 'jpeg'), (32, 'jpeg'), (16, 'h264')])
+def test_every_block_size_from_edge_to_incremental_server(ros, block, codec):
+    """Block sizes 8 and 32 (16, the default, runs in every other DDS test), and the
+    inter-coded H.264 payload, from edge to the incremental server: every batch applied with
+    equal digests (no rejection, no resync), results served."""
     results = []
     diag = ros.watch_diagnostics()
     ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
@@ -172,7 +175,8 @@ def test_every_block_size_from_edge_to_incremental_server(ros, block):
                        params=["edges:=['robot1']", 'model.backend:=incremental'])
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=[f'motion.block_size:={block}', 'model.local_inference:=false',
-                             'scheduler.force_strategy:=cloud', 'camera.depth:=10'])
+                             'scheduler.force_strategy:=cloud', 'camera.depth:=10',
+                             f'payload.codec:={codec}'])
     assert ros.wait_for(lambda: {'fluxshard/server/robot1', 'fluxshard/edge/robot1'} <= set(diag),
                         60), (ros.log(edge), ros.log(server))
     ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
@@ -187,6 +191,8 @@ def test_every_block_size_from_edge_to_incremental_server(ros, block):
     srv = diag['fluxshard/server']
     assert not [k for k in srv if k.startswith('rejected.')], srv
     assert 'inference_error' not in ros.log(server) and 'failed' not in ros.log(server)
+    e = diag['fluxshard/edge/robot1']
+    assert int(e.get('key_batches', 0)) == 1 and 'resync' not in ros.log(edge), e
 
 
 def test_results_reach_a_topic_in_stamp_order(ros):

@@ -49,7 +49,8 @@ TOPICS = [
 FIELDS = {
     'edge_id': 'edge_id', 'motion.block_size': 'block_size', 'motion.tau': 'tau',
     'motion.enabled': 'motion', 'motion.independent_px': 'independent_px',
-    'payload.codec': 'codec', 'payload.quality': 'quality', 'key_interval': 'key_interval',
+    'payload.codec': 'codec', 'payload.quality': 'quality', 'payload.crf': 'crf',
+    'key_interval': 'key_interval',
     'model.local_inference': 'local_inference', 'model.task': 'task',
     'model.path': 'model_path', 'model.conf': 'conf', 'scheduler.lambda': 'lam',
     'scheduler.deadline_ms': 'deadline_ms', 'link.bandwidth_mbps': 'bandwidth_mbps',
@@ -71,9 +72,13 @@ PARAMS = [
     Param('motion.independent_px', 0.0, 'Also recompute blocks moving >= this many px '
           'against their neighbourhood (static cameras with small movers; 0 = off)',
           lo=0.0, hi=1000.0, live=True),
-    Param('payload.codec', 'jpeg', 'Payload codec of carried blocks',
-          choices=['raw', 'png', 'jpeg'], live=True),
+    Param('payload.codec', 'jpeg', 'Payload codec: raw / png / jpeg code the carried blocks '
+          'alone; h264 codes the whole offloaded frame against the proxy (inter coding: the '
+          'proxy converges to the frame; switching to it, or a new CRF, starts with a key)',
+          choices=['raw', 'png', 'jpeg', 'h264'], live=True),
     Param('payload.quality', 90, 'JPEG quality', lo=1, hi=100, live=True),
+    Param('payload.crf', 20, 'x264 constant rate factor of h264 payloads (lower = closer to '
+          'the frame, more bytes)', lo=0, hi=51, live=True),
     Param('payload.pack_motion', True, 'zlib-pack the motion field of each BlockBatch (false: '
           'plain mv_x / mv_y arrays, readable with ros2 topic echo)', live=True),
     Param('key_interval', 0, 'Key batch every N frames (0 = on demand)', lo=0, hi=100000,

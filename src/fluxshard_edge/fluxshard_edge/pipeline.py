@@ -34,6 +34,7 @@ class EdgeConfig:
     independent_px: float = 0.0
     codec: str = 'jpeg'
     quality: int = 90
+    crf: int = 20
     key_interval: int = 0
     motion: bool = True
     local_inference: bool = True
@@ -61,6 +62,8 @@ class EdgeConfig:
                              f'got {self.codec!r}')
         if not 1 <= self.quality <= 100:
             raise ValueError(f'quality must be in 1..100, got {self.quality}')
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f'crf must be in 0..51, got {self.crf}')
         if self.tau < 0:
             raise ValueError(f'tau must be >= 0, got {self.tau}')
         for p in (self.edge_profile, self.cloud_profile):
@@ -133,6 +136,8 @@ class EdgePipeline:
                                    LatencyModel(*PROFILES[config.cloud_profile]), bw,
                                    config.lam, config.accuracy_edge, config.accuracy_cloud)
         self.runner = self.refresh = None
+        self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
+        self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
         self.model = model
         if config.local_inference:
             from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
@@ -200,6 +205,10 @@ class EdgePipeline:
                                            f'to {frame.shape}')
         if not key and cfg.key_interval and self.frames % cfg.key_interval == 0:
             key, self._key_reason = True, 'periodic key'
+        if not key and cfg.codec == 'h264' and self._inter_at != (
+                self.seq, (frame.shape, cfg.crf)):
+            # an H.264 stream continues only from its own last unit at the same size and CRF
+            key, self._key_reason = True, 'H.264 stream (re)starts'
         out = EdgeStep()
         # step 2: motion blocks against the proxy (COBs) and the local state (LABs)
         if key:
@@ -316,17 +325,32 @@ class EdgePipeline:
         mvx = mvy = None
         if mv is not None and not key:
             mvx, mvy = mv[..., 0].reshape(-1), mv[..., 1].reshape(-1)
-        payload, _, upd = proxy.build_update(frame, grid, np.asarray(idx, np.int64), codec,
-                                             cfg.quality, mvx, mvy, key)
+        idx = np.asarray(idx, np.int64)
+        quality = cfg.quality
+        if codec == proxy.CODEC_H264:
+            # the whole frame, coded against the proxy (rate-controlled by the CRF); idx are
+            # the blocks the server recomputes
+            if self._inter is None:
+                self._inter = proxy.InterEncoder()
+            payload, decoded = self._inter.encode(frame, key, cfg.crf)
+            upd = proxy.ProxyUpdate(grid.height, grid.width, frame.shape[2], grid.block_size,
+                                    idx, None, 0, mvx, mvy, key, decoded)
+            self._inter_at = (self.seq + 1, (frame.shape, cfg.crf))
+            quality = cfg.crf
+        else:
+            payload, _, upd = proxy.build_update(frame, grid, idx, codec, cfg.quality, mvx,
+                                                 mvy, key)
         new_state = proxy.apply(None if key else self.proxy, upd)
         self.proxy = new_state
         self.seq += 1
         out.seq, out.update, out.payload = self.seq, upd, payload
         out.dissimilarity = np.asarray(d, np.float32)[np.asarray(idx, np.int64)]
         out.digest = proxy.digest(new_state)
-        out.key, out.codec, out.quality = key, codec, cfg.quality
+        out.key, out.codec, out.quality = key, codec, quality
         out.sparse_inference_requested = infer
-        self.scheduler.observe_payload(len(payload), len(idx))
+        # an H.264 unit codes the whole frame: its bytes spread over every block
+        self.scheduler.observe_payload(len(payload), grid.count if codec == proxy.CODEC_H264
+                                       else len(idx))
         if key:
             out.key_reason = self._key_reason
             self.last_key_seq = self.seq

@@ -28,6 +28,8 @@ MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdan
 #: FluxShard variants of --sweep: name -> (method, parameters).
 SWEEP = {f'fluxshard q{q} tau{t:g}': ('fluxshard', {'quality': q, 'tau': t})
          for q, t in ((75, 10.0), (50, 10.0), (90, 20.0), (75, 20.0), (50, 30.0))}
+SWEEP.update({f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
+              for c in (18, 23, 28)})
 
 
 class Progress:

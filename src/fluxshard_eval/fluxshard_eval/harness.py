@@ -196,5 +196,9 @@ def summarise(st, n, rate_hz, net) -> dict:
                                                  if r.cpu_server_ms] or [0.0])),
     }
     out.update(acc)
+    # the server's image against the true frame, once past the first key (steady state)
+    psnr = [r.extra['proxy_psnr'] for r in recs[5:] if 'proxy_psnr' in r.extra]
+    psnr = [p for p in psnr if math.isfinite(p)]
+    out['proxy_psnr_db'] = float(np.mean(psnr)) if psnr else math.nan
     out['per_frame'] = [asdict(r) for r in st[0]['recs']]
     return out

@@ -192,11 +192,11 @@ class FluxShard(Method):
 
     def __init__(self, model, edge_id, link, ablation: str = '', tau: float = 10.0,
                  block: int = 16, refresh: int = 10, quality: int = 90,
-                 independent_px: float = 0.0):
+                 independent_px: float = 0.0, codec: str = 'jpeg', crf: int = 20):
         super().__init__(model, edge_id, link)
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
-        cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec='jpeg',
+        cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
                          quality=quality, task=model.task, bandwidth_mbps=link.mbps,
                          refresh_interval=refresh, fit_latency=False,
                          independent_px=independent_px, task_allocation=ablation != 'no-ata',
@@ -235,6 +235,8 @@ class FluxShard(Method):
             w.background_s = sim.EDGE_DENSE_S
         w.info = {'strategy': dec.strategy, 'k_edge': dec.k_edge, 'k_cloud': dec.k_cloud,
                   'key': st.key}
+        if st.sends and p.proxy.shape == frame.shape:  # how close the server's image is
+            w.info['proxy_psnr'] = float(cv2.PSNR(frame, p.proxy))
         if st.sends:
             h = Header()
             h.stamp.sec, h.stamp.nanosec = divmod(index * 10**7, 10**9)
@@ -332,7 +334,7 @@ class VideoOffload(Method):
         w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, messages=[serialize(m)],
                      cpu_ms=1e3 * (time.perf_counter() - t0))
         self._index = index
-        self._shape = frame.shape[:2]
+        self._frame = frame
         self._count(w)
         return w
 
@@ -348,9 +350,11 @@ class VideoOffload(Method):
         if not out:
             return ServerWork(cpu_ms=1e3 * (time.perf_counter() - t0), received_bytes=len(raw))
         img = out[-1][0]
-        h, w = self._shape
+        h, w = self._frame.shape[:2]
         if img.shape[:2] != (h, w):  # x264 codes even sides: repeat the last row / column
             img = np.pad(img, ((0, h - img.shape[0]), (0, w - img.shape[1]), (0, 0)), 'edge')
+        if self._frame.ndim == 3 and self._frame.shape[2] == 3:
+            work.info['proxy_psnr'] = float(cv2.PSNR(self._frame, img))
         det = dense_detect(self.model, img)
         return ServerWork(det, sim.SERVER_DENSE_S, 0.0,
                           _result_bytes(det, self.edge_id, self._index, self.task), 1.0,

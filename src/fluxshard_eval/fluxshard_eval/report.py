@@ -195,11 +195,13 @@ def frontier(runs: List[dict], link: str, sequences=None) -> List[dict]:
         mine = [r for r in rs if r['method'] == m and r['sequence'] in seqs]
         if not mine:
             continue
+        psnr = [v for v in (r.get('proxy_psnr_db', math.nan) for r in mine) if v == v]
         pts.append({'method': m, 'sequences': sorted(seqs),
                     'kb_per_frame': float(np.mean([r['bytes_on_link'] / r['frames']
                                                    for r in mine])) / 1e3,
                     'retention': float(np.mean([r['retention'] for r in mine])),
-                    'hit_ratio': float(np.mean([r['hit_ratio'] for r in mine]))})
+                    'hit_ratio': float(np.mean([r['hit_ratio'] for r in mine])),
+                    'proxy_psnr_db': float(np.mean(psnr)) if psnr else math.nan})
     return pts
 
 
@@ -234,8 +236,9 @@ def frontier_table(pts: List[dict], link: str) -> str:
         return ''
     lines = [f'### Bytes against accuracy at the {link} link (one edge; sequences: '
              f"{', '.join(pts[0]['sequences'])})", '',
-             '| method | KB / frame | retention (%) | hit (%) | Video Offload KB / frame at '
-             'this retention | bytes vs Video Offload |', '|---|---|---|---|---|---|']
+             '| method | KB / frame | retention (%) | blocks not recomputed (%) | server image '
+             'PSNR (dB) | Video Offload KB / frame at this retention | bytes vs Video Offload |',
+             '|---|---|---|---|---|---|---|']
     for p in pts:
         vb, how = video_bytes_at(pts, p['retention'])
         video = p['method'].startswith('video-offload')
@@ -243,7 +246,8 @@ def frontier_table(pts: List[dict], link: str) -> str:
         ratio = '-' if vb is None or video else f"{p['kb_per_frame'] / vb:.2f}x"
         hit = '-' if _frames_only(p['method']) else _f(p['hit_ratio'], scale=100)
         lines.append(f"| {name(p['method'])} | {p['kb_per_frame']:.1f} | "
-                     f"{100 * p['retention']:.1f} | {hit} | {rel} | {ratio} |")
+                     f"{100 * p['retention']:.1f} | {hit} | "
+                     f"{_f(p.get('proxy_psnr_db', math.nan))} | {rel} | {ratio} |")
     return '\n'.join(lines) + '\n'
 
 

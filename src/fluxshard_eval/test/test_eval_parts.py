@@ -160,4 +160,4 @@ def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
     for p in pts:
         p['sequences'] = ['s']
     text = report.frontier_table(pts, 'medium')
-    assert '| FluxShard | 10.0 | 93.0 | 80.0 | 10.6 (interpolated) | 0.94x |' in text
+    assert '| FluxShard | 10.0 | 93.0 | 80.0 | n/a | 10.6 (interpolated) | 0.94x |' in text

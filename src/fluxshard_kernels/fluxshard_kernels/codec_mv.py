@@ -163,10 +163,12 @@ class H264Encoder:
 class H264Decoder:
     """Decodes one H.264 access unit per call, exporting its motion vectors."""
 
-    def __init__(self):
+    def __init__(self, export_mvs: bool = True):
         import av
         self.ctx = av.CodecContext.create('h264', 'r')
-        self.ctx.options = {'flags2': '+export_mvs'}
+        self.ctx.thread_count = 1  # one unit in, its frame out (no frame-threading delay)
+        if export_mvs:
+            self.ctx.options = {'flags2': '+export_mvs'}
 
     def decode(self, data: bytes):
         """List of (BGR frame, MOTION_VECTORS array or None) decoded from ``data``.

@@ -18,7 +18,8 @@ from fluxshard_kernels.blocks import BlockGrid
 CODEC_RAW = 0
 CODEC_PNG = 1
 CODEC_JPEG = 2
-CODEC_NAMES = {'raw': CODEC_RAW, 'png': CODEC_PNG, 'jpeg': CODEC_JPEG}
+CODEC_H264 = 3
+CODEC_NAMES = {'raw': CODEC_RAW, 'png': CODEC_PNG, 'jpeg': CODEC_JPEG, 'h264': CODEC_H264}
 
 #: Largest frame side accepted anywhere (guards allocations against absurd input).
 MAX_SIDE = 8192
@@ -41,6 +42,8 @@ class ProxyUpdate:
         canvas_cols: carried blocks per canvas row.
         mv_x, mv_y: (count,) int per-block MVs (source = destination + mv) or None for zero.
         key: reset the state to zeros before applying.
+        frame: the decoded (H, W, C) frame of an inter-coded (H.264) payload: it *is* the new
+            state; ``block_indices`` then name the blocks to recompute, and there is no canvas.
     """
 
     height: int
@@ -53,6 +56,7 @@ class ProxyUpdate:
     mv_x: Optional[np.ndarray] = None
     mv_y: Optional[np.ndarray] = None
     key: bool = False
+    frame: Optional[np.ndarray] = None
 
     @property
     def grid(self) -> BlockGrid:
@@ -157,12 +161,18 @@ def validate(update: ProxyUpdate) -> None:
                              f'{grid.rows}x{grid.cols} grid')
         if np.unique(idx).size != idx.size:
             raise ProxyError('duplicate block indices')
-    if update.canvas_cols <= 0:
-        raise ProxyError(f'canvas_cols must be positive, got {update.canvas_cols}')
-    want = canvas_shape(idx.size, update.canvas_cols, update.block_size, update.channels)
-    if update.canvas is None or tuple(update.canvas.shape) != want:
-        got = None if update.canvas is None else tuple(update.canvas.shape)
-        raise ProxyError(f'payload canvas is {got}, expected {want}')
+    if update.frame is not None:
+        want = (update.height, update.width, update.channels)
+        if tuple(update.frame.shape) != want or update.frame.dtype != np.uint8:
+            raise ProxyError(f'decoded frame is {update.frame.shape} {update.frame.dtype}, '
+                             f'expected {want} uint8')
+    else:
+        if update.canvas_cols <= 0:
+            raise ProxyError(f'canvas_cols must be positive, got {update.canvas_cols}')
+        want = canvas_shape(idx.size, update.canvas_cols, update.block_size, update.channels)
+        if update.canvas is None or tuple(update.canvas.shape) != want:
+            got = None if update.canvas is None else tuple(update.canvas.shape)
+            raise ProxyError(f'payload canvas is {got}, expected {want}')
     for name in ('mv_x', 'mv_y'):
         mv = getattr(update, name)
         if mv is not None and np.asarray(mv).size not in (0, grid.count):
@@ -217,6 +227,8 @@ def apply(state: Optional[np.ndarray], update: ProxyUpdate) -> np.ndarray:
             raise ProxyError(f'batch geometry {shape} differs from the proxy state '
                              f'{state.shape}: a geometry change needs a key batch')
         cur = state
+    if update.frame is not None:  # inter-coded: the decoded frame is the state
+        return update.frame.copy()
     grid = update.grid
     if update.mv_x is not None and np.asarray(update.mv_x).size:
         new = warp_image_int(cur, grid, update.mv_x, update.mv_y)
@@ -258,3 +270,84 @@ def build_update(image: np.ndarray, grid: BlockGrid, indices: np.ndarray, codec:
     upd = ProxyUpdate(grid.height, grid.width, image.shape[2], grid.block_size,
                       np.asarray(indices, dtype=np.int64), decoded, cols, mv_x, mv_y, key)
     return payload, cols, upd
+
+
+def _even(n: int) -> int:
+    return n // 2 * 2
+
+
+def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """x264 codes even sides: the odd last row / column repeats its neighbour (both sides)."""
+    if img.shape[:2] == (h, w):
+        return img
+    return np.pad(img, ((0, h - img.shape[0]), (0, w - img.shape[1]), (0, 0)), mode='edge')
+
+
+class InterDecoder:
+    """The receiving side of CODEC_H264: one H.264 decoder per edge session, restarted at every
+    key batch. Decoding is bit-exact (libavcodec), so the edge's own decoder and the server's
+    reach the same proxy state."""
+
+    def __init__(self):
+        self._dec = None
+
+    def reset(self):
+        self._dec = None
+
+    def decode(self, payload: bytes, height: int, width: int, channels: int,
+               key: bool) -> np.ndarray:
+        """The (height, width, channels) frame of one access unit.
+
+        Raises:
+            ProxyError: not decodable, no frame, a non-key unit before any key, wrong size.
+        """
+        from fluxshard_kernels.codec_mv import H264Decoder
+        if key or self._dec is None:
+            if not key:
+                raise ProxyError('inter-coded batch before any key batch')
+            self._dec = H264Decoder(export_mvs=False)
+        if not payload:
+            raise ProxyError('empty H.264 payload')
+        try:
+            out = self._dec.decode(payload)
+        except ValueError as e:
+            self._dec = None  # the reference is lost: only a key batch can restart
+            raise ProxyError(str(e)) from e
+        if len(out) != 1:
+            self._dec = None
+            raise ProxyError(f'H.264 payload decoded to {len(out)} frames, expected 1')
+        img = out[0][0]
+        if img.shape[:2] != (_even(height), _even(width)):
+            self._dec = None
+            raise ProxyError(f'H.264 frame is {img.shape[1]}x{img.shape[0]}, expected '
+                             f'{_even(width)}x{_even(height)}')
+        img = _pad_to(img, height, width)
+        if channels == 1:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+        return np.ascontiguousarray(img)
+
+
+class InterEncoder:
+    """The sending side of CODEC_H264: x264 over the frames the edge sends, each coded against
+    the previous one's reconstruction (the proxy); decodes its own output with an
+    ``InterDecoder`` so the edge holds exactly the server's state."""
+
+    def __init__(self):
+        self._enc = None
+        self._geom = None
+        self.decoder = InterDecoder()
+
+    def encode(self, frame: np.ndarray, key: bool, crf: int):
+        """(access unit bytes, decoded frame) for ``frame``; ``key`` (or a new size or CRF)
+        starts a new stream with an IDR unit."""
+        from fluxshard_kernels.codec_mv import H264Encoder
+        h, w, c = frame.shape
+        if h < 2 or w < 2:
+            raise ProxyError(f'H.264 payloads need frames of at least 2x2, got {w}x{h}')
+        geom = (h, w, int(crf))
+        if key or self._enc is None or geom != self._geom:
+            key = True
+            self._enc, self._geom = H264Encoder(w, h, crf=int(crf)), geom
+        img = frame if c == 3 else np.repeat(frame, 3, axis=2)
+        au = self._enc.encode(img, key=key)
+        return au, self.decoder.decode(au, h, w, c, key)

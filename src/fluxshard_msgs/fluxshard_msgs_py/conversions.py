@@ -244,8 +244,10 @@ def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: 
     return m
 
 
-def msg_to_update(m: BlockBatch) -> 'proxy.ProxyUpdate':
-    """BlockBatch -> ProxyUpdate with the payload decoded; raises ProxyError on bad content."""
+def msg_to_update(m: BlockBatch, decoder=None) -> 'proxy.ProxyUpdate':
+    """BlockBatch -> ProxyUpdate with the payload decoded; raises ProxyError on bad content.
+    An inter-coded (CODEC_H264) batch needs the session's ``decoder`` (a proxy.InterDecoder),
+    which it advances: offer it only batches the session will apply."""
     proxy = _proxy()
     if m.block_size not in (8, 16, 32):
         raise proxy.ProxyError(f'block_size must be 8, 16 or 32, got {m.block_size}')
@@ -262,13 +264,19 @@ def msg_to_update(m: BlockBatch) -> 'proxy.ProxyUpdate':
     if len(m.dissimilarity) != idx.size:
         raise proxy.ProxyError(f'{len(m.dissimilarity)} dissimilarity values for '
                                f'{idx.size} blocks')
-    if m.canvas_cols <= 0 or m.canvas_cols > 4096:
+    inter = m.codec == proxy.CODEC_H264
+    if inter and m.canvas_cols != 0:
+        raise proxy.ProxyError(f'canvas_cols must be 0 for an H.264 payload, got '
+                               f'{m.canvas_cols}')
+    if not inter and (m.canvas_cols <= 0 or m.canvas_cols > 4096):
         raise proxy.ProxyError(f'canvas_cols {m.canvas_cols} outside 1..4096')
     if idx.size > grid_rows * grid_cols:
         raise proxy.ProxyError(f'{idx.size} blocks carried, the grid has '
                                f'{grid_rows * grid_cols}')
-    shape = proxy.canvas_shape(idx.size, m.canvas_cols, m.block_size, m.channels)
-    canvas = proxy.decode_canvas(bytes(m.payload), m.codec, shape)
+    frame = canvas = None
+    if not inter:
+        shape = proxy.canvas_shape(idx.size, m.canvas_cols, m.block_size, m.channels)
+        canvas = proxy.decode_canvas(bytes(m.payload), m.codec, shape)
     if m.mv_packing == BlockBatch.MV_PACK_ZLIB:
         if len(m.mv_x) or len(m.mv_y):
             raise proxy.ProxyError('mv_x / mv_y must be empty when the field is in mv_packed')
@@ -281,8 +289,13 @@ def msg_to_update(m: BlockBatch) -> 'proxy.ProxyUpdate':
         mvy = np.asarray(m.mv_y, dtype=np.int64) if len(m.mv_y) else None
     else:
         raise proxy.ProxyError(f'unknown mv_packing {m.mv_packing}')
+    if inter:  # checked all else first: the decoder moves on only for a well-formed batch
+        if decoder is None:
+            raise proxy.ProxyError('an H.264 payload needs the session decoder')
+        frame = decoder.decode(bytes(m.payload), int(m.height), int(m.width), int(m.channels),
+                               bool(m.key))
     upd = proxy.ProxyUpdate(int(m.height), int(m.width), int(m.channels), int(m.block_size),
-                            idx, canvas, int(m.canvas_cols), mvx, mvy, bool(m.key))
+                            idx, canvas, int(m.canvas_cols), mvx, mvy, bool(m.key), frame)
     proxy.validate(upd)
     return upd
 

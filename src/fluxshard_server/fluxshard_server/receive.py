@@ -43,15 +43,25 @@ class Received:
 def receive_batch(session: EdgeSession, msg) -> Received:
     """Decode ``msg`` (fluxshard_msgs/BlockBatch) and offer it to ``session``; malformed input
     of any kind becomes a 'bad_batch' rejection with a resync request, never an exception."""
+    stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    inter = msg.codec == proxy.CODEC_H264
+    if inter:  # the decoder may only see units the session applies (its reference)
+        refused = session.admit(int(msg.seq), bool(msg.key), bytes(msg.state_digest), stamp)
+        if refused is not None:
+            return Received(refused)
     try:
-        upd = conversions.msg_to_update(msg)
+        upd = conversions.msg_to_update(msg, session.decoder if inter else None)
     except proxy.ProxyError as e:
+        if inter:
+            session.synced = False  # the decoder's reference is gone: a key batch restarts
+        return Received(Outcome(False, True, f'seq {msg.seq}: {e}', 'bad_batch'))
         return Received(Outcome(False, True, f'seq {msg.seq}: {e}', 'bad_batch'))
     except Exception as e:  # noqa: B902 - malformed input must not escape
+        if inter:
+            session.synced = False
         return Received(Outcome(False, True, f'seq {msg.seq}: {type(e).__name__}: {e}',
                                 'bad_batch'))
     prev_seq = session.last_seq
-    stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
     out = session.offer(int(msg.seq), upd, bytes(msg.state_digest), stamp)
     r = Received(out)
     if r.acked and msg.sparse_inference_requested:

@@ -37,15 +37,16 @@ class EdgeSession:
         self.digest = b''
         self.applied = 0
         self.last_stamp = -1
+        self.decoder = proxy.InterDecoder()  # the H.264 (CODEC_H264) reference of this edge
 
-    def offer(self, seq: int, update: proxy.ProxyUpdate, expected_digest: bytes,
-              stamp_ns: int = -1) -> Outcome:
-        """Apply ``update`` (batch number ``seq``, source image stamp ``stamp_ns``) if it
-        continues the stream; verify the digest."""
+    def admit(self, seq: int, key: bool, expected_digest: bytes,
+              stamp_ns: int = -1) -> Optional[Outcome]:
+        """None when a batch ``seq`` would continue the stream, else the Outcome refusing it
+        (checked before an inter-coded payload touches the session's decoder)."""
         if len(expected_digest) != 16:
             return Outcome(False, False, f'seq {seq}: state digest has {len(expected_digest)} '
                            'bytes, expected 16', 'bad_digest')
-        if update.key:
+        if key:
             if self.synced and seq <= self.last_seq and stamp_ns <= self.last_stamp:
                 return Outcome(False, False, f'duplicate or out-of-order key batch seq {seq} '
                                f'(last applied {self.last_seq})', 'stale_seq')
@@ -61,6 +62,15 @@ class EdgeSession:
                 self.synced = False
                 return Outcome(False, True, f'sequence gap: expected {self.last_seq + 1}, '
                                f'got {seq}', 'seq_gap')
+        return None
+
+    def offer(self, seq: int, update: proxy.ProxyUpdate, expected_digest: bytes,
+              stamp_ns: int = -1) -> Outcome:
+        """Apply ``update`` (batch number ``seq``, source image stamp ``stamp_ns``) if it
+        continues the stream; verify the digest."""
+        refused = self.admit(seq, update.key, expected_digest, stamp_ns)
+        if refused is not None:
+            return refused
         try:
             new = proxy.apply(None if update.key else self.state, update)
         except proxy.ProxyError as e:
