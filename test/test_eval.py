@@ -103,7 +103,7 @@ def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
     mode = 'transport' if netns.available() else 'netns'
     monkeypatch.setenv('ROS_DOMAIN_ID', str(40 + os.getpid() % 20))
     b = tmp_path / 'clip'
-    bag.write_bag('davis-blackswan', str(b), limit=5, rate=3.0)
+    bag.write_bag('davis-blackswan', str(b), limit=5, rate=2.0)
     link = LinkSpec.parse('low', delay_ms=5.0)
     res = live.run(str(b), link, 5, str(tmp_path), 150, mode=mode)
     for name in ('fluxshard', 'full-offload'):

@@ -72,7 +72,7 @@ PARAMS = [
     Param('motion.independent_px', 0.0, 'Also recompute blocks moving >= this many px '
           'against their neighbourhood (static cameras with small movers; 0 = off)',
           lo=0.0, hi=1000.0, live=True),
-    Param('payload.codec', 'jpeg', 'Payload codec: raw / png / jpeg code the carried blocks '
+    Param('payload.codec', 'h264', 'Payload codec: raw / png / jpeg code the carried blocks '
           'alone; h264 codes the whole offloaded frame against the proxy (inter coding: the '
           'proxy converges to the frame; switching to it, or a new CRF, starts with a key)',
           choices=['raw', 'png', 'jpeg', 'h264'], live=True),

@@ -21,7 +21,7 @@ import numpy as np
 from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel, PROFILES,
                                       Scheduler)
 from fluxshard_kernels import motion, proxy, salience
-from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F401 (re-export)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class EdgeConfig:
     block_size: int = 16
     tau: float = 10.0
     independent_px: float = 0.0
-    codec: str = 'jpeg'
+    codec: str = 'h264'
     quality: int = 90
     crf: int = 20
     key_interval: int = 0
@@ -95,25 +95,6 @@ class EdgeStep:
     @property
     def sends(self) -> bool:
         return self.update is not None
-
-
-def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid) -> np.ndarray:
-    """Per-block mean absolute difference D (paper section 4.1) of two (H, W, C) uint8 images.
-
-    Partial border blocks average over their in-frame pixels only.
-
-    Returns:
-        (count,) float32 in [0, 255].
-    """
-    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).sum(axis=2, dtype=np.int32)
-    ph, pw = grid.padded_shape
-    pad = np.zeros((ph, pw), dtype=np.int32)
-    pad[:grid.height, :grid.width] = diff
-    sums = grid.block_view(pad).sum(axis=(1, 3), dtype=np.int64)
-    ones = np.zeros((ph, pw), dtype=np.int32)
-    ones[:grid.height, :grid.width] = 1
-    area = grid.block_view(ones).sum(axis=(1, 3)) * a.shape[2]
-    return (sums / area).astype(np.float32).reshape(-1)
 
 
 class EdgePipeline:
@@ -327,6 +308,8 @@ class EdgePipeline:
             mvx, mvy = mv[..., 0].reshape(-1), mv[..., 1].reshape(-1)
         idx = np.asarray(idx, np.int64)
         quality = cfg.quality
+        if codec == proxy.CODEC_H264 and min(frame.shape[:2]) < 2:
+            codec = proxy.CODEC_RAW  # too small for H.264 (x264 codes even sides >= 2)
         if codec == proxy.CODEC_H264:
             # the whole frame, coded against the proxy (rate-controlled by the CRF); idx are
             # the blocks the server recomputes

@@ -26,10 +26,12 @@ from fluxshard_eval.sim import LinkSpec
 
 MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdance')
 #: FluxShard variants of --sweep: name -> (method, parameters).
-SWEEP = {f'fluxshard q{q} tau{t:g}': ('fluxshard', {'quality': q, 'tau': t})
-         for q, t in ((75, 10.0), (50, 10.0), (90, 20.0), (75, 20.0), (50, 30.0))}
-SWEEP.update({f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
-              for c in (18, 23, 28)})
+SWEEP = {f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
+         for c in (18, 23, 28)}
+SWEEP['fluxshard h264 recompute-tau 0'] = ('fluxshard', {'codec': 'h264', 'recompute_tau': 0.0})
+SWEEP.update({f'fluxshard jpeg q{q} tau{t:g}':
+              ('fluxshard', {'codec': 'jpeg', 'quality': q, 'tau': t})
+              for q, t in ((90, 10.0), (75, 10.0), (90, 20.0), (50, 30.0))})
 
 
 class Progress:
@@ -95,8 +97,9 @@ def _args(argv):
     p.add_argument('--scal-methods', nargs='*', default=None,
                    help='methods of the scalability runs (default: --methods)')
     p.add_argument('--sweep', action='store_true',
-                   help='also run FluxShard variants (JPEG quality, tau) at the medium link on '
-                        'the moving-camera sequences: the bytes / accuracy trade-off')
+                   help='also run FluxShard variants (H.264 CRF, server recompute-tau, JPEG '
+                        'payloads at several quality / tau) at the medium link on the '
+                        'moving-camera sequences: the bytes / accuracy trade-off')
     p.add_argument('--delay-ms', type=float, default=10.0, help='one-way link delay, ms')
     p.add_argument('--loss', type=float, default=0.0, help='message loss probability')
     p.add_argument('--task', default='detect', choices=['detect', 'segment', 'pose'])
@@ -307,7 +310,7 @@ def sweep_table(runs, link) -> str:
                        and o['sequence'] == r['sequence'] and o['edges'] == 1), None)
             if fo:
                 ratio.append(r['bytes_on_link'] / fo['bytes_on_link'])
-        name = 'fluxshard q90 tau10 (default)' if v == 'fluxshard' else v
+        name = 'fluxshard (default: h264 crf20, recompute-tau 3)' if v == 'fluxshard' else v
         mean = (lambda k: sum(r[k] for r in rs) / len(rs))
         lines.append(f"| {name} | {100 * sum(ratio) / max(len(ratio), 1):.1f} % | "
                      f"{100 * mean('retention'):.1f} | {100 * mean('retention_confident'):.1f} "

@@ -16,7 +16,7 @@ from fluxshard_eval.sim import LinkSpec
 LIVE_METHODS = {
     'fluxshard': [],
     'full-offload': ['scheduler.force_strategy:=cloud', 'key_interval:=1',
-                     'model.local_inference:=false'],
+                     'model.local_inference:=false', 'payload.codec:=jpeg'],
 }
 
 

@@ -37,7 +37,7 @@ from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo.processing import Detections, letterbox
 from fluxshard_eval import sim
-from fluxshard_server.inference import EdgeModel
+from fluxshard_server.inference import EdgeModel, RECOMPUTE_TAU
 from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
@@ -150,10 +150,15 @@ class _BlockServer:
     """The server side of FluxShard and DeltaCNN-style: a session (sequence and digest checks,
     proxy apply) and an incremental model over the proxy state, as ``server_node`` runs them."""
 
-    def __init__(self, model, edge_id, dense_times=False):
+    def __init__(self, model, edge_id, dense_times=False, recompute_tau=RECOMPUTE_TAU):
         self.session = EdgeSession(edge_id)
-        self.em = EdgeModel('incremental', model.task, model, refresh_interval=10)
-        self.em.refresh = SyncRefresh(self.em.runner)
+        if dense_times:  # No-MS-Comp: dense inference on the proxy, for real
+            self.em = EdgeModel('dense', model.task, model)
+            self.em.refresh = SyncRefresh(None)
+        else:
+            self.em = EdgeModel('incremental', model.task, model, refresh_interval=10,
+                                recompute_tau=recompute_tau)
+            self.em.refresh = SyncRefresh(self.em.runner)
         self.dense_times = dense_times
         self.edge_id = edge_id
         self.resync = None
@@ -192,7 +197,8 @@ class FluxShard(Method):
 
     def __init__(self, model, edge_id, link, ablation: str = '', tau: float = 10.0,
                  block: int = 16, refresh: int = 10, quality: int = 90,
-                 independent_px: float = 0.0, codec: str = 'jpeg', crf: int = 20):
+                 independent_px: float = 0.0, codec: str = EdgeConfig.codec,
+                 crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU):
         super().__init__(model, edge_id, link)
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
@@ -204,7 +210,7 @@ class FluxShard(Method):
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
         self.pipe = EdgePipeline(cfg, model)
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
-        self.srv = _BlockServer(model, edge_id, dense)
+        self.srv = _BlockServer(model, edge_id, dense, recompute_tau)
         self.dense = dense
         self._pending = None
 

@@ -34,7 +34,8 @@ def aggregate(runs: List[dict]) -> Dict[tuple, dict]:
         agg = {'sequences': [r['sequence'] for r in rs]}
         for k, v in rs[0].items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
-                agg[k] = float(np.nanmean([r.get(k, math.nan) for r in rs]))
+                vals = [x for x in (r.get(k, math.nan) for r in rs) if x == x]
+                agg[k] = float(np.mean(vals)) if vals else math.nan
         agg['bytes_on_link_total'] = float(sum(r['bytes_on_link'] for r in rs))
         out[key] = agg
     return out
@@ -201,6 +202,8 @@ def frontier(runs: List[dict], link: str, sequences=None) -> List[dict]:
                                                    for r in mine])) / 1e3,
                     'retention': float(np.mean([r['retention'] for r in mine])),
                     'hit_ratio': float(np.mean([r['hit_ratio'] for r in mine])),
+                    'not_recomputed': 1.0 - float(np.mean(
+                        [r['server_dense_equiv_per_frame'] for r in mine])),
                     'proxy_psnr_db': float(np.mean(psnr)) if psnr else math.nan})
     return pts
 
@@ -236,15 +239,16 @@ def frontier_table(pts: List[dict], link: str) -> str:
         return ''
     lines = [f'### Bytes against accuracy at the {link} link (one edge; sequences: '
              f"{', '.join(pts[0]['sequences'])})", '',
-             '| method | KB / frame | retention (%) | blocks not recomputed (%) | server image '
-             'PSNR (dB) | Video Offload KB / frame at this retention | bytes vs Video Offload |',
+             '| method | KB / frame | retention (%) | server blocks not recomputed (%) | '
+             'server image PSNR (dB) | Video Offload KB / frame at this retention | '
+             'bytes vs Video Offload |',
              '|---|---|---|---|---|---|---|']
     for p in pts:
         vb, how = video_bytes_at(pts, p['retention'])
         video = p['method'].startswith('video-offload')
         rel = '-' if vb is None or video else f'{vb:.1f} ({how})'
         ratio = '-' if vb is None or video else f"{p['kb_per_frame'] / vb:.2f}x"
-        hit = '-' if _frames_only(p['method']) else _f(p['hit_ratio'], scale=100)
+        hit = '-' if _frames_only(p['method']) else _f(p.get('not_recomputed'), scale=100)
         lines.append(f"| {name(p['method'])} | {p['kb_per_frame']:.1f} | "
                      f"{100 * p['retention']:.1f} | {hit} | "
                      f"{_f(p.get('proxy_psnr_db', math.nan))} | {rel} | {ratio} |")

@@ -151,7 +151,8 @@ def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
     pts = [{'method': 'video-offload-crf18', 'kb_per_frame': 30.0, 'retention': 0.98},
            {'method': 'video-offload-crf23', 'kb_per_frame': 15.0, 'retention': 0.96},
            {'method': 'video-offload-crf28', 'kb_per_frame': 7.5, 'retention': 0.90},
-           {'method': 'fluxshard', 'kb_per_frame': 10.0, 'retention': 0.93, 'hit_ratio': 0.8}]
+           {'method': 'fluxshard', 'kb_per_frame': 10.0, 'retention': 0.93, 'hit_ratio': 0.8,
+            'not_recomputed': 0.8}]
     kb, how = report.video_bytes_at(pts, 0.93)  # half way from CRF 28 to 23 in log bytes
     assert how == 'interpolated' and kb == pytest.approx(math.sqrt(15.0 * 7.5))
     assert report.video_bytes_at(pts, 0.99) == (30.0, "at or above the ladder's best")

@@ -74,3 +74,22 @@ class BlockGrid:
         grid = np.asarray(per_block).reshape(self.rows, self.cols)
         full = np.repeat(np.repeat(grid, self.block_size, axis=0), self.block_size, axis=1)
         return full[:self.height, :self.width]
+
+
+def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """Per-block mean absolute difference D (paper section 4.1) of two (H, W, C) uint8 images.
+
+    Partial border blocks average over their in-frame pixels only.
+
+    Returns:
+        (count,) float32 in [0, 255].
+    """
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).sum(axis=2, dtype=np.int32)
+    ph, pw = grid.padded_shape
+    pad = np.zeros((ph, pw), dtype=np.int32)
+    pad[:grid.height, :grid.width] = diff
+    sums = grid.block_view(pad).sum(axis=(1, 3), dtype=np.int64)
+    ones = np.zeros((ph, pw), dtype=np.int32)
+    ones[:grid.height, :grid.width] = 1
+    area = grid.block_view(ones).sum(axis=(1, 3)) * a.shape[2]
+    return (sums / area).astype(np.float32).reshape(-1)

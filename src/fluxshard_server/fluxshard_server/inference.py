@@ -13,6 +13,8 @@ from fluxshard_kernels import data
 from fluxshard_kernels.blocks import BlockGrid
 
 BACKENDS = ('incremental', 'dense', 'onnxruntime', 'none')
+#: Default of EdgeModel.recompute_tau (server parameter model.recompute_tau), 8-bit levels.
+RECOMPUTE_TAU = 3.0
 
 
 def load_model(task: str, path: str = '', device: str = 'cpu'):
@@ -29,16 +31,25 @@ class EdgeModel:
         backend: 'incremental', 'dense', 'onnxruntime' or 'none'.
         model: a loaded YOLO11 (shared between edges; torch modules are stateless here).
         refresh_interval: batches between background dense refreshes (incremental only).
+        recompute_tau: incremental only: besides the blocks a batch names, recompute every
+            block whose pixels differ from the image the caches describe (warped by the
+            batch's MVs) by a mean absolute error >= this (0 = only the named blocks). The
+            proxy of an inter-coded payload changes a little everywhere; this is the server's
+            own feature-reuse decision, apart from what the edge transmitted.
     """
 
     def __init__(self, backend: str, task: str, model=None, path: str = '',
                  conf: float = 0.25, iou: float = 0.45, threads: int = 0,
-                 refresh_interval: int = 10, cam_block: int = 16):
+                 refresh_interval: int = 10, cam_block: int = 16,
+                 recompute_tau: float = RECOMPUTE_TAU):
         if backend not in BACKENDS:
             raise ValueError(f'unknown inference backend {backend!r} ({", ".join(BACKENDS)})')
         self.backend, self.task, self.conf, self.iou = backend, task, conf, iou
         self.cam_block = cam_block
         self.refresh_interval = refresh_interval
+        if recompute_tau < 0:
+            raise ValueError(f'recompute_tau must be >= 0, got {recompute_tau}')
+        self.recompute_tau = recompute_tau
         self.names = {}
         self.model = model
         self.runner = self.refresh = None
@@ -108,6 +119,8 @@ class EdgeModel:
                 diff = np.abs(r.state.astype(np.int16) - img.astype(np.int16)).max(axis=2)
                 changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)))
             changed = np.asarray(changed, dtype=np.int64)
+            if consecutive and self.recompute_tau > 0:
+                changed = np.union1d(changed, self._drifted(r.state, img, mv, grid))
             raw, lb, self.last_stats = r.step(img, mv, changed, block)
             self.last_blocks = int(changed.size)
         self._last_seq = seq
@@ -121,6 +134,16 @@ class EdgeModel:
             self._refresh_from = (seq, self.refresh.completed)
             self.refresh.start(img)
         return det
+
+    def _drifted(self, cached: np.ndarray, img: np.ndarray, mv, grid: BlockGrid) -> np.ndarray:
+        """Blocks where ``img`` differs from the caches' image ``cached`` moved by ``mv`` by a
+        mean absolute error >= recompute_tau."""
+        from fluxshard_kernels import proxy
+        from fluxshard_kernels.blocks import block_dissimilarity
+        if mv is not None and np.any(mv):
+            m = np.asarray(mv).reshape(-1, 2)
+            cached = proxy.warp_image_int(cached, grid, m[:, 0], m[:, 1])
+        return np.flatnonzero(block_dissimilarity(img, cached, grid) >= self.recompute_tau)
 
     def pause_background(self):
         """Hold this edge's refresh at its next layer boundary (another edge's critical job

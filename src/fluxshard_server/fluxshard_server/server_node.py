@@ -16,7 +16,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import Image
 
 from fluxshard_server.admission import Budget
-from fluxshard_server.inference import BACKENDS, EdgeModel, load_model
+from fluxshard_server.inference import BACKENDS, EdgeModel, load_model, RECOMPUTE_TAU
 from fluxshard_server.runtime import ServerRuntime
 
 PURPOSE = """fluxshard_server server_node: the GPU-host side of FluxShard. Serves the robots
@@ -54,6 +54,10 @@ PARAMS = [
           live=True),
     Param('refresh.interval', 10, 'Batches between background dense refreshes of a server '
           'cache', lo=1, hi=100000, live=True),
+    Param('model.recompute_tau', RECOMPUTE_TAU, 'incremental backend: also recompute every '
+          'block whose proxy pixels differ from the image its cached features describe (moved '
+          'by the batch MVs) by at least this mean absolute error (0 = only the blocks a batch '
+          'names); the server\'s own feature-reuse decision', lo=0.0, hi=255.0, live=True),
     Param('security.mode', 'mac', 'mac: every link message carries a keyed BLAKE2b tag; only '
           'edges with a key in security.key_file are served. none: no authentication (lab '
           'only)', choices=list(auth.MODES)),
@@ -130,7 +134,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
 
             def make_model():
                 return EdgeModel(backend, self.task, shared, path, p['model.conf'],
-                                 p['model.iou'], p['model.threads'], p['refresh.interval'])
+                                 p['model.iou'], p['model.threads'], p['refresh.interval'],
+                                 recompute_tau=p['model.recompute_tau'])
             self.runtime = ServerRuntime(self.edge_ids, make_model, keys, budget,
                                          p['security.max_age_s'])
         except (ValueError, FileNotFoundError, OSError) as e:
@@ -285,6 +290,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             m.conf = changes.get('model.conf', m.conf)
             m.iou = changes.get('model.iou', m.iou)
             m.refresh_interval = changes.get('refresh.interval', m.refresh_interval)
+            m.recompute_tau = changes.get('model.recompute_tau', m.recompute_tau)
 
     def _infer(self, edge, job):
         det, seconds, blocks = self.runtime.infer(edge, job)
