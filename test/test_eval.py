@@ -95,9 +95,9 @@ def test_small_evaluation_numbers_are_consistent(tmp_path):
 
 
 def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
-    """A bag through the real nodes, FluxShard and Full Offload, across a veth pair between
-    network namespaces shaped by tc tbf where this machine allows it (root, iproute2), else
-    with the link shaped in the edge transport."""
+    """A bag through the real nodes - FluxShard, Video Offload and Full Offload - across a veth
+    pair between network namespaces shaped by tc tbf where this machine allows it (root,
+    iproute2), else with the link shaped in the edge transport."""
     from fluxshard_eval import live, netns
     from fluxshard_eval.sim import LinkSpec
     mode = 'transport' if netns.available() else 'netns'
@@ -106,7 +106,7 @@ def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
     bag.write_bag('davis-blackswan', str(b), limit=5, rate=2.0)
     link = LinkSpec.parse('low', delay_ms=5.0)
     res = live.run(str(b), link, 5, str(tmp_path), 150, mode=mode)
-    for name in ('fluxshard', 'full-offload'):
+    for name in ('fluxshard', 'video-offload-crf23', 'full-offload'):
         assert 'error' not in res[name], res[name].get('error')
         r = res[name]['robots']['robot1']
         assert r['published'] == 5 and r['unaccounted'] == 0 and r['results'] >= 3, r
@@ -114,12 +114,16 @@ def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
         assert r['bytes_sent'] == r['server_bytes_in'] > 0, r
     fo = res['full-offload']['robots']['robot1']
     assert fo['results_local'] == 0 and fo['key_batches'] == fo['batches_sent']
+    vo = res['video-offload-crf23']['robots']['robot1']
+    # one IDR then P units: a fraction of the JPEG frames' bytes
+    assert vo['results_local'] == 0 and vo['key_batches'] == 1
+    assert vo['bytes_sent'] < 0.5 * fo['bytes_sent'], (vo, fo)
     text = live.table(res, link)
     assert '| fluxshard |' in text
     if mode == 'netns':
         assert 'network namespaces' in text
         left = subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True).stdout
-        for name in ('fluxshard', 'full-offload'):  # this run's namespaces were torn down
+        for name in res:  # this run's namespaces were torn down
             assert res[name]['link_mode'] == 'netns veth tc tbf 25 Mbit/s'
             ns = res[name]['netns']
             assert ns and f'{ns}_edge' not in left and f'{ns}_srv' not in left, (ns, left)

@@ -1,10 +1,13 @@
 """Replay a bag through the real nodes over DDS (``fluxshard_run``: camera replay, edge and
-server as separate processes) for FluxShard and for Full Offload (the same nodes pinned to
-offload a JPEG key batch of every frame, no local model). The link is shaped either by
-``tc tbf`` on a veth pair between two network namespaces (mode ``netns``: DDS crosses it) or
-in the edge's transport (mode ``transport``: ``link.emulate_mbps``); the one-way delay is
-always emulated in the edge transport (``link.delay_ms``; no sch_netem here). Latencies are
-*measured* on this machine (camera stamp to result), CPU inference included."""
+server as separate processes) for FluxShard, Video Offload and Full Offload. The baselines are
+the same nodes pinned to offload every frame, with no local model and a dense server: Video
+Offload sends each frame as an H.264 unit at CRF 23 (inside a BlockBatch: the unit plus the
+batch's few KB of block metadata, which the dense server ignores), Full Offload a JPEG key batch
+of every frame. The link is shaped either by ``tc tbf`` on a veth pair between two network
+namespaces (mode ``netns``: DDS crosses it) or in the edge's transport (mode ``transport``:
+``link.emulate_mbps``); the one-way delay is always emulated in the edge transport
+(``link.delay_ms``; no sch_netem here). Latencies are *measured* on this machine (camera stamp
+to result), CPU inference included."""
 
 import json
 import os
@@ -13,10 +16,14 @@ import sys
 
 from fluxshard_eval.sim import LinkSpec
 
+_OFFLOAD = ['scheduler.force_strategy:=cloud', 'model.local_inference:=false']
+#: method -> (edge parameters, server parameters)
 LIVE_METHODS = {
-    'fluxshard': [],
-    'full-offload': ['scheduler.force_strategy:=cloud', 'key_interval:=1',
-                     'model.local_inference:=false', 'payload.codec:=jpeg'],
+    'fluxshard': ([], []),
+    'video-offload-crf23': (_OFFLOAD + ['payload.codec:=h264', 'payload.crf:=23'],
+                            ['model.backend:=dense']),
+    'full-offload': (_OFFLOAD + ['key_interval:=1', 'payload.codec:=jpeg'],
+                     ['model.backend:=dense']),
 }
 
 
@@ -26,12 +33,16 @@ def default_mode() -> str:
 
 
 def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float = 300.0,
-        mode: str = 'transport', rate: float = 0.0):
+        mode: str = 'transport', rate: float = 0.0, methods=tuple(LIVE_METHODS)):
     """{method: the runner's JSON summary}; a failed run is reported, not raised."""
     if mode not in ('transport', 'netns'):
         raise ValueError(f"live link mode must be 'transport' or 'netns', got {mode!r}")
+    unknown = set(methods) - set(LIVE_METHODS)
+    if unknown:
+        raise ValueError(f'no live replay for {sorted(unknown)}; one of {list(LIVE_METHODS)}')
     res = {}
-    for name, extra in LIVE_METHODS.items():
+    for name in methods:
+        extra, server = LIVE_METHODS[name]
         js = os.path.join(out_dir, f'live_{name}.json')
         cmd = [sys.executable, '-m', 'fluxshard_eval.runner', '--source', bag_path,
                '--count', str(frames), '--rate', str(rate), '--quiet', '--json', js,
@@ -41,6 +52,8 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
                '--edge-param', 'camera.depth:=10']
         for p in extra:
             cmd += ['--edge-param', p]
+        for p in server:
+            cmd += ['--server-param', p]
         if mode == 'netns':
             cmd += ['--netns', str(link.mbps)]
         else:
