@@ -9,7 +9,9 @@ A rendered region of a page looks like
     <!-- end render -->
 
 ``eval`` regions take a ``summary.json`` of ``fluxshard-eval`` (copied to ``docs/data/``) and
-hold the command that made it plus every table of that run (``fluxshard_eval.cli.render``).
+hold the command that made it plus every table of that run (``fluxshard_eval.cli.render``);
+``bench`` and ``engine-eval`` the ``--json`` of ``python -m fluxshard_kernels.bench`` and
+``python -m fluxshard_kernels.evaluate`` (their ``render``).
 
 Usage:  scripts/fluxshard run python scripts/render_docs.py          # rewrite the pages
         scripts/fluxshard run python scripts/render_docs.py --check  # exit 1 if one is stale
@@ -40,7 +42,22 @@ def render_eval(path: Path) -> str:
     return head + '\n' + body
 
 
-RENDERERS = {'eval': render_eval}
+def render_bench(path: Path) -> str:
+    from fluxshard_kernels import bench
+    res = json.loads(path.read_text())
+    body = re.sub(r'^#+ ', '#### ', bench.render(res), flags=re.M)
+    return (f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`, commit "
+            f"{res['meta']['commit'] or '?'}; medians of interleaved runs):\n\n" + body)
+
+
+def render_engine_eval(path: Path) -> str:
+    from fluxshard_kernels import evaluate
+    res = json.loads(path.read_text())
+    body = re.sub(r'^#+ ', '#### ', evaluate.render(res), flags=re.M)
+    return f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`):\n\n" + body
+
+
+RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval}
 
 
 def render_page(text: str) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -145,45 +146,53 @@ def main(argv=None):
     seqs = ['davis-parkour', 'davis-bmx-trees'] if a.quick else [
         s for s in ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdance',
                     'pets09-s2l1', 'bgs-highway', 'sam2-bedroom') if s in data.sequences()]
-    result = {'meta': _meta(a.threads)}
-    print(f"# FluxShard kernel benchmark ({result['meta']['cpu']}, {a.threads} thread(s), "
-          f"torch {torch.__version__}, OpenCV {cv2.__version__})\n")
-    mo = bench_motion(seqs, 4 if a.quick else 10, reps)
-    result['motion'] = mo
-    print('## Block motion vs DIS optical flow (ULTRAFAST), 640x480, block 16\n')
-    print('| sequence | ours ms | DIS ms | ours / DIS time | warp err: none | ours | DIS/block |')
-    print('|---|---|---|---|---|---|---|')
-    for r in mo:
-        print(f"| {r['sequence']} | {r['bm_ms']:.2f} | {r['dis_ms']:.2f} | "
-              f"{r['bm_over_dis_time']:.2f} | {r['err_no_warp']:.2f} | {r['err_bm']:.2f} | "
-              f"{r['err_dis_block']:.2f} |")
-    result['motion_time_over_dis'] = float(np.median([r['bm_over_dis_time'] for r in mo]))
-    print(f"\nmedian time ratio ours / DIS: {result['motion_time_over_dis']:.2f}\n")
-    cd = bench_codec('davis-parkour', 8 if a.quick else 30)
-    result['codec_mv'] = cd
-    print(f"## Codec MVs (H.264, PyAV): decode + block field {cd['decode_and_field_ms']:.1f} "
-          f"ms/frame at 854x480; intra (miss) blocks {100 * cd['intra_block_fraction']:.0f} %\n")
-    configs = [(120, 160, 4), (240, 320, 8)]
-    sp = bench_sparse(configs, reps)
+    result = {'meta': _meta(a.threads),
+              'command': 'python -m fluxshard_kernels.bench ' + ' '.join(
+                  sys.argv[1:] if argv is None else argv)}
+    result['motion'] = bench_motion(seqs, 4 if a.quick else 10, reps)
+    result['motion_time_over_dis'] = float(np.median(
+        [r['bm_over_dis_time'] for r in result['motion']]))
+    result['codec_mv'] = bench_codec('davis-parkour', 8 if a.quick else 30)
+    sp = bench_sparse([(120, 160, 4), (240, 320, 8)], reps)
     result['sparse'] = sp
-    print('## Sparse 3x3 conv, 64 -> 64 channels, speedup over dense (same run)\n')
-    print('| map | block | active | dense ms | batch ms | batch x | hw ms | hw x |')
-    print('|---|---|---|---|---|---|---|---|')
-    for r in sp:
-        print(f"| {r['h']}x{r['w']} | {r['block']} | {100 * r['active']:.0f} % | "
-              f"{r['dense_ms']:.2f} | {r['batch_ms']:.2f} | {r['speedup_batch']:.1f} | "
-              f"{r['hw_ms']:.2f} | {r['speedup_hw']:.1f} |")
     result['sparse_speedup_at_10pct'] = {
         lay: {f"{r['h']}x{r['w']}/b{r['block']}": r[f'speedup_{lay}'] for r in sp
               if r['active'] == 0.10} for lay in S.LAYOUTS}
     result['dense_crossover'] = {lay: crossover(sp, lay) for lay in S.LAYOUTS}
-    print(f"\nspeedup at 10 % active: {json.dumps(result['sparse_speedup_at_10pct'])}")
-    print(f"dense is faster from (active fraction): {json.dumps(result['dense_crossover'])}")
+    print(render(result))
     if a.json:
         with open(a.json, 'w') as f:
             json.dump(result, f, indent=2)
         print(f'\nwrote {a.json}')
     return 0
+
+
+def render(result: dict) -> str:
+    """Every table of a benchmark run as markdown (docs/engine.md renders from the JSON)."""
+    m = result['meta']
+    out = [f"# FluxShard kernel benchmark ({m['cpu']}, {m.get('threads', 1)} thread(s), "
+           f"torch {m.get('torch', '')}, OpenCV {m.get('opencv', '')})", '',
+           '## Block motion vs DIS optical flow (ULTRAFAST), 640x480, block 16', '',
+           '| sequence | ours ms | DIS ms | ours / DIS time | warp err: none | ours | DIS/block |',
+           '|---|---|---|---|---|---|---|']
+    for r in result['motion']:
+        out.append(f"| {r['sequence']} | {r['bm_ms']:.2f} | {r['dis_ms']:.2f} | "
+                   f"{r['bm_over_dis_time']:.2f} | {r['err_no_warp']:.2f} | {r['err_bm']:.2f} | "
+                   f"{r['err_dis_block']:.2f} |")
+    cd = result['codec_mv']
+    out += ['', f"median time ratio ours / DIS: {result['motion_time_over_dis']:.2f}", '',
+            f"## Codec MVs (H.264, PyAV): decode + block field {cd['decode_and_field_ms']:.1f} "
+            f"ms/frame at 854x480; intra (miss) blocks {100 * cd['intra_block_fraction']:.0f} %",
+            '', '## Sparse 3x3 conv, 64 -> 64 channels, speedup over dense (same run)', '',
+            '| map | block | active | dense ms | batch ms | batch x | hw ms | hw x |',
+            '|---|---|---|---|---|---|---|---|']
+    for r in result['sparse']:
+        out.append(f"| {r['h']}x{r['w']} | {r['block']} | {100 * r['active']:.0f} % | "
+                   f"{r['dense_ms']:.2f} | {r['batch_ms']:.2f} | {r['speedup_batch']:.1f} | "
+                   f"{r['hw_ms']:.2f} | {r['speedup_hw']:.1f} |")
+    out += ['', f"speedup at 10 % active: {json.dumps(result['sparse_speedup_at_10pct'])}",
+            f"dense is faster from (active fraction): {json.dumps(result['dense_crossover'])}"]
+    return '\n'.join(out) + '\n'
 
 
 def _meta(threads):

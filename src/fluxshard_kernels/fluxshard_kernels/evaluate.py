@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 import time
 
 import cv2
@@ -171,20 +172,16 @@ def main(argv=None):
     models = {t: M.load_onnx(str(data.model_path(t))) for t in set(a.tasks) | (
         {'detect'} if a.sweep else set())}
     rows = []
-    print('| task | sequence | retention | retention (ref >= 0.5) | stale reuse | '
-          'GT AP dense / incr. | hit ratio | k/N | MACs | time |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    print(HEADER)
     for task in a.tasks:
         for seq in seqs:
             r = run_sequence(models[task], seq, a.frames, a.tau, a.block, a.refresh,
                              a.k_frac, a.salience, independent_px=a.independent)
             rows.append(r)
-            _print_row(r)
+            print(row_line(r), flush=True)
     sweep = []
     if a.sweep:
-        print('\n## Sweep (detect)\n')
-        print('| sequence | tau | block | refresh | k/N | salience | retention | hit | MACs |')
-        print('|---|---|---|---|---|---|---|---|---|')
+        print('\n' + SWEEP_HEADER)
         base = dict(tau=a.tau, block=a.block, refresh=a.refresh, k_frac=1.0, use_salience=False)
         variants = ([dict(base, tau=t) for t in (5.0, 20.0)]
                     + [dict(base, block=b) for b in (8, 32)]
@@ -195,25 +192,48 @@ def main(argv=None):
             for v in variants:
                 r = run_sequence(models['detect'], seq, min(a.frames, 20), **v)
                 sweep.append(r)
-                print(f"| {seq} | {r['tau']:g} | {r['block']} | {r['refresh']} | "
-                      f"{r['k_frac']:g} | {'yes' if r['salience'] else 'no'} | "
-                      f"{100 * r['retention']:.1f} % | {100 * r['hit_ratio']:.1f} % | "
-                      f"{100 * r['mac_ratio']:.1f} % |", flush=True)
+                print(sweep_line(r), flush=True)
     if a.json:
+        cmd = 'python -m fluxshard_kernels.evaluate ' + ' '.join(
+            sys.argv[1:] if argv is None else argv)
         with open(a.json, 'w') as f:
-            json.dump({'rows': rows, 'sweep': sweep, 'args': vars(a)}, f, indent=2)
+            json.dump({'command': cmd, 'rows': rows, 'sweep': sweep, 'args': vars(a)}, f,
+                      indent=1)
         print(f'\nwrote {a.json}')
     return 0
 
 
-def _print_row(r):
+HEADER = ('| task | sequence | retention | retention (ref >= 0.5) | stale reuse | '
+          'GT AP dense / incr. | hit ratio | k/N | MACs | time |\n'
+          '|---|---|---|---|---|---|---|---|---|---|')
+SWEEP_HEADER = ('## Sweep (detect)\n\n'
+                '| sequence | tau | block | refresh | k/N | salience | retention | hit | MACs |\n'
+                '|---|---|---|---|---|---|---|---|---|')
+
+
+def row_line(r) -> str:
     gt = ''
     if 'gt_ap_dense' in r:
         gt = f"{r['gt_ap_dense']:.3f} / {r['gt_ap_incremental']:.3f}"
-    print(f"| {r['task']} | {r['sequence']} | {100 * r['retention']:.1f} % | "
-          f"{100 * r['retention_confident']:.1f} % | {100 * r['stale_retention']:.1f} % | {gt} | "
-          f"{100 * r['hit_ratio']:.1f} % | {100 * r['recomputed_fraction']:.1f} % | "
-          f"{100 * r['mac_ratio']:.1f} % | {r['time_ratio']:.2f}x |", flush=True)
+    return (f"| {r['task']} | {r['sequence']} | {100 * r['retention']:.1f} % | "
+            f"{100 * r['retention_confident']:.1f} % | {100 * r['stale_retention']:.1f} % | "
+            f"{gt} | {100 * r['hit_ratio']:.1f} % | {100 * r['recomputed_fraction']:.1f} % | "
+            f"{100 * r['mac_ratio']:.1f} % | {r['time_ratio']:.2f}x |")
+
+
+def sweep_line(r) -> str:
+    return (f"| {r['sequence']} | {r['tau']:g} | {r['block']} | {r['refresh']} | "
+            f"{r['k_frac']:g} | {'yes' if r['salience'] else 'no'} | "
+            f"{100 * r['retention']:.1f} % | {100 * r['hit_ratio']:.1f} % | "
+            f"{100 * r['mac_ratio']:.1f} % |")
+
+
+def render(res: dict) -> str:
+    """The tables of a saved ``--json`` run as markdown (docs/engine.md renders from it)."""
+    out = [HEADER] + [row_line(r) for r in res['rows']]
+    if res.get('sweep'):
+        out += ['', SWEEP_HEADER] + [sweep_line(r) for r in res['sweep']]
+    return '\n'.join(out) + '\n'
 
 
 if __name__ == '__main__':
