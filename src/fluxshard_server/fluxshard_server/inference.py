@@ -15,6 +15,8 @@ from fluxshard_kernels.blocks import BlockGrid
 BACKENDS = ('incremental', 'dense', 'onnxruntime', 'none')
 #: Default of EdgeModel.recompute_tau (server parameter model.recompute_tau), 8-bit levels.
 RECOMPUTE_TAU = 3.0
+#: Share of changed blocks above which a frame runs dense (the sparse pass is slower there).
+DENSE_ABOVE = 0.5
 
 
 def load_model(task: str, path: str = '', device: str = 'cpu'):
@@ -121,8 +123,14 @@ class EdgeModel:
             changed = np.asarray(changed, dtype=np.int64)
             if consecutive and self.recompute_tau > 0:
                 changed = np.union1d(changed, self._drifted(r.state, img, mv, grid))
-            raw, lb, self.last_stats = r.step(img, mv, changed, block)
-            self.last_blocks = int(changed.size)
+            if changed.size > DENSE_ABOVE * grid.count:
+                # most blocks changed: one dense pass is cheaper than the sparse one, exact,
+                # and renews every cache
+                raw, lb, _ = r.dense(img)
+                self.last_blocks = grid.count
+            else:
+                raw, lb, self.last_stats = r.step(img, mv, changed, block)
+                self.last_blocks = int(changed.size)
         self._last_seq = seq
         det = self.model.decode(raw, lb, self.conf, self.iou)
         self.last_seconds = time.perf_counter() - t0
