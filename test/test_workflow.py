@@ -45,7 +45,7 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag and
                         'fluxshard/edge/robot2' in diag, 60), ros.log(server)
     cams = [ros.spawn('fluxshard_eval.image_publisher_node', ns=r,
-                      params=[f'source:={seq}', f'count:={N}', 'rate_hz:=2.0',
+                      params=[f'source:={seq}', f'count:={N}', 'rate_hz:=1.5',
                               'wait_for_subscribers:=1', 'start_delay_s:=0.5'])
             for r, seq in (('robot1', 'davis-bmx-trees'), ('robot2', 'davis-bmx-trees'))]
 
@@ -79,7 +79,7 @@ def test_two_edges_one_server_results_sync_and_decisions_follow_bandwidth(ros):
                                                      'dropped_out_of_order'))
             return len(got[r]['det']) + drops >= N
         assert ros.wait_for(served_or_counted, 10), (r, d, diag, log)
-        assert len(got[r]['det']) >= N // 2, (r, d, log)
+        assert len(got[r]["det"]) >= N // 2, (r, sorted(d.items()), log)
         for dets in got[r]['det'].values():
             assert all(m.edge_id == r for m in dets)  # states and results do not mix
         # proxy digests equal after every batch: every batch ACKed, no mismatch, no resync
