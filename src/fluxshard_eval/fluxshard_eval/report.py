@@ -209,24 +209,23 @@ def frontier(runs: List[dict], link: str, sequences=None) -> List[dict]:
 
 
 def video_bytes_at(pts: List[dict], retention: float):
-    """The Video Offload ladder's KB per frame at ``retention`` (log-bytes interpolated between
-    neighbouring CRFs) and how it was read: 'interpolated', 'at or above the ladder's best'
-    (the highest-quality rung, which the ratio then flatters Video Offload with) or None."""
-    ladder = sorted(((p['retention'], p['kb_per_frame']) for p in pts
-                     if p['method'].startswith('video-offload')), key=lambda x: x[1])
+    """KB per frame the Video Offload ladder needs for ``retention`` and how it was read:
+    'interpolated' (log bytes between the cheapest rung that reaches it and the next cheaper
+    one), "the ladder's cheapest reaches it" (an upper bound: the ratio flatters FluxShard),
+    "beyond the ladder's best" (its best rung: the ratio flatters Video Offload), or None."""
+    ladder = sorted(((p['kb_per_frame'], p['retention']) for p in pts
+                     if p['method'].startswith('video-offload')))
     if not ladder:
         return None, None
-    best = max(ladder, key=lambda x: x[0])
-    if retention >= best[0]:
-        return best[1], "at or above the ladder's best"
-    for (r0, b0), (r1, b1) in zip(ladder, ladder[1:]):  # by bytes: retention mostly rises
-        lo, hi = min(r0, r1), max(r0, r1)
-        if lo <= retention <= hi and hi > lo:
-            t = (retention - r0) / (r1 - r0)
-            return float(math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))), \
-                'interpolated'
-    low = min(ladder, key=lambda x: x[0])
-    return low[1], "below the ladder's lowest"
+    reach = [i for i, (_, r) in enumerate(ladder) if r >= retention]
+    if not reach:
+        return max(ladder, key=lambda x: x[1])[0], "beyond the ladder's best"
+    j = reach[0]
+    if j == 0:
+        return ladder[0][0], "the ladder's cheapest reaches it"
+    (b0, r0), (b1, r1) = ladder[j - 1], ladder[j]
+    t = (retention - r0) / (r1 - r0)
+    return float(math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))), 'interpolated'
 
 
 def _frames_only(m: str) -> bool:  # methods that send whole frames: no cache, no hit ratio

@@ -155,8 +155,11 @@ def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
             'not_recomputed': 0.8}]
     kb, how = report.video_bytes_at(pts, 0.93)  # half way from CRF 28 to 23 in log bytes
     assert how == 'interpolated' and kb == pytest.approx(math.sqrt(15.0 * 7.5))
-    assert report.video_bytes_at(pts, 0.99) == (30.0, "at or above the ladder's best")
-    assert report.video_bytes_at(pts, 0.5) == (7.5, "below the ladder's lowest")
+    assert report.video_bytes_at(pts, 0.99) == (30.0, "beyond the ladder's best")
+    assert report.video_bytes_at(pts, 0.5) == (7.5, "the ladder's cheapest reaches it")
+    # equal retention on two rungs: the cheaper one is what the retention costs
+    flat = [dict(p, retention=1.0) for p in pts[:3]]
+    assert report.video_bytes_at(flat, 1.0) == (7.5, "the ladder's cheapest reaches it")
     assert report.video_bytes_at(pts[3:], 0.9) == (None, None)
     for p in pts:
         p['sequences'] = ['s']
