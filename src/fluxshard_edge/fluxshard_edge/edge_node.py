@@ -55,7 +55,8 @@ FIELDS = {
     'model.path': 'model_path', 'model.conf': 'conf', 'scheduler.lambda': 'lam',
     'scheduler.deadline_ms': 'deadline_ms', 'link.bandwidth_mbps': 'bandwidth_mbps',
     'scheduler.edge_profile': 'edge_profile', 'scheduler.cloud_profile': 'cloud_profile',
-    'scheduler.fit_latency': 'fit_latency', 'scheduler.task_allocation': 'task_allocation',
+    'scheduler.profile_file': 'profile_file', 'scheduler.fit_latency': 'fit_latency',
+    'scheduler.task_allocation': 'task_allocation',
     'scheduler.accuracy_edge': 'accuracy_edge', 'scheduler.accuracy_cloud': 'accuracy_cloud',
     'refresh.interval': 'refresh_interval', 'scheduler.salience': 'use_salience',
     'scheduler.force_strategy': 'force_strategy',
@@ -97,6 +98,9 @@ PARAMS = [
           choices=sorted(PROFILES)),
     Param('scheduler.cloud_profile', 'rtx3080', 'Seed of the cloud latency model',
           choices=sorted(PROFILES)),
+    Param('scheduler.profile_file', '', 'Measured device profile (JSON from `python -m '
+          'fluxshard_kernels.profile --out F`) seeding both latency models instead of the '
+          'named profiles ("" = the named ones)'),
     Param('scheduler.fit_latency', True, 'Refit the latency models from measured times '
           '(edge: local inference; cloud: server-reported compute); false keeps both profiles, '
           'e.g. to emulate devices', live=True),

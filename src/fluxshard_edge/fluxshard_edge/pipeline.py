@@ -22,6 +22,7 @@ from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel
                                       Scheduler)
 from fluxshard_kernels import motion, proxy, salience
 from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F401 (re-export)
+from fluxshard_kernels.profile import DeviceProfile
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class EdgeConfig:
     force_strategy: str = ''
     fit_latency: bool = True
     task_allocation: bool = True
+    profile_file: str = ''
 
     def __post_init__(self):
         if self.block_size not in (8, 16, 32):
@@ -69,6 +71,11 @@ class EdgeConfig:
         for p in (self.edge_profile, self.cloud_profile):
             if p not in PROFILES:
                 raise ValueError(f'unknown latency profile {p!r}; one of {sorted(PROFILES)}')
+        if self.profile_file:
+            try:
+                DeviceProfile.load(self.profile_file)
+            except OSError as e:
+                raise ValueError(f'profile_file {self.profile_file!r}: {e.strerror}') from None
         if self.force_strategy not in ('', 'edge', 'cloud'):
             raise ValueError("force_strategy must be '', 'edge' or 'cloud'")
 
@@ -101,7 +108,7 @@ class EdgePipeline:
     """Per-edge state: local incremental model and refresh, proxy of the server's reference,
     scheduler, batch sequence."""
 
-    def __init__(self, config: EdgeConfig, model=None):
+    def __init__(self, config: EdgeConfig, model=None, profile: Optional[DeviceProfile] = None):
         self.config = config
         self.proxy: Optional[np.ndarray] = None
         self.seq = 0
@@ -113,8 +120,15 @@ class EdgePipeline:
         self.last_result = None  # latest Detections (local or server), for salience
         self.cloud_available = True
         bw = BandwidthEstimator(config.bandwidth_mbps * 1e6 / 8)
-        self.scheduler = Scheduler(LatencyModel(*PROFILES[config.edge_profile]),
-                                   LatencyModel(*PROFILES[config.cloud_profile]), bw,
+        if profile is None and config.profile_file:
+            profile = DeviceProfile.load(config.profile_file)
+        seeds = [PROFILES[config.edge_profile], PROFILES[config.cloud_profile]]
+        if profile is not None:  # measured seeds (the '_dense' names keep dense-only times)
+            seeds = [(0.0, 0.0, r.dense_s) if name.endswith('_dense') else r.abc
+                     for r, name in ((profile.edge, config.edge_profile),
+                                     (profile.server, config.cloud_profile))]
+        self.profile = profile
+        self.scheduler = Scheduler(LatencyModel(*seeds[0]), LatencyModel(*seeds[1]), bw,
                                    config.lam, config.accuracy_edge, config.accuracy_cloud)
         self.runner = self.refresh = None
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
@@ -136,7 +150,7 @@ class EdgePipeline:
         from dataclasses import replace
         cfg = replace(self.config, **changes)
         fixed = {'edge_id', 'block_size', 'local_inference', 'task', 'model_path',
-                 'edge_profile', 'cloud_profile'} & set(changes)
+                 'edge_profile', 'cloud_profile', 'profile_file'} & set(changes)
         if fixed:
             raise ValueError(f'{sorted(fixed)} cannot change while running')
         self.config = cfg

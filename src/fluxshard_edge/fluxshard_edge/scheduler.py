@@ -9,13 +9,16 @@ import math
 
 import numpy as np
 
-#: The paper's Table 1 (YOLOv11): Jetson Xavier NX edge, RTX 3080 cloud; seconds, k in blocks.
+from fluxshard_kernels.profile import fit_quadratic, PAPER
+
+#: The paper's Table 1 (YOLOv11): Jetson Xavier NX edge, RTX 3080 cloud; seconds, k in blocks
+#: (``fluxshard_kernels.profile.PAPER``; measured profiles come from a profile file).
 PROFILES = {
-    'xavier_nx': (3.60e-8, 2.13e-4, 0.0429),
-    'rtx3080': (2.63e-9, 1.52e-5, 0.00714),
+    'xavier_nx': PAPER.edge.abc,
+    'rtx3080': PAPER.server.abc,
     # full-scale (dense) execution whatever k: the paper's No-MS-Comp ablation
-    'xavier_nx_dense': (0.0, 0.0, 0.209),
-    'rtx3080_dense': (0.0, 0.0, 0.012),
+    'xavier_nx_dense': (0.0, 0.0, PAPER.edge.dense_s),
+    'rtx3080_dense': (0.0, 0.0, PAPER.server.dense_s),
 }
 
 
@@ -32,18 +35,9 @@ class LatencyModel:
 
     def observe(self, k: int, seconds: float):
         self.samples.append((float(k), float(seconds)))
-        ks = np.array([s[0] for s in self.samples])
-        if len(np.unique(ks)) < 3:
-            return
-        ts = np.array([s[1] for s in self.samples])
-        coef, *_ = np.linalg.lstsq(np.stack([ks ** 2, ks, np.ones_like(ks)], 1), ts, rcond=None)
-        a, b, c = coef
-        if a < 0:  # keep the model convex: refit linear
-            coef, *_ = np.linalg.lstsq(np.stack([ks, np.ones_like(ks)], 1), ts, rcond=None)
-            a, (b, c) = 0.0, coef
-        if b < 0:
-            b, c = 0.0, float(np.mean(ts - a * ks ** 2))
-        self.a, self.b, self.c = float(a), float(b), float(max(c, 0.0))
+        ks = [s[0] for s in self.samples]
+        if len(set(ks)) >= 3:
+            self.a, self.b, self.c = fit_quadratic(ks, [s[1] for s in self.samples])
 
 
 class BandwidthEstimator:

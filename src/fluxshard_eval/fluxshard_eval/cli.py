@@ -14,6 +14,7 @@ first link class) and reports the latency measured on this machine.
 """
 
 import argparse
+from dataclasses import asdict
 import json
 import math
 import os
@@ -106,6 +107,13 @@ def _args(argv):
     p.add_argument('--rate', type=float, default=0.0,
                    help='replay rate, Hz (0 = the bag rate from its stamps)')
     p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--profile', choices=['paper', 'measured'], default='paper',
+                   help="device compute times of the modelled timeline: the paper's Table 1 "
+                        "(Xavier NX edge, RTX 3080 server) or our engine measured on this "
+                        "machine (fitted at start-up, ~20 s, unless --profile-file)")
+    p.add_argument('--profile-file', default='',
+                   help='a measured profile (python -m fluxshard_kernels.profile --out F); '
+                        'implies --profile measured')
     p.add_argument('--out', default='out/eval', help='folder for bags, plots, JSON, report')
     p.add_argument('--live', action='store_true',
                    help='also replay the first bag through the real nodes over DDS')
@@ -132,7 +140,26 @@ def _args(argv):
         a.live_frames, a.live_rate = 12, a.live_rate or 2.0
     if not 0 <= a.loss < 1:
         p.error('--loss must be in [0, 1)')
+    if a.profile_file:
+        a.profile = 'measured'
     return a
+
+
+def _profile(a):
+    """The run's DeviceProfile: the paper's, a measured file, or fitted now (saved in --out)."""
+    from fluxshard_kernels import profile as P
+    if a.profile == 'paper':
+        return P.PAPER
+    if a.profile_file:
+        return P.DeviceProfile.load(a.profile_file)
+    print('fluxshard-eval: fitting the device profile of this machine '
+          '(python -m fluxshard_kernels.profile)...', flush=True)
+    prof = P.measure(a.task, edge_threads=a.threads, server_threads=a.threads)
+    os.makedirs(a.out, exist_ok=True)
+    a.profile_file = os.path.join(a.out, 'profile.json')
+    prof.save(a.profile_file)
+    print(P.describe(prof), flush=True)
+    return prof
 
 
 def _bags(a):
@@ -174,6 +201,7 @@ def main(argv=None) -> int:
     try:
         links = [LinkSpec.parse(x, a.delay_ms, a.loss) for x in a.links]
         bags = _bags(a)
+        prof = _profile(a)
     except (ValueError, OSError) as e:
         print(f'fluxshard-eval: {e}', file=sys.stderr)
         return 2
@@ -216,7 +244,7 @@ def main(argv=None) -> int:
     print(f'fluxshard-eval: {len(plan)} runs, {total} frames, sources '
           f'{", ".join(n for n, *_ in sources)}; links '
           f'{", ".join(f"{lk.name} ({lk.mbps:g} Mbit/s)" for lk in links)}, delay '
-          f'{a.delay_ms:g} ms, loss {a.loss:g}; modelled on the paper\'s Table 1 profiles',
+          f'{a.delay_ms:g} ms, loss {a.loss:g}; device times modelled on {prof.label}',
           flush=True)
     bar = Progress(total, not a.no_progress)
     runs = []
@@ -226,7 +254,7 @@ def main(argv=None) -> int:
         mk, kw = SWEEP.get(m, (m, {}))
 
         def factory(eid, mk=mk, kw=kw, lk=lk):
-            return methods.make(mk, model, eid, lk, **kw)
+            return methods.make(mk, model, eid, lk, prof, **kw)
         r = harness.replay(factory, imgs, rate, lk, ref, edges=e, progress=bar)
         r.update(method=m, link=lk.name, link_mbps=lk.mbps, sequence=name)
         if scal is not None and imgs is scal[1]:
@@ -243,6 +271,7 @@ def main(argv=None) -> int:
     have = {r['sequence'] for r in runs}
     res = {'command': 'fluxshard-eval ' + ' '.join(sys.argv[1:] if argv is None else argv),
            'args': vars(a), 'wall_s': wall, 'runs': runs, 'live': live,
+           'profile': asdict(prof),
            'frontier': {'link': medium.name,
                         'points': report.frontier(runs, medium.name,
                                                   [s for s in MOVING if s in have] or None)}}
@@ -283,7 +312,7 @@ def render(res: dict) -> str:
     names = [lk.name for lk in links]
     agg = report.aggregate(runs)
     medium = res['frontier']['link']
-    text = report.tables(agg, names, runs)
+    text = report.tables(agg, names, runs, res.get('profile', {}).get('label', ''))
     if a.get('sweep'):
         text += '\n' + sweep_table(runs, medium)
     pts = res['frontier']['points']

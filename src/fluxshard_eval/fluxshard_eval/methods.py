@@ -32,7 +32,7 @@ import torch
 
 from fluxshard_msgs_py import conversions
 from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipeline
-from fluxshard_edge.scheduler import BandwidthEstimator, PROFILES
+from fluxshard_edge.scheduler import BandwidthEstimator
 from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo.processing import Detections, letterbox
@@ -124,8 +124,9 @@ def _result_bytes(det, edge_id, index, task):
 class Method:
     name = ''
 
-    def __init__(self, model, edge_id: str, link: sim.LinkSpec):
+    def __init__(self, model, edge_id: str, link: sim.LinkSpec, profile=None):
         self.model, self.edge_id, self.task = model, edge_id, model.task
+        self.prof = profile or sim.PAPER  # modelled device times
         self.bw = BandwidthEstimator(link.mbps * 1e6 / 8)
         self.sent_bytes = 0      # counted by the edge as it sends
         self.received_bytes = 0  # counted by the server as it receives
@@ -150,7 +151,9 @@ class _BlockServer:
     """The server side of FluxShard and DeltaCNN-style: a session (sequence and digest checks,
     proxy apply) and an incremental model over the proxy state, as ``server_node`` runs them."""
 
-    def __init__(self, model, edge_id, dense_times=False, recompute_tau=RECOMPUTE_TAU):
+    def __init__(self, model, edge_id, dense_times=False, recompute_tau=RECOMPUTE_TAU,
+                 profile=None):
+        self.prof = profile or sim.PAPER
         self.session = EdgeSession(edge_id)
         if dense_times:  # No-MS-Comp: dense inference on the proxy, for real
             self.em = EdgeModel('dense', model.task, model)
@@ -180,11 +183,11 @@ class _BlockServer:
         k, n = self.em.last_blocks, self.session.state.shape
         count = BlockGrid(n[0], n[1], r.block_size).count
         out.result = det
-        out.server_s = (sim.SERVER_DENSE_S if self.dense_times else
-                        sim.sparse_time(PROFILES['rtx3080'], k, sim.SERVER_DENSE_S))
+        out.server_s = (self.prof.server.dense_s if self.dense_times else
+                        self.prof.server.sparse_s(k))
         out.server_compute = 1.0 if self.dense_times else min(1.0, k / count)
         if self.em.refresh.completed > refreshes:
-            out.background_s = sim.SERVER_DENSE_S
+            out.background_s = self.prof.server.engine_s
         out.result_bytes = _result_bytes(det, self.edge_id, index, self.em.task)
         out.cpu_ms = 1e3 * (time.perf_counter() - t0)
         return out
@@ -195,11 +198,12 @@ class FluxShard(Method):
 
     name = 'fluxshard'
 
-    def __init__(self, model, edge_id, link, ablation: str = '', tau: float = 10.0,
+    def __init__(self, model, edge_id, link, profile=None, ablation: str = '',
+                 tau: float = 10.0,
                  block: int = 16, refresh: int = 10, quality: int = 90,
                  independent_px: float = 0.0, codec: str = EdgeConfig.codec,
                  crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU):
-        super().__init__(model, edge_id, link)
+        super().__init__(model, edge_id, link, profile)
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
@@ -208,9 +212,9 @@ class FluxShard(Method):
                          independent_px=independent_px, task_allocation=ablation != 'no-ata',
                          edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
-        self.pipe = EdgePipeline(cfg, model)
+        self.pipe = EdgePipeline(cfg, model, profile=self.prof)
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
-        self.srv = _BlockServer(model, edge_id, dense, recompute_tau)
+        self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof)
         self.dense = dense
         self._pending = None
 
@@ -227,18 +231,18 @@ class FluxShard(Method):
         w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0))
         dec = st.decision
         n = BlockGrid(frame.shape[0], frame.shape[1], p.config.block_size).count
-        w.edge_s = sim.EDGE_OVERHEAD_S
+        w.edge_s = self.prof.edge_overhead_s
         if st.local_result is not None:
             k = min(dec.k_edge, dec.n_edge) if ready else n
             w.result, w.computed_by = st.local_result, 'edge' if k else 'cache'
             if self.dense:
-                w.edge_s += sim.EDGE_DENSE_S
+                w.edge_s += self.prof.edge.dense_s
                 w.edge_compute = 1.0
             else:
-                w.edge_s += sim.sparse_time(PROFILES['xavier_nx'], k, sim.EDGE_DENSE_S)
+                w.edge_s += self.prof.edge.sparse_s(k)
                 w.edge_compute = min(1.0, k / n)
         if p.refresh.completed > refreshes:
-            w.background_s = sim.EDGE_DENSE_S
+            w.background_s = self.prof.edge.engine_s
         w.info = {'strategy': dec.strategy, 'k_edge': dec.k_edge, 'k_cloud': dec.k_cloud,
                   'key': st.key}
         if st.sends and p.proxy.shape == frame.shape:  # how close the server's image is
@@ -280,8 +284,9 @@ class FullOffload(Method):
 
     name = 'full-offload'
 
-    def __init__(self, model, edge_id, link, quality: int = 90, fmt: str = 'jpeg'):
-        super().__init__(model, edge_id, link)
+    def __init__(self, model, edge_id, link, profile=None, quality: int = 90,
+                 fmt: str = 'jpeg'):
+        super().__init__(model, edge_id, link, profile)
         self.quality, self.fmt = quality, fmt
         self._index = 0
 
@@ -289,7 +294,7 @@ class FullOffload(Method):
         from std_msgs.msg import Header
         t0 = time.perf_counter()
         m = conversions.array_to_compressed(frame, Header(), self.fmt, self.quality)
-        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, messages=[serialize(m)],
+        w = EdgeWork(edge_s=self.prof.edge_overhead_s, messages=[serialize(m)],
                      cpu_ms=1e3 * (time.perf_counter() - t0))
         self._index = index
         self._count(w)
@@ -304,7 +309,7 @@ class FullOffload(Method):
         self.received_bytes += len(raw)
         img = conversions.compressed_to_array(deserialize(raw, CompressedImage))
         det = dense_detect(self.model, img)
-        return ServerWork(det, sim.SERVER_DENSE_S, 0.0,
+        return ServerWork(det, self.prof.server.dense_s, 0.0,
                           _result_bytes(det, self.edge_id, self._index, self.task), 1.0,
                           1e3 * (time.perf_counter() - t0), len(raw))
 
@@ -313,8 +318,8 @@ class VideoOffload(Method):
     """The camera as an H.264 stream (one access unit per frame it takes), decoded on the
     server, dense inference there."""
 
-    def __init__(self, model, edge_id, link, crf: int = 23):
-        super().__init__(model, edge_id, link)
+    def __init__(self, model, edge_id, link, profile=None, crf: int = 23):
+        super().__init__(model, edge_id, link, profile)
         if not 0 <= crf <= 51:
             raise ValueError(f'H.264 CRF must be in 0..51, got {crf}')
         self.crf = crf
@@ -337,7 +342,7 @@ class VideoOffload(Method):
         m = CompressedImage(header=Header(), format='h264',
                             data=self.enc.encode(img, key=self._key))
         self._key = False
-        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, messages=[serialize(m)],
+        w = EdgeWork(edge_s=self.prof.edge_overhead_s, messages=[serialize(m)],
                      cpu_ms=1e3 * (time.perf_counter() - t0))
         self._index = index
         self._frame = frame
@@ -362,7 +367,7 @@ class VideoOffload(Method):
         if self._frame.ndim == 3 and self._frame.shape[2] == 3:
             work.info['proxy_psnr'] = float(cv2.PSNR(self._frame, img))
         det = dense_detect(self.model, img)
-        return ServerWork(det, sim.SERVER_DENSE_S, 0.0,
+        return ServerWork(det, self.prof.server.dense_s, 0.0,
                           _result_bytes(det, self.edge_id, self._index, self.task), 1.0,
                           1e3 * (time.perf_counter() - t0), len(raw))
 
@@ -380,13 +385,13 @@ class DeltaCNN(Method):
 
     name = 'deltacnn'
 
-    def __init__(self, model, edge_id, link, tau: float = 10.0, block: int = 16,
+    def __init__(self, model, edge_id, link, profile=None, tau: float = 10.0, block: int = 16,
                  quality: int = 90):
-        super().__init__(model, edge_id, link)
+        super().__init__(model, edge_id, link, profile)
         self.tau, self.block, self.quality = tau, block, quality
         self.ref = None
         self.seq = 0
-        self.srv = _BlockServer(model, edge_id)
+        self.srv = _BlockServer(model, edge_id, profile=self.prof)
         self.last = None
         self._index = 0
         self._key = True
@@ -401,7 +406,7 @@ class DeltaCNN(Method):
         else:
             d = block_dissimilarity(frame, self.ref, grid)
             idx, hit = np.flatnonzero(d >= self.tau), float(np.mean(d < self.tau))
-        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S, hit_ratio=hit)
+        w = EdgeWork(edge_s=self.prof.edge_overhead_s, hit_ratio=hit)
         self._index = index
         if len(idx) == 0 and self.last is not None:
             w.result, w.computed_by = self.last, 'cache'
@@ -445,9 +450,9 @@ class Split(Method):
     """SPINN-style split inference with a whole-frame-similarity early-exit cache; with
     ``quantize`` the COACH-style variant (uint8 features, JPEG q60 input)."""
 
-    def __init__(self, model, edge_id, link, quantize: bool = False,
+    def __init__(self, model, edge_id, link, profile=None, quantize: bool = False,
                  exit_threshold: float = 2.0):
-        super().__init__(model, edge_id, link)
+        super().__init__(model, edge_id, link, profile)
         self.name = 'coach' if quantize else 'spinn'
         self.quantize = quantize
         self.exit_threshold = exit_threshold
@@ -473,8 +478,8 @@ class Split(Method):
                 nbytes = 0
             else:
                 nbytes = self.feat_bytes.get(s, frame.size * 2)
-            t = (sim.EDGE_DENSE_S * self.frac[s] + nbytes / bps
-                 + sim.SERVER_DENSE_S * (1 - self.frac[s]))
+            t = (self.prof.edge.dense_s * self.frac[s] + nbytes / bps
+                 + self.prof.server.dense_s * (1 - self.frac[s]))
             if best_t is None or t < best_t:
                 best, best_t = s, t
         return best
@@ -482,7 +487,7 @@ class Split(Method):
     def edge(self, frame, index):
         t0 = time.perf_counter()
         th = self._thumb(frame)
-        w = EdgeWork(edge_s=sim.EDGE_OVERHEAD_S)
+        w = EdgeWork(edge_s=self.prof.edge_overhead_s)
         self._job = None
         if self.thumb is not None and self.thumb.shape == th.shape and \
                 float(np.mean(np.abs(th - self.thumb))) < self.exit_threshold:
@@ -492,7 +497,7 @@ class Split(Method):
         self.thumb = th
         s = self._choose(frame)
         w.info = {'split': s}
-        w.edge_s += sim.EDGE_DENSE_S * self.frac[s]
+        w.edge_s += self.prof.edge.dense_s * self.frac[s]
         w.edge_compute = self.frac[s]
         if s == 23:
             w.result = self.last = dense_detect(self.model, frame)
@@ -532,7 +537,7 @@ class Split(Method):
                 _, y = self.model.backbone(y[s], start=s + 1, y=y)
                 det = self.model.decode(self.model.head_outputs(self.model.neck_head(y)), lb)
         self.last = det
-        return ServerWork(det, sim.SERVER_DENSE_S * (1 - self.frac[s]), 0.0,
+        return ServerWork(det, self.prof.server.dense_s * (1 - self.frac[s]), 0.0,
                           _result_bytes(det, self.edge_id, index, self.task),
                           1 - self.frac[s], 1e3 * (time.perf_counter() - t0), len(raw))
 
@@ -621,20 +626,22 @@ def unpack_features(m):
     return y, lb
 
 
-def make(name: str, model, edge_id: str, link: sim.LinkSpec, **kw) -> Method:
-    """A fresh method instance by name (see ``METHODS``)."""
+def make(name: str, model, edge_id: str, link: sim.LinkSpec, profile=None, **kw) -> Method:
+    """A fresh method instance by name (see ``METHODS``), its device times modelled on
+    ``profile`` (a ``DeviceProfile``; None = the paper's Table 1)."""
+    kw['profile'] = profile
     if name == 'fluxshard':
         return FluxShard(model, edge_id, link, **kw)
     if name in ('no-ata', 'no-ms-comp'):
         return FluxShard(model, edge_id, link, ablation=name, **kw)
     if name == 'full-offload':
-        return FullOffload(model, edge_id, link)
+        return FullOffload(model, edge_id, link, profile)
     if name == 'full-offload-png':
-        return FullOffload(model, edge_id, link, fmt='png')
+        return FullOffload(model, edge_id, link, profile, fmt='png')
     if name == 'deltacnn':
         return DeltaCNN(model, edge_id, link, **kw)
     if name.startswith('video-offload-crf') and name[17:].isdigit():
-        return VideoOffload(model, edge_id, link, crf=int(name[17:]))
+        return VideoOffload(model, edge_id, link, profile, crf=int(name[17:]))
     if name in ('spinn', 'coach'):
-        return Split(model, edge_id, link, quantize=name == 'coach')
+        return Split(model, edge_id, link, profile, quantize=name == 'coach')
     raise ValueError(f'unknown method {name!r}; one of {", ".join(METHODS)}')

@@ -46,8 +46,12 @@ def _methods(agg, edges=1):
     return [m for m in ORDER if m in present]
 
 
-def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
-    """All tables as one markdown string."""
+def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict],
+           profile_label: str = '') -> str:
+    """All tables as one markdown string; modelled times are labelled with ``profile_label``
+    (the device profile's label; default the paper's Table 1)."""
+    from fluxshard_kernels.profile import PAPER
+    profile_label = profile_label or PAPER.label
     main = [m for m in _methods(agg) if m not in ('no-ata', 'no-ms-comp')]
 
     def per_link(title, cell, extra_cols=(), extra=None):
@@ -73,8 +77,8 @@ def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict]) -> str:
     lines += per_link('### Cache hit ratio (%) and uplink bandwidth (MB/s) (paper Table 3)',
                       lambda a: f"{_f(a.get('hit_ratio'), scale=100)} "
                                 f"({_f(a.get('bandwidth_MBps'), '{:.2f}')})")
-    lines += per_link('### End-to-end latency, modelled (ms, mean; Xavier NX edge + RTX 3080 '
-                      'server, Table 1 profiles; paper Figure 2)',
+    lines += per_link(f'### End-to-end latency, modelled (ms, mean; device times: '
+                      f'{profile_label}; paper Figure 2)',
                       lambda a: _f(a.get('latency_ms_mean', math.nan)),
                       ('FluxShard speedup vs best baseline', 'vs best non-offload baseline'),
                       speedups)

@@ -1,9 +1,11 @@
-"""The modelled timeline of a replay: device compute times from the paper's Table 1, an
-emulated uplink (bandwidth class or trace, one-way delay, loss) and compute resources (FIFO
-critical work, preemptible background work).
+"""The modelled timeline of a replay: device compute times from a device profile (the paper's
+Table 1, or one measured on this machine: ``fluxshard_kernels.profile``), an emulated uplink
+(bandwidth class or trace, one-way delay, loss) and compute resources (FIFO critical work,
+preemptible background work).
 
-Every time here is *modelled* (seconds on the paper's Jetson Xavier NX edge and RTX 3080
-server); times measured on this machine are kept separately by the harness.
+Every time here is *modelled* from the profile's fits (seconds on the paper's Jetson Xavier NX
+edge and RTX 3080 server, or on the measured machine); the CPU times of the run itself are kept
+separately by the harness.
 """
 
 from dataclasses import dataclass, field
@@ -13,22 +15,14 @@ from typing import Optional
 import numpy as np
 
 from fluxshard_edge.link import BandwidthTrace
+from fluxshard_kernels import profile
 
 #: The paper's link classes (section 6.1), Mbit/s.
 LINK_CLASSES = {'high': 130.0, 'medium': 56.0, 'low': 25.0}
 
-#: Table 1 (YOLOv11): dense latency of the edge (Xavier NX) and the server (RTX 3080), s.
-EDGE_DENSE_S = 0.209
-SERVER_DENSE_S = 0.012
-#: Per-frame fixed edge overhead (capture, block extraction or encoding, scheduling), s: the
-#: scheduler's tau_wait.
-EDGE_OVERHEAD_S = 0.005
-
-
-def sparse_time(profile, k: float, dense_s: float) -> float:
-    """a k^2 + b k + c (Table 1 fit, k blocks), never more than the dense pass."""
-    a, b, c = profile
-    return min(a * k * k + b * k + c, dense_s) if k > 0 else 0.0
+#: Device compute times: the paper's Table 1 profiles (Jetson Xavier NX edge, RTX 3080 server)
+#: unless a run passes a measured ``DeviceProfile`` (``fluxshard-eval --profile measured``).
+PAPER = profile.PAPER
 
 
 @dataclass

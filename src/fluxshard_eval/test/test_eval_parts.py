@@ -71,10 +71,33 @@ def test_bandwidth_trace_file(tmp_path):
 
 
 def test_sparse_time_never_exceeds_dense():
-    p = (3.6e-8, 2.13e-4, 0.0429)
-    assert sim.sparse_time(p, 0, 0.209) == 0.0
-    assert math.isclose(sim.sparse_time(p, 100, 0.209), 3.6e-4 + 0.0213 + 0.0429)
-    assert sim.sparse_time(p, 5000, 0.209) == 0.209
+    p = sim.PAPER.edge
+    assert p.sparse_s(0) == 0.0
+    assert math.isclose(p.sparse_s(100), 3.6e-4 + 0.0213 + 0.0429)
+    assert p.sparse_s(5000) == 0.209
+
+
+def test_methods_take_their_device_times_from_the_profile(model):
+    """A measured profile replaces Table 1 in every method: the edge's scheduler is seeded
+    from it and dense-only servers are charged its dense time."""
+    from fluxshard_kernels.profile import DeviceProfile, RoleProfile
+    prof = DeviceProfile('measured', 'test machine', RoleProfile(1e-7, 2e-4, 0.25, 0.05, 0.15),
+                         RoleProfile(0.0, 1e-4, 0.2, 0.04, 0.12), edge_overhead_s=0.01)
+    link = sim.LinkSpec.parse('medium')
+    fx = M.make('fluxshard', model, 'robot1', link, prof)
+    s = fx.pipe.scheduler
+    assert (s.edge.a, s.edge.b, s.edge.c) == prof.edge.abc
+    assert (s.cloud.a, s.cloud.b, s.cloud.c) == prof.server.abc
+    nms = M.make('no-ms-comp', model, 'robot1', link, prof).pipe.scheduler
+    assert (nms.edge.c, nms.cloud.c) == (0.05, 0.04)
+    assert prof.edge.sparse_s(10) == 0.15  # capped by the engine's dense pass
+    fo = M.make('full-offload', model, 'robot1', link, prof)
+    assert fo.prof is prof
+    frame = next(data.iter_frames('davis-parkour', limit=1))
+    w = fo.edge(frame, 0)
+    assert w.edge_s == 0.01
+    assert fo.server(w, [True] * len(w.messages)).server_s == 0.04
+    assert M.make('fluxshard', model, 'robot1', link).prof is sim.PAPER
 
 
 def test_split_model_equals_the_whole_model(model):
