@@ -5,7 +5,11 @@ Prints, from one run with variants measured side by side (interleaved repetition
      and warp error of the previous frame by each (DIS flow averaged per block);
   2. codec MVs: decode + rasterise time per frame;
   3. sparse 3x3 conv (64 channels) vs dense at 1/5/10/25/50/100 % active blocks, both layouts,
-     and the crossover density above which dense is faster.
+     and the crossover density above which dense is faster;
+  4. the whole engine: one incremental YOLO11n step (real motion, the blocks with D >= tau
+     recomputed) against onnxruntime dense, torch dense and the engine's dense pass on the same
+     frames, interleaved per frame, with where the step's time goes (warp, masks, gather, conv,
+     scatter, dense layers, head, decode + NMS, ...) and its torch op and host-sync counts.
 """
 
 import argparse
@@ -133,6 +137,106 @@ def crossover(rows, layout):
     return res
 
 
+class OpCounter:
+    """Counts the aten ops a piece of torch code issues (``TorchDispatchMode``), and the host
+    syncs among them (``.item()``, ``nonzero``: the device must finish before the host goes on)."""
+
+    SYNCS = ('aten::_local_scalar_dense', 'aten::nonzero', 'aten::is_nonzero')
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = func._schema.name
+                counter.ops += 1
+                counter.syncs += name in OpCounter.SYNCS
+                return func(*args, **(kwargs or {}))
+        self.ops = self.syncs = 0
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
+def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3):
+    """Incremental step vs dense runtimes per frame, interleaved (see the module docstring)."""
+    from fluxshard_kernels.incremental import IncrementalYOLO
+    from fluxshard_kernels.yolo import model as M
+    from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
+    from fluxshard_kernels.yolo.processing import letterbox
+    model = M.load('detect')
+    ort = OnnxYolo(str(data.model_path('detect')), threads=torch.get_num_threads())
+    rows = []
+    for seq in seqs:
+        runner = IncrementalYOLO(model, block)
+        imgs = list(data.iter_frames(seq, limit=n_frames + warmup + 1))
+        runner.dense(imgs[0])
+        t = {k: [] for k in ('step', 'onnxruntime', 'torch', 'engine_dense')}
+        stages, misses, macs, prev_mv = {}, [], [], None
+        counts = None
+        for i, img in enumerate(imgs[1:]):
+            f = motion.estimate_motion(img, runner.state, block, prev_mv)
+            prev_mv = f.mv
+            d = f.dissimilarity.reshape(-1)
+            miss = np.flatnonzero(d >= tau)
+            x, lb = letterbox(img, 640)
+            xt = torch.from_numpy(x)
+            timed = i >= warmup
+            S.STAGES.reset(on=timed)
+            t0 = time.perf_counter()
+            raw, lb2, st = runner.step(img, f.mv, miss, block)
+            with S.STAGES('decode + NMS'):
+                model.decode(raw, lb2)
+            dt = time.perf_counter() - t0
+            stage_s = dict(S.STAGES.seconds)
+            S.STAGES.reset(on=False)
+            if not timed:
+                continue
+            stage_s['other (glue)'] = max(dt - sum(stage_s.values()), 0.0)
+            for k, v in stage_s.items():
+                stages.setdefault(k, []).append(v)
+            t['step'].append(dt)
+            misses.append(len(miss) / d.size)
+            macs.append(st.mac_ratio)
+            t0 = time.perf_counter()
+            ort(img)
+            t['onnxruntime'].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model.decode(model(xt), lb)
+            t['torch'].append(time.perf_counter() - t0)
+        # op counts of one more step, outside the timed ones
+        probe = IncrementalYOLO(model, block)
+        probe.dense(imgs[-2])
+        f = motion.estimate_motion(imgs[-1], probe.state, block)
+        with OpCounter() as c:
+            probe.step(imgs[-1], f.mv, np.flatnonzero(f.dissimilarity.reshape(-1) >= tau),
+                       block)
+        counts = (c.ops, c.syncs)
+        with OpCounter() as c, torch.no_grad():
+            model(torch.from_numpy(letterbox(imgs[-1], 640)[0]))
+        for _ in range(2):  # the engine's own dense pass (fills every cache)
+            t0 = time.perf_counter()
+            raw, lb2, _ = probe.dense(imgs[-1])
+            model.decode(raw, lb2)
+            t['engine_dense'].append(time.perf_counter() - t0)
+        med = {k: float(np.median(v)) for k, v in t.items()}
+        rows.append({'sequence': seq, 'frames': len(t['step']),
+                     'miss_fraction': float(np.mean(misses)), 'mac_ratio': float(np.mean(macs)),
+                     **{f'{k}_ms': 1e3 * v for k, v in med.items()},
+                     'step_over_onnxruntime': med['step'] / med['onnxruntime'],
+                     'torch_over_onnxruntime': med['torch'] / med['onnxruntime'],
+                     'engine_dense_over_onnxruntime': med['engine_dense'] / med['onnxruntime'],
+                     'stages_ms': {k: 1e3 * float(np.median(v)) for k, v in stages.items()},
+                     'step_ops': counts[0], 'step_syncs': counts[1],
+                     'dense_ops': c.ops, 'dense_syncs': c.syncs})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,6 +263,9 @@ def main(argv=None):
         lay: {f"{r['h']}x{r['w']}/b{r['block']}": r[f'speedup_{lay}'] for r in sp
               if r['active'] == 0.10} for lay in S.LAYOUTS}
     result['dense_crossover'] = {lay: crossover(sp, lay) for lay in S.LAYOUTS}
+    result['engine'] = bench_engine(
+        [s for s in ('davis-parkour', 'pets09-s2l1') if s in data.sequences()],
+        4 if a.quick else 10)
     print(render(result))
     if a.json:
         with open(a.json, 'w') as f:
@@ -192,6 +299,34 @@ def render(result: dict) -> str:
                    f"{r['hw_ms']:.2f} | {r['speedup_hw']:.1f} |")
     out += ['', f"speedup at 10 % active: {json.dumps(result['sparse_speedup_at_10pct'])}",
             f"dense is faster from (active fraction): {json.dumps(result['dense_crossover'])}"]
+    if result.get('engine'):
+        out += ['', render_engine(result['engine'])]
+    return '\n'.join(out) + '\n'
+
+
+def render_engine(rows) -> str:
+    """The engine section: times and ratios against onnxruntime dense, then the breakdown."""
+    out = ['#### Incremental YOLO11n step vs dense runtimes (detect, tau 10, ms, medians of '
+           'interleaved frames; ratios over onnxruntime dense)', '',
+           '| sequence | misses | MACs vs dense | step | onnxruntime | torch dense | '
+           'engine dense | step / ort | torch / ort | engine dense / ort | ops (syncs) step '
+           '/ dense |', '|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        out.append(f"| {r['sequence']} | {100 * r['miss_fraction']:.1f} % | "
+                   f"{100 * r['mac_ratio']:.0f} % | {r['step_ms']:.1f} | "
+                   f"{r['onnxruntime_ms']:.1f} | {r['torch_ms']:.1f} | {r['engine_dense_ms']:.1f} "
+                   f"| {r['step_over_onnxruntime']:.2f}x | {r['torch_over_onnxruntime']:.2f}x | "
+                   f"{r['engine_dense_over_onnxruntime']:.2f}x | {r['step_ops']} "
+                   f"({r['step_syncs']}) / {r['dense_ops']} ({r['dense_syncs']}) |")
+    names = []
+    for r in rows:
+        names += [k for k in r['stages_ms'] if k not in names]
+    out += ['', '#### Where one incremental step goes (ms, median per frame)', '',
+            '| stage | ' + ' | '.join(r['sequence'] for r in rows) + ' |',
+            '|---|' + '---|' * len(rows)]
+    for k in names:
+        cells = [f"{r['stages_ms'].get(k, 0.0):.1f}" for r in rows]
+        out.append(f'| {k} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(out) + '\n'
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxshard_kernels import proxy, sparse as S
+from fluxshard_kernels import cuda, proxy, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import Letterbox, letterbox
@@ -155,7 +155,8 @@ class IncrementalExecutor:
             return c
         if self.mv is not None and self._warped.get(name) != self.frame:
             t0 = time.perf_counter()
-            warp_moving(c, self.mv, self.grid, stride, self._plans)
+            with S.STAGES('warp'):
+                warp_moving(c, self.mv, self.grid, stride, self._plans)
             self.stats.warp_seconds += time.perf_counter() - t0
             self._warped[name] = self.frame
         return c
@@ -214,11 +215,12 @@ class IncrementalExecutor:
         if self.mode == 'dense':
             c = self._store(name, dense_fn(xt), s_out)
             self._stat(name, kind, s_out, macs, 1.0, 'dense', macs)
-            return SF(c, torch.ones(ho, wo, dtype=torch.bool), s_out)
-        px = self._mask(grow(x.mask, k, s, pad), s_out)
-        cache = self.caches.get(name)
-        bm = block_mask(px, cache.b, cache.rows, cache.cols) if cache is not None else None
-        frac = float(bm.float().mean()) if bm is not None else 1.0
+            return SF(c, torch.ones(ho, wo, dtype=torch.bool, device=xt.device), s_out)
+        with S.STAGES('masks'):
+            px = self._mask(grow(x.mask, k, s, pad), s_out)
+            cache = self.caches.get(name)
+            bm = block_mask(px, cache.b, cache.rows, cache.cols) if cache is not None else None
+            frac = float(bm.float().mean()) if bm is not None else 1.0
         if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, s_out)):
             cache = self._cache(name, s_out)  # warp only caches that will be reused
         if cache is not None and frac == 0:
@@ -229,7 +231,8 @@ class IncrementalExecutor:
             done = int(bm.sum()) * cache.b * cache.b * macs_px
             self._stat(name, kind, s_out, macs, frac, 'sparse', min(done, macs))
             return SF(cache, px, s_out)
-        c = self._store(name, dense_fn(xt), s_out)
+        with S.STAGES('dense layers'):
+            c = self._store(name, dense_fn(xt), s_out)
         self._stat(name, kind, s_out, macs, frac, 'dense', macs)
         return SF(c, px, s_out)
 
@@ -267,9 +270,10 @@ class IncrementalExecutor:
             c = self._store(name, fn_dense(), stride)
             self._stat(name, kind, stride, macs, 1.0, 'dense', macs)
             return SF(c, px, stride)
-        cache = self.caches.get(name)
-        bm = block_mask(px, cache.b, cache.rows, cache.cols) if cache is not None else None
-        frac = float(bm.float().mean()) if bm is not None else 1.0
+        with S.STAGES('masks'):
+            cache = self.caches.get(name)
+            bm = block_mask(px, cache.b, cache.rows, cache.cols) if cache is not None else None
+            frac = float(bm.float().mean()) if bm is not None else 1.0
         if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, stride)):
             cache = self._cache(name, stride)
         if cache is not None and frac == 0:
@@ -278,7 +282,8 @@ class IncrementalExecutor:
         if self._sparse_ok(cache, frac, stride) and fn_sparse(cache, bm):
             self._stat(name, kind, stride, macs, frac, 'sparse', macs * frac)
             return SF(cache, px, stride)
-        c = self._store(name, fn_dense(), stride)
+        with S.STAGES('dense layers'):
+            c = self._store(name, fn_dense(), stride)
         self._stat(name, kind, stride, macs, frac, 'dense', macs)
         return SF(c, px, stride)
 
@@ -360,7 +365,7 @@ def _warp_plan(mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int, dev
     if not n_moving:
         return None
     if n_moving > 0.4 * h * w:  # most pixels move: one dense bilinear pass is cheaper
-        return 'dense', sampling_grid(flow)
+        return 'dense', sampling_grid(flow), flow
     ys, xs = torch.nonzero(moving, as_tuple=True)
     sy = (ys.to(dtype) + flow[1][ys, xs]).clamp(0, h - 1)
     sx = (xs.to(dtype) + flow[0][ys, xs]).clamp(0, w - 1)
@@ -386,8 +391,11 @@ def warp_moving(fm: S.FMap, mv: np.ndarray, grid: BlockGrid, stride: int,
     v = fm.valid
     if plan[0] == 'dense':
         # border padding: a sample beyond the map takes the edge value (clamped source)
-        v.copy_(F.grid_sample(v, plan[1], mode='bilinear', padding_mode='border',
-                              align_corners=True))
+        if S._cuda_kernels(fm.t):  # one cupy kernel reading the channels-last storage
+            v.copy_(cuda.warp_bilinear(fm.t, plan[2], S.MARGIN, fm.h, fm.w))
+        else:
+            v.copy_(F.grid_sample(v, plan[1], mode='bilinear', padding_mode='border',
+                                  align_corners=True))
         return
     ys, xs, g = plan[1]
     vals = F.grid_sample(v, g, mode='bilinear', padding_mode='border',
@@ -413,6 +421,7 @@ class IncrementalYOLO:
                  layout: str = 'batch', dense_above: float = 0.8, imgsz: int = 640,
                  exact_global: bool = False, halo: str = 'fixed', halo_px: int = 8):
         self.model = model.eval()
+        self.device = next(model.parameters()).device  # the engine runs where the model is
         self.block, self.imgsz = block, imgsz
         self.cfg = dict(max_sparse_stride=max_sparse_stride, layout=layout,
                         dense_above=dense_above, exact_global=exact_global, halo=halo,
@@ -454,20 +463,21 @@ class IncrementalYOLO:
         canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = small
         # a camera block shrunk below one net pixel must not vanish: dilate by the rounding
         canvas = cv2.dilate(canvas, np.ones((3, 3), np.uint8))
-        mask = torch.from_numpy(canvas[:lb.in_h, :lb.in_w] > 0)
+        mask = torch.from_numpy(canvas[:lb.in_h, :lb.in_w] > 0).to(self.device)
         return mv_net, mask
 
     def _full(self) -> torch.Tensor:
-        return torch.ones(self.lb.in_h, self.lb.in_w, dtype=torch.bool)
+        return torch.ones(self.lb.in_h, self.lb.in_w, dtype=torch.bool, device=self.device)
 
     # -- execution -------------------------------------------------------------------------------
     def _run(self, img: np.ndarray, mode, mv_net, mask, ex=None):
         ex = ex or self.ex
-        x, _ = letterbox(img, self.imgsz, square=False)
-        xt = torch.from_numpy(x)
         t0 = time.perf_counter()
-        ex.begin(mode, mv_net, self.net_grid, mask)
-        fm = S.FMap.from_dense(xt, self.block, self.net_grid.rows, self.net_grid.cols)
+        with S.STAGES('letterbox'):
+            x, _ = letterbox(img, self.imgsz, square=False)
+            xt = torch.from_numpy(x).to(self.device)
+            ex.begin(mode, mv_net, self.net_grid, mask)
+            fm = S.FMap.from_dense(xt, self.block, self.net_grid.rows, self.net_grid.cols)
         inp = SF(fm, mask, 1)
         ex.stats.input_active = float(mask.float().mean())
         with torch.no_grad():
@@ -476,7 +486,8 @@ class IncrementalYOLO:
                      for k, vals in feats.items()}
             self.last_masks = {k: ([v.mask for v in vals] if isinstance(vals, list) else
                                    vals.mask) for k, vals in feats.items()}
-            raw = self.model.head_outputs(dense)
+            with S.STAGES('head'):
+                raw = self.model.head_outputs(dense)
         ex.stats.seconds = time.perf_counter() - t0
         return raw
 
@@ -494,20 +505,25 @@ class IncrementalYOLO:
                 return self._dense_locked(frame)
             cam_grid = BlockGrid(frame.shape[0], frame.shape[1], cam_block)
             miss_cam = np.asarray(miss_cam, dtype=np.int64)
-            mvx = mvy = None
-            if mv_cam is not None and np.any(mv_cam):
-                mvx = np.asarray(mv_cam)[..., 0].reshape(-1)
-                mvy = np.asarray(mv_cam)[..., 1].reshape(-1)
-                new = proxy.warp_image_int(self.state, cam_grid, mvx, mvy)
-            else:
-                new = self.state.copy()
-            if miss_cam.size:
-                full = cam_grid.expand(np.isin(np.arange(cam_grid.count), miss_cam))
-                new[full] = frame[full]
-            mv_net, mask = self._to_net(cam_grid, mv_cam, miss_cam)
+            with S.STAGES('state image'):
+                new, mv_net, mask = self._advance(frame, mv_cam, miss_cam, cam_grid)
             raw = self._run(new, 'sparse', mv_net, mask)
             self.state = new
             return raw, self.lb, self.ex.stats
+
+    def _advance(self, frame, mv_cam, miss_cam, cam_grid):
+        """The next state image (integer MV warp, misses pasted), net-grid MVs and miss mask."""
+        if mv_cam is not None and np.any(mv_cam):
+            mvx = np.asarray(mv_cam)[..., 0].reshape(-1)
+            mvy = np.asarray(mv_cam)[..., 1].reshape(-1)
+            new = proxy.warp_image_int(self.state, cam_grid, mvx, mvy)
+        else:
+            new = self.state.copy()
+        if miss_cam.size:
+            full = cam_grid.expand(np.isin(np.arange(cam_grid.count), miss_cam))
+            new[full] = frame[full]
+        mv_net, mask = self._to_net(cam_grid, mv_cam, miss_cam)
+        return new, mv_net, mask
 
     def _dense_locked(self, frame):
         self._setup(frame.shape)

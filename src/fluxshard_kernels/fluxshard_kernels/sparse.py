@@ -16,11 +16,67 @@ Written with torch ops only, so the same code runs on CPU and CUDA.
 """
 
 from dataclasses import dataclass
+import time
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fluxshard_kernels import cuda
+
+
+def _cuda_kernels(t: torch.Tensor) -> bool:
+    """The cupy kernels serve this storage (CUDA float32 and cupy working); else torch ops."""
+    return t.is_cuda and t.dtype == torch.float32 and cuda.available()
+
+
+class Stages:
+    """Per-stage wall time of the engine (``bench``'s breakdown). Off unless ``STAGES.on``:
+    ``with STAGES('conv'):`` then costs one attribute test. On CUDA each stage synchronises
+    the device so the time is the stage's own."""
+
+    def __init__(self):
+        self.on = False
+        self.seconds: dict = {}
+        self._cuda = False
+
+    def reset(self, on: bool = True, cuda: bool = False):
+        self.on, self.seconds, self._cuda = on, {}, cuda
+
+    def __call__(self, name: str):
+        return _Stage(self, name) if self.on else _NOSTAGE
+
+
+class _Stage:
+    __slots__ = ('st', 'name', 't0')
+
+    def __init__(self, st, name):
+        self.st, self.name = st, name
+
+    def __enter__(self):
+        if self.st._cuda:
+            torch.cuda.synchronize()
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        if self.st._cuda:
+            torch.cuda.synchronize()
+        d = self.st.seconds
+        d[self.name] = d.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+
+class _NoStage:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NOSTAGE = _NoStage()
+#: The process's stage timer (one engine step at a time is profiled).
+STAGES = Stages()
 
 MARGIN = 2  # largest halo of a YOLO11 layer at stride 1 (5x5 max-pool)
 SLACK = 16  # extra storage right/bottom: output grids of strided layers may reach past the input
@@ -94,6 +150,9 @@ class FMap:
 
     def scatter(self, r_idx, c_idx, y: torch.Tensor):
         """Write (N, C, b, b) block values into the blocks (r_idx, c_idx)."""
+        if _cuda_kernels(self.t):
+            cuda.scatter_blocks(self.t, r_idx, c_idx, y, MARGIN, self.b)
+            return
         self.blocks_nhwc()[r_idx, c_idx] = y.permute(0, 2, 3, 1).to(self.t.dtype)
 
     def clear_padding(self):
@@ -189,12 +248,21 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         src = _neg_inf_outside(src)
     win, p_len = _windows(src, k, s, pad, dst.b, dst.rows, dst.cols)
     if layout == 'batch':
-        r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
-        x = win.permute(1, 2, 3, 4, 0)[r_idx, c_idx].permute(0, 3, 1, 2)  # (N, C, P, P)
-        dst.scatter(r_idx, c_idx, _apply_op(x, op))
+        with STAGES('gather'):
+            r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+            if _cuda_kernels(src.t):
+                x = cuda.gather_windows(src.t, r_idx, c_idx, MARGIN - pad, dst.b * s, p_len)
+            else:
+                x = win.permute(1, 2, 3, 4, 0)[r_idx, c_idx].permute(0, 3, 1, 2)  # (N,C,P,P)
+        with STAGES('conv'):
+            y = _apply_op(x, op)
+        with STAGES('scatter'):
+            dst.scatter(r_idx, c_idx, y)
+            dst.clear_padding()
     else:
-        _hw_stacked(src, dst, mask, op, k, s, pad, p_len)
-    dst.clear_padding()
+        with STAGES('conv'):
+            _hw_stacked(src, dst, mask, op, k, s, pad, p_len)
+        dst.clear_padding()
     return dst
 
 
@@ -255,9 +323,14 @@ def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor) -> FMap:
     (residual add, concat, SiLU...). All maps share dst's block size."""
     if not mask.any():
         return dst
-    r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
-    dst.scatter(r_idx, c_idx, fn(*[m.gather(r_idx, c_idx) for m in inputs]))
-    dst.clear_padding()
+    with STAGES('gather'):
+        r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+        xs = [m.gather(r_idx, c_idx) for m in inputs]
+    with STAGES('pointwise'):
+        y = fn(*xs)
+    with STAGES('scatter'):
+        dst.scatter(r_idx, c_idx, y)
+        dst.clear_padding()
     return dst
 
 
