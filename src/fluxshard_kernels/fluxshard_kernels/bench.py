@@ -28,6 +28,7 @@ import torch
 from fluxshard_kernels import codec_mv, data, motion, proxy, sparse as S
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00)
+SECTIONS = ('motion', 'codec', 'sparse', 'engine')
 
 
 def _interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
@@ -162,13 +163,19 @@ class OpCounter:
         self._mode.__exit__(*exc)
 
 
-def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3):
-    """Incremental step vs dense runtimes per frame, interleaved (see the module docstring)."""
+def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu'):
+    """Incremental step vs dense runtimes per frame, interleaved (see the module docstring).
+    ``device``: where the engine and torch dense run (onnxruntime stays on the CPU)."""
     from fluxshard_kernels.incremental import IncrementalYOLO
     from fluxshard_kernels.yolo import model as M
     from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
     from fluxshard_kernels.yolo.processing import letterbox
-    model = M.load('detect')
+    model = M.load('detect', '', device)
+    on_cuda = device.startswith('cuda')
+
+    def sync():
+        if on_cuda:
+            torch.cuda.synchronize()
     ort = OnnxYolo(str(data.model_path('detect')), threads=torch.get_num_threads())
     rows = []
     for seq in seqs:
@@ -186,11 +193,13 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3):
             x, lb = letterbox(img, 640)
             xt = torch.from_numpy(x)
             timed = i >= warmup
-            S.STAGES.reset(on=timed)
+            S.STAGES.reset(on=timed, cuda=on_cuda)
+            sync()
             t0 = time.perf_counter()
             raw, lb2, st = runner.step(img, f.mv, miss, block)
             with S.STAGES('decode + NMS'):
                 model.decode(raw, lb2)
+            sync()
             dt = time.perf_counter() - t0
             stage_s = dict(S.STAGES.seconds)
             S.STAGES.reset(on=False)
@@ -205,9 +214,11 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3):
             t0 = time.perf_counter()
             ort(img)
             t['onnxruntime'].append(time.perf_counter() - t0)
+            sync()
             t0 = time.perf_counter()
             with torch.no_grad():
-                model.decode(model(xt), lb)
+                model.decode(model(xt.to(device)), lb)
+            sync()
             t['torch'].append(time.perf_counter() - t0)
         # op counts of one more step, outside the timed ones
         probe = IncrementalYOLO(model, block)
@@ -218,14 +229,14 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3):
                        block)
         counts = (c.ops, c.syncs)
         with OpCounter() as c, torch.no_grad():
-            model(torch.from_numpy(letterbox(imgs[-1], 640)[0]))
+            model(torch.from_numpy(letterbox(imgs[-1], 640)[0]).to(device))
         for _ in range(2):  # the engine's own dense pass (fills every cache)
             t0 = time.perf_counter()
             raw, lb2, _ = probe.dense(imgs[-1])
             model.decode(raw, lb2)
             t['engine_dense'].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in t.items()}
-        rows.append({'sequence': seq, 'frames': len(t['step']),
+        rows.append({'sequence': seq, 'frames': len(t['step']), 'device': device,
                      'miss_fraction': float(np.mean(misses)), 'mac_ratio': float(np.mean(macs)),
                      **{f'{k}_ms': 1e3 * v for k, v in med.items()},
                      'step_over_onnxruntime': med['step'] / med['onnxruntime'],
@@ -243,7 +254,16 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='fewer frames and repetitions')
     p.add_argument('--json', default=None, help='write every number here')
     p.add_argument('--threads', type=int, default=1, help='CPU threads (torch and OpenCV)')
+    p.add_argument('--sections', nargs='+', default=list(SECTIONS), choices=list(SECTIONS),
+                   help='which benchmarks to run (default all)')
+    p.add_argument('--device', default='cpu',
+                   help='engine section: cpu, cuda, cuda:N or auto (onnxruntime stays on CPU)')
     a = p.parse_args(argv)
+    from fluxshard_kernels.profile import resolve_device
+    try:
+        a.device = resolve_device(a.device)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
     reps = 3 if a.quick else 7
@@ -253,19 +273,23 @@ def main(argv=None):
     result = {'meta': _meta(a.threads),
               'command': 'python -m fluxshard_kernels.bench ' + ' '.join(
                   sys.argv[1:] if argv is None else argv)}
-    result['motion'] = bench_motion(seqs, 4 if a.quick else 10, reps)
-    result['motion_time_over_dis'] = float(np.median(
-        [r['bm_over_dis_time'] for r in result['motion']]))
-    result['codec_mv'] = bench_codec('davis-parkour', 8 if a.quick else 30)
-    sp = bench_sparse([(120, 160, 4), (240, 320, 8)], reps)
-    result['sparse'] = sp
-    result['sparse_speedup_at_10pct'] = {
-        lay: {f"{r['h']}x{r['w']}/b{r['block']}": r[f'speedup_{lay}'] for r in sp
-              if r['active'] == 0.10} for lay in S.LAYOUTS}
-    result['dense_crossover'] = {lay: crossover(sp, lay) for lay in S.LAYOUTS}
-    result['engine'] = bench_engine(
-        [s for s in ('davis-parkour', 'pets09-s2l1') if s in data.sequences()],
-        4 if a.quick else 10)
+    if 'motion' in a.sections:
+        result['motion'] = bench_motion(seqs, 4 if a.quick else 10, reps)
+        result['motion_time_over_dis'] = float(np.median(
+            [r['bm_over_dis_time'] for r in result['motion']]))
+    if 'codec' in a.sections:
+        result['codec_mv'] = bench_codec('davis-parkour', 8 if a.quick else 30)
+    if 'sparse' in a.sections:
+        sp = bench_sparse([(120, 160, 4), (240, 320, 8)], reps)
+        result['sparse'] = sp
+        result['sparse_speedup_at_10pct'] = {
+            lay: {f"{r['h']}x{r['w']}/b{r['block']}": r[f'speedup_{lay}'] for r in sp
+                  if r['active'] == 0.10} for lay in S.LAYOUTS}
+        result['dense_crossover'] = {lay: crossover(sp, lay) for lay in S.LAYOUTS}
+    if 'engine' in a.sections:
+        result['engine'] = bench_engine(
+            [s for s in ('davis-parkour', 'pets09-s2l1') if s in data.sequences()],
+            4 if a.quick else 10, device=a.device)
     print(render(result))
     if a.json:
         with open(a.json, 'w') as f:
@@ -275,30 +299,37 @@ def main(argv=None):
 
 
 def render(result: dict) -> str:
-    """Every table of a benchmark run as markdown (docs/engine.md renders from the JSON)."""
+    """Every table of a benchmark run as markdown (docs/engine.md renders from the JSON); only
+    the sections the run measured."""
     m = result['meta']
     out = [f"# FluxShard kernel benchmark ({m['cpu']}, {m.get('threads', 1)} thread(s), "
-           f"torch {m.get('torch', '')}, OpenCV {m.get('opencv', '')})", '',
-           '## Block motion vs DIS optical flow (ULTRAFAST), 640x480, block 16', '',
-           '| sequence | ours ms | DIS ms | ours / DIS time | warp err: none | ours | DIS/block |',
-           '|---|---|---|---|---|---|---|']
-    for r in result['motion']:
-        out.append(f"| {r['sequence']} | {r['bm_ms']:.2f} | {r['dis_ms']:.2f} | "
-                   f"{r['bm_over_dis_time']:.2f} | {r['err_no_warp']:.2f} | {r['err_bm']:.2f} | "
-                   f"{r['err_dis_block']:.2f} |")
-    cd = result['codec_mv']
-    out += ['', f"median time ratio ours / DIS: {result['motion_time_over_dis']:.2f}", '',
-            f"## Codec MVs (H.264, PyAV): decode + block field {cd['decode_and_field_ms']:.1f} "
-            f"ms/frame at 854x480; intra (miss) blocks {100 * cd['intra_block_fraction']:.0f} %",
-            '', '## Sparse 3x3 conv, 64 -> 64 channels, speedup over dense (same run)', '',
-            '| map | block | active | dense ms | batch ms | batch x | hw ms | hw x |',
-            '|---|---|---|---|---|---|---|---|']
-    for r in result['sparse']:
-        out.append(f"| {r['h']}x{r['w']} | {r['block']} | {100 * r['active']:.0f} % | "
-                   f"{r['dense_ms']:.2f} | {r['batch_ms']:.2f} | {r['speedup_batch']:.1f} | "
-                   f"{r['hw_ms']:.2f} | {r['speedup_hw']:.1f} |")
-    out += ['', f"speedup at 10 % active: {json.dumps(result['sparse_speedup_at_10pct'])}",
-            f"dense is faster from (active fraction): {json.dumps(result['dense_crossover'])}"]
+           f"torch {m.get('torch', '')}, OpenCV {m.get('opencv', '')}"
+           + (f", GPU {m['cuda']}" if m.get('cuda') else '') + ')']
+    if result.get('motion'):
+        out += ['', '## Block motion vs DIS optical flow (ULTRAFAST), 640x480, block 16', '',
+                '| sequence | ours ms | DIS ms | ours / DIS time | warp err: none | ours | '
+                'DIS/block |', '|---|---|---|---|---|---|---|']
+        for r in result['motion']:
+            out.append(f"| {r['sequence']} | {r['bm_ms']:.2f} | {r['dis_ms']:.2f} | "
+                       f"{r['bm_over_dis_time']:.2f} | {r['err_no_warp']:.2f} | "
+                       f"{r['err_bm']:.2f} | {r['err_dis_block']:.2f} |")
+        out += ['', f"median time ratio ours / DIS: {result['motion_time_over_dis']:.2f}"]
+    cd = result.get('codec_mv')
+    if cd:
+        out += ['', f"## Codec MVs (H.264, PyAV): decode + block field "
+                f"{cd['decode_and_field_ms']:.1f} ms/frame at 854x480; intra (miss) blocks "
+                f"{100 * cd['intra_block_fraction']:.0f} %"]
+    if result.get('sparse'):
+        out += ['', '## Sparse 3x3 conv, 64 -> 64 channels, speedup over dense (same run)', '',
+                '| map | block | active | dense ms | batch ms | batch x | hw ms | hw x |',
+                '|---|---|---|---|---|---|---|---|']
+        for r in result['sparse']:
+            out.append(f"| {r['h']}x{r['w']} | {r['block']} | {100 * r['active']:.0f} % | "
+                       f"{r['dense_ms']:.2f} | {r['batch_ms']:.2f} | "
+                       f"{r['speedup_batch']:.1f} | {r['hw_ms']:.2f} | {r['speedup_hw']:.1f} |")
+        out += ['', f"speedup at 10 % active: {json.dumps(result['sparse_speedup_at_10pct'])}",
+                f"dense is faster from (active fraction): "
+                f"{json.dumps(result['dense_crossover'])}"]
     if result.get('engine'):
         out += ['', render_engine(result['engine'])]
     return '\n'.join(out) + '\n'

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fluxshard_kernels import data, metrics, motion, salience
-from fluxshard_kernels.incremental import IncrementalYOLO
+from fluxshard_kernels.incremental import IncrementalYOLO, MAX_SPARSE_STRIDE
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import letterbox
 
@@ -59,9 +59,11 @@ def _ground_truth(seq, n):
 
 def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                  use_salience=False, net_block=16, layout='batch', dense_above=0.8,
-                 independent_px=0.0):
-    """Incremental vs dense over one sequence; returns a dict of numbers."""
-    runner = IncrementalYOLO(model, net_block, layout=layout, dense_above=dense_above)
+                 independent_px=0.0, max_sparse_stride=MAX_SPARSE_STRIDE, ort=None):
+    """Incremental vs dense over one sequence; returns a dict of numbers. ``ort``: an
+    ``OnnxYolo`` of the same weights, timed on every frame beside the engine."""
+    runner = IncrementalYOLO(model, net_block, layout=layout, dense_above=dense_above,
+                             max_sparse_stride=max_sparse_stride)
     imgs = list(data.iter_frames(seq, limit=frames))
     gt = _ground_truth(seq, len(imgs))
     ap_ref = metrics.APAccumulator(0.5)
@@ -69,7 +71,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
     ap_stale = metrics.APAccumulator(0.5)  # baseline: reuse the last dense result unchanged
     stale = None
     gt_acc = {'dense': metrics.APAccumulator(0.5), 'incremental': metrics.APAccumulator(0.5)}
-    mask_ious, hits, macs, t_inc, t_dense, k_used = [], [], [], [], [], []
+    mask_ious, hits, macs, t_inc, t_dense, k_used, t_ort = [], [], [], [], [], [], []
     prev_mv, prev_det = None, None
     for i, img in enumerate(imgs):
         x, lb = letterbox(img, 640)
@@ -103,9 +105,13 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
             miss = salience.rank_misses(d, tau, sal, k, extra)
             k_used.append(len(miss) / f.grid.count)
             raw, lb2, st = runner.step(img, f.mv, miss, block)
+            det = _decode(model, raw, lb2)
             t_inc.append(time.perf_counter() - t0)
             macs.append(st.mac_ratio)
-            det = _decode(model, raw, lb2)
+            if ort is not None:
+                t0 = time.perf_counter()
+                ort(img)
+                t_ort.append(time.perf_counter() - t0)
         prev_det = det
         ap_ref.add(_similarity(model.task, det, ref), det.class_ids, det.scores, ref.class_ids)
         rs, dp = ref.scores >= 0.5, det.scores >= 0.4
@@ -129,6 +135,10 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
            'recomputed_fraction': float(np.mean(k_used)) if k_used else 0.0,
            'mac_ratio': float(np.mean(macs)) if macs else 0.0,
            'time_ratio': float(np.sum(t_inc) / max(np.sum(t_dense[1:]), 1e-9)),
+           'max_sparse_stride': max_sparse_stride,
+           'incremental_ms': 1e3 * float(np.median(t_inc)) if t_inc else float('nan'),
+           'onnxruntime_ms': 1e3 * float(np.median(t_ort)) if t_ort else float('nan'),
+           'time_ratio_ort': (float(np.sum(t_inc) / np.sum(t_ort)) if t_ort else float('nan')),
            'retention': ap_ref.value(), 'retention_confident': ap_conf.value(),
            'stale_retention': ap_stale.value()}
     if model.task == 'segment':
@@ -163,6 +173,8 @@ def main(argv=None):
     p.add_argument('--sweep', action='store_true',
                    help='also sweep tau, block, refresh, k/N (+/- salience) for detection on '
                         'davis-parkour and pets09-s2l1')
+    p.add_argument('--max-sparse-stride', type=int, default=MAX_SPARSE_STRIDE,
+                   choices=[2, 4, 8, 16, 32], help='deeper layers run dense on warped input')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
@@ -171,12 +183,15 @@ def main(argv=None):
     seqs = a.sequences or data.sequences()
     models = {t: M.load_onnx(str(data.model_path(t))) for t in set(a.tasks) | (
         {'detect'} if a.sweep else set())}
+    from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
+    orts = {t: OnnxYolo(str(data.model_path(t)), threads=a.threads) for t in a.tasks}
     rows = []
     print(HEADER)
     for task in a.tasks:
         for seq in seqs:
             r = run_sequence(models[task], seq, a.frames, a.tau, a.block, a.refresh,
-                             a.k_frac, a.salience, independent_px=a.independent)
+                             a.k_frac, a.salience, independent_px=a.independent,
+                             max_sparse_stride=a.max_sparse_stride, ort=orts[task])
             rows.append(r)
             print(row_line(r), flush=True)
     sweep = []
@@ -204,8 +219,9 @@ def main(argv=None):
 
 
 HEADER = ('| task | sequence | retention | retention (ref >= 0.5) | stale reuse | '
-          'GT AP dense / incr. | hit ratio | k/N | MACs | time |\n'
-          '|---|---|---|---|---|---|---|---|---|---|')
+          'GT AP dense / incr. | hit ratio | k/N | MACs | time vs torch dense | '
+          'incremental ms | onnxruntime ms | time vs onnxruntime |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 SWEEP_HEADER = ('## Sweep (detect)\n\n'
                 '| sequence | tau | block | refresh | k/N | salience | retention | hit | MACs |\n'
                 '|---|---|---|---|---|---|---|---|---|')
@@ -218,7 +234,9 @@ def row_line(r) -> str:
     return (f"| {r['task']} | {r['sequence']} | {100 * r['retention']:.1f} % | "
             f"{100 * r['retention_confident']:.1f} % | {100 * r['stale_retention']:.1f} % | "
             f"{gt} | {100 * r['hit_ratio']:.1f} % | {100 * r['recomputed_fraction']:.1f} % | "
-            f"{100 * r['mac_ratio']:.1f} % | {r['time_ratio']:.2f}x |")
+            f"{100 * r['mac_ratio']:.1f} % | {r['time_ratio']:.2f}x | "
+            f"{r.get('incremental_ms', math.nan):.0f} | {r.get('onnxruntime_ms', math.nan):.0f} "
+            f"| {r.get('time_ratio_ort', math.nan):.2f}x |")
 
 
 def sweep_line(r) -> str:

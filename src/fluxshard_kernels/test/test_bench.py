@@ -1,0 +1,24 @@
+"""The engine benchmark prints where a step's time goes beside the dense runtimes."""
+
+import json
+
+from fluxshard_kernels import bench
+
+
+def test_engine_breakdown_and_ratios_side_by_side(tmp_path, capsys):
+    out = tmp_path / 'b.json'
+    assert bench.main(['--quick', '--sections', 'engine', '--threads', '2',
+                       '--json', str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) >= {'meta', 'engine', 'command'} and 'motion' not in res
+    for r in res['engine']:
+        st = r['stages_ms']
+        assert {'warp', 'masks', 'gather', 'conv', 'scatter', 'head', 'decode + NMS',
+                'letterbox', 'state image', 'other (glue)'} <= set(st), st
+        assert sum(st.values()) <= r['step_ms'] * 1.5  # medians of parts vs median of wholes
+        assert r['step_over_onnxruntime'] > 0 and r['torch_over_onnxruntime'] > 0
+        assert r['step_ops'] > r['dense_ops'] > 100 and r['dense_syncs'] == 0
+        assert 0 < r['miss_fraction'] < 1
+    text = capsys.readouterr().out
+    assert 'step / ort' in text and 'Where one incremental step goes' in text
+    assert bench.render(res) in text
