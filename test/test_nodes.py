@@ -63,6 +63,30 @@ def test_every_allowed_value_is_accepted(context, cls, name, value):
     _construct(context, cls, {name: value})
 
 
+def test_model_device_cuda_without_a_gpu_fails_configure_with_the_reason(context):
+    """model.device is honoured end to end: 'cuda' where torch sees no GPU makes configure
+    fail and say why (the node stays up, unconfigured); 'auto' falls back to the CPU."""
+    import torch
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from fluxshard_edge.edge_node import EdgeNode
+    from fluxshard_server.server_node import ServerNode
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present here (scripts/gpu-check.sh runs the CUDA path)')
+    for cls, extra in ((EdgeNode, []), (ServerNode, [Parameter('edges', value=['robot1'])])):
+        for dev, ok in (('cuda', False), ('auto', True)):
+            node = cls(context=context, enable_rosout=False, parameter_overrides=[
+                Parameter('autostart', value=False), Parameter('model.device', value=dev),
+                Parameter('security.mode', value='none'), *extra])
+            try:
+                res = node.trigger_configure()
+                assert (res == TransitionCallbackReturn.SUCCESS) == ok, (cls, dev, node.failure)
+                if not ok:
+                    assert 'no CUDA device' in node.failure, node.failure
+            finally:
+                node.destroy_node()
+
+
 @pytest.mark.parametrize('name, value', [('payload.codec', 'webp'), ('motion.block_size', 12),
                                          ('motion.tau', -1), ('camera.transport', 'ffmpeg')])
 def test_a_value_outside_the_declared_ones_stops_the_start(context, name, value):

@@ -52,7 +52,8 @@ FIELDS = {
     'payload.codec': 'codec', 'payload.quality': 'quality', 'payload.crf': 'crf',
     'key_interval': 'key_interval',
     'model.local_inference': 'local_inference', 'model.task': 'task',
-    'model.path': 'model_path', 'model.conf': 'conf', 'scheduler.lambda': 'lam',
+    'model.path': 'model_path', 'model.device': 'device', 'model.conf': 'conf',
+    'scheduler.lambda': 'lam',
     'scheduler.deadline_ms': 'deadline_ms', 'link.bandwidth_mbps': 'bandwidth_mbps',
     'scheduler.edge_profile': 'edge_profile', 'scheduler.cloud_profile': 'cloud_profile',
     'scheduler.profile_file': 'profile_file', 'scheduler.fit_latency': 'fit_latency',
@@ -88,6 +89,9 @@ PARAMS = [
     Param('model.task', 'detect', 'Vision task (the server must run the same; checked '
           'through the link)', choices=['detect', 'segment', 'pose']),
     Param('model.path', '', 'YOLO11 ONNX model file ("" = YOLO11n for the task)'),
+    Param('model.device', 'cpu', 'Where local inference runs: cpu, cuda (the first GPU, e.g. a '
+          'Jetson; configure fails when there is none) or auto (cuda when torch sees a GPU)',
+          choices=['cpu', 'cuda', 'auto']),
     Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
     Param('scheduler.lambda', 10.0, 'EA time decay lambda, 1/s', lo=1e-6, hi=1e6, live=True),
     Param('scheduler.deadline_ms', 100.0, 'Frame deadline for opportunistic COB upload, ms',
@@ -207,7 +211,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         p = self.params
         self.batch_signer = self.delta_signer = self.feedback_check = None
         if p['security.mode'] != 'mac':
-            self.get_logger().warn('security.mode none: link messages are not authenticated; '
+            self.get_logger().warning('security.mode none: link messages are not authenticated; '
                                    'any participant on this DDS domain can forge feedback '
                                    '(lab use only)')
             return
@@ -332,7 +336,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self.counters['incompatible_qos'] += 1
         if self.params['camera.reliability'] == 'auto' and self._reliability == 'reliable':
             # a best-effort camera appeared after activation: follow it
-            self.get_logger().warn(f'camera on {self.camera_topic} publishes best effort: '
+            self.get_logger().warning(f'camera on {self.camera_topic} publishes best effort: '
                                    'subscribing best effort')
             self.destroy_subscription(self._camera_sub)
             self._subs.remove(self._camera_sub)
@@ -385,7 +389,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                 self.errors.error('resync_limited', 'resync request refused: more than '
                                   'resync.max_rate_hz key batches requested (resync storm?)')
             elif what == 'resync':
-                self.get_logger().warn(f'server asked for resync after seq {msg.seq}: '
+                self.get_logger().warning(f'server asked for resync after seq {msg.seq}: '
                                        f'{msg.reason}')
                 # bounded resync: unless a newer frame is waiting, send the last one again
                 last = rt.last_frame
@@ -465,7 +469,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
     def _link_log(self, link):
         topic = self.resolve_topic_name('block_batch')
         if link == 'lost':
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f'no server answers on {topic} (no ACK for '
                 f'{self.params["link.ack_timeout_ms"]:.0f} ms): computing locally and '
                 f'probing. Is a server running with {self.get_namespace()!r} in its edges '

@@ -55,6 +55,7 @@ class EdgeConfig:
     fit_latency: bool = True
     task_allocation: bool = True
     profile_file: str = ''
+    device: str = 'cpu'
 
     def __post_init__(self):
         if self.block_size not in (8, 16, 32):
@@ -76,6 +77,9 @@ class EdgeConfig:
                 DeviceProfile.load(self.profile_file)
             except OSError as e:
                 raise ValueError(f'profile_file {self.profile_file!r}: {e.strerror}') from None
+        if self.device not in ('cpu', 'cuda', 'auto') and not self.device.startswith('cuda:'):
+            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got "
+                             f"{self.device!r}")
         if self.force_strategy not in ('', 'edge', 'cloud'):
             raise ValueError("force_strategy must be '', 'edge' or 'cloud'")
 
@@ -138,7 +142,9 @@ class EdgePipeline:
             from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
             from fluxshard_kernels.yolo import model as M
             if self.model is None:
-                self.model = M.load(config.task, config.model_path)
+                from fluxshard_kernels.profile import resolve_device
+                self.model = M.load(config.task, config.model_path,
+                                    resolve_device(config.device))
             self.runner = IncrementalYOLO(self.model, 16)
             self.refresh = Refresh(self.runner)
         self._since_refresh = 0
@@ -150,7 +156,7 @@ class EdgePipeline:
         from dataclasses import replace
         cfg = replace(self.config, **changes)
         fixed = {'edge_id', 'block_size', 'local_inference', 'task', 'model_path',
-                 'edge_profile', 'cloud_profile', 'profile_file'} & set(changes)
+                 'edge_profile', 'cloud_profile', 'profile_file', 'device'} & set(changes)
         if fixed:
             raise ValueError(f'{sorted(fixed)} cannot change while running')
         self.config = cfg

@@ -256,6 +256,15 @@ class DiagnosticsPublisher:
 
 
 # -- running ----------------------------------------------------------------------------------
+def free_device_memory():
+    """Return the CUDA caching allocator's free blocks to the driver (after a model is
+    released); nothing to do without a GPU or where torch was never imported."""
+    import sys
+    torch = sys.modules.get('torch')
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class WorkerLifecycle:
     """Shutdown and destruction shared by the lifecycle nodes: stop the critical worker
     (``_stop_worker``), then release what configure made (``_release``); each node defines the
@@ -264,6 +273,7 @@ class WorkerLifecycle:
     def on_cleanup(self, state):
         from rclpy.lifecycle import TransitionCallbackReturn
         self._release()
+        free_device_memory()
         self.get_logger().info('cleaned up (model freed)')
         return TransitionCallbackReturn.SUCCESS
 

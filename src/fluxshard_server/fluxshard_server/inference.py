@@ -43,7 +43,7 @@ class EdgeModel:
     def __init__(self, backend: str, task: str, model=None, path: str = '',
                  conf: float = 0.25, iou: float = 0.45, threads: int = 0,
                  refresh_interval: int = 10, cam_block: int = 16,
-                 recompute_tau: float = RECOMPUTE_TAU):
+                 recompute_tau: float = RECOMPUTE_TAU, device: str = 'cpu'):
         if backend not in BACKENDS:
             raise ValueError(f'unknown inference backend {backend!r} ({", ".join(BACKENDS)})')
         self.backend, self.task, self.conf, self.iou = backend, task, conf, iou
@@ -61,10 +61,11 @@ class EdgeModel:
         self.last_blocks = 0
         if backend == 'onnxruntime':
             from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
-            self.onnx = OnnxYolo(path or str(data.model_path(task)), conf, iou, threads)
+            self.onnx = OnnxYolo(path or str(data.model_path(task)), conf, iou, threads,
+                                 device)
             self.names = self.onnx.names
         elif backend in ('incremental', 'dense'):
-            self.model = model or load_model(task, path)
+            self.model = model or load_model(task, path, device)
             self.names = self.model.names
             if backend == 'incremental':
                 from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
@@ -96,7 +97,9 @@ class EdgeModel:
             from fluxshard_kernels.yolo.processing import letterbox
             import torch
             x, lb = letterbox(img, 640)
-            raw = self.model(torch.from_numpy(x))
+            dev = next(self.model.parameters()).device
+            with torch.no_grad():
+                raw = self.model(torch.from_numpy(x).to(dev))
             self.last_blocks = BlockGrid(img.shape[0], img.shape[1], self.cam_block).count
             return self.model.decode(raw, lb, self.conf, self.iou)
         if self.refresh.running:

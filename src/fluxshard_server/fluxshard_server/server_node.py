@@ -16,6 +16,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import Image
 
 from fluxshard_server.admission import Budget
+from fluxshard_kernels.profile import resolve_device
 from fluxshard_server.inference import BACKENDS, EdgeModel, load_model, RECOMPUTE_TAU
 from fluxshard_server.runtime import ServerRuntime
 
@@ -50,6 +51,9 @@ PARAMS = [
     Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
     Param('model.iou', 0.45, 'NMS IoU threshold', lo=0.0, hi=1.0, live=True),
     Param('model.threads', 0, 'CPU threads for inference (0 = auto)', lo=0, hi=256),
+    Param('model.device', 'cpu', 'Where inference runs: cpu, cuda (the first GPU; configure '
+          'fails when there is none) or auto (cuda when torch sees a GPU)',
+          choices=['cpu', 'cuda', 'auto']),
     Param('publish_proxy_image', False, 'Publish each edge proxy image on <ns>/proxy_image',
           live=True),
     Param('refresh.interval', 10, 'Batches between background dense refreshes of a server '
@@ -129,13 +133,15 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                 import torch
                 torch.set_num_threads(p['model.threads'])
             backend, path = p['model.backend'], p['model.path']
-            shared = (load_model(self.task, path) if backend in ('incremental', 'dense')
-                      else None)
+            self.device = resolve_device(p['model.device'])
+            shared = (load_model(self.task, path, self.device)
+                      if backend in ('incremental', 'dense') else None)
 
             def make_model():
                 return EdgeModel(backend, self.task, shared, path, p['model.conf'],
                                  p['model.iou'], p['model.threads'], p['refresh.interval'],
-                                 recompute_tau=p['model.recompute_tau'])
+                                 recompute_tau=p['model.recompute_tau'],
+                                 device=self.device)
             self.runtime = ServerRuntime(self.edge_ids, make_model, keys, budget,
                                          p['security.max_age_s'])
         except (ValueError, FileNotFoundError, OSError) as e:
@@ -146,7 +152,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
         self.topics = {eid: _Topics(self, ns, eid, self.task)
                        for ns, eid in zip(self.namespaces, self.edge_ids)}
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
-        self.get_logger().info(f'configured: {p["model.backend"]} {self.task} for '
+        self.get_logger().info(f'configured: {p["model.backend"]} {self.task} on '
+                               f'{self.device} for '
                                f'{[t.batch_topic for t in self.topics.values()]}; security '
                                f'{p["security.mode"]}')
         return TransitionCallbackReturn.SUCCESS
@@ -154,7 +161,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
     def _keys(self):
         p = self.params
         if p['security.mode'] != 'mac':
-            self.get_logger().warn('security.mode none: link messages are not authenticated; '
+            self.get_logger().warning('security.mode none: link messages are not authenticated; '
                                    'any participant on this DDS domain can inject batches or '
                                    'feedback (lab use only)')
             return None
@@ -327,7 +334,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                 level = DiagnosticStatus.WARN
                 msg += f'; {rivals} other server(s) also serve this robot'
                 if self._rivals.get(eid) != rivals:
-                    self.get_logger().warn(
+                    self.get_logger().warning(
                         f'{eid}: {rivals} other server(s) publish on '
                         f'{self.resolve_topic_name(t.prefix + "proxy_feedback")}: the robot '
                         'gets every result twice; serve each robot from one server (edges)')

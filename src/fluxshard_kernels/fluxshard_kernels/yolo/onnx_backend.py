@@ -18,16 +18,27 @@ class OnnxYolo:
         path: .onnx file exported by Ultralytics (metadata gives task, names, input size).
         conf, iou: detection thresholds.
         threads: intra-op threads (0 = onnxruntime default).
+        device: 'cpu' or 'cuda[:N]' (the CUDA execution provider; ValueError where this
+            onnxruntime has none).
     """
 
-    def __init__(self, path: str, conf: float = 0.25, iou: float = 0.45, threads: int = 0):
+    def __init__(self, path: str, conf: float = 0.25, iou: float = 0.45, threads: int = 0,
+                 device: str = 'cpu'):
         if not os.path.isfile(path):
             raise FileNotFoundError(f'model file not found: {path}')
         import onnxruntime as ort
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+        providers = ['CPUExecutionProvider']
+        if device.startswith('cuda'):
+            if 'CUDAExecutionProvider' not in ort.get_available_providers():
+                raise ValueError(f'device {device!r}: this onnxruntime has no CUDA execution '
+                                 'provider (install onnxruntime-gpu, or use the incremental '
+                                 'or dense backend, which run on CUDA through torch)')
+            idx = int(device.split(':')[1]) if ':' in device else 0
+            providers = [('CUDAExecutionProvider', {'device_id': idx}), 'CPUExecutionProvider']
+        self.session = ort.InferenceSession(path, opts, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.task = meta.get('task', 'detect')
         if self.task not in TASKS:
