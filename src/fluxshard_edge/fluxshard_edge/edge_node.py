@@ -212,8 +212,8 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self.batch_signer = self.delta_signer = self.feedback_check = None
         if p['security.mode'] != 'mac':
             self.get_logger().warning('security.mode none: link messages are not authenticated; '
-                                   'any participant on this DDS domain can forge feedback '
-                                   '(lab use only)')
+                                      'any participant on this DDS domain can forge feedback '
+                                      '(lab use only)')
             return
         keys = auth.load_keys(p['security.key_file'])
         if self.config.edge_id not in keys:
@@ -337,7 +337,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         if self.params['camera.reliability'] == 'auto' and self._reliability == 'reliable':
             # a best-effort camera appeared after activation: follow it
             self.get_logger().warning(f'camera on {self.camera_topic} publishes best effort: '
-                                   'subscribing best effort')
+                                      'subscribing best effort')
             self.destroy_subscription(self._camera_sub)
             self._subs.remove(self._camera_sub)
             self._subscribe_camera(self._camera_type, 'best_effort')
@@ -390,7 +390,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                                   'resync.max_rate_hz key batches requested (resync storm?)')
             elif what == 'resync':
                 self.get_logger().warning(f'server asked for resync after seq {msg.seq}: '
-                                       f'{msg.reason}')
+                                          f'{msg.reason}')
                 # bounded resync: unless a newer frame is waiting, send the last one again
                 last = rt.last_frame
                 if last is not None and self.slot.put_if_empty(last):

@@ -60,12 +60,10 @@ class Scores:
     def add(self, det, ref, gt=None):
         sim_ = _similarity(self.task, det, ref)
         self.ap_class.add(sim_, det.class_ids, det.scores, ref.class_ids)
-        # pooled: one class, a match only between equal classes
-        same = np.where(det.class_ids[:, None] == ref.class_ids[None, :], sim_, -1.0)
-        self.ap.add(same, np.zeros(len(det)), det.scores, np.zeros(len(ref)))
+        self.ap.add_pooled(sim_, det.class_ids, det.scores, ref.class_ids)
         rs, dp = ref.scores >= 0.5, det.scores >= 0.4
-        self.ap_conf.add(same[dp][:, rs], np.zeros(dp.sum()), det.scores[dp],
-                         np.zeros(rs.sum()))
+        self.ap_conf.add_pooled(sim_[dp][:, rs], det.class_ids[dp], det.scores[dp],
+                                ref.class_ids[rs])
         if self.task == 'segment':
             self.mask.append(metrics.matched_mask_iou(det.boxes, det.masks, ref.boxes,
                                                       ref.masks))

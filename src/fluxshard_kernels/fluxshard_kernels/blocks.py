@@ -76,8 +76,14 @@ class BlockGrid:
         return full[:self.height, :self.width]
 
 
-def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid) -> np.ndarray:
-    """Per-block mean absolute difference D (paper section 4.1) of two (H, W, C) uint8 images.
+def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid,
+                        sub: int = 0) -> np.ndarray:
+    """Per-block mean absolute difference D (paper section 4.1) of two (H, W, C) uint8 images,
+    channels averaged.
+
+    ``sub`` > 0: the largest mean over the block's ``sub`` x ``sub`` sub-blocks instead (a
+    small mover - a distant car, a hand - changes a few pixels a lot; averaged over a 16-px
+    block it stays under tau, averaged over 4 px it does not).
 
     Partial border blocks average over their in-frame pixels only.
 
@@ -85,6 +91,8 @@ def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid) -> np.nda
         (count,) float32 in [0, 255].
     """
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16)).sum(axis=2, dtype=np.int32)
+    if sub:
+        return _sub_block_max(diff, grid, sub) / a.shape[2]
     ph, pw = grid.padded_shape
     pad = np.zeros((ph, pw), dtype=np.int32)
     pad[:grid.height, :grid.width] = diff
@@ -93,3 +101,23 @@ def block_dissimilarity(a: np.ndarray, b: np.ndarray, grid: BlockGrid) -> np.nda
     ones[:grid.height, :grid.width] = 1
     area = grid.block_view(ones).sum(axis=(1, 3)) * a.shape[2]
     return (sums / area).astype(np.float32).reshape(-1)
+
+
+def _sub_block_max(diff: np.ndarray, grid: BlockGrid, sub: int) -> np.ndarray:
+    """Per block, the largest mean of ``diff`` over its sub x sub sub-blocks (in-frame pixels
+    only), float32 (count,)."""
+    bs = grid.block_size
+    if bs % sub:
+        raise ValueError(f'sub-block {sub} does not divide the block size {bs}')
+    ph, pw = grid.padded_shape
+    pad = np.zeros((ph, pw), np.int32)
+    pad[:grid.height, :grid.width] = diff
+    ones = np.zeros((ph, pw), np.int32)
+    ones[:grid.height, :grid.width] = 1
+    shape = (ph // sub, sub, pw // sub, sub)
+    sums = pad.reshape(shape).sum(axis=(1, 3))
+    area = ones.reshape(shape).sum(axis=(1, 3))
+    means = np.where(area > 0, sums / np.maximum(area, 1), 0.0)
+    k = bs // sub
+    return means.reshape(grid.rows, k, grid.cols, k).max(axis=(1, 3)).astype(
+        np.float32).reshape(-1)

@@ -63,6 +63,14 @@ class APAccumulator:
                 self.tp.setdefault(c, []).append(ok)
                 self.conf.setdefault(c, []).append(float(pred_conf[p]))
 
+    def add_pooled(self, sim: np.ndarray, pred_cls, pred_conf, gt_cls):
+        """Object-pooled AP: every reference object weighs the same whatever its class (a
+        match only between equal classes). The class-mean mAP of ``add`` halves when one
+        rare-class reference appears in a single frame and is missed; this does not."""
+        pred_cls, gt_cls = np.asarray(pred_cls), np.asarray(gt_cls)
+        same = np.where(pred_cls[:, None] == gt_cls[None, :], sim, -1.0)
+        self.add(same, np.zeros(len(pred_cls)), pred_conf, np.zeros(len(gt_cls)))
+
     def value(self) -> float:
         aps = [average_precision(np.array(self.tp.get(c, [])), np.array(self.conf.get(c, [])),
                                  n) for c, n in self.n_gt.items() if n > 0]

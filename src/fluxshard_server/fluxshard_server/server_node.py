@@ -162,8 +162,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
         p = self.params
         if p['security.mode'] != 'mac':
             self.get_logger().warning('security.mode none: link messages are not authenticated; '
-                                   'any participant on this DDS domain can inject batches or '
-                                   'feedback (lab use only)')
+                                      'any participant on this DDS domain can inject batches or '
+                                      'feedback (lab use only)')
             return None
         keys = auth.load_keys(p['security.key_file'])
         missing = [e for e in self.edge_ids if e not in keys]
