@@ -11,7 +11,8 @@ A rendered region of a page looks like
 ``eval`` regions take a ``summary.json`` of ``fluxshard-eval`` (copied to ``docs/data/``) and
 hold the command that made it plus every table of that run (``fluxshard_eval.cli.render``);
 ``bench`` and ``engine-eval`` the ``--json`` of ``python -m fluxshard_kernels.bench`` and
-``python -m fluxshard_kernels.evaluate`` (their ``render``).
+``python -m fluxshard_kernels.evaluate`` (their ``render``); ``profile`` a device profile of
+``python -m fluxshard_kernels.profile`` (``describe``).
 
 Usage:  scripts/fluxshard run python scripts/render_docs.py          # rewrite the pages
         scripts/fluxshard run python scripts/render_docs.py --check  # exit 1 if one is stale
@@ -27,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REGION = re.compile(r'(<!-- render: (\w+) (\S+) -->\n)(.*?)(<!-- end render -->)', re.S)
 
 
+PAPER_LABEL = "the paper's Table 1 (Jetson Xavier NX edge, RTX 3080 server)"
+
+
 def render_eval(path: Path) -> str:
     from fluxshard_eval import cli
     res = json.loads(path.read_text())
@@ -35,8 +39,8 @@ def render_eval(path: Path) -> str:
     head = (f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`; harness "
             f"{len(res['runs'])} runs, {sum(r['frames'] * r['edges'] for r in res['runs'])} "
             f"frames, {wall / 60:.1f} min on this 2-core machine; sequences: "
-            f"{', '.join(sorted({r['sequence'] for r in runs}))}). Modelled times use the "
-            "paper's Table 1 devices unless a table says *measured*.\n")
+            f"{', '.join(sorted({r['sequence'] for r in runs}))}). Modelled device times: "
+            f"{res.get('profile', {}).get('label', PAPER_LABEL)}.\n")
     # one level down: the page's own headings are ## and ###
     body = re.sub(r'^### ', '#### ', cli.render(res), flags=re.M)
     return head + '\n' + body
@@ -57,7 +61,17 @@ def render_engine_eval(path: Path) -> str:
     return f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`):\n\n" + body
 
 
-RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval}
+def render_profile(path: Path) -> str:
+    from fluxshard_kernels import profile
+    p = profile.DeviceProfile.load(str(path))
+    body = re.sub(r'^#+ ', '#### ', profile.describe(p), flags=re.M)
+    return (f"`python -m fluxshard_kernels.profile --out {path.relative_to(ROOT)}` "
+            f"({p.meta.get('measured_at', '?')}, {p.meta.get('frames', '?')} frames of "
+            f"{p.meta.get('sequence', '?')}):\n\n" + body)
+
+
+RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval,
+             'profile': render_profile}
 
 
 def render_page(text: str) -> str:

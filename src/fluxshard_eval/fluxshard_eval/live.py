@@ -21,9 +21,9 @@ _OFFLOAD = ['scheduler.force_strategy:=cloud', 'model.local_inference:=false']
 LIVE_METHODS = {
     'fluxshard': ([], []),
     'video-offload-crf23': (_OFFLOAD + ['payload.codec:=h264', 'payload.crf:=23'],
-                            ['model.backend:=dense']),
+                            ['model.backend:=onnxruntime']),
     'full-offload': (_OFFLOAD + ['key_interval:=1', 'payload.codec:=jpeg'],
-                     ['model.backend:=dense']),
+                     ['model.backend:=onnxruntime']),
 }
 
 

@@ -1,7 +1,9 @@
 """Server-side inference (no ROS, paper Algorithm 2 steps 3-4): per edge, incremental YOLO11 over
 the MV-warped server cache, recomputing the blocks the proxy edge state changed, with a
 preemptible background refresh from the proxy edge state. Dense torch and onnxruntime backends
-are kept as references."""
+are kept as references; ``auto`` runs, frame by frame, whichever of the incremental pass and
+onnxruntime dense its measured costs predict to be faster (so the server is never slower than
+the best dense runtime on its machine)."""
 
 from contextlib import contextmanager
 import time
@@ -12,7 +14,9 @@ import numpy as np
 from fluxshard_kernels import data
 from fluxshard_kernels.blocks import BlockGrid
 
-BACKENDS = ('incremental', 'dense', 'onnxruntime', 'none')
+BACKENDS = ('auto', 'incremental', 'dense', 'onnxruntime', 'none')
+#: ``auto``: frames between runs of the path not chosen (its cost is re-measured).
+PROBE_EVERY = 50
 #: Default of EdgeModel.recompute_tau (server parameter model.recompute_tau), 8-bit levels.
 RECOMPUTE_TAU = 3.0
 #: Share of changed blocks above which a frame runs dense (the sparse pass is slower there).
@@ -59,15 +63,23 @@ class EdgeModel:
         self._refresh_from = None  # (seq whose state the running refresh describes, count)
         self._since_refresh = 0
         self.last_blocks = 0
-        if backend == 'onnxruntime':
+        self.costs = PathCosts() if backend == 'auto' else None
+        self.last_path = backend
+        self.onnx = None
+        if backend in ('onnxruntime', 'auto'):
             from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
-            self.onnx = OnnxYolo(path or str(data.model_path(task)), conf, iou, threads,
-                                 device)
-            self.names = self.onnx.names
-        elif backend in ('incremental', 'dense'):
+            try:
+                self.onnx = OnnxYolo(path or str(data.model_path(task)), conf, iou, threads,
+                                     device)
+                self.names = self.onnx.names
+            except ValueError:
+                if backend == 'onnxruntime':
+                    raise
+                # auto on a GPU without onnxruntime's CUDA provider: torch dense on the GPU
+        if backend in ('incremental', 'dense', 'auto'):
             self.model = model or load_model(task, path, device)
             self.names = self.model.names
-            if backend == 'incremental':
+            if backend in ('incremental', 'auto'):
                 from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
                 self.runner = IncrementalYOLO(self.model, 16)
                 self.refresh = Refresh(self.runner)
@@ -94,14 +106,44 @@ class EdgeModel:
             self.last_blocks = BlockGrid(img.shape[0], img.shape[1], self.cam_block).count
             return self.onnx(img)
         if self.backend == 'dense':
-            from fluxshard_kernels.yolo.processing import letterbox
-            import torch
-            x, lb = letterbox(img, 640)
-            dev = next(self.model.parameters()).device
-            with torch.no_grad():
-                raw = self.model(torch.from_numpy(x).to(dev))
             self.last_blocks = BlockGrid(img.shape[0], img.shape[1], self.cam_block).count
-            return self.model.decode(raw, lb, self.conf, self.iou)
+            return self._torch_dense(img)
+        if self.backend == 'auto':
+            return self._auto(img, seq, mv, prev_seq, block_size, changed, t0)
+        return self._incremental(img, seq, mv, prev_seq, block_size, changed, t0)
+
+    def _torch_dense(self, img):
+        from fluxshard_kernels.yolo.processing import letterbox
+        import torch
+        x, lb = letterbox(img, 640)
+        dev = next(self.model.parameters()).device
+        with torch.no_grad():
+            raw = self.model(torch.from_numpy(x).to(dev))
+        return self.model.decode(raw, lb, self.conf, self.iou)
+
+    def _auto(self, img, seq, mv, prev_seq, block_size, changed, t0):
+        """The cheaper path for this frame by measured cost; each path re-measured every
+        PROBE_EVERY frames of the other. Frames served by onnxruntime leave the incremental
+        caches behind: the next incremental frame brings them up to date first."""
+        k = len(changed) if changed is not None else None
+        path = self.costs.choose(k)
+        self.last_path = path
+        if path == 'incremental':
+            det = self._incremental(img, seq, mv, prev_seq, block_size, changed, t0)
+            if self.last_stepped:  # a sparse step (not a dense resync): a cost sample
+                self.costs.observe_incremental(self.last_blocks, self.last_seconds)
+            return det
+        if self.refresh.running:
+            self.refresh.cancel()
+        self._last_seq = -1  # the caches no longer describe the latest state
+        det = self.onnx(img) if self.onnx is not None else self._torch_dense(img)
+        self.last_blocks = BlockGrid(img.shape[0], img.shape[1], self.cam_block).count
+        self.last_seconds = time.perf_counter() - t0
+        self.costs.observe_dense(self.last_seconds)
+        return det
+
+    def _incremental(self, img, seq, mv, prev_seq, block_size, changed, t0):
+        self.last_stepped = False
         if self.refresh.running:
             self.refresh.pause()
         if self._refresh_from is not None and self.refresh.completed > self._refresh_from[1]:
@@ -134,6 +176,7 @@ class EdgeModel:
             else:
                 raw, lb, self.last_stats = r.step(img, mv, changed, block)
                 self.last_blocks = int(changed.size)
+                self.last_stepped = consecutive
         self._last_seq = seq
         det = self.model.decode(raw, lb, self.conf, self.iou)
         self.last_seconds = time.perf_counter() - t0
@@ -169,6 +212,54 @@ class EdgeModel:
     def close(self):
         if self.refresh is not None:
             self.refresh.cancel()
+
+
+class PathCosts:
+    """Measured per-frame cost of the two paths of the ``auto`` backend: the incremental pass
+    as ``a k^2 + b k + c`` of the blocks it recomputes (least squares over its last samples),
+    onnxruntime dense as the median of its last times. ``choose(k)`` is the path predicted
+    faster for k blocks, except that a path not run for PROBE_EVERY frames runs once to
+    re-measure, and each path runs until it has samples."""
+
+    def __init__(self, window: int = 16, probe_every: int = PROBE_EVERY):
+        from collections import deque
+        self.inc = deque(maxlen=window)
+        self.dense = deque(maxlen=window)
+        self.probe_every = probe_every
+        self.since = {'incremental': 0, 'onnxruntime': 0}
+        self.chosen = {'incremental': 0, 'onnxruntime': 0}
+
+    def predict_incremental(self, k: float) -> Optional[float]:
+        if len(self.inc) < 2:
+            return None
+        ks, ts = zip(*self.inc)
+        if len(set(ks)) < 3:
+            return float(np.median(ts))
+        from fluxshard_kernels.profile import fit_quadratic
+        a, b, c = fit_quadratic(ks, ts)
+        return a * k * k + b * k + c
+
+    def choose(self, k: Optional[float]) -> str:
+        t_inc = self.predict_incremental(k if k is not None else 0)
+        if not self.dense:
+            path = 'onnxruntime'
+        elif t_inc is None:
+            path = 'incremental'
+        else:
+            path = 'incremental' if t_inc < float(np.median(self.dense)) else 'onnxruntime'
+            other = 'onnxruntime' if path == 'incremental' else 'incremental'
+            if self.since[other] >= self.probe_every:
+                path = other
+        for p in self.since:
+            self.since[p] = 0 if p == path else self.since[p] + 1
+        self.chosen[path] += 1
+        return path
+
+    def observe_incremental(self, k: int, seconds: float):
+        self.inc.append((float(k), float(seconds)))
+
+    def observe_dense(self, seconds: float):
+        self.dense.append(float(seconds))
 
 
 @contextmanager

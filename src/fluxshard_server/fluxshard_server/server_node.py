@@ -44,8 +44,10 @@ PARAMS = [
           "this node's namespace"),
     Param('model.task', 'detect', 'Vision task (every served edge must run the same)',
           choices=['detect', 'segment', 'pose']),
-    Param('model.backend', 'incremental', 'incremental (sparse YOLO11 over MV-warped caches), '
-          'dense (torch), onnxruntime (dense reference) or none', choices=list(BACKENDS)),
+    Param('model.backend', 'auto', 'auto (per frame the faster of incremental and onnxruntime '
+          'dense, by measured cost: never slower than dense), incremental (sparse YOLO11 over '
+          'MV-warped caches), dense (torch), onnxruntime (dense) or none',
+          choices=list(BACKENDS)),
     Param('model.path', '', 'Model file (ONNX or Ultralytics .pt; "" = YOLO11n for the task '
           'from the data folder)'),
     Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
@@ -135,7 +137,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             backend, path = p['model.backend'], p['model.path']
             self.device = resolve_device(p['model.device'])
             shared = (load_model(self.task, path, self.device)
-                      if backend in ('incremental', 'dense') else None)
+                      if backend in ('incremental', 'dense', 'auto') else None)
 
             def make_model():
                 return EdgeModel(backend, self.task, shared, path, p['model.conf'],
@@ -298,6 +300,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             m.iou = changes.get('model.iou', m.iou)
             m.refresh_interval = changes.get('refresh.interval', m.refresh_interval)
             m.recompute_tau = changes.get('model.recompute_tau', m.recompute_tau)
+            if m.onnx is not None:  # the onnxruntime path decodes with its own thresholds
+                m.onnx.conf, m.onnx.iou = m.conf, m.iou
 
     def _infer(self, edge, job):
         det, seconds, blocks = self.runtime.infer(edge, job)
@@ -340,6 +344,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                         'gets every result twice; serve each robot from one server (edges)')
             self._rivals[eid] = rivals
             vals = dict(e.counters, last_seq=s.last_seq, applied=s.applied)
+            if e.model.costs is not None:  # auto backend: frames per path
+                vals.update({f'path.{k}': v for k, v in e.model.costs.chosen.items()})
             out.append(diagnostic_status(f'fluxshard/server/{eid}', eid, level, msg, vals))
         bad = sum(rt.rejects.values())
         recent = self._recent_bad.update(bad)

@@ -75,3 +75,46 @@ def test_the_batch_geometry_is_used_at_every_block_size(block):
     with pytest.raises(ValueError, match='does not match'):
         em(stream[1][0], 9, stream[1][1][:-1], 8, block, stream[1][2])
     em.close()
+
+
+def test_path_costs_choose_the_faster_path_and_re_measure_the_other():
+    from fluxshard_server.inference import PathCosts
+    c = PathCosts(probe_every=5)
+    assert c.choose(10) == 'onnxruntime'  # nothing measured: onnxruntime first
+    c.observe_dense(0.05)
+    assert c.choose(10) == 'incremental'  # then the incremental pass, to measure it
+    for k, t in ((10, 0.30), (50, 0.32), (100, 0.35)):
+        c.observe_incremental(k, t)
+    path = [c.choose(20) for _ in range(12)]
+    assert path.count('incremental') == 2 and path[5] == 'incremental', path  # probes only
+    c2 = PathCosts(probe_every=5)
+    c2.observe_dense(0.05)
+    for k, t in ((10, 0.01), (50, 0.02), (100, 0.03)):  # a fast engine (a GPU)
+        c2.observe_incremental(k, t)
+    assert c2.choose(20) == 'incremental' and c2.choose(2000) == 'onnxruntime'
+
+
+def test_auto_backend_serves_every_frame_by_the_cheaper_measured_path():
+    """Over real proxy states: each frame's detections come from one of the two paths, both
+    are measured, and the path chosen after warm-up is the one measured faster here; the
+    onnxruntime frames give exactly onnxruntime's detections of the proxy state."""
+    from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
+    stream, grid = _proxy_stream(10)
+    em = EdgeModel('auto', 'detect', load_model('detect'), refresh_interval=1000)
+    ref = OnnxYolo(str(data.model_path('detect')))
+    paths = []
+    for seq, (state, mv, changed) in enumerate(stream, 1):
+        det = em(state, seq, mv, seq - 1 if seq > 1 else None, 16, changed)
+        paths.append(em.last_path)
+        if em.last_path == 'onnxruntime':
+            want = ref(state)
+            assert np.allclose(det.boxes, want.boxes) and np.array_equal(det.class_ids,
+                                                                         want.class_ids)
+        assert len(det) > 0
+    em.close()
+    c = em.costs
+    assert len(c.dense) >= 1 and len(c.inc) >= 2, paths  # both measured
+    faster = ('incremental' if c.predict_incremental(np.median([k for k, _ in c.inc]))
+              < np.median(c.dense) else 'onnxruntime')
+    assert paths[-1] == faster, (paths, list(c.inc), list(c.dense))
+    assert sum(c.chosen.values()) == len(stream)
