@@ -112,6 +112,9 @@ def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
         assert r['published'] == 5 and r['unaccounted'] == 0 and r['results'] >= 3, r
         # what the edge counted as sent is what the server counted as received
         assert r['bytes_sent'] == r['server_bytes_in'] > 0, r
+        # every result is mapped back to its source frame and scored against dense on it
+        assert sum(r['scored_by'].values()) == r['results'], r['scored_by']
+        assert all(0 <= v <= 1 for v in r['retention_by'].values()), r['retention_by']
     fo = res['full-offload']['robots']['robot1']
     assert fo['results_local'] == 0 and fo['key_batches'] == fo['batches_sent']
     vo = res['video-offload-crf23']['robots']['robot1']
@@ -119,7 +122,7 @@ def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
     assert vo['results_local'] == 0 and vo['key_batches'] == 1
     assert vo['bytes_sent'] < 0.5 * fo['bytes_sent'], (vo, fo)
     text = live.table(res, link)
-    assert '| fluxshard |' in text
+    assert '| fluxshard |' in text and 'retention: server / edge' in text
     if mode == 'netns':
         assert 'network namespaces' in text
         left = subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True).stdout

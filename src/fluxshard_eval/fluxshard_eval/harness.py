@@ -99,6 +99,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
           for e in range(edges)]
     for s in st:
         s['scores'] = Scores(s['m'].model.task)
+        s['scores_by'] = {}  # who computed a result -> Scores of those results
     while True:
         live = [s for s in st if s['next'] < n]
         if not live:
@@ -140,6 +141,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
             rec.lost, result = True, None
         if result is not None:
             s['scores'].add(result, ref[j], ref.gt[j] if ref.gt is not None else None)
+            s['scores_by'].setdefault(rec.computed_by, Scores(m.model.task)).add(result, ref[j])
         s['recs'].append(rec)
         s['bg_s'] += w.background_s
         if w.background_s:
@@ -194,6 +196,11 @@ def summarise(st, n, rate_hz, net) -> dict:
                                                  if r.cpu_server_ms] or [0.0])),
     }
     out.update(acc)
+    # retention of the results each side computed (edge, server, cache), over all edges' frames
+    out['retention_by'] = {}
+    for who in sorted({k for s in st for k in s['scores_by']}):
+        vals = [s['scores_by'][who].summary()['retention'] for s in st if who in s['scores_by']]
+        out['retention_by'][who] = float(np.nanmean(vals))
     # the server's image against the true frame, once past the first key (steady state)
     psnr = [r.extra['proxy_psnr'] for r in recs[5:] if 'proxy_psnr' in r.extra]
     psnr = [p for p in psnr if math.isfinite(p)]

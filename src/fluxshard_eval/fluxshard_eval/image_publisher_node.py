@@ -26,6 +26,8 @@ PARAMS = [
           lo=0.0, hi=60.0),
     Param('wait_for_subscribers', 0, 'Wait (up to 30 s) for this many subscribers before '
           'starting', lo=0, hi=1000),
+    Param('stamp_log', '', 'Append "<source index> <stamp ns>" per published frame to this '
+          'file (the live evaluation maps results back to source frames); "" = off'),
     Param('reliable', True, 'Publish with reliable QoS (false: best effort, the sensor-data '
           'QoS of most camera drivers)'),
     Param('depth', 5, 'Publisher history depth (as camera drivers: a reliable reader that lags '
@@ -43,6 +45,7 @@ class ImagePublisher(Node):
         p = Params(self, PARAMS)
         self.source, self.topic, self.rate = p['source'], p['bag_topic'], p['rate_hz']
         self.limit, self.frame_id, self.loop = p['count'], p['frame_id'], p['loop']
+        self.stamp_log = p['stamp_log']
         self.start_delay, self.wait_subs = p['start_delay_s'], p['wait_for_subscribers']
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=p['depth'],
                          reliability=ReliabilityPolicy.RELIABLE if p['reliable']
@@ -82,12 +85,17 @@ class ImagePublisher(Node):
         period = 1.0 / rate
         nxt = time.monotonic()
         while rclpy.ok():
-            for frame in bag.iter_source(self.source, self.limit or None, self.topic):
+            for index, frame in enumerate(bag.iter_source(self.source, self.limit or None,
+                                                          self.topic)):
                 if not rclpy.ok() or (self.limit and self.published >= self.limit):
                     return
                 msg = self._message(frame)
                 msg.header.stamp = self.get_clock().now().to_msg()
                 msg.header.frame_id = self.frame_id
+                if self.stamp_log:
+                    ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+                    with open(self.stamp_log, 'a') as f:
+                        f.write(f'{index} {ns}\n')
                 self.pub.publish(msg)
                 self.published += 1
                 nxt += period

@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from fluxshard_eval.sim import LinkSpec
 
 _OFFLOAD = ['scheduler.force_strategy:=cloud', 'model.local_inference:=false']
@@ -68,7 +70,57 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
         else:
             res[name] = {'error': (p.stdout + p.stderr)[-2000:]}
         res[name]['mode'] = mode
+    if any('error' not in r for r in res.values()):
+        score_sides(res, bag_path, frames)
     return res
+
+
+def score_sides(res: dict, bag_path: str, frames: int, task: str = 'detect'):
+    """Retention of each side's live results (edge, server) against dense inference on the
+    same source frames (object-pooled AP@0.5, as the harness): results are mapped to source
+    frames by the stamps the camera replay logged. Adds ``retention_by`` and ``scored_by``
+    (results scored) per robot; frames without a logged stamp are not scored."""
+    import torch
+    from fluxshard_eval.bag import BagSource
+    from fluxshard_kernels import metrics
+    from fluxshard_server.inference import load_model
+    from fluxshard_kernels.yolo.processing import letterbox
+    model = load_model(task)
+    with BagSource(bag_path, '') as b:
+        imgs = [f for _, f in b.frames(frames or None)]
+    refs = {}
+
+    def ref(i):
+        if i not in refs:
+            x, lb = letterbox(imgs[i], 640)
+            with torch.no_grad():
+                refs[i] = model.decode(model(torch.from_numpy(x)), lb)
+        return refs[i]
+    for r in res.values():
+        for robot in r.get('robots', {}).values():
+            stamps = robot.get('source_stamps', {})
+            acc, n = {}, {}
+            for x in robot.get('result_records', []):
+                i = stamps.get(str(x['stamp_ns']))
+                if i is None or i >= len(imgs) or 'boxes' not in x:
+                    continue
+                d = ref(i)
+                boxes = np.asarray(x['boxes'], np.float32).reshape(-1, 4)
+                side = x['computed_by'] or '?'
+                acc.setdefault(side, metrics.APAccumulator(0.5)).add_pooled(
+                    metrics.box_iou(boxes, d.boxes), np.asarray(x['class_ids']),
+                    np.asarray(x['scores']), d.class_ids)
+                n[side] = n.get(side, 0) + 1
+            robot['retention_by'] = {k: a.value() for k, a in acc.items()}
+            robot['scored_by'] = n
+
+
+def _sides(r) -> str:
+    ret, n = r.get('retention_by', {}), r.get('scored_by', {})
+
+    def one(k):
+        return f"{100 * ret[k]:.1f} % ({n[k]})" if n.get(k) and ret[k] == ret[k] else '-'
+    return f"{one('server')} / {one('edge')}" if n else 'n/a'
 
 
 def table(res: dict, link: LinkSpec) -> str:
@@ -81,10 +133,11 @@ def table(res: dict, link: LinkSpec) -> str:
              f'({link.mbps:g} Mbit/s, {how}; {link.delay_ms:g} ms one-way delay in the edge '
              'transport); latency measured on this machine (CPU inference)', '',
              '| method | frames published | results | dropped (latest wins) | uplink MB | '
-             'edge bytes = server bytes | latency p50 / p90 ms |', '|---|---|---|---|---|---|---|']
+             'edge bytes = server bytes | latency p50 / p90 ms | retention: server / edge '
+             '(results) |', '|---|---|---|---|---|---|---|---|']
     for name, s in res.items():
         if 'error' in s:
-            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | |')
+            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | |')
             continue
         r = next(iter(s['robots'].values()))
         p50 = '-' if r['latency_ms_p50'] is None else f"{r['latency_ms_p50']:.0f}"
@@ -93,5 +146,5 @@ def table(res: dict, link: LinkSpec) -> str:
                      f"{r['edge_dropped_superseded'] + r['server_dropped_superseded']} | "
                      f"{r['bytes_sent'] / 1e6:.2f} | "
                      f"{'yes' if r['bytes_sent'] == r.get('server_bytes_in') else 'no'} | "
-                     f"{p50} / {p90} |")
+                     f"{p50} / {p90} | {_sides(r)} |")
     return '\n'.join(lines) + '\n'

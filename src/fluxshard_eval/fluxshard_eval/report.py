@@ -119,6 +119,18 @@ def tables(agg: Dict[tuple, dict], links: List[str], runs: List[dict],
                          f"{_f(f['retention_confident'], scale=100)} | {gt} | "
                          f"{_f(f['hit_ratio'], scale=100)} | {_f(f['latency_ms_mean'])} / "
                          f"{_f(o['latency_ms_mean'])} |")
+        by_rows = [r for r in seq_rows if r['method'] == 'fluxshard' and r['link'] == link0
+                   and 'retention_by' in r]
+        if by_rows:
+            lines += ['', f"### Who computed FluxShard's results at the {link0} link: results "
+                      '(retention %)', '', '| sequence | server | edge | cache (reused) | '
+                      'lost / not served |', '|---|---|---|---|---|']
+            for r in sorted(by_rows, key=lambda r: r['sequence']):
+                n, ret = r['computed_by'], r['retention_by']
+                cell = [f"{n.get(k, 0)} ({_f(ret.get(k), scale=100)})" if n.get(k) else '0'
+                        for k in ('server', 'edge', 'cache')]
+                lost = n.get('lost', 0) + r.get('dropped_edge_busy', 0)
+                lines.append(f"| {r['sequence']} | " + ' | '.join(cell) + f' | {lost} |')
     scal = sorted({e for (_, _, e) in agg if e > 1})
     if scal:
         edges = [1] + scal

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
 from fluxshard_msgs_py.node import LATCHED_QOS, RESULT_QOS
@@ -104,9 +106,16 @@ class Monitor(Node):
         now = self.get_clock().now().nanoseconds
         stamp = m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
         lat_ms = (now - stamp) / 1e6
-        self.results[robot].append({'frame_index': m.frame_index, 'stamp_ns': stamp,
-                                    'latency_ms': lat_ms, 'n': len(m.scores),
-                                    'computed_by': m.computed_by})
+        rec = {'frame_index': m.frame_index, 'stamp_ns': stamp, 'latency_ms': lat_ms,
+               'n': len(m.scores), 'computed_by': m.computed_by}
+        if hasattr(m, 'center_x'):  # boxes, to score against dense on the same frame
+            cx, cy = np.asarray(m.center_x), np.asarray(m.center_y)
+            w, h = np.asarray(m.size_x), np.asarray(m.size_y)
+            rec.update(boxes=np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2],
+                                      1).reshape(-1, 4).round(1).tolist(),
+                       class_ids=[int(c) for c in m.class_ids],
+                       scores=[round(float(s), 4) for s in m.scores])
+        self.results[robot].append(rec)
         if not self.quiet:
             cls = getattr(m, 'class_ids', ['0'] * len(m.scores))
             top = ', '.join(f'{self.names.get(c, c)} {s:.2f}'
@@ -188,7 +197,8 @@ def main(argv=None):
             spawn('fluxshard_eval.image_publisher_node', r, None,
                   [f'source:={a.source}', *cam_extra, f'rate_hz:={a.rate}',
                    'start_delay_s:=0.5', 'wait_for_subscribers:=1',
-                   f'frame_id:={r}_camera'], f'camera_{r}')
+                   f'frame_id:={r}_camera',
+                   f'stamp_log:={os.path.join(logdir, f"stamps_{r}.txt")}'], f'camera_{r}')
         if a.camera_topic:
             print(f'fluxshard_run: {len(robots)} robot(s) on camera {a.camera_topic} for '
                   f'{a.duration or a.timeout:g} s; logs in {logdir}', flush=True)
@@ -245,6 +255,19 @@ def _stop(procs):
             p.kill()
 
 
+def _stamps(logdir, robot):
+    """{stamp ns: source frame index} the camera replay logged (empty without it)."""
+    out = {}
+    try:
+        with open(os.path.join(logdir, f'stamps_{robot}.txt')) as f:
+            for line in f:
+                i, s = line.split()
+                out[str(int(s))] = int(i)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 def _published(logdir, robot):
     """Frames the camera replay says it published (its last log line), or None."""
     import re
@@ -295,6 +318,8 @@ def _summary(mon, robots, a, wall_s, logdir):
                                                 'key_batches', 'key_bytes', 'probes',
                                                 'digest_mismatch', 'resync_resends')},
             'latency_ms_p99': pct(0.99),
+            'result_records': res,
+            'source_stamps': _stamps(logdir, r),
             'throughput_fps': len(res) / max(wall_s, 1e-9),
         }
         v = out['robots'][r]
