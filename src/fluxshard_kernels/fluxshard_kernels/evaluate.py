@@ -199,7 +199,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
     seqs = a.sequences or data.sequences()
-    models = {t: M.load_onnx(str(data.model_path(t))) for t in set(a.tasks) | (
+    models = {t: M.load(t) for t in set(a.tasks) | (
         {'detect'} if a.sweep else set())}
     from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
     orts = {t: OnnxYolo(str(data.model_path(t)), threads=a.threads) for t in a.tasks}

@@ -511,4 +511,7 @@ def load(task: str, path: str = '', device: str = 'cpu') -> YOLO11:
                          f'{str(e)[:200]}') from None
     if m.task != task:
         raise ValueError(f'model {p} is a {m.task!r} model, but model.task is {task!r}')
-    return m.to(device)
+    # channels-last weights: oneDNN then runs every conv in its fast NHWC path (dense torch
+    # ~2x faster on CPU, measured beside onnxruntime by ``bench``; the same on CUDA tensor
+    # cores), and they match the engine's channels-last block storage
+    return m.to(device).to(memory_format=torch.channels_last)
