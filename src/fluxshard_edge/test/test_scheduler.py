@@ -79,3 +79,27 @@ def test_cloud_time_includes_the_link_latency():
     t0 = s.t_cloud(100)
     bw.latency_s = 0.05
     assert s.t_cloud(100) == pytest.approx(t0 + 0.05)
+
+
+def test_a_measured_profile_file_seeds_both_latency_models(tmp_path):
+    """scheduler.profile_file: the edge's online fit starts from the measured profile (the
+    paper's Table 1 otherwise); a missing or foreign file is refused with what to do."""
+    import json
+    import pytest
+    from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
+    from fluxshard_kernels.profile import DeviceProfile, PAPER, RoleProfile
+    prof = DeviceProfile('measured', 'here', RoleProfile(0.0, 2e-4, 0.24, 0.056, 0.16),
+                         RoleProfile(1e-8, 1e-5, 0.01, 0.004))
+    f = tmp_path / 'p.json'
+    prof.save(str(f))
+    p = EdgePipeline(EdgeConfig(edge_id='robot1', local_inference=False, profile_file=str(f)))
+    s = p.scheduler
+    assert (s.edge.a, s.edge.b, s.edge.c) == prof.edge.abc
+    assert (s.cloud.a, s.cloud.b, s.cloud.c) == prof.server.abc
+    plain = EdgePipeline(EdgeConfig(edge_id='robot1', local_inference=False)).scheduler
+    assert (plain.edge.a, plain.edge.b, plain.edge.c) == PAPER.edge.abc
+    with pytest.raises(ValueError, match='profile_file'):
+        EdgeConfig(edge_id='robot1', profile_file=str(tmp_path / 'missing.json'))
+    (tmp_path / 'x.json').write_text(json.dumps({'kind': 'measured'}))
+    with pytest.raises(ValueError, match='fluxshard_kernels.profile --out'):
+        EdgeConfig(edge_id='robot1', profile_file=str(tmp_path / 'x.json'))
