@@ -25,7 +25,9 @@ import re
 import sys
 
 ROOT = Path(__file__).resolve().parent.parent
-REGION = re.compile(r'(<!-- render: (\w+) (\S+) -->\n)(.*?)(<!-- end render -->)', re.S)
+REGION = re.compile(r'(<!-- render: ([\w-]+) (\S+) -->\n)(.*?)(<!-- end render -->)', re.S)
+# every opening marker, however spelled: a marker REGION cannot read is an error, not a skip
+MARKER = re.compile(r'<!-- render:(.*?)-->')
 
 
 PAPER_LABEL = "the paper's Table 1 (Jetson Xavier NX edge, RTX 3080 server)"
@@ -74,13 +76,35 @@ RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_e
              'profile': render_profile}
 
 
+def check_markers(text: str, allow_empty: bool = False) -> None:
+    """Every ``<!-- render:`` marker of a page opens a region REGION reads, each with its end."""
+    opened = len(MARKER.findall(text))
+    regions = REGION.findall(text)
+    if opened != len(regions) or text.count('<!-- end render -->') != opened:
+        raise ValueError(f'{opened} render markers but {len(regions)} readable regions '
+                         f'(kinds are [\\w-]+, one source path, each region closed by '
+                         f'<!-- end render -->)')
+    for m in regions:
+        if not allow_empty and not m[3].strip():
+            raise ValueError(f'render region {m[1]} {m[2]} is empty')
+
+
 def render_page(text: str) -> str:
+    """The page with every region re-rendered; raises on an unreadable marker or an empty
+    region (checked on both the page and its rendering)."""
+    check_markers(text, allow_empty=True)
+
     def one(m):
         kind, src = m.group(2), ROOT / m.group(3)
         if kind not in RENDERERS:
             raise ValueError(f'unknown render kind {kind!r} (one of {", ".join(RENDERERS)})')
-        return m.group(1) + RENDERERS[kind](src).rstrip('\n') + '\n' + m.group(5)
-    return REGION.sub(one, text)
+        body = RENDERERS[kind](src).rstrip('\n')
+        if not body.strip():
+            raise ValueError(f'{kind} {src}: rendered nothing from its JSON')
+        return m.group(1) + body + '\n' + m.group(5)
+    out = REGION.sub(one, text)
+    check_markers(out)
+    return out
 
 
 def main(argv) -> int:

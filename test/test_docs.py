@@ -33,3 +33,22 @@ def test_measured_tables_are_rendered_from_the_saved_json():
         assert mod['render_page'](text) == text, \
             f'{page.name} is stale: scripts/fluxshard run python scripts/render_docs.py'
     assert regions >= 1 and '<!-- render: eval' in (ROOT / 'docs' / 'evaluation.md').read_text()
+
+
+def test_an_empty_or_unreadable_render_block_fails():
+    """A region the renderer cannot read, or one left empty, is an error (an empty
+    `engine-eval` region once passed the staleness check because `(\\w+)` skipped it)."""
+    import pytest
+    mod = runpy.run_path(str(ROOT / 'scripts' / 'render_docs.py'))
+    empty = '<!-- render: engine-eval docs/data/engine-eval.json -->\n<!-- end render -->\n'
+    with pytest.raises(ValueError, match='empty'):
+        mod['check_markers'](empty)
+    for bad in ('<!-- render: engine.eval docs/data/engine-eval.json -->\nx\n<!-- end render -->',
+                '<!-- render: bench docs/data/bench.json -->\nno end marker\n'):
+        with pytest.raises(ValueError, match='render markers'):
+            mod['check_markers'](bad)
+    # the committed pages: every region filled, and as many regions as markers
+    for page in sorted((ROOT / 'docs').glob('*.md')):
+        mod['check_markers'](page.read_text())
+    # rendering fills an empty region from its JSON (so the committed page would be stale)
+    assert mod['render_page'](empty).count('\n| detect |') >= 7
