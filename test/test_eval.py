@@ -45,9 +45,79 @@ def test_bag_errors_name_the_problem(tmp_path):
         bag.write_bag('davis-parkour', str(tmp_path / 'p'), limit=2)
     with pytest.raises(bag.BagError, match="'/nope' not in .* /camera/image_raw"):
         bag.BagSource(str(tmp_path / 'p'), '/nope')
-    with pytest.raises(bag.BagError, match='not a rosbag2'):
+    with pytest.raises(bag.BagError, match='neither a rosbag2 folder'):
         bag.BagSource(str(tmp_path))
     assert bag.main(['info', str(tmp_path)]) == 2
+
+
+IMAGE_MSGDEF = """std_msgs/Header header
+uint32 height
+uint32 width
+string encoding
+uint8 is_bigendian
+uint32 step
+uint8[] data
+================================================================================
+MSG: std_msgs/Header
+builtin_interfaces/Time stamp
+string frame_id
+================================================================================
+MSG: builtin_interfaces/Time
+int32 sec
+uint32 nanosec
+"""
+
+
+def _foreign_mcap(path, frames, topic='/front_camera/image_raw', rate=10.0):
+    """An MCAP file as Foxglove's tools write it: `mcap-ros2-support`'s writer, no rosbag2
+    metadata, plus a non-image topic beside the camera."""
+    from mcap_ros2.writer import Writer
+    with open(path, 'wb') as f:
+        w = Writer(f)
+        schema = w.register_msgdef('sensor_msgs/msg/Image', IMAGE_MSGDEF)
+        other = w.register_msgdef('std_msgs/msg/String', 'string data\n')
+        t0 = 1_700_000_000 * 10**9
+        for i, fr in enumerate(frames):
+            t = t0 + int(i * 1e9 / rate)
+            h, wd = fr.shape[:2]
+            w.write_message(topic, schema, {
+                'header': {'stamp': {'sec': t // 10**9, 'nanosec': t % 10**9},
+                           'frame_id': 'front_camera'},
+                'height': h, 'width': wd, 'encoding': 'bgr8', 'is_bigendian': 0,
+                'step': wd * 3, 'data': fr.tobytes()}, log_time=t, publish_time=t)
+            w.write_message('/note', other, {'data': f'frame {i}'}, log_time=t)
+        w.finish()
+
+
+def test_a_bare_mcap_file_from_another_tool_replays(tmp_path):
+    """A .mcap file written by mcap-ros2-support (no metadata.yaml), and the folder holding it,
+    read as a bag: `fluxshard-bag info`, the frames, and a `fluxshard-eval --bags` run."""
+    src = list(data.iter_frames('davis-parkour', 4))
+    f = tmp_path / 'cam' / 'front.mcap'
+    f.parent.mkdir()
+    _foreign_mcap(f, src)
+    for path in (f, f.parent):
+        assert bag.is_bag(str(path))
+        with bag.BagSource(str(path)) as b:
+            assert b.topic == '/front_camera/image_raw' and b.count == 4
+            assert abs(b.rate_hz() - 10.0) < 1e-6
+            got = [fr for _, fr in b.frames()]
+            assert len(got) == 4 and all(np.array_equal(a, c) for a, c in zip(got, src))
+    assert bag.main(['info', str(f)]) == 0
+    from fluxshard_eval import cli
+    out = tmp_path / 'eval'
+    rc = cli.main(['--bags', str(f), '--frames', '4', '--links', 'medium',
+                   '--methods', 'full-offload-png', '--ablations', '--edges', '--out', str(out),
+                   '--no-progress'])
+    assert rc == 0
+    res = json.loads((out / 'results.json').read_text())
+    assert [(r['sequence'], r['frames'], r['retention']) for r in res['runs']] == \
+        [('front', 4, 1.0)]
+    # a damaged file is named, not skipped
+    (tmp_path / 'bad.mcap').write_bytes(f.read_bytes()[:200])
+    with pytest.raises(bag.BagError, match='bad.mcap'):
+        with bag.BagSource(str(tmp_path / 'bad.mcap')) as b:
+            list(b.frames())
 
 
 def test_small_evaluation_numbers_are_consistent(tmp_path):

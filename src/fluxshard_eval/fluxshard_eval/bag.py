@@ -5,7 +5,11 @@
   optionally, a ``sensor_msgs/CompressedImage`` topic of H.264 access units (format ``h264``,
   x264 ``ref=1:bframes=0``, so the edge can take the codec's motion vectors);
 * ``BagSource`` reads such bags and bags recorded on robots (sqlite3 or MCAP; Image or
-  CompressedImage topics picked by name or by type) as ``(stamp_ns, frame)`` pairs.
+  CompressedImage topics picked by name or by type) as ``(stamp_ns, frame)`` pairs, and bare
+  ``.mcap`` files from other tools (Foxglove, the ``mcap`` CLI, ``mcap-ros2-support``'s
+  writer: ROS 2 channels with ``ros2msg`` schemas, no ``metadata.yaml``), read with the
+  ``mcap`` library; a folder without ``metadata.yaml`` that holds ``.mcap`` files reads them
+  in name order.
 
 Messages are serialised and deserialised with ``rclpy.serialization`` (real CDR), so a bag
 written here plays in ``ros2 bag play`` and a robot's bag reads here.
@@ -123,36 +127,115 @@ class TopicInfo:
 
 
 def is_bag(path: str) -> bool:
-    """True for a rosbag2 folder (metadata.yaml) or a bare .mcap / .db3 file."""
+    """True for a rosbag2 folder (metadata.yaml), a bare .mcap / .db3 file, or a folder of
+    .mcap files."""
     p = Path(path)
-    return (p.is_dir() and (p / 'metadata.yaml').is_file()) or (
+    return (p.is_dir() and ((p / 'metadata.yaml').is_file() or any(p.glob('*.mcap')))) or (
         p.is_file() and p.suffix in ('.mcap', '.db3'))
+
+
+class _Rosbag2:
+    """A rosbag2 folder through ``rosbags`` (sqlite3 or MCAP storage)."""
+
+    def __init__(self, path: Path):
+        from rosbags.rosbag2 import Reader
+        self._reader = Reader(path)
+        self._reader.open()
+        self.connections = [(c.topic, c.msgtype, c.msgcount) for c in self._reader.connections]
+        self.duration_ns = self._reader.duration
+
+    def raw(self, topic: str) -> Iterator[Tuple[int, str, bytes]]:
+        conns = [c for c in self._reader.connections if c.topic == topic]
+        for c, t, raw in self._reader.messages(connections=conns):
+            yield t, c.msgtype, raw
+
+    def close(self):
+        self._reader.close()
+
+
+class _BareMcap:
+    """MCAP files without rosbag2 metadata, through the ``mcap`` library: ROS 2 channels
+    (``cdr`` encoding, ``ros2msg`` schemas such as ``sensor_msgs/msg/Image``)."""
+
+    def __init__(self, files: List[Path]):
+        from mcap.reader import make_reader
+        self.files = files
+        counts, start, end = {}, None, None
+        self._types = {}
+        for f in files:
+            with open(f, 'rb') as fh:
+                reader = make_reader(fh)
+                summary = reader.get_summary()
+                if summary is not None and summary.statistics is not None:
+                    st = summary.statistics
+                    for cid, ch in summary.channels.items():
+                        self._add_channel(ch, summary.schemas.get(ch.schema_id))
+                        counts[ch.topic] = counts.get(ch.topic, 0) + \
+                            st.channel_message_counts.get(cid, 0)
+                    if st.message_count:
+                        start = min(start or st.message_start_time, st.message_start_time)
+                        end = max(end or st.message_end_time, st.message_end_time)
+                    continue
+                # no summary section (a file cut short): count by reading it through
+                for schema, ch, msg in reader.iter_messages():
+                    self._add_channel(ch, schema)
+                    counts[ch.topic] = counts.get(ch.topic, 0) + 1
+                    start = min(start or msg.log_time, msg.log_time)
+                    end = max(end or msg.log_time, msg.log_time)
+        self.connections = [(t, self._types[t], counts.get(t, 0)) for t in self._types]
+        self.duration_ns = (end - start) if start is not None else 0
+
+    def _add_channel(self, ch, schema):
+        if ch.message_encoding != 'cdr':
+            return  # not a ROS 2 channel (json, protobuf, ...): not offered as a topic
+        name = schema.name if schema is not None else ''
+        if '/msg/' not in name and name.count('/') == 1:  # ROS 1 style 'pkg/Type'
+            name = name.replace('/', '/msg/')
+        self._types.setdefault(ch.topic, name)
+
+    def raw(self, topic: str) -> Iterator[Tuple[int, str, bytes]]:
+        from mcap.reader import make_reader
+        for f in self.files:
+            with open(f, 'rb') as fh:
+                for _, _, msg in make_reader(fh).iter_messages(topics=[topic],
+                                                               log_time_order=True):
+                    yield msg.log_time, self._types[topic], msg.data
+
+    def close(self):
+        pass
 
 
 class BagSource:
     """Frames of one image topic of a rosbag2 (sqlite3 or MCAP).
 
     Args:
-        path: bag folder (or its .mcap/.db3 file).
+        path: bag folder (or its .mcap/.db3 file), a bare .mcap file, or a folder of them.
         topic: topic name; when empty, the only ``sensor_msgs/Image`` topic, else the only
             ``CompressedImage`` one (an error lists the candidates when that is ambiguous).
     """
 
     def __init__(self, path: str, topic: str = ''):
-        from rosbags.rosbag2 import Reader
         p = Path(path)
-        if p.is_file() and p.suffix in ('.mcap', '.db3'):
-            p = p.parent
-        if not (p / 'metadata.yaml').is_file():
-            raise BagError(f'{path} is not a rosbag2 folder (no metadata.yaml)')
+        if not p.exists():
+            raise BagError(f'{path} does not exist')
+        folder = p.parent if p.is_file() else p
         self.path = p
         try:
-            self._reader = Reader(p)
-            self._reader.open()
-        except Exception as e:  # noqa: B902 - rosbags raises several types; name the file
+            if (folder / 'metadata.yaml').is_file():
+                self.path = folder
+                self._reader = _Rosbag2(folder)
+            elif p.is_file() and p.suffix == '.mcap':
+                self._reader = _BareMcap([p])
+            elif p.is_dir() and sorted(p.glob('*.mcap')):
+                self._reader = _BareMcap(sorted(p.glob('*.mcap')))
+            else:
+                raise BagError(f'{path} is neither a rosbag2 folder (metadata.yaml), an .mcap '
+                               'file nor a folder of .mcap files')
+        except BagError:
+            raise
+        except Exception as e:  # noqa: B902 - the readers raise several types; name the file
             raise BagError(f'cannot open bag {path}: {type(e).__name__}: {e}') from e
-        self.topics = [TopicInfo(c.topic, c.msgtype, c.msgcount)
-                       for c in self._reader.connections]
+        self.topics = [TopicInfo(t, m, n) for t, m, n in self._reader.connections]
         self.topic = self._pick(topic)
         self.msgtype = next(t.msgtype for t in self.topics if t.name == self.topic)
         self.count = sum(t.count for t in self.topics if t.name == self.topic)
@@ -179,7 +262,7 @@ class BagSource:
                        + (', '.join(f'{n} ({m})' for n, m in names.items()) or 'no topics'))
 
     def duration_s(self) -> float:
-        return self._reader.duration / 1e9
+        return self._reader.duration_ns / 1e9
 
     def rate_hz(self) -> float:
         """Mean message rate of the image topic (stamps of the bag)."""
@@ -191,10 +274,13 @@ class BagSource:
         from rclpy.serialization import deserialize_message
         from sensor_msgs.msg import CompressedImage, Image
         topic = topic or self.topic
-        conns = [c for c in self._reader.connections if c.topic == topic]
-        for c, t, raw in self._reader.messages(connections=conns):
-            typ = Image if c.msgtype == IMAGE else CompressedImage
-            yield t, deserialize_message(raw, typ)
+        for t, msgtype, raw in self._reader.raw(topic):
+            typ = Image if msgtype == IMAGE else CompressedImage
+            try:
+                yield t, deserialize_message(raw, typ)
+            except Exception as e:  # noqa: B902 - a corrupt record: name it, do not skip it
+                raise BagError(f'{self.path}: a {msgtype} message on {topic} at {t} ns does '
+                               f'not deserialise: {type(e).__name__}: {e}') from e
 
     def frames(self, limit: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
         """(bag time ns, BGR/mono uint8 frame) of the image topic, in order."""

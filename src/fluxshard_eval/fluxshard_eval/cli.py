@@ -177,7 +177,10 @@ def _bags(a):
                   f"({r['bytes'] / 1e6:.0f} MB)", flush=True)
         out.append((name, path))
     for b in a.bags:
-        out.append((os.path.basename(os.path.normpath(b)), b))
+        name = os.path.basename(os.path.normpath(b))
+        if os.path.isfile(b):  # a bare .mcap / .db3 file: its name without the suffix
+            name = os.path.splitext(name)[0]
+        out.append((name, b))
     return out
 
 
