@@ -20,6 +20,13 @@ def generate_launch_description():
                               description='Camera topic (sensor_msgs/Image)'),
         DeclareLaunchArgument('key_file', default_value='',
                               description="This robot's link key file (mode 0600)"),
+        DeclareLaunchArgument(
+            'dds_profile',
+            default_value=os.path.join(get_package_share_directory('fluxshard_msgs'), 'dds',
+                                       'fastdds.xml'),
+            description='Fast DDS profile (FASTDDS_DEFAULT_PROFILES_FILE): the shipped one '
+                        'carries raw camera frames over shared memory; give the camera '
+                        "driver's process the same"),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'edge.yaml')),
         Node(package='fluxshard_edge', executable='edge_node', name='fluxshard_edge',
@@ -27,6 +34,7 @@ def generate_launch_description():
              parameters=[LaunchConfiguration('params_file'),
                          {'security.key_file': LaunchConfiguration('key_file')}],
              remappings=[('image', LaunchConfiguration('image'))],
-             additional_env={'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
+             additional_env={'FASTDDS_DEFAULT_PROFILES_FILE':
+                             LaunchConfiguration('dds_profile')},
              output='screen'),
     ])

@@ -18,12 +18,20 @@ def generate_launch_description():
         DeclareLaunchArgument('key_file', default_value='',
                               description='Link key file with a line per served robot (mode '
                                           '0600; python -m fluxshard_msgs_py.auth generate)'),
+        DeclareLaunchArgument(
+            'dds_profile',
+            default_value=os.path.join(get_package_share_directory('fluxshard_msgs'), 'dds',
+                                       'fastdds.xml'),
+            description='Fast DDS profile (FASTDDS_DEFAULT_PROFILES_FILE): the shipped one '
+                        'carries raw camera frames over shared memory; give the camera '
+                        "driver's process the same"),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'server.yaml')),
         Node(package='fluxshard_server', executable='server_node', name='fluxshard_server',
              parameters=[LaunchConfiguration('params_file'),
                          {'edges': LaunchConfiguration('edges'),
                           'security.key_file': LaunchConfiguration('key_file')}],
-             additional_env={'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA'},
+             additional_env={'FASTDDS_DEFAULT_PROFILES_FILE':
+                             LaunchConfiguration('dds_profile')},
              output='screen'),
     ])

@@ -13,8 +13,11 @@ for _fs_pkg in fluxshard_server fluxshard_edge fluxshard_eval; do
 done
 export PATH
 unset _fs_pkg
-# Frames of ~1 MB need Fast DDS's large-data transports (see README, "DDS and big messages").
-export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
+# Camera-sized messages need the shipped Fast DDS profile (shared memory with a 64 MB segment,
+# UDP with 16 MB buffers; docs/design.md "DDS on a robot"), unless transports are chosen already.
+if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}${FASTRTPS_DEFAULT_PROFILES_FILE:-}${FASTDDS_BUILTIN_TRANSPORTS:-}" ]; then
+  export FASTDDS_DEFAULT_PROFILES_FILE="$_fs_root/src/fluxshard_msgs/dds/fastdds.xml"
+fi
 if [ -z "${FLUXSHARD_DATA:-}" ]; then
   if [ -d "$_fs_root/../shared/data/video" ]; then
     FLUXSHARD_DATA="$(cd "$_fs_root/../shared/data" && pwd)"

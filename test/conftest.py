@@ -115,7 +115,13 @@ def ros(tmp_path, monkeypatch):
     domain = 100 + _WORKER * _SPAN + _DOMAIN[0]
     monkeypatch.setenv('ROS_DOMAIN_ID', str(domain))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    monkeypatch.setenv('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+    if os.environ.get('FLUXSHARD_TEST_DDS') == 'builtin':  # compare: Fast DDS's LARGE_DATA
+        monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
+        monkeypatch.setenv('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+    else:  # the shipped profile, as scripts/env.sh, fluxshard_run and the launch files use
+        from fluxshard_msgs_py import dds
+        monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
+        monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', dds.profile_path('default'))
     g = RosGraph(tmp_path, domain)
     yield g
     g.close()

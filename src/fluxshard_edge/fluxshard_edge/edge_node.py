@@ -7,7 +7,7 @@ import time
 
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
                                 ProxyDelta)
-from fluxshard_msgs_py import auth, conversions
+from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (camera_qos, diagnostic_status, DiagnosticsPublisher,
                                     help_text, LATCHED_QOS, LINK_QOS, Param, Params,
                                     ReasonLog, RecentCount, RESULT_QOS, run_node,
@@ -20,6 +20,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from fluxshard_edge.camera_watch import CameraWatch
 from fluxshard_edge.link import BandwidthTrace, EmulatedLink
 from fluxshard_edge.pipeline import EdgeConfig
 from fluxshard_edge.runtime import EdgeRuntime, Frame
@@ -42,6 +43,8 @@ TOPICS = [
     'out  detections (fluxshard_msgs/DetectionArray; masks: sensor_msgs/Image mono16 labels for',
     '     segment) or keypoints (fluxshard_msgs/KeypointArray): results computed_by edge',
     'out  labels (fluxshard_msgs/LabelMap, latched, when the edge runs a model)',
+    'out  annotated (sensor_msgs/CompressedImage jpeg: local results drawn on their frame, with',
+    '     the block map as an option; annotated.enabled, throttled, only while subscribed)',
     'out  /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz on the wall clock)',
 ]
 
@@ -153,6 +156,7 @@ PARAMS = [
     Param('resync.burst', 2, 'Key batches answered back to back above resync.max_rate_hz',
           lo=1, hi=1000),
 ]
+PARAMS += annotate.PARAMS
 
 #: live parameters that are the node's, not EdgeConfig's
 _NODE_LIVE = {'payload.pack_motion'}
@@ -196,9 +200,11 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self.counters, self.rejects = self.runtime.counters, self.runtime.rejects
         self.batch_pub = self._pub(BlockBatch, 'block_batch', LINK_QOS)
         self.delta_pub = self._pub(ProxyDelta, 'proxy_delta', LINK_QOS)
-        self.results = ResultPublisher(self, '', c.task, c.edge_id, 'edge', self.counters)
+        self.results = ResultPublisher(self, '', c.task, c.edge_id, 'edge', self.counters,
+                                       annotated=annotate.from_params(self, p, '', 'edge'))
         model = self.runtime.pipeline.model
         if model is not None:  # the labels come from the side that has the model on board
+            self.results.names = model.names
             self._pub(LabelMap, 'labels', LATCHED_QOS).publish(
                 conversions.label_map_msg(model.names, LabelMap().header))
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
@@ -239,6 +245,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         else:
             typ, topic = CompressedImage, base.rstrip('/') + '/compressed'
         self.camera_topic = topic
+        self.camera_watch = CameraWatch()
         self._h264 = conversions.H264Input()
         self._subscribe_camera(typ, self._camera_reliability(topic))
         self._subs.append(self.create_subscription(ProxyDelta, 'proxy_feedback',
@@ -447,11 +454,12 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self._link_log(out.link)
         for old, det in out.recovered:
             if det is not None and self.results.publish(det, old.header, old.index,
-                                                        old.image.shape):
+                                                        old.image.shape, old.image):
                 self.counters['results_local'] += 1
         step = out.step
         if step.local_result is not None and self.results.publish(
-                step.local_result, frame.header, frame.index, frame.image.shape):
+                step.local_result, frame.header, frame.index, frame.image.shape, frame.image,
+                step.block_map, self.config.block_size):
             self.counters['results_local'] += 1
         if not step.sends:
             return
@@ -493,6 +501,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                f'in the last 10 s ({total_bad} since start)')
         if rejects.get('task_mismatch'):
             level, msg = DiagnosticStatus.ERROR, msg + '; edge and server model.task differ'
+        vals = {}
         if rt is not None:
             storm = rt.resync.refused_recently(time.monotonic(), 10.0)
             if storm:
@@ -501,11 +510,21 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             if not rt.server.available:
                 level = max(level, DiagnosticStatus.WARN)
                 msg += '; no server: computing locally'
+            watch = getattr(self, 'camera_watch', None)
+            if watch is not None and self._subs:  # active: the camera should arrive
+                cams = self.count_publishers(self.camera_topic)
+                told = watch.update(time.monotonic(), cams, counters.get('frames_in', 0))
+                if told:
+                    self.errors.error('camera_silent', told, level='warn')
+                if watch.silent_for >= watch.silent_s:
+                    level = max(level, DiagnosticStatus.WARN)
+                    msg += f'; camera silent for {watch.silent_for:.0f} s with {cams} publisher(s)'
+                vals['camera_publishers'] = cams
             servers = self.count_publishers('proxy_feedback')
             if servers > 1:
                 level = max(level, DiagnosticStatus.WARN)
                 msg += f'; {servers} servers answer this robot (serve it from one)'
-        vals = dict(counters)
+        vals.update(counters)
         vals.update({f'rejected.{k}': v for k, v in rejects.items()})
         if rt is not None:
             vals.update({f'last.{k}': v for k, v in rt.last.items()})

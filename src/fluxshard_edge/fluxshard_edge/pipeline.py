@@ -100,6 +100,8 @@ class EdgeStep:
     sparse_inference_requested: bool = False
     decision: Optional[Decision] = None
     local_result: object = None
+    #: per block (row-major): 0 hit (reused), 1 recomputed on the edge, 2 offloaded
+    block_map: Optional[np.ndarray] = None
     hit_ratio: float = 1.0
     timings: dict = field(default_factory=dict)
 
@@ -262,6 +264,11 @@ class EdgePipeline:
             send_idx = np.arange(grid.count) if key else cobs[:dec.k_cloud]
             infer = True
             t['local'] = time.perf_counter()
+        out.block_map = np.zeros(grid.count, np.uint8)
+        if dec.strategy == 'edge' and local_ready:
+            out.block_map[labs[:dec.k_edge]] = 1
+        if send_idx is not None:
+            out.block_map[send_idx] = 2
         # step 5: proxy update with exactly what is sent
         if send_idx is not None and (len(send_idx) or infer):
             self._send(out, frame, grid, send_idx, mv_c, d_c, key, infer)

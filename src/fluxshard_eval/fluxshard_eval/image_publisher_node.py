@@ -32,6 +32,10 @@ PARAMS = [
           'QoS of most camera drivers)'),
     Param('depth', 5, 'Publisher history depth (as camera drivers: a reliable reader that lags '
           'a frame still gets it)', lo=1, hi=100),
+    Param('width', 0, 'Resize frames to this width (0 = as the source; with height)',
+          lo=0, hi=8192),
+    Param('height', 0, 'Resize frames to this height (0 = as the source; with width)',
+          lo=0, hi=8192),
     Param('transport', 'raw', "raw (Image on 'image'), compressed (jpeg) or h264 (one access "
           "unit per CompressedImage) on 'image/compressed'",
           choices=['raw', 'compressed', 'h264']),
@@ -51,6 +55,9 @@ class ImagePublisher(Node):
                          reliability=ReliabilityPolicy.RELIABLE if p['reliable']
                          else ReliabilityPolicy.BEST_EFFORT)
         self.transport = p['transport']
+        self.size = (p['width'], p['height'])
+        if (self.size[0] == 0) != (self.size[1] == 0):
+            raise ValueError('width and height are set together (both 0 = source size)')
         if self.transport == 'raw':
             self.pub = self.create_publisher(Image, 'image', qos)
         else:
@@ -59,6 +66,9 @@ class ImagePublisher(Node):
         self.published = 0
 
     def _message(self, frame):
+        if self.size[0] and frame.shape[1::-1] != self.size:
+            import cv2
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_LINEAR)
         if self.transport == 'raw':
             return conversions.array_to_image(frame, Image().header)
         if self.transport == 'h264' and self._enc is None:

@@ -54,4 +54,8 @@ def exec_prefix(name: str, side: str):
 
 
 def dds_env() -> dict:
-    return {'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4', 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}
+    """UDP only (the shipped UDP profile), so DDS crosses the shaped veth link: a shared-memory
+    shortcut between the namespaces of one machine would bypass the link being measured."""
+    from fluxshard_msgs_py import dds
+    return {'FASTDDS_DEFAULT_PROFILES_FILE': dds.profile_path('udp'),
+            'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4', 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}

@@ -137,11 +137,10 @@ def main(argv=None):
     if a.netns and not os.environ.get('FLUXSHARD_NETNS'):
         return _run_in_netns(a, argv)
     ns_name = os.environ.get('FLUXSHARD_NETNS', '')
+    from fluxshard_msgs_py import dds
+    dds.apply_default()  # the shipped large-image profile unless the user chose transports
+    os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     env = dict(os.environ)
-    env.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
-    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    os.environ.update({k: env[k] for k in ('FASTDDS_BUILTIN_TRANSPORTS',
-                                           'ROS_AUTOMATIC_DISCOVERY_RANGE')})
     robots = [f'robot{i + 1}' for i in range(a.robots)]
     py = sys.executable
     srv_params = list(a.server_param)

@@ -313,6 +313,9 @@ def run_node(make_node, args=None, threads: int = 2, body=None, usage: Optional[
     if usage is not None and wants_help(args):
         sys.stdout.write(usage)
         raise SystemExit(0)
+    # camera-sized messages need the shipped Fast DDS profile unless the user chose transports
+    from fluxshard_msgs_py import dds
+    dds.apply_default()
     rclpy.init(args=args)
     node = None
     try:

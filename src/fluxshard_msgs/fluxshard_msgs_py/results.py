@@ -27,9 +27,11 @@ class ResultPublisher:
     """Publishes one side's results for one robot (topic ``prefix`` + name)."""
 
     def __init__(self, node, prefix: str, task: str, edge_id: str, computed_by: str,
-                 counters, callback_group=None):
+                 counters, callback_group=None, annotated=None):
         self.node, self.task, self.edge_id, self.by = node, task, edge_id, computed_by
         self.counters = counters
+        self.annotated = annotated  # an annotate.AnnotatedPublisher, or None
+        self.names = {}  # class names for the picture (the model's)
         self.newest = -1  # newest stamp seen on the topic (ours or the other side's)
         typ, name = ((KeypointArray, 'keypoints') if task == 'pose'
                      else (DetectionArray, 'detections'))
@@ -46,18 +48,27 @@ class ResultPublisher:
     def _seen(self, msg):
         self.newest = max(self.newest, _ns(msg.header.stamp))
 
-    def publish(self, det, header, frame_index: int, shape) -> bool:
+    def publish(self, det, header, frame_index: int, shape, image=None, block_map=None,
+                block_size: int = 16) -> bool:
         """Publish ``det`` (fluxshard_kernels Detections) for the frame with ``header``; False
-        (counted) when a newer frame's result is already on the topic."""
+        (counted) when a newer frame's result is already on the topic. ``image`` (the
+        pixels the result was computed from) and ``block_map`` feed the annotated picture."""
         stamp = _ns(header.stamp)
         if stamp < self.newest:
             self.counters['dropped_out_of_order'] += 1
             return False
         self.newest = stamp
+        self._publish(det, header, frame_index, shape)
+        if self.annotated is not None and self.annotated.publish(
+                image, det, header, self.names, block_map, block_size):
+            self.counters['annotated_published'] += 1
+        return True
+
+    def _publish(self, det, header, frame_index, shape):
         if self.task == 'pose':
             self.pub.publish(conversions.keypoints_to_msg(det, header, self.edge_id, self.by,
                                                           frame_index))
-            return True
+            return
         seg = self.task == 'segment'
         self.pub.publish(conversions.detections_to_msg(det, header, self.edge_id, self.by,
                                                        frame_index, seg))
@@ -67,9 +78,10 @@ class ResultPublisher:
                 label_image(det.masks, det.scores, shape[:2]), header))
         if self.vision is not None:
             self.vision.publish(to_vision(det, header))
-        return True
 
     def destroy(self):
+        if self.annotated is not None:
+            self.annotated.destroy()
         for p in (self.pub, self.masks, self.vision):
             if p is not None:
                 self.node.destroy_publisher(p)

@@ -6,7 +6,8 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from fluxshard_msgs.msg import BlockBatch, LabelMap, ProxyDelta
-from fluxshard_msgs_py import auth, conversions
+import numpy as np
+from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (diagnostic_status, DiagnosticsPublisher, help_text,
                                     LATCHED_QOS, LINK_QOS, Param, Params, ReasonLog,
                                     RecentCount, RESULT_QOS, run_node, WorkerLifecycle)
@@ -34,6 +35,8 @@ TOPICS = [
     'detections_vision where vision_msgs exists) or <edge ns>/keypoints, computed_by server',
     'out  <edge ns>/labels (latched, only when the robot publishes none itself)',
     'out  <edge ns>/proxy_image (sensor_msgs/Image, with publish_proxy_image)',
+    'out  <edge ns>/annotated (sensor_msgs/CompressedImage jpeg: results drawn on the image the '
+    'server computed them from; annotated.enabled, only while subscribed)',
     'out  /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz on the wall clock)',
 ]
 
@@ -80,6 +83,7 @@ PARAMS = [
     Param('admission.max_batch_mb', 16.0, 'Largest batch payload accepted, MB '
           '(rejected.oversize)', lo=0.001, hi=1e4),
 ]
+PARAMS += annotate.PARAMS
 
 
 class _Topics:
@@ -91,8 +95,9 @@ class _Topics:
         self.lock = threading.Lock()  # feedback: sign and publish in nonce order
         self.feedback = node.create_publisher(ProxyDelta, self.prefix + 'proxy_feedback',
                                               LINK_QOS)
-        self.results = ResultPublisher(node, self.prefix, task, edge_id, 'server',
-                                       node.runtime.edges[edge_id].counters)
+        self.results = ResultPublisher(
+            node, self.prefix, task, edge_id, 'server', node.runtime.edges[edge_id].counters,
+            annotated=annotate.from_params(node, node.params, self.prefix, 'server'))
         self.proxy_image = node.create_publisher(Image, self.prefix + 'proxy_image',
                                                  RESULT_QOS)
         # created here, published at the first result only when nobody else (the robot's own
@@ -315,7 +320,15 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                 # the robot runs no model of its own: the labels come from here
                 t.labels.publish(conversions.label_map_msg(edge.model.names,
                                                            LabelMap().header))
-        if t.results.publish(det, job.header, job.frame_index, job.state.shape):
+        t.results.names = edge.model.names or t.results.names
+        block_map = None
+        if job.changed is not None:  # the blocks this batch carried to the server
+            h, w = job.state.shape[:2]
+            grid = (-(-h // job.block_size)) * (-(-w // job.block_size))
+            block_map = np.zeros(grid, np.uint8)
+            block_map[job.changed[job.changed < grid]] = annotate.OFFLOADED
+        if t.results.publish(det, job.header, job.frame_index, job.state.shape, job.state,
+                             block_map, job.block_size):
             self.counters['results_published'] += 1
             edge.counters['results_published'] += 1
 
