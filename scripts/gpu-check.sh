@@ -10,10 +10,18 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/out/gpu-check}"
 mkdir -p "$OUT"
-set +u
-# shellcheck disable=SC1091
-source "$ROOT/scripts/env.sh"
-set -u
+if [ -f "${FLUXSHARD_VENV:-$ROOT/.venv}/bin/activate" ]; then
+  set +u
+  # shellcheck disable=SC1091
+  source "$ROOT/scripts/env.sh"
+  set -u
+else
+  # a GPU machine without the ROS environment (no registry to set it up from): the engine
+  # needs only torch, cupy, onnxruntime, OpenCV and numpy from that machine's Python
+  export PYTHONPATH="$ROOT/src/fluxshard_kernels${PYTHONPATH:+:$PYTHONPATH}"
+  echo "gpu-check: no virtual environment; using $(command -v python3) with the source tree"
+fi
+python() { python3 "$@"; }
 cd "$ROOT"
 python -m pytest -q -p no:cacheprovider --import-mode=importlib -rs \
   src/fluxshard_kernels/test/test_cuda.py src/fluxshard_kernels/test/test_sparse.py \

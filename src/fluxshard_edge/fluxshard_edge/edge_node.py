@@ -95,6 +95,8 @@ PARAMS = [
     Param('model.device', 'cpu', 'Where local inference runs: cpu, cuda (the first GPU, e.g. a '
           'Jetson; configure fails when there is none) or auto (cuda when torch sees a GPU)',
           choices=['cpu', 'cuda', 'auto']),
+    Param('model.warm_up', True, 'Run the local model on blank frames at configure, before the '
+          'first camera frame'),
     Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
     Param('scheduler.lambda', 10.0, 'EA time decay lambda, 1/s', lo=1e-6, hi=1e6, live=True),
     Param('scheduler.deadline_ms', 100.0, 'Frame deadline for opportunistic COB upload, ms',
@@ -141,7 +143,8 @@ PARAMS = [
           'vectors replace block matching', choices=['raw', 'compressed', 'h264']),
     Param('camera.depth', 1, 'Camera QoS history depth. 1 = latest frame wins inside DDS '
           "(replaced frames are not seen, so not counted); >1 lets the edge's own latest-wins "
-          'slot count every replaced frame', lo=1, hi=100),
+          'slot count every replaced frame; h264 uses at least 30 (every unit is needed)',
+          lo=1, hi=100),
     Param('security.mode', 'mac', "mac: sign every BlockBatch / ProxyDelta with this edge's "
           'key and accept server feedback only with it; none: no authentication (lab only)',
           choices=list(auth.MODES)),
@@ -160,6 +163,10 @@ PARAMS += annotate.PARAMS
 
 #: live parameters that are the node's, not EdgeConfig's
 _NODE_LIVE = {'payload.pack_motion'}
+
+
+#: Camera queue depth with camera.transport h264 (at 30 Hz, a one-second stall).
+H264_MIN_DEPTH = 30
 
 
 class EdgeNode(WorkerLifecycle, LifecycleNode):
@@ -197,6 +204,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.get_logger().error(f'configure failed: {e}')
             return TransitionCallbackReturn.FAILURE
         self.link = link
+        runner = self.runtime.pipeline.runner
+        if runner is not None and p['model.warm_up']:
+            self.get_logger().info(f'local model warmed up in {runner.warm_up():.1f} s')
         self.counters, self.rejects = self.runtime.counters, self.runtime.rejects
         self.batch_pub = self._pub(BlockBatch, 'block_batch', LINK_QOS)
         self.delta_pub = self._pub(ProxyDelta, 'proxy_delta', LINK_QOS)
@@ -277,9 +287,14 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
     def _subscribe_camera(self, typ, reliability):
         self._reliability = reliability
         self._camera_type = typ
+        depth = self.params['camera.depth']
+        if self.transport == 'h264':
+            # every access unit references the one before: a unit replaced inside DDS (the
+            # callback ran late on a loaded machine) would break the stream until the next key
+            # frame, so H.264 gets a queue deep enough to ride out a stall
+            depth = max(depth, H264_MIN_DEPTH)
         self._camera_sub = self.create_subscription(
-            typ, self.camera_topic, self._on_image,
-            camera_qos(reliability, self.params['camera.depth']),
+            typ, self.camera_topic, self._on_image, camera_qos(reliability, depth),
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_bad_qos))
         self._subs.append(self._camera_sub)
 

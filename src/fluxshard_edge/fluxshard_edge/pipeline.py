@@ -129,13 +129,19 @@ class EdgePipeline:
         if profile is None and config.profile_file:
             profile = DeviceProfile.load(config.profile_file)
         seeds = [PROFILES[config.edge_profile], PROFILES[config.cloud_profile]]
+        caps = [None, None]
         if profile is not None:  # measured seeds (the '_dense' names keep dense-only times)
             seeds = [(0.0, 0.0, r.dense_s) if name.endswith('_dense') else r.abc
                      for r, name in ((profile.edge, config.edge_profile),
                                      (profile.server, config.cloud_profile))]
+            # never more than the dense runtime each side falls back to: the engine's own
+            # dense pass here, the faster of both paths on a server with model.backend auto
+            caps = [profile.edge.engine_s, profile.server.dense_s]
         self.profile = profile
-        self.scheduler = Scheduler(LatencyModel(*seeds[0]), LatencyModel(*seeds[1]), bw,
+        self.scheduler = Scheduler(LatencyModel(*seeds[0], cap=caps[0]),
+                                   LatencyModel(*seeds[1], cap=caps[1]), bw,
                                    config.lam, config.accuracy_edge, config.accuracy_cloud)
+        self.n_blocks = 0  # camera blocks of the last frame
         self.runner = self.refresh = None
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
         self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
@@ -202,6 +208,7 @@ class EdgePipeline:
             self.refresh.pause()                                            # step 1
         t['pause'] = time.perf_counter()
         grid = BlockGrid(frame.shape[0], frame.shape[1], cfg.block_size)
+        self.n_blocks = grid.count
         key = self._key_reason != ''
         if not key and self.proxy is not None and self.proxy.shape != frame.shape:
             key, self._key_reason = True, (f'frame size changed from {self.proxy.shape} '
@@ -253,7 +260,8 @@ class EdgePipeline:
             t['local'] = time.perf_counter()
             local_s = t['local'] - t['schedule']
             if cfg.fit_latency:
-                self.scheduler.edge.observe(dec.k_edge if local_ready else grid.count, local_s)
+                self.scheduler.edge.observe(dec.k_edge if local_ready else grid.count, local_s,
+                                            dense=not local_ready)
             k_opp = self.scheduler.opportunistic_blocks(cfg.deadline_ms / 1e3, local_s,
                                                         len(cobs))
             if k_opp and self.cloud_available:

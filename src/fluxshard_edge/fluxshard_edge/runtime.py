@@ -102,7 +102,10 @@ class EdgeRuntime:
             for s in [s for s in self._awaiting if s <= seq]:
                 del self._awaiting[s]
             if self.config.fit_latency:
-                self.pipeline.scheduler.cloud.observe(int(blocks), float(compute_s))
+                # the server reports every block of the frame when it ran a dense runtime
+                n = self.pipeline.n_blocks
+                self.pipeline.scheduler.cloud.observe(int(blocks), float(compute_s),
+                                                      dense=n > 0 and int(blocks) >= n)
 
     def on_server_result(self, det):
         with self.lock:

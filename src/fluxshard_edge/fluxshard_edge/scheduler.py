@@ -6,6 +6,7 @@ bandwidth estimated from transfers."""
 from collections import deque
 from dataclasses import dataclass
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -24,16 +25,33 @@ PROFILES = {
 
 class LatencyModel:
     """t(k) = a k^2 + b k + c seconds, seeded from a profile and refitted (least squares, a and
-    b kept >= 0) from the last ``window`` measured (k, t) pairs once they span 3 distinct k."""
+    b kept >= 0) from the last ``window`` measured (k, t) pairs once they span 3 distinct k.
 
-    def __init__(self, a: float, b: float, c: float, window: int = 64):
+    ``cap``: the side's dense runtime (a server whose ``auto`` backend runs onnxruntime when
+    that is faster, an engine that falls back to its dense pass): t(k) never exceeds it. It is
+    re-measured from samples marked ``dense`` (their median)."""
+
+    def __init__(self, a: float, b: float, c: float, window: int = 64,
+                 cap: Optional[float] = None):
         self.a, self.b, self.c = float(a), float(b), float(c)
+        self.cap = None if cap is None else float(cap)
         self.samples = deque(maxlen=window)
+        self.dense_samples = deque(maxlen=16)
 
-    def __call__(self, k: float) -> float:
+    def quadratic(self, k: float) -> float:
         return self.a * k * k + self.b * k + self.c
 
-    def observe(self, k: int, seconds: float):
+    def __call__(self, k: float) -> float:
+        t = self.quadratic(k)
+        return t if self.cap is None else min(t, self.cap)
+
+    def observe(self, k: int, seconds: float, dense: bool = False):
+        """A measured time for ``k`` blocks; ``dense``: the side ran its dense runtime (the
+        time of the cap, whatever k)."""
+        if dense and self.cap is not None:
+            self.dense_samples.append(float(seconds))
+            self.cap = float(np.median(self.dense_samples))
+            return
         self.samples.append((float(k), float(seconds)))
         ks = [s[0] for s in self.samples]
         if len(set(ks)) >= 3:
@@ -166,9 +184,22 @@ class Scheduler:
         ke, kc = min(ke, n_edge), min(kc, n_cloud)
         if not adaptive:
             ke, kc = n_edge, n_cloud
+
+        def ea_edge(k):
+            return (self.acc_e * (k / n_edge if n_edge else 1.0)) * math.exp(
+                -self.lam * self.t_edge(k))
+
+        def ea_cloud(k):
+            return (self.acc_c * (k / n_cloud if n_cloud else 1.0)) * math.exp(
+                -self.lam * self.t_cloud(k))
+        # a capped side (its dense runtime is as fast as the curve) may do best with all its
+        # blocks: the closed form knows only the curve
+        if adaptive and self.edge.cap is not None and ea_edge(n_edge) > ea_edge(ke):
+            ke = n_edge
+        if adaptive and self.cloud.cap is not None and ea_cloud(n_cloud) > ea_cloud(kc):
+            kc = n_cloud
         te, tc = self.t_edge(ke), self.t_cloud(kc)
-        ea_e = (self.acc_e * (ke / n_edge if n_edge else 1.0)) * math.exp(-self.lam * te)
-        ea_c = (self.acc_c * (kc / n_cloud if n_cloud else 1.0)) * math.exp(-self.lam * tc)
+        ea_e, ea_c = ea_edge(ke), ea_cloud(kc)
         if not edge_available:
             ea_e = -1.0
         if not cloud_available:

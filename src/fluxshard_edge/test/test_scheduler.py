@@ -103,3 +103,23 @@ def test_a_measured_profile_file_seeds_both_latency_models(tmp_path):
     (tmp_path / 'x.json').write_text(json.dumps({'kind': 'measured'}))
     with pytest.raises(ValueError, match='fluxshard_kernels.profile --out'):
         EdgeConfig(edge_id='robot1', profile_file=str(tmp_path / 'x.json'))
+
+
+def test_a_server_whose_dense_runtime_is_faster_is_modelled_by_it():
+    """A measured profile where the server's incremental pass (100 ms fixed) is slower than its
+    onnxruntime pass (28 ms; model.backend auto runs that): the cloud time is capped at the
+    dense runtime, the scheduler offloads every miss over a fast link, and the cap follows the
+    server's dense times as they are reported."""
+    edge = LatencyModel(0.0, 4.5e-5, 0.10, cap=0.072)
+    cloud = LatencyModel(0.0, 4.5e-5, 0.10, cap=0.028)
+    assert cloud(0) == 0.028 and cloud(1000) == 0.028 and cloud.quadratic(0) == 0.10
+    s = Scheduler(edge, cloud, BandwidthEstimator(56e6 / 8), lam=10.0, bytes_per_block=600)
+    d = s.decide(120, 300)
+    assert d.strategy == 'cloud' and d.k_cloud == 300, d
+    assert d.t_cloud < d.t_edge
+    uncapped = Scheduler(LatencyModel(0.0, 4.5e-5, 0.10), LatencyModel(0.0, 4.5e-5, 0.10),
+                         BandwidthEstimator(56e6 / 8), lam=10.0, bytes_per_block=600)
+    assert uncapped.decide(120, 300).t_cloud > d.t_cloud + 0.05
+    for t in (0.05, 0.06, 0.07):  # the server's dense runs got slower (a loaded GPU host)
+        cloud.observe(1386, t, dense=True)
+    assert cloud.cap == 0.06 and len(cloud.samples) == 0

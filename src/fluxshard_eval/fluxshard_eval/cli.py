@@ -127,7 +127,8 @@ def _args(argv):
     p.add_argument('--no-progress', action='store_true')
     p.add_argument('--quick', action='store_true',
                    help='the short run of the README: davis-parkour and pets09-s2l1 (those '
-                        'present), 24 frames each, scalability on the first, live replay')
+                        'present), 24 frames each, scalability on the first, live replay '
+                        'of 40 frames at 2 Hz')
     a = p.parse_args(argv)
     if a.quick:
         from fluxshard_kernels import data
@@ -137,7 +138,7 @@ def _args(argv):
         a.frames = a.frames or 24
         a.scal_source, a.scal_frames = a.sequences[0], 24
         a.live = True
-        a.live_frames, a.live_rate = 12, a.live_rate or 2.0
+        a.live_frames, a.live_rate = 40, a.live_rate or 2.0
     if not 0 <= a.loss < 1:
         p.error('--loss must be in [0, 1)')
     if a.profile_file:
@@ -270,7 +271,16 @@ def main(argv=None) -> int:
     if a.live and bags:
         from fluxshard_eval import live as L
         mode = L.default_mode() if a.live_link == 'auto' else a.live_link
-        live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode, rate=a.live_rate)
+        live_profile = a.profile_file
+        if not live_profile:  # the nodes start from this machine's measured costs
+            from fluxshard_kernels import profile as P
+            print('fluxshard-eval: measuring this machine for the live nodes '
+                  '(python -m fluxshard_kernels.profile)...', flush=True)
+            live_profile = os.path.join(a.out, 'profile-live.json')
+            P.measure(a.task, edge_threads=a.threads, server_threads=a.threads).save(
+                live_profile)
+        live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode, rate=a.live_rate,
+                     profile_file=live_profile)
     have = {r['sequence'] for r in runs}
     res = {'command': 'fluxshard-eval ' + ' '.join(sys.argv[1:] if argv is None else argv),
            'args': vars(a), 'wall_s': wall, 'runs': runs, 'live': live,

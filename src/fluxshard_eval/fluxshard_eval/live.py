@@ -35,8 +35,12 @@ def default_mode() -> str:
 
 
 def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float = 300.0,
-        mode: str = 'transport', rate: float = 0.0, methods=tuple(LIVE_METHODS)):
-    """{method: the runner's JSON summary}; a failed run is reported, not raised."""
+        mode: str = 'transport', rate: float = 0.0, methods=tuple(LIVE_METHODS),
+        profile_file: str = ''):
+    """{method: the runner's JSON summary}; a failed run is reported, not raised.
+    ``profile_file``: a device profile measured on this machine, given to FluxShard's edge
+    (``scheduler.profile_file``) and server (``model.profile_file``), so neither starts by
+    probing."""
     if mode not in ('transport', 'netns'):
         raise ValueError(f"live link mode must be 'transport' or 'netns', got {mode!r}")
     unknown = set(methods) - set(LIVE_METHODS)
@@ -56,6 +60,9 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
             cmd += ['--edge-param', p]
         for p in server:
             cmd += ['--server-param', p]
+        if profile_file and name == 'fluxshard':
+            cmd += ['--edge-param', f'scheduler.profile_file:={profile_file}',
+                    '--server-param', f'model.profile_file:={profile_file}']
         if mode == 'netns':
             cmd += ['--netns', str(link.mbps)]
         else:
@@ -70,6 +77,9 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
         else:
             res[name] = {'error': (p.stdout + p.stderr)[-2000:]}
         res[name]['mode'] = mode
+    for r in res.values():
+        for robot in r.get('robots', {}).values():
+            robot['steady'] = steady_state(robot.get('result_records', []))
     if any('error' not in r for r in res.values()):
         score_sides(res, bag_path, frames)
     return res
@@ -123,6 +133,31 @@ def _sides(r) -> str:
     return f"{one('server')} / {one('edge')}" if n else 'n/a'
 
 
+def steady_state(records, factor: float = 1.5, run: int = 3) -> dict:
+    """Split a run's results (dicts with ``stamp_ns`` and ``latency_ms``) into warm-up and
+    steady state: steady from the first of ``run`` consecutive results (in stamp order) whose
+    latencies are all within ``factor`` x the median of the run's second half. Returns
+    p50/p90 of each part, the warm-up count and when (s after the first frame) steady began."""
+    recs = sorted(records, key=lambda x: x['stamp_ns'])
+    lat = np.array([x['latency_ms'] for x in recs], float)
+    out = {'results': len(recs), 'warmup_results': len(recs), 'p50_ms': None, 'p90_ms': None,
+           'warmup_p50_ms': None, 'steady_from_s': None}
+    if not len(recs):
+        return out
+    ref = float(np.median(lat[len(lat) // 2:]))
+    ok = lat <= factor * ref
+    start = next((i for i in range(len(lat) - run + 1) if ok[i:i + run].all()), None)
+    if start is None:
+        out['warmup_p50_ms'] = float(np.percentile(lat, 50))
+        return out
+    steady, warm = lat[start:], lat[:start]
+    out.update(warmup_results=int(start), p50_ms=float(np.percentile(steady, 50)),
+               p90_ms=float(np.percentile(steady, 90)),
+               warmup_p50_ms=float(np.percentile(warm, 50)) if len(warm) else None,
+               steady_from_s=(recs[start]['stamp_ns'] - recs[0]['stamp_ns']) / 1e9)
+    return out
+
+
 def table(res: dict, link: LinkSpec) -> str:
     mode = next(iter(res.values()), {}).get('mode', 'transport')
     how = ('tc tbf on a veth pair between network namespaces' if mode == 'netns'
@@ -132,19 +167,27 @@ def table(res: dict, link: LinkSpec) -> str:
              f'nodes over DDS, link {link.name} '
              f'({link.mbps:g} Mbit/s, {how}; {link.delay_ms:g} ms one-way delay in the edge '
              'transport); latency measured on this machine (CPU inference)', '',
+             'Steady state starts at the first of three consecutive results within 1.5x of the '
+             "median latency of the run's second half; the results before it are warm-up, "
+             'reported apart.', '',
              '| method | frames published | results | dropped (latest wins) | uplink MB | '
-             'edge bytes = server bytes | latency p50 / p90 ms | retention: server / edge '
-             '(results) |', '|---|---|---|---|---|---|---|---|']
+             'edge bytes = server bytes | steady latency p50 / p90 ms | warm-up: results, '
+             'p50 ms | retention: server / edge (results) |',
+             '|---|---|---|---|---|---|---|---|---|']
     for name, s in res.items():
         if 'error' in s:
-            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | |')
+            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | | |')
             continue
         r = next(iter(s['robots'].values()))
-        p50 = '-' if r['latency_ms_p50'] is None else f"{r['latency_ms_p50']:.0f}"
-        p90 = '-' if r['latency_ms_p90'] is None else f"{r['latency_ms_p90']:.0f}"
+        st = r.get('steady') or {}
+
+        def ms(v):
+            return '-' if v is None else f'{v:.0f}'
         lines.append(f"| {name} | {r['published']} | {r['results']} | "
                      f"{r['edge_dropped_superseded'] + r['server_dropped_superseded']} | "
                      f"{r['bytes_sent'] / 1e6:.2f} | "
                      f"{'yes' if r['bytes_sent'] == r.get('server_bytes_in') else 'no'} | "
-                     f"{p50} / {p90} | {_sides(r)} |")
+                     f"{ms(st.get('p50_ms'))} / {ms(st.get('p90_ms'))} | "
+                     f"{st.get('warmup_results', '-')}, {ms(st.get('warmup_p50_ms'))} | "
+                     f"{_sides(r)} |")
     return '\n'.join(lines) + '\n'

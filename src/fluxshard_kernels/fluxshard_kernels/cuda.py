@@ -8,7 +8,8 @@ CUDA tensors when cupy works here and the reference otherwise. The kernels are c
 on first use and cached by cupy; tensors cross by DLPack (no copy) and run on torch's current
 stream. ``available()`` probes once (cupy imports without a GPU and fails on first use).
 
-Storage is the engine's: (1, C, H, W) float32 in channels-last memory, i.e. (H, W, C) runs.
+Storage is the engine's: (1, C, H, W) float32 in channels-last memory, i.e. (H, W, C) runs, or
+a channel slice of such a storage (the C2f split): the kernels take the view's strides.
 """
 
 import functools
@@ -21,8 +22,9 @@ _GATHER = r'''
 extern "C" __global__ void gather_windows(
     const float* __restrict__ src, const long long* __restrict__ r_idx,
     const long long* __restrict__ c_idx, float* __restrict__ out,
-    int n, int C, int W, int off, int step, int P) {
-  // out (N, P, P, C) <- src (H, W, C) at (off + r * step + py, off + c * step + px)
+    int n, int C, long long sy, long long sx, long long sc, int off, int step, int P) {
+  // out (N, P, P, C) <- src (H, W, C) at (off + r * step + py, off + c * step + px); src
+  // element strides sy, sx, sc (a channel slice of a storage is not contiguous)
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   long long total = (long long)n * P * P * C;
   if (i >= total) return;
@@ -30,7 +32,7 @@ extern "C" __global__ void gather_windows(
   int px = t % P; t /= P;
   int py = t % P; int b = t / P;
   long long y = off + r_idx[b] * step + py, x = off + c_idx[b] * step + px;
-  out[i] = src[(y * W + x) * C + ch];
+  out[i] = src[y * sy + x * sx + ch * sc];
 }
 '''
 
@@ -38,7 +40,7 @@ _SCATTER = r'''
 extern "C" __global__ void scatter_blocks(
     float* __restrict__ dst, const long long* __restrict__ r_idx,
     const long long* __restrict__ c_idx, const float* __restrict__ y,
-    int n, int C, int W, int off, int bs) {
+    int n, int C, long long sy, long long sx, long long sc, int off, int bs) {
   // dst (H, W, C) at (off + r * bs + i, off + c * bs + j) <- y (N, bs, bs, C)
   long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   long long total = (long long)n * bs * bs * C;
@@ -47,14 +49,14 @@ extern "C" __global__ void scatter_blocks(
   int j = t % bs; t /= bs;
   int i = t % bs; int b = t / bs;
   long long yy = off + r_idx[b] * bs + i, xx = off + c_idx[b] * bs + j;
-  dst[(yy * W + xx) * C + ch] = y[k];
+  dst[yy * sy + xx * sx + ch * sc] = y[k];
 }
 '''
 
 _WARP = r'''
 extern "C" __global__ void warp_bilinear(
     const float* __restrict__ src, const float* __restrict__ flow, float* __restrict__ out,
-    int h, int w, int C, int W, int off) {
+    int h, int w, int C, long long sy, long long sx, long long sc, int off) {
   // out[y, x] = src sampled at (y + flow[1][y][x], x + flow[0][y][x]), clamped to the valid
   // (h, w) region at offset (off, off) of an (H, W, C) storage; out is (h, w, C)
   long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -68,7 +70,7 @@ extern "C" __global__ void warp_bilinear(
   int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
   int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
   float ax = sx - x0, ay = sy - y0;
-  #define S(yy, xx) src[((long long)(off + (yy)) * W + (off + (xx))) * C + ch]
+  #define S(yy, xx) src[(long long)(off + (yy)) * sy + (long long)(off + (xx)) * sx + ch * sc]
   out[k] = (1.f - ay) * ((1.f - ax) * S(y0, x0) + ax * S(y0, x1))
          + ay * ((1.f - ax) * S(y1, x0) + ax * S(y1, x1));
   #undef S
@@ -114,11 +116,12 @@ def _use_cuda(t: torch.Tensor, force: Optional[bool]) -> bool:
     return t.is_cuda and t.dtype == torch.float32 and available()
 
 
-def _hwc(t: torch.Tensor) -> torch.Tensor:
-    """(1, C, H, W) channels-last storage as its (H, W, C) memory (a view)."""
-    if not t.permute(0, 2, 3, 1).is_contiguous():
-        raise ValueError('storage must be channels-last contiguous')
-    return t.permute(0, 2, 3, 1)[0]
+def _hwc(t: torch.Tensor):
+    """(1, C, H, W) storage (channels-last, or a channel slice of one, or any strides) as its
+    (H, W, C) view and that view's element strides (int64 scalars for the kernels)."""
+    import cupy
+    v = t.permute(0, 2, 3, 1)[0]
+    return v, tuple(cupy.int64(st) for st in v.stride())
 
 
 # -- gather -----------------------------------------------------
@@ -132,14 +135,14 @@ def gather_windows_torch(t, r_idx, c_idx, off, step, p_len):
 def gather_windows(t, r_idx, c_idx, off, step, p_len, cuda: Optional[bool] = None):
     if not _use_cuda(t, cuda):
         return gather_windows_torch(t, r_idx, c_idx, off, step, p_len)
-    src = _hwc(t)
+    src, strides = _hwc(t)
     n, c = int(r_idx.numel()), t.shape[1]
     out = torch.empty((n, p_len, p_len, c), dtype=t.dtype, device=t.device)
     if n:
         import cupy
         _launch('gather_windows', n * p_len * p_len * c, (
             _cp(src), _cp(r_idx.long().contiguous()), _cp(c_idx.long().contiguous()),
-            _cp(out), cupy.int32(n), cupy.int32(c), cupy.int32(src.shape[1]),
+            _cp(out), cupy.int32(n), cupy.int32(c), *strides,
             cupy.int32(off), cupy.int32(step), cupy.int32(p_len)))
     return out.permute(0, 3, 1, 2)
 
@@ -157,15 +160,14 @@ def scatter_blocks_torch(t, r_idx, c_idx, y, off, bs):
 def scatter_blocks(t, r_idx, c_idx, y, off, bs, cuda: Optional[bool] = None):
     if not _use_cuda(t, cuda):
         return scatter_blocks_torch(t, r_idx, c_idx, y, off, bs)
-    dst = _hwc(t)
+    dst, strides = _hwc(t)
     n, c = int(r_idx.numel()), t.shape[1]
     if n:
         import cupy
         yy = y.permute(0, 2, 3, 1).contiguous().to(t.dtype)
         _launch('scatter_blocks', n * bs * bs * c, (
             _cp(dst), _cp(r_idx.long().contiguous()), _cp(c_idx.long().contiguous()), _cp(yy),
-            cupy.int32(n), cupy.int32(c), cupy.int32(dst.shape[1]), cupy.int32(off),
-            cupy.int32(bs)))
+            cupy.int32(n), cupy.int32(c), *strides, cupy.int32(off), cupy.int32(bs)))
 
 
 # -- MV warp ----------------------------------------------------
@@ -181,12 +183,11 @@ def warp_bilinear_torch(t, flow, off, h, w):
 def warp_bilinear(t, flow, off, h, w, cuda: Optional[bool] = None):
     if not _use_cuda(t, cuda):
         return warp_bilinear_torch(t, flow, off, h, w)
-    src = _hwc(t)
+    src, strides = _hwc(t)
     c = t.shape[1]
     out = torch.empty((h, w, c), dtype=t.dtype, device=t.device)
     import cupy
     _launch('warp_bilinear', h * w * c, (
         _cp(src), _cp(flow.to(device=t.device, dtype=torch.float32).contiguous()), _cp(out),
-        cupy.int32(h), cupy.int32(w), cupy.int32(c), cupy.int32(src.shape[1]),
-        cupy.int32(off)))
+        cupy.int32(h), cupy.int32(w), cupy.int32(c), *strides, cupy.int32(off)))
     return out.permute(2, 0, 1)[None]

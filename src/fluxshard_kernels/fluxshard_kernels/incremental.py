@@ -443,6 +443,11 @@ def warp_moving(fm: S.FMap, mv: np.ndarray, grid: BlockGrid, stride: int,
     v[0][:, ys, xs] = vals
 
 
+#: Camera frame shapes (h, w) warmed up before the first frame: 16:9 and 4:3 at 480 rows, the
+#: letterbox shapes most cameras map to.
+WARM_SHAPES = ((480, 854), (480, 640))
+
+
 class IncrementalYOLO:
     """A YOLO11 model run incrementally over camera frames.
 
@@ -568,6 +573,20 @@ class IncrementalYOLO:
             new[full] = frame[full]
         mv_net, mask = self._to_net(cam_grid, mv_cam, miss_cam)
         return new, mv_net, mask
+
+    def warm_up(self, shapes=WARM_SHAPES):
+        """Run a dense pass and a sparse step on blank frames of each camera ``shape`` (the
+        first pass at a size builds kernels and buffers), then forget them: the first real
+        frame is not a warm-up frame. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        for shape in shapes:
+            blank = np.zeros(tuple(shape) + (3,), np.uint8)
+            self.dense(blank)
+            grid = BlockGrid(blank.shape[0], blank.shape[1], 16)
+            self.step(blank, None, np.arange(0, grid.count, 7), 16)
+        with self._lock:
+            self.state, self.lb, self.ex = None, None, None
+        return time.perf_counter() - t0
 
     def _dense_locked(self, frame):
         self._setup(frame.shape)

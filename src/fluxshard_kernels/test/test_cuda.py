@@ -57,22 +57,31 @@ def test_torch_references_are_the_engine_paths():
 
 @GPU
 def test_cupy_kernels_equal_the_torch_references():
+    """On whole channels-last storages and on channel slices of them (the C2f split hands the
+    next layer a non-contiguous view), with the engine's window geometry at strides 1 and 2
+    (a stride-s layer reads windows of its output block b / s, s apart, one input block
+    step)."""
     fm = _storage(c=24, rows=9, cols=13, b=8, device='cuda')
     r, c = _blocks(fm.rows, fm.cols, device='cuda')
-    for k, s, pad in ((3, 1, 1), (3, 2, 1), (1, 1, 0), (5, 1, 2)):
-        p_len = (fm.b - 1) * s + k
-        args = (fm.t, r, c, S.MARGIN - pad, fm.b * s, p_len)
-        torch.testing.assert_close(cuda.gather_windows(*args, cuda=True),
-                                   cuda.gather_windows(*args, cuda=False), rtol=0, atol=0)
-    y = torch.randn(len(r), fm.channels, fm.b, fm.b, device='cuda')
-    a, b = _storage(24, 9, 13, 8, device='cuda'), _storage(24, 9, 13, 8, device='cuda')
-    cuda.scatter_blocks(a.t, r, c, y, S.MARGIN, 8, cuda=True)
-    cuda.scatter_blocks(b.t, r, c, y, S.MARGIN, 8, cuda=False)
-    assert torch.equal(a.t, b.t)
-    flow = _flow(fm.h, fm.w, device='cuda')
-    torch.testing.assert_close(cuda.warp_bilinear(fm.t, flow, S.MARGIN, fm.h, fm.w, cuda=True),
-                               cuda.warp_bilinear(fm.t, flow, S.MARGIN, fm.h, fm.w,
-                                                  cuda=False), rtol=1e-5, atol=1e-5)
+    for t in (fm.t, fm.t[:, 5:17]):
+        for k, s, pad in ((3, 1, 1), (3, 2, 1), (1, 1, 0), (5, 1, 2)):
+            b_out = fm.b // s
+            p_len = (b_out - 1) * s + k
+            args = (t, r, c, S.MARGIN - pad, b_out * s, p_len)
+            torch.testing.assert_close(cuda.gather_windows(*args, cuda=True),
+                                       cuda.gather_windows(*args, cuda=False), rtol=0, atol=0)
+    for sl in (slice(None), slice(5, 17)):
+        a, b = _storage(24, 9, 13, 8, device='cuda'), _storage(24, 9, 13, 8, device='cuda')
+        ta, tb = a.t[:, sl], b.t[:, sl]
+        y = torch.randn(len(r), ta.shape[1], fm.b, fm.b, device='cuda')
+        cuda.scatter_blocks(ta, r, c, y, S.MARGIN, 8, cuda=True)
+        cuda.scatter_blocks(tb, r, c, y, S.MARGIN, 8, cuda=False)
+        assert torch.equal(a.t, b.t)
+        flow = _flow(fm.h, fm.w, device='cuda')
+        torch.testing.assert_close(
+            cuda.warp_bilinear(fm.t[:, sl], flow, S.MARGIN, fm.h, fm.w, cuda=True),
+            cuda.warp_bilinear(fm.t[:, sl], flow, S.MARGIN, fm.h, fm.w, cuda=False),
+            rtol=1e-5, atol=1e-5)
 
 
 @GPU

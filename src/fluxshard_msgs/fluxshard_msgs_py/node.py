@@ -25,9 +25,8 @@ def camera_qos(reliability: str, depth: int = 1) -> QoSProfile:
     """Camera input, latest frame wins (depth 1 by default).
 
     Best effort matches every publisher; reliable (the default) does not match a best-effort
-    driver (the edge logs that and names the parameter). Fast DDS loses most best-effort frames
-    of ~1 MB between processes (docs/design.md, "DDS and big messages"): for large best-effort
-    frames use ``camera.transport: compressed``.
+    driver (the edge logs that and names the parameter). Large best-effort frames need the
+    shipped Fast DDS profile in both processes (docs/design.md, "DDS on a robot").
     """
     rel = {'reliable': ReliabilityPolicy.RELIABLE,
            'best_effort': ReliabilityPolicy.BEST_EFFORT}[reliability]

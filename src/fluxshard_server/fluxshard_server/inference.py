@@ -47,7 +47,8 @@ class EdgeModel:
     def __init__(self, backend: str, task: str, model=None, path: str = '',
                  conf: float = 0.25, iou: float = 0.45, threads: int = 0,
                  refresh_interval: int = 10, cam_block: int = 16,
-                 recompute_tau: float = RECOMPUTE_TAU, device: str = 'cpu'):
+                 recompute_tau: float = RECOMPUTE_TAU, device: str = 'cpu',
+                 profile=None):
         if backend not in BACKENDS:
             raise ValueError(f'unknown inference backend {backend!r} ({", ".join(BACKENDS)})')
         self.backend, self.task, self.conf, self.iou = backend, task, conf, iou
@@ -64,6 +65,9 @@ class EdgeModel:
         self._since_refresh = 0
         self.last_blocks = 0
         self.costs = PathCosts() if backend == 'auto' else None
+        if self.costs is not None and profile is not None:  # a DeviceProfile: its server role
+            grid = BlockGrid(profile.frame[0], profile.frame[1], profile.block)
+            self.costs.seed(profile.server, grid.count)
         self.last_path = backend
         self.onnx = None
         if backend in ('onnxruntime', 'auto'):
@@ -111,6 +115,22 @@ class EdgeModel:
         if self.backend == 'auto':
             return self._auto(img, seq, mv, prev_seq, block_size, changed, t0)
         return self._incremental(img, seq, mv, prev_seq, block_size, changed, t0)
+
+    def warm_up(self, shapes=None) -> float:
+        """Run every path this backend may take on blank frames before the first real one
+        (kernels built, buffers allocated); returns the seconds it took."""
+        from fluxshard_kernels.incremental import WARM_SHAPES
+        t0 = time.perf_counter()
+        shapes = shapes or WARM_SHAPES
+        if self.onnx is not None:
+            for shape in shapes:
+                self.onnx(np.zeros(tuple(shape) + (3,), np.uint8))
+        if self.runner is not None:
+            self.runner.warm_up(shapes)
+        elif self.backend == 'dense' and self.model is not None:
+            for shape in shapes:
+                self._torch_dense(np.zeros(tuple(shape) + (3,), np.uint8))
+        return time.perf_counter() - t0
 
     def _torch_dense(self, img):
         from fluxshard_kernels.yolo.processing import letterbox
@@ -254,6 +274,15 @@ class PathCosts:
             self.since[p] = 0 if p == path else self.since[p] + 1
         self.chosen[path] += 1
         return path
+
+    def seed(self, role, blocks: int):
+        """Start from a measured device profile's role (``profile.RoleProfile``: the
+        incremental pass as a k^2 + b k + c over ``blocks`` camera blocks, onnxruntime dense
+        ``dense_s``) instead of probing both paths on the first frames; real samples replace
+        the seeds as they come."""
+        for k in (0, blocks // 8, blocks // 4):
+            self.inc.append((float(k), role.a * k * k + role.b * k + role.c))
+        self.dense.append(float(role.dense_s))
 
     def observe_incremental(self, k: int, seconds: float):
         self.inc.append((float(k), float(seconds)))

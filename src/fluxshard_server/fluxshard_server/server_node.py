@@ -53,6 +53,11 @@ PARAMS = [
           choices=list(BACKENDS)),
     Param('model.path', '', 'Model file (ONNX or Ultralytics .pt; "" = YOLO11n for the task '
           'from the data folder)'),
+    Param('model.profile_file', '', 'auto backend: measured device profile (JSON of `python -m '
+          'fluxshard_kernels.profile`) whose server role seeds the two paths\' costs ("" = '
+          'measure both on the first frames)'),
+    Param('model.warm_up', True, 'Run every inference path on blank frames at configure, '
+          'before the first camera frame'),
     Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
     Param('model.iou', 0.45, 'NMS IoU threshold', lo=0.0, hi=1.0, live=True),
     Param('model.threads', 0, 'CPU threads for inference (0 = auto)', lo=0, hi=256),
@@ -144,13 +149,21 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             shared = (load_model(self.task, path, self.device)
                       if backend in ('incremental', 'dense', 'auto') else None)
 
+            prof = None
+            if p['model.profile_file']:
+                from fluxshard_kernels.profile import DeviceProfile
+                prof = DeviceProfile.load(p['model.profile_file'])
+
             def make_model():
                 return EdgeModel(backend, self.task, shared, path, p['model.conf'],
                                  p['model.iou'], p['model.threads'], p['refresh.interval'],
                                  recompute_tau=p['model.recompute_tau'],
-                                 device=self.device)
+                                 device=self.device, profile=prof)
             self.runtime = ServerRuntime(self.edge_ids, make_model, keys, budget,
                                          p['security.max_age_s'])
+            if p['model.warm_up']:
+                took = sum(e.model.warm_up() for e in self.runtime.edges.values())
+                self.get_logger().info(f'models warmed up in {took:.1f} s')
         except (ValueError, FileNotFoundError, OSError) as e:
             self.failure = str(e)
             self.get_logger().error(f'configure failed: {e}')
