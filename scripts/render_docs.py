@@ -72,8 +72,29 @@ def render_profile(path: Path) -> str:
             f"{p.meta.get('sequence', '?')}):\n\n" + body)
 
 
+def render_gpu_check(path: Path) -> str:
+    """A saved ``scripts/gpu-check.sh`` JSON (with ``meta`` added: the card, versions, date)."""
+    from fluxshard_kernels import bench, profile
+    res = json.loads(path.read_text())
+    m = res.get('meta', {})
+    t = res['tests']
+    lines = [f"`{m.get('command', 'scripts/gpu-check.sh')}` on **{m.get('card', res['card'])}** "
+             f"({m.get('date', '?')}; torch {m.get('torch', '?')}, cupy {m.get('cupy', '?')}, "
+             f"onnxruntime {m.get('onnxruntime', '?')}; saved as `{path.relative_to(ROOT)}`).",
+             '', f"CUDA tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} "
+             'skipped.', '']
+    if 'engine' in res:
+        lines.append(re.sub(r'^#+ ', '#### ', bench.render_engine(res['engine']), flags=re.M))
+    if 'profile' in res:
+        prof = profile.DeviceProfile(**{**res['profile'], 'edge': profile.RoleProfile(
+            **res['profile']['edge']), 'server': profile.RoleProfile(**res['profile']['server']),
+            'frame': tuple(res['profile']['frame'])})
+        lines += ['', re.sub(r'^#+ ', '#### ', profile.describe(prof), flags=re.M)]
+    return '\n'.join(lines)
+
+
 RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval,
-             'profile': render_profile}
+             'profile': render_profile, 'gpu-check': render_gpu_check}
 
 
 def check_markers(text: str, allow_empty: bool = False) -> None:

@@ -179,7 +179,9 @@ def table(res: dict, link: LinkSpec) -> str:
             lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | | |')
             continue
         r = next(iter(s['robots'].values()))
-        st = r.get('steady') or {}
+        st = r.get('steady') or (steady_state(r['result_records']) if r.get('result_records')
+                                 else {'p50_ms': r['latency_ms_p50'],
+                                       'p90_ms': r['latency_ms_p90']})
 
         def ms(v):
             return '-' if v is None else f'{v:.0f}'

@@ -22,9 +22,10 @@ _GATHER = r'''
 extern "C" __global__ void gather_windows(
     const float* __restrict__ src, const long long* __restrict__ r_idx,
     const long long* __restrict__ c_idx, float* __restrict__ out,
-    int n, int C, long long sy, long long sx, long long sc, int off, int step, int P) {
+    int n, int C, long long row_st, long long px_st, long long ch_st, int off, int step,
+    int P) {
   // out (N, P, P, C) <- src (H, W, C) at (off + r * step + py, off + c * step + px); src
-  // element strides sy, sx, sc (a channel slice of a storage is not contiguous)
+  // element strides row_st, px_st, ch_st (a channel slice of a storage is not contiguous)
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   long long total = (long long)n * P * P * C;
   if (i >= total) return;
@@ -32,7 +33,7 @@ extern "C" __global__ void gather_windows(
   int px = t % P; t /= P;
   int py = t % P; int b = t / P;
   long long y = off + r_idx[b] * step + py, x = off + c_idx[b] * step + px;
-  out[i] = src[y * sy + x * sx + ch * sc];
+  out[i] = src[y * row_st + x * px_st + ch * ch_st];
 }
 '''
 
@@ -40,7 +41,7 @@ _SCATTER = r'''
 extern "C" __global__ void scatter_blocks(
     float* __restrict__ dst, const long long* __restrict__ r_idx,
     const long long* __restrict__ c_idx, const float* __restrict__ y,
-    int n, int C, long long sy, long long sx, long long sc, int off, int bs) {
+    int n, int C, long long row_st, long long px_st, long long ch_st, int off, int bs) {
   // dst (H, W, C) at (off + r * bs + i, off + c * bs + j) <- y (N, bs, bs, C)
   long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   long long total = (long long)n * bs * bs * C;
@@ -49,14 +50,14 @@ extern "C" __global__ void scatter_blocks(
   int j = t % bs; t /= bs;
   int i = t % bs; int b = t / bs;
   long long yy = off + r_idx[b] * bs + i, xx = off + c_idx[b] * bs + j;
-  dst[yy * sy + xx * sx + ch * sc] = y[k];
+  dst[yy * row_st + xx * px_st + ch * ch_st] = y[k];
 }
 '''
 
 _WARP = r'''
 extern "C" __global__ void warp_bilinear(
     const float* __restrict__ src, const float* __restrict__ flow, float* __restrict__ out,
-    int h, int w, int C, long long sy, long long sx, long long sc, int off) {
+    int h, int w, int C, long long row_st, long long px_st, long long ch_st, int off) {
   // out[y, x] = src sampled at (y + flow[1][y][x], x + flow[0][y][x]), clamped to the valid
   // (h, w) region at offset (off, off) of an (H, W, C) storage; out is (h, w, C)
   long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -70,7 +71,8 @@ extern "C" __global__ void warp_bilinear(
   int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
   int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
   float ax = sx - x0, ay = sy - y0;
-  #define S(yy, xx) src[(long long)(off + (yy)) * sy + (long long)(off + (xx)) * sx + ch * sc]
+  #define S(yy, xx) \
+    src[(long long)(off + (yy)) * row_st + (long long)(off + (xx)) * px_st + ch * ch_st]
   out[k] = (1.f - ay) * ((1.f - ax) * S(y0, x0) + ax * S(y0, x1))
          + ay * ((1.f - ax) * S(y1, x0) + ax * S(y1, x1));
   #undef S
@@ -132,12 +134,24 @@ def gather_windows_torch(t, r_idx, c_idx, off, step, p_len):
     return v.permute(1, 2, 3, 4, 0)[r_idx, c_idx].permute(0, 3, 1, 2)
 
 
-def gather_windows(t, r_idx, c_idx, off, step, p_len, cuda: Optional[bool] = None):
+def bucket(n: int) -> int:
+    """The batch size ``n`` gathered blocks are padded to on CUDA: the next power of two (at
+    least 8), so a layer sees a handful of shapes instead of a new one every frame (cuDNN
+    builds an execution plan per shape)."""
+    return max(8, 1 << max(n - 1, 0).bit_length())
+
+
+def gather_windows(t, r_idx, c_idx, off, step, p_len, cuda: Optional[bool] = None,
+                   pad_to: int = 0):
+    """``gather_windows_torch``'s windows; on CUDA, ``pad_to`` > N appends zero windows (the
+    caller keeps the first N results)."""
     if not _use_cuda(t, cuda):
         return gather_windows_torch(t, r_idx, c_idx, off, step, p_len)
     src, strides = _hwc(t)
     n, c = int(r_idx.numel()), t.shape[1]
-    out = torch.empty((n, p_len, p_len, c), dtype=t.dtype, device=t.device)
+    out = torch.empty((max(n, pad_to), p_len, p_len, c), dtype=t.dtype, device=t.device)
+    if pad_to > n:
+        out[n:].zero_()
     if n:
         import cupy
         _launch('gather_windows', n * p_len * p_len * c, (

@@ -250,12 +250,14 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
     if layout == 'batch':
         with STAGES('gather'):
             r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
-            if _cuda_kernels(src.t):
-                x = cuda.gather_windows(src.t, r_idx, c_idx, MARGIN - pad, dst.b * s, p_len)
+            n = int(r_idx.numel())
+            if _cuda_kernels(src.t):  # batch padded to a size bucket (few cuDNN plans)
+                x = cuda.gather_windows(src.t, r_idx, c_idx, MARGIN - pad, dst.b * s, p_len,
+                                        pad_to=cuda.bucket(n))
             else:
                 x = win.permute(1, 2, 3, 4, 0)[r_idx, c_idx].permute(0, 3, 1, 2)  # (N,C,P,P)
         with STAGES('conv'):
-            y = _apply_op(x, op)
+            y = _apply_op(x, op)[:n]
         with STAGES('scatter'):
             dst.scatter(r_idx, c_idx, y)
             dst.clear_padding()

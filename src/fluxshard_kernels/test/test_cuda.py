@@ -81,7 +81,10 @@ def test_cupy_kernels_equal_the_torch_references():
         torch.testing.assert_close(
             cuda.warp_bilinear(fm.t[:, sl], flow, S.MARGIN, fm.h, fm.w, cuda=True),
             cuda.warp_bilinear(fm.t[:, sl], flow, S.MARGIN, fm.h, fm.w, cuda=False),
-            rtol=1e-5, atol=1e-5)
+            rtol=1e-4, atol=1e-4)  # grid_sample's normalised coordinates round differently
+    got = cuda.gather_windows(fm.t, r, c, S.MARGIN - 1, fm.b, fm.b + 2, cuda=True,
+                              pad_to=cuda.bucket(len(r)))
+    assert got.shape[0] == cuda.bucket(len(r)) >= len(r) and not got[len(r):].any()
 
 
 @GPU
@@ -91,6 +94,10 @@ def test_incremental_engine_on_cuda_equals_cpu():
     from fluxshard_kernels.yolo import model as M
     imgs = list(data.iter_frames('davis-parkour', limit=4))
     outs = {}
+    # full fp32 on the GPU too: TF32 convolutions (torch's default for cuDNN) differ from the
+    # CPU by ~1e-3 per layer, which is the arithmetic, not the engine
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     for dev in ('cpu', 'cuda'):
         runner = inc.IncrementalYOLO(M.load('detect', '', dev), 16)
         raws = [runner.dense(imgs[0])[0]]
@@ -99,5 +106,8 @@ def test_incremental_engine_on_cuda_equals_cpu():
             miss = np.flatnonzero(f.dissimilarity.reshape(-1) >= 10)
             raws.append(runner.step(img, f.mv, miss, 16)[0])
         outs[dev] = [r.cpu() for r in raws]
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    diffs = [float((a - b).abs().max()) for a, b in zip(outs['cpu'], outs['cuda'])]
     for a, b in zip(outs['cpu'], outs['cuda']):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-2, msg=f'max |diff| per frame '
+                                   f'(dense, then steps): {diffs}')
