@@ -5,6 +5,7 @@ Algorithm 1)."""
 import threading
 import time
 
+import numpy as np
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
                                 ProxyDelta)
 from fluxshard_msgs_py import annotate, auth, conversions
@@ -56,6 +57,7 @@ FIELDS = {
     'key_interval': 'key_interval',
     'model.local_inference': 'local_inference', 'model.task': 'task',
     'model.path': 'model_path', 'model.device': 'device', 'model.conf': 'conf',
+    'model.backend': 'backend',
     'scheduler.lambda': 'lam',
     'scheduler.deadline_ms': 'deadline_ms', 'link.bandwidth_mbps': 'bandwidth_mbps',
     'scheduler.edge_profile': 'edge_profile', 'scheduler.cloud_profile': 'cloud_profile',
@@ -95,6 +97,10 @@ PARAMS = [
     Param('model.device', 'cpu', 'Where local inference runs: cpu, cuda (the first GPU, e.g. a '
           'Jetson; configure fails when there is none) or auto (cuda when torch sees a GPU)',
           choices=['cpu', 'cuda', 'auto']),
+    Param('model.backend', 'auto', 'Local inference: incremental (the engine), onnxruntime '
+          '(dense, the shipped ONNX file), or auto: per frame the one measured faster '
+          '(diagnostics path.*), seeded from scheduler.profile_file',
+          choices=['auto', 'incremental', 'onnxruntime']),
     Param('model.warm_up', True, 'Run the local model on blank frames at configure, before the '
           'first camera frame'),
     Param('model.conf', 0.25, 'Score threshold', lo=0.0, hi=1.0, live=True),
@@ -204,9 +210,16 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.get_logger().error(f'configure failed: {e}')
             return TransitionCallbackReturn.FAILURE
         self.link = link
-        runner = self.runtime.pipeline.runner
-        if runner is not None and p['model.warm_up']:
-            self.get_logger().info(f'local model warmed up in {runner.warm_up():.1f} s')
+        pipe = self.runtime.pipeline
+        if pipe.runner is not None and p['model.warm_up']:
+            took = pipe.runner.warm_up()
+            if pipe.onnx is not None:
+                from fluxshard_kernels.incremental import WARM_SHAPES
+                t0 = time.perf_counter()
+                for shape in WARM_SHAPES:
+                    pipe.onnx(np.zeros(tuple(shape) + (3,), np.uint8))
+                took += time.perf_counter() - t0
+            self.get_logger().info(f'local models warmed up in {took:.1f} s')
         self.counters, self.rejects = self.runtime.counters, self.runtime.rejects
         self.batch_pub = self._pub(BlockBatch, 'block_batch', LINK_QOS)
         self.delta_pub = self._pub(ProxyDelta, 'proxy_delta', LINK_QOS)

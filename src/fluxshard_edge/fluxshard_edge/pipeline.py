@@ -25,6 +25,11 @@ from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F40
 from fluxshard_kernels.profile import DeviceProfile
 
 
+#: Local inference paths: the incremental engine, onnxruntime dense, or per frame the one
+#: measured faster (``auto``, as the server's backend).
+LOCAL_BACKENDS = ('auto', 'incremental', 'onnxruntime')
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     """Edge parameters (see config/edge.yaml for units and meaning)."""
@@ -56,6 +61,7 @@ class EdgeConfig:
     task_allocation: bool = True
     profile_file: str = ''
     device: str = 'cpu'
+    backend: str = 'auto'
 
     def __post_init__(self):
         if self.block_size not in (8, 16, 32):
@@ -80,6 +86,9 @@ class EdgeConfig:
         if self.device not in ('cpu', 'cuda', 'auto') and not self.device.startswith('cuda:'):
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got "
                              f"{self.device!r}")
+        if self.backend not in LOCAL_BACKENDS:
+            raise ValueError(f'backend must be one of {", ".join(LOCAL_BACKENDS)}, got '
+                             f'{self.backend!r}')
         if self.force_strategy not in ('', 'edge', 'cloud'):
             raise ValueError("force_strategy must be '', 'edge' or 'cloud'")
 
@@ -143,6 +152,8 @@ class EdgePipeline:
                                    config.lam, config.accuracy_edge, config.accuracy_cloud)
         self.n_blocks = 0  # camera blocks of the last frame
         self.runner = self.refresh = None
+        self.onnx = self.paths = None  # onnxruntime dense and the auto choice (local path)
+        self.last_path = ''
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
         self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
         self.model = model
@@ -155,6 +166,7 @@ class EdgePipeline:
                                     resolve_device(config.device))
             self.runner = IncrementalYOLO(self.model, 16)
             self.refresh = Refresh(self.runner)
+            self._dense_runtime(config, profile)
         self._since_refresh = 0
 
     def reconfigure(self, **changes):
@@ -164,7 +176,8 @@ class EdgePipeline:
         from dataclasses import replace
         cfg = replace(self.config, **changes)
         fixed = {'edge_id', 'block_size', 'local_inference', 'task', 'model_path',
-                 'edge_profile', 'cloud_profile', 'profile_file', 'device'} & set(changes)
+                 'edge_profile', 'cloud_profile', 'profile_file', 'device',
+                 'backend'} & set(changes)
         if fixed:
             raise ValueError(f'{sorted(fixed)} cannot change while running')
         self.config = cfg
@@ -177,7 +190,7 @@ class EdgePipeline:
         """A dense local result for ``frame`` (an offloaded frame whose server went away)."""
         if self.runner is None or frame.shape[2] != 3:
             return None
-        return self._local(frame, None, np.zeros(0, np.int64), False)
+        return self._local(frame, None, np.zeros(0, np.int64), False, dense_runtime=True)
 
     def request_resync(self, reason: str, failed_seq: Optional[int] = None) -> bool:
         """Make the next batch a key batch; False when a key after ``failed_seq`` was sent."""
@@ -260,8 +273,9 @@ class EdgePipeline:
             t['local'] = time.perf_counter()
             local_s = t['local'] - t['schedule']
             if cfg.fit_latency:
-                self.scheduler.edge.observe(dec.k_edge if local_ready else grid.count, local_s,
-                                            dense=not local_ready)
+                dense = not local_ready or self.last_path == 'onnxruntime'
+                self.scheduler.edge.observe(grid.count if dense else dec.k_edge, local_s,
+                                            dense=dense)
             k_opp = self.scheduler.opportunistic_blocks(cfg.deadline_ms / 1e3, local_s,
                                                         len(cobs))
             if k_opp and self.cloud_available:
@@ -324,13 +338,62 @@ class EdgePipeline:
         boxes = salience.project_boxes(det.boxes, mv, grid) if mv is not None else det.boxes
         return salience.salience_map(boxes, det.scores, grid)
 
-    def _local(self, frame, mv, labs, ready):
+    def _dense_runtime(self, config, profile):
+        """onnxruntime for the ``auto`` / ``onnxruntime`` local paths (the task's shipped ONNX
+        file, or ``model_path`` when it is one); ``auto`` without it runs the engine alone."""
+        if config.backend == 'incremental':
+            return
+        from fluxshard_kernels import data
+        from fluxshard_kernels.profile import resolve_device
+        from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
+        path = config.model_path if config.model_path.endswith('.onnx') else ''
+        if config.model_path and not path and config.backend == 'onnxruntime':
+            raise ValueError(f'backend onnxruntime needs an ONNX model_path, got '
+                             f'{config.model_path!r}')
+        try:
+            self.onnx = OnnxYolo(path or str(data.model_path(config.task)), config.conf,
+                                 device=resolve_device(config.device))
+        except (ValueError, FileNotFoundError):
+            if config.backend == 'onnxruntime':
+                raise
+            return
+        if config.backend == 'auto':
+            from fluxshard_kernels.paths import PathCosts
+            self.paths = PathCosts()
+            if profile is not None:  # start from this machine's measured costs
+                self.paths.seed(profile.edge, BlockGrid(profile.frame[0], profile.frame[1],
+                                                        profile.block).count)
+
+    def _local(self, frame, mv, labs, ready, dense_runtime: bool = False):
+        """Local detections for ``frame``: the engine's step on ``labs`` (``ready``: its state
+        is this frame's size), else its dense pass; or onnxruntime when the backend says so,
+        ``auto`` measures it faster, or ``dense_runtime`` asks for it."""
+        path = 'incremental'
+        if self.onnx is not None and (ready or self.runner.state is not None):
+            if self.config.backend == 'onnxruntime' or dense_runtime:
+                path = 'onnxruntime'
+            elif ready:
+                path = self.paths.choose(len(labs))
+        t0 = time.perf_counter()
+        self.last_path = path
+        if path == 'onnxruntime':
+            # the engine's state stays where it was: the next step recomputes what changed
+            # since, and the background refresh renews it
+            self.onnx.conf = self.config.conf
+            det = self.onnx(frame)
+            if self.paths is not None:
+                self.paths.observe_dense(time.perf_counter() - t0)
+            self.last_stats = None
+            self.last_result = det
+            return det
         if ready:
             raw, lb, st = self.runner.step(frame, mv, labs, self.config.block_size)
         else:
             raw, lb, st = self.runner.dense(frame)
             self._since_refresh = 0
         det = self.model.decode(raw, lb, self.config.conf)
+        if ready and self.paths is not None:
+            self.paths.observe_incremental(len(labs), time.perf_counter() - t0)
         self.last_stats = st
         self.last_result = det
         return det

@@ -179,3 +179,6 @@ class EdgeRuntime:
                          frames_since_refresh=p._since_refresh)
         if self.config.local_inference and getattr(p, 'last_stats', None):
             self.last['mac_ratio'] = round(p.last_stats.mac_ratio, 3)
+        if step.local_result is not None and p.last_path:
+            c[f'path.{p.last_path}'] += 1  # which local runtime served the frame
+            self.last['local_path'] = p.last_path

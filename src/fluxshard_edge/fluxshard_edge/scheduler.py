@@ -27,9 +27,10 @@ class LatencyModel:
     """t(k) = a k^2 + b k + c seconds, seeded from a profile and refitted (least squares, a and
     b kept >= 0) from the last ``window`` measured (k, t) pairs once they span 3 distinct k.
 
-    ``cap``: the side's dense runtime (a server whose ``auto`` backend runs onnxruntime when
+    ``cap``: the side's dense runtime (a side whose ``auto`` backend runs onnxruntime when
     that is faster, an engine that falls back to its dense pass): t(k) never exceeds it. It is
-    re-measured from samples marked ``dense`` (their median)."""
+    re-measured from samples marked ``dense`` (their median), and starts with the first such
+    sample when no profile gave one."""
 
     def __init__(self, a: float, b: float, c: float, window: int = 64,
                  cap: Optional[float] = None):
@@ -48,7 +49,7 @@ class LatencyModel:
     def observe(self, k: int, seconds: float, dense: bool = False):
         """A measured time for ``k`` blocks; ``dense``: the side ran its dense runtime (the
         time of the cap, whatever k)."""
-        if dense and self.cap is not None:
+        if dense:  # a side that starts running a dense runtime gets its cap from it
             self.dense_samples.append(float(seconds))
             self.cap = float(np.median(self.dense_samples))
             return

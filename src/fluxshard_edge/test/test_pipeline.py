@@ -43,3 +43,33 @@ def test_resync_and_geometry_change_force_key():
     s = pipe.step(small)
     assert s.key and 'size changed' in s.key_reason
     assert proxy.digest(pipe.proxy) == s.digest
+
+
+def test_the_local_path_is_the_faster_runtime_by_measured_cost():
+    """model.backend auto on the edge: onnxruntime and the engine both measured, each frame
+    served by the one predicted faster (the engine's first pass initialises its caches); a
+    profile seeds the costs; onnxruntime alone and the engine alone stay available."""
+    from fluxshard_kernels import data
+    from fluxshard_kernels.profile import DeviceProfile, RoleProfile
+    frames = list(data.iter_frames('pets09-s2l1', 5))
+    # a measured profile: the engine 1 s fixed, onnxruntime 10 ms -> onnxruntime from frame 2
+    prof = DeviceProfile('measured', 'test', RoleProfile(0.0, 0.0, 1.0, 0.01, 1.0),
+                         RoleProfile(0.0, 0.0, 1.0, 0.01, 1.0))
+    pipe = EdgePipeline(EdgeConfig(force_strategy='edge', codec='raw'), profile=prof)
+    paths = []
+    for f in frames:  # the first frame is the key batch that initialises the server's proxy
+        out = pipe.step(f)
+        if out.local_result is not None:
+            paths.append(pipe.last_path)
+    assert len(paths) == 4 and paths[0] == 'incremental', paths
+    assert set(paths[1:]) == {'onnxruntime'}, paths
+    # the same frames, engine only: the results agree with onnxruntime's on a static camera
+    eng = EdgePipeline(EdgeConfig(force_strategy='edge', codec='raw', backend='incremental'))
+    for f in frames:
+        ref = eng.step(f).local_result
+    assert eng.onnx is None and ref is not None and eng.last_path == 'incremental'
+    assert abs(len(ref) - len(out.local_result)) <= 2
+    ort = EdgePipeline(EdgeConfig(force_strategy='edge', codec='raw', backend='onnxruntime'))
+    for f in frames[:3]:
+        ort.step(f)
+    assert ort.last_path == 'onnxruntime'

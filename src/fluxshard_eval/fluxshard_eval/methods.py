@@ -208,7 +208,7 @@ class FluxShard(Method):
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
                          quality=quality, task=model.task, bandwidth_mbps=link.mbps,
-                         refresh_interval=refresh, fit_latency=False,
+                         refresh_interval=refresh, fit_latency=False, backend='incremental',
                          independent_px=independent_px, task_allocation=ablation != 'no-ata',
                          edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')

@@ -13,10 +13,9 @@ import numpy as np
 
 from fluxshard_kernels import data
 from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.paths import PathCosts, PROBE_EVERY  # noqa: F401 - re-exported
 
 BACKENDS = ('auto', 'incremental', 'dense', 'onnxruntime', 'none')
-#: ``auto``: frames between runs of the path not chosen (its cost is re-measured).
-PROBE_EVERY = 50
 #: Default of EdgeModel.recompute_tau (server parameter model.recompute_tau), 8-bit levels.
 RECOMPUTE_TAU = 3.0
 #: Share of changed blocks above which a frame runs dense (the sparse pass is slower there).
@@ -232,63 +231,6 @@ class EdgeModel:
     def close(self):
         if self.refresh is not None:
             self.refresh.cancel()
-
-
-class PathCosts:
-    """Measured per-frame cost of the two paths of the ``auto`` backend: the incremental pass
-    as ``a k^2 + b k + c`` of the blocks it recomputes (least squares over its last samples),
-    onnxruntime dense as the median of its last times. ``choose(k)`` is the path predicted
-    faster for k blocks, except that a path not run for PROBE_EVERY frames runs once to
-    re-measure, and each path runs until it has samples."""
-
-    def __init__(self, window: int = 16, probe_every: int = PROBE_EVERY):
-        from collections import deque
-        self.inc = deque(maxlen=window)
-        self.dense = deque(maxlen=window)
-        self.probe_every = probe_every
-        self.since = {'incremental': 0, 'onnxruntime': 0}
-        self.chosen = {'incremental': 0, 'onnxruntime': 0}
-
-    def predict_incremental(self, k: float) -> Optional[float]:
-        if len(self.inc) < 2:
-            return None
-        ks, ts = zip(*self.inc)
-        if len(set(ks)) < 3:
-            return float(np.median(ts))
-        from fluxshard_kernels.profile import fit_quadratic
-        a, b, c = fit_quadratic(ks, ts)
-        return a * k * k + b * k + c
-
-    def choose(self, k: Optional[float]) -> str:
-        t_inc = self.predict_incremental(k if k is not None else 0)
-        if not self.dense:
-            path = 'onnxruntime'
-        elif t_inc is None:
-            path = 'incremental'
-        else:
-            path = 'incremental' if t_inc < float(np.median(self.dense)) else 'onnxruntime'
-            other = 'onnxruntime' if path == 'incremental' else 'incremental'
-            if self.since[other] >= self.probe_every:
-                path = other
-        for p in self.since:
-            self.since[p] = 0 if p == path else self.since[p] + 1
-        self.chosen[path] += 1
-        return path
-
-    def seed(self, role, blocks: int):
-        """Start from a measured device profile's role (``profile.RoleProfile``: the
-        incremental pass as a k^2 + b k + c over ``blocks`` camera blocks, onnxruntime dense
-        ``dense_s``) instead of probing both paths on the first frames; real samples replace
-        the seeds as they come."""
-        for k in (0, blocks // 8, blocks // 4):
-            self.inc.append((float(k), role.a * k * k + role.b * k + role.c))
-        self.dense.append(float(role.dense_s))
-
-    def observe_incremental(self, k: int, seconds: float):
-        self.inc.append((float(k), float(seconds)))
-
-    def observe_dense(self, seconds: float):
-        self.dense.append(float(seconds))
 
 
 @contextmanager
