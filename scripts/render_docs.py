@@ -48,6 +48,18 @@ def render_eval(path: Path) -> str:
     return head + '\n' + body
 
 
+def render_live(path: Path) -> str:
+    """The live replay of a ``fluxshard-eval`` summary.json (e.g. the README's quick run)."""
+    from fluxshard_eval import live
+    from fluxshard_eval.sim import LinkSpec
+    res = json.loads(path.read_text())
+    link = LinkSpec.parse(res['args']['links'][0], res['args']['delay_ms'], res['args']['loss'])
+    body = re.sub(r'^### ', '#### ', live.table(res['live'], link), flags=re.M)
+    return (f"`{res['command']}`, its live replay (saved as `{path.relative_to(ROOT)}`; "
+            f"{res['args']['live_frames']} frames of {res['runs'][0]['sequence']}):\n\n"
+            + body)
+
+
 def render_bench(path: Path) -> str:
     from fluxshard_kernels import bench
     res = json.loads(path.read_text())
@@ -94,7 +106,7 @@ def render_gpu_check(path: Path) -> str:
 
 
 RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval,
-             'profile': render_profile, 'gpu-check': render_gpu_check}
+             'profile': render_profile, 'gpu-check': render_gpu_check, 'live': render_live}
 
 
 def check_markers(text: str, allow_empty: bool = False) -> None:

@@ -256,9 +256,16 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=1, help='CPU threads (torch and OpenCV)')
     p.add_argument('--sections', nargs='+', default=list(SECTIONS), choices=list(SECTIONS),
                    help='which benchmarks to run (default all)')
+    p.add_argument('--zero-bias', type=float, default=0.0,
+                   help='block matching keeps zero motion on blocks static up to noise unless '
+                        'a match is better by more than this mean abs error (0 = off; '
+                        'motion.ZERO_BIAS)')
     p.add_argument('--device', default='cpu',
                    help='engine section: cpu, cuda, cuda:N or auto (onnxruntime stays on CPU)')
     a = p.parse_args(argv)
+    if a.zero_bias < 0:
+        p.error('--zero-bias must be >= 0')
+    motion.ZERO_BIAS = a.zero_bias
     from fluxshard_kernels.profile import resolve_device
     try:
         a.device = resolve_device(a.device)

@@ -190,12 +190,19 @@ def main(argv=None):
     p.add_argument('--halo', choices=['fixed', 'exact'], default='fixed',
                    help="active set per layer: the misses plus 8 input px ('fixed', the "
                         "paper's) or the exact receptive-field growth ('exact')")
+    p.add_argument('--zero-bias', type=float, default=0.0,
+                   help='block matching keeps zero motion on blocks static up to noise unless '
+                        'a match is better by more than this mean abs error (0 = off; '
+                        'motion.ZERO_BIAS)')
     p.add_argument('--sub-block', type=int, default=0, choices=[0, 2, 4, 8],
                    help='D = the largest mean error over sub x sub sub-blocks (0 = the '
                         "block's mean, the paper's)")
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
+    if a.zero_bias < 0:
+        p.error('--zero-bias must be >= 0')
+    motion.ZERO_BIAS = a.zero_bias
     torch.set_num_threads(a.threads)
     cv2.setNumThreads(a.threads)
     seqs = a.sequences or data.sequences()

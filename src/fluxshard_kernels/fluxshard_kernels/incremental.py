@@ -164,15 +164,17 @@ class IncrementalExecutor:
         self.stats = StepStats()
 
     # -- caches ----------------------------------------------------------------------------------
-    def _cache(self, name: str, stride: int) -> Optional[S.FMap]:
-        """The cache of ``name``, MV-warped to the current frame (once per frame)."""
+    def _cache(self, name: str, stride: int, skip: Optional[torch.Tensor] = None
+               ) -> Optional[S.FMap]:
+        """The cache of ``name``, MV-warped to the current frame (once per frame). ``skip``:
+        (rows, cols) blocks about to be recomputed whole, which the warp leaves alone."""
         c = self.caches.get(name)
         if c is None or self.mode == 'dense':
             return c
         if self.mv is not None and self._warped.get(name) != self.frame:
             t0 = time.perf_counter()
             with S.STAGES('warp'):
-                warp_moving(c, self.mv, self.grid, stride, self._plans)
+                warp_moving(c, self.mv, self.grid, stride, self._plans, skip)
             self.stats.warp_seconds += time.perf_counter() - t0
             self._warped[name] = self.frame
         return c
@@ -253,7 +255,8 @@ class IncrementalExecutor:
             cache = self.caches.get(name)
             bm, frac = self._blocks(px, cache)
         if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, s_out)):
-            cache = self._cache(name, s_out)  # warp only caches that will be reused
+            # warp only caches that will be reused, and not the blocks recomputed next
+            cache = self._cache(name, s_out, bm if frac else None)
         if cache is not None and frac == 0:
             self._stat(name, kind, s_out, macs, 0.0, 'skip', 0)
             return SF(cache, px, s_out)
@@ -305,7 +308,8 @@ class IncrementalExecutor:
             cache = self.caches.get(name)
             bm, frac = self._blocks(px, cache)
         if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, stride)):
-            cache = self._cache(name, stride)
+            # a sparse op rewrites the bm blocks whole; a dense fallback rewrites everything
+            cache = self._cache(name, stride, bm if frac else None)
         if cache is not None and frac == 0:
             self._stat(name, kind, stride, macs, 0.0, 'skip', 0)
             return SF(cache, px, stride)
@@ -395,12 +399,16 @@ class IncrementalExecutor:
                                lambda: fn(x.tensor()), 'attention')
 
 
-def _warp_plan(mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int, device, dtype):
+def _warp_plan(mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int, device, dtype,
+               skip: Optional[torch.Tensor] = None, b: int = 0):
     """Sampling grid of an MV warp at one stride: None (nothing moves), ('dense', grid) or
-    ('sparse', (ys, xs, grid)) for the moving pixels only."""
+    ('sparse', (ys, xs, grid)) for the moving pixels only, less the ``skip`` blocks (of ``b``
+    feature pixels) that are recomputed anyway."""
     from fluxshard_kernels.warp import flow_at_stride, sampling_grid
     flow = flow_at_stride(mv, grid, stride, h, w, device).to(dtype)
     moving = (flow[0] != 0) | (flow[1] != 0)
+    if skip is not None:
+        moving &= ~skip.repeat_interleave(b, 0).repeat_interleave(b, 1)[:h, :w]
     n_moving = int(moving.sum())
     if not n_moving:
         return None
@@ -414,16 +422,18 @@ def _warp_plan(mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int, dev
 
 
 def warp_moving(fm: S.FMap, mv: np.ndarray, grid: BlockGrid, stride: int,
-                plans: Optional[dict] = None):
-    """Bilinear MV warp of a cache in place, touching only pixels whose flow is non-zero.
+                plans: Optional[dict] = None, skip: Optional[torch.Tensor] = None):
+    """Bilinear MV warp of a cache in place, touching only pixels whose flow is non-zero and
+    that lie outside the ``skip`` blocks (recomputed right after, so their warp is wasted).
 
-    ``plans`` (one dict per frame) shares the sampling grids between the caches of a stride.
+    ``plans`` (one dict per frame) shares the sampling grids between the caches of a stride
+    and skip mask (the engine reuses one block mask object per mask and grid per frame).
     """
-    key = (stride, fm.h, fm.w, fm.t.device, fm.t.dtype)
+    key = (stride, fm.h, fm.w, fm.t.device, fm.t.dtype, id(skip))
     if plans is not None and key in plans:
         plan = plans[key]
     else:
-        plan = _warp_plan(mv, grid, stride, fm.h, fm.w, fm.t.device, fm.t.dtype)
+        plan = _warp_plan(mv, grid, stride, fm.h, fm.w, fm.t.device, fm.t.dtype, skip, fm.b)
         if plans is not None:
             plans[key] = plan
     if plan is None:

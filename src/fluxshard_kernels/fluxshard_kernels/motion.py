@@ -172,9 +172,20 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.reshape(image.shape[0], image.shape[1]))
 
 
+#: A block that is static up to noise (zero-motion mean absolute error <= STATIC_D, 0-255)
+#: keeps zero motion unless a match is better by more than ZERO_BIAS: on flat or noisy
+#: content a shifted match wins by noise alone, and a spurious MV makes the engine warp
+#: features of a block that did not move. Blocks that change more (movers) keep their best
+#: match. Off by default (0): measured, 1.0 cut the static pets09 step by a fifth (fewer
+#: warps) but cost sam2-bedroom 1.2 points of retention (docs/engine.md); the bench and
+#: evaluate commands take --zero-bias.
+ZERO_BIAS = 0.0
+STATIC_D = 3.0
+
+
 def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
                     prev_mv: Optional[np.ndarray] = None, limit: int = 64,
-                    use_c: bool = True) -> MotionField:
+                    use_c: bool = True, zero_bias: Optional[float] = None) -> MotionField:
     """Block MVs of ``cur`` against ``ref`` (both (H, W) uint8 luma or BGR).
 
     Args:
@@ -183,6 +194,9 @@ def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
         prev_mv: (rows, cols, 2) previous field used as predictor, or None.
         limit: largest |dx|, |dy| searched, pixels.
         use_c: use the C kernel when built (False forces the Python reference).
+        zero_bias: a block static up to noise (``STATIC_D``) keeps zero motion unless the
+            best match's mean absolute error is lower by more than this (0 = plain best match;
+            None = ``ZERO_BIAS``).
 
     Returns:
         MotionField with D computed at full resolution.
@@ -223,5 +237,13 @@ def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
     ones = np.zeros(grid.padded_shape, np.float32)
     ones[:h, :w] = 1
     area = grid.block_view(ones).sum(axis=(1, 3)).reshape(-1)
+    zero_bias = ZERO_BIAS if zero_bias is None else zero_bias
+    if zero_bias > 0:
+        diff = cv2.absdiff(cur, ref).astype(np.float32)
+        sad0 = grid.block_view(grid.pad(diff)).sum(axis=(1, 3)).reshape(-1)
+        keep = (sad0 <= sad.reshape(-1) + zero_bias * area) & (sad0 <= STATIC_D * area)
+        mv = mv.reshape(n, 2).copy()
+        mv[keep] = 0
+        sad = np.where(keep, sad0, sad.reshape(-1))
     return MotionField(grid, mv.reshape(rows, cols, 2), (sad / area).astype(
         np.float32).reshape(rows, cols))
