@@ -143,9 +143,11 @@ class EdgePipeline:
             seeds = [(0.0, 0.0, r.dense_s) if name.endswith('_dense') else r.abc
                      for r, name in ((profile.edge, config.edge_profile),
                                      (profile.server, config.cloud_profile))]
-            # never more than the dense runtime each side falls back to: the engine's own
-            # dense pass here, the faster of both paths on a server with model.backend auto
-            caps = [profile.edge.engine_s, profile.server.dense_s]
+            # never more than the dense runtime each side falls back to: onnxruntime here too
+            # unless the local path is pinned to the engine (its own dense pass), the faster
+            # of both paths on a server with model.backend auto
+            caps = [profile.edge.engine_s if config.backend == 'incremental' else
+                    min(profile.edge.engine_s, profile.edge.dense_s), profile.server.dense_s]
         self.profile = profile
         self.scheduler = Scheduler(LatencyModel(*seeds[0], cap=caps[0]),
                                    LatencyModel(*seeds[1], cap=caps[1]), bw,

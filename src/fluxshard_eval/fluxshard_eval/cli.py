@@ -172,8 +172,9 @@ def _bags(a):
     for s in srcs:
         name = os.path.basename(os.path.normpath(s)).split('.')[0]
         path = os.path.join(a.out, 'bags', name)
-        if not bag.is_bag(path):
-            r = bag.write_bag(s, path, limit=a.frames or None)
+        if not bag.is_bag(path):  # long enough for the live replay too
+            want = max(a.frames, a.live_frames if a.live else 0) if a.frames else 0
+            r = bag.write_bag(s, path, limit=want or None)
             print(f"bag {path}: {r['frames']} frames at {r['rate_hz']:g} Hz "
                   f"({r['bytes'] / 1e6:.0f} MB)", flush=True)
         out.append((name, path))
