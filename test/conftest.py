@@ -103,16 +103,18 @@ class RosGraph:
 
 # Domains 100-199, split between pytest-xdist workers (gw0, gw1, ...) so parallel tests never
 # share one; FLUXSHARD_TEST_DOMAIN_BASE pins the start of a single-process run.
+# FLUXSHARD_TEST_DOMAINS=A-B moves the range (a second suite beside a running one, e.g. 200-230).
+_LO, _HI = (int(x) for x in os.environ.get('FLUXSHARD_TEST_DOMAINS', '100-199').split('-'))
 _WORKERS = max(int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')), 1)
 _WORKER = int(os.environ.get('PYTEST_XDIST_WORKER', 'gw0')[2:] or 0)
-_SPAN = 100 // _WORKERS
+_SPAN = (_HI - _LO + 1) // _WORKERS
 _DOMAIN = [int(os.environ.get('FLUXSHARD_TEST_DOMAIN_BASE', os.getpid())) % _SPAN]
 
 
 @pytest.fixture
 def ros(tmp_path, monkeypatch):
     _DOMAIN[0] = (_DOMAIN[0] + 1) % _SPAN
-    domain = 100 + _WORKER * _SPAN + _DOMAIN[0]
+    domain = _LO + _WORKER * _SPAN + _DOMAIN[0]
     monkeypatch.setenv('ROS_DOMAIN_ID', str(domain))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
     if os.environ.get('FLUXSHARD_TEST_DDS') == 'builtin':  # compare: Fast DDS's LARGE_DATA
