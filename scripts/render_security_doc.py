@@ -65,7 +65,17 @@ def main():
             f'{fl["flood_rate_limited"]} dropped as `rate_limited`, {fl["flood_served"]} '
             f'served. robot1 (2 Hz camera, server onnxruntime) median latency alone '
             f'{fl["alone_ms"]:.0f} ms, with the flood {fl["flooded_ms"]:.0f} ms '
-            f'(**{fl["ratio"]:.2f}x**, {fl["samples"]} results each, same run).', '',
+            f'(**{fl["ratio"]:.2f}x**, {fl["samples"]} results each, same run). The ratio '
+            'is not stable here: with the shipped shared-memory DDS profile robot1 alone '
+            'answers in 85-220 ms (250-400 ms over the LARGE_DATA built-in transports, which '
+            'hid the flood\'s cost), and repeated runs of `pytest -s test/test_security.py -k '
+            'flooding` on this 2-core machine printed 1.4x to 3.6x: the 50 Hz flood\'s '
+            'callbacks take about one core of the server process, whatever admission then '
+            'decides. The test asserts what admission guarantees - robot1 is not starved (a '
+            'result for >= 80 % of its camera frames, median under two camera periods) - and '
+            'records the ratio. Next lever: drop over-budget samples before they reach the '
+            'Python callback (a DDS reader-side time-based filter, or a C++ receive path).',
+            '',
             f'MAC cost on the edge (`{bench["command"]}`, interleaved per frame, medians):', '',
             '| sequence | edge | step + message, ms | sign, ms | server check, ms | payload KB '
             '| sign / step |', '|---|---|---|---|---|---|---|']

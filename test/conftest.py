@@ -123,7 +123,8 @@ def ros(tmp_path, monkeypatch):
     else:  # the shipped profile, as scripts/env.sh, fluxshard_run and the launch files use
         from fluxshard_msgs_py import dds
         monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
-        monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', dds.profile_path('default'))
+        kind = 'udp' if os.environ.get('FLUXSHARD_TEST_DDS') == 'udp' else 'default'
+        monkeypatch.setenv('FASTDDS_DEFAULT_PROFILES_FILE', dds.profile_path(kind))
     g = RosGraph(tmp_path, domain)
     yield g
     g.close()
