@@ -147,9 +147,10 @@ PARAMS = [
           "CompressedImage on '<image>/compressed'; h264: one H.264 access unit per "
           "CompressedImage (format 'h264') on '<image>/compressed', whose codec motion "
           'vectors replace block matching', choices=['raw', 'compressed', 'h264']),
-    Param('camera.depth', 1, 'Camera QoS history depth. 1 = latest frame wins inside DDS '
-          "(replaced frames are not seen, so not counted); >1 lets the edge's own latest-wins "
-          'slot count every replaced frame; h264 uses at least 30 (every unit is needed)',
+    Param('camera.depth', 5, "Camera QoS history depth: frames DDS holds while the edge's "
+          'callback is late (a busy machine); the edge\'s own latest-wins slot then counts every '
+          'replaced frame (dropped_superseded). 1 = latest frame wins inside DDS, where '
+          'replaced frames are not seen, so not counted; h264 uses at least 30',
           lo=1, hi=100),
     Param('security.mode', 'mac', "mac: sign every BlockBatch / ProxyDelta with this edge's "
           'key and accept server feedback only with it; none: no authentication (lab only)',
