@@ -174,7 +174,8 @@ def test_resync_storm_stays_within_the_key_batch_budget(ros):
 def test_a_flooding_robot_cannot_starve_another(ros):
     """robot2 floods genuine batches at 25x robot1's frame rate; admission holds it to 2
     batches/s and the job table serves the robots in turn: robot1 is not starved - it keeps
-    getting a result for most camera frames, with a median latency under two camera periods.
+    getting a result for at least half its camera frames (the rest superseded, counted), with
+    a median latency under two camera periods.
 
     The ratio flooded / alone is recorded, not asserted: with the shipped shared-memory DDS
     profile robot1 alone answers in ~85 ms (it was ~250-400 ms over the LARGE_DATA built-in
@@ -215,7 +216,7 @@ def test_a_flooding_robot_cannot_starve_another(ros):
             flood_rate_limited=s2.get('rejected.rate_limited', 0))
     assert statistics.median(flooded) <= 2 * 1000 / 2.0, (alone, flooded)  # 2 periods at 2 Hz
     assert s2['batches_ok'] < s2['batches_in'] / 3, s2  # most of the flood was refused
-    assert rate >= 0.8 * 2.0, rate  # robot1 served at (nearly) its camera rate of 2 Hz
+    assert rate >= 0.5 * 2.0, rate  # robot1 served for at least half its 2 Hz camera frames
     assert server.poll() is None
 
 
