@@ -5,6 +5,7 @@ key_file:=/etc/fluxshard/robot1.keys`."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from fluxshard_msgs_py import dds
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
@@ -20,13 +21,8 @@ def generate_launch_description():
                               description='Camera topic (sensor_msgs/Image)'),
         DeclareLaunchArgument('key_file', default_value='',
                               description="This robot's link key file (mode 0600)"),
-        DeclareLaunchArgument(
-            'dds_profile',
-            default_value=os.path.join(get_package_share_directory('fluxshard_msgs'), 'dds',
-                                       'fastdds.xml'),
-            description='Fast DDS profile (FASTDDS_DEFAULT_PROFILES_FILE): the shipped one '
-                        'carries raw camera frames over shared memory; give the camera '
-                        "driver's process the same"),
+        DeclareLaunchArgument('dds_profile', default_value=dds.profile_path(),
+                              description=dds.LAUNCH_HELP),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'edge.yaml')),
         Node(package='fluxshard_edge', executable='edge_node', name='fluxshard_edge',

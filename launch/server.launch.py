@@ -4,6 +4,7 @@ edges:="['robot1', 'robot2']" key_file:=/etc/fluxshard/server.keys`."""
 import os
 
 from ament_index_python.packages import get_package_share_directory
+from fluxshard_msgs_py import dds
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
@@ -18,13 +19,8 @@ def generate_launch_description():
         DeclareLaunchArgument('key_file', default_value='',
                               description='Link key file with a line per served robot (mode '
                                           '0600; python -m fluxshard_msgs_py.auth generate)'),
-        DeclareLaunchArgument(
-            'dds_profile',
-            default_value=os.path.join(get_package_share_directory('fluxshard_msgs'), 'dds',
-                                       'fastdds.xml'),
-            description='Fast DDS profile (FASTDDS_DEFAULT_PROFILES_FILE): the shipped one '
-                        'carries raw camera frames over shared memory; give the camera '
-                        "driver's process the same"),
+        DeclareLaunchArgument('dds_profile', default_value=dds.profile_path(),
+                              description=dds.LAUNCH_HELP),
         DeclareLaunchArgument('params_file',
                               default_value=os.path.join(share, 'config', 'server.yaml')),
         Node(package='fluxshard_server', executable='server_node', name='fluxshard_server',

@@ -5,7 +5,6 @@ Algorithm 1)."""
 import threading
 import time
 
-import numpy as np
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
                                 ProxyDelta)
 from fluxshard_msgs_py import annotate, auth, conversions
@@ -211,15 +210,8 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.get_logger().error(f'configure failed: {e}')
             return TransitionCallbackReturn.FAILURE
         self.link = link
-        pipe = self.runtime.pipeline
-        if pipe.runner is not None and p['model.warm_up']:
-            took = pipe.runner.warm_up()
-            if pipe.onnx is not None:
-                from fluxshard_kernels.incremental import WARM_SHAPES
-                t0 = time.perf_counter()
-                for shape in WARM_SHAPES:
-                    pipe.onnx(np.zeros(tuple(shape) + (3,), np.uint8))
-                took += time.perf_counter() - t0
+        if self.runtime.pipeline.runner is not None and p['model.warm_up']:
+            took = self.runtime.pipeline.warm_up()
             self.get_logger().info(f'local models warmed up in {took:.1f} s')
         self.counters, self.rejects = self.runtime.counters, self.runtime.rejects
         self.batch_pub = self._pub(BlockBatch, 'block_batch', LINK_QOS)

@@ -340,6 +340,11 @@ class EdgePipeline:
         boxes = salience.project_boxes(det.boxes, mv, grid) if mv is not None else det.boxes
         return salience.salience_map(boxes, det.scores, grid)
 
+    def warm_up(self) -> float:
+        """Run the local runtimes on blank frames before the first camera frame; seconds."""
+        took = self.runner.warm_up() if self.runner is not None else 0.0
+        return took + (self.onnx.warm_up() if self.onnx is not None else 0.0)
+
     def _dense_runtime(self, config, profile):
         """onnxruntime for the ``auto`` / ``onnxruntime`` local paths (the task's shipped ONNX
         file, or ``model_path`` when it is one); ``auto`` without it runs the engine alone."""

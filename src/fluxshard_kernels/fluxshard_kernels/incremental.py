@@ -27,6 +27,7 @@ from fluxshard_kernels import cuda, proxy, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import Letterbox, letterbox
+from fluxshard_kernels.yolo.processing import WARM_SHAPES  # noqa: F401 (re-export)
 
 
 #: Layers deeper than this stride always run dense on their (warped) input.
@@ -451,11 +452,6 @@ def warp_moving(fm: S.FMap, mv: np.ndarray, grid: BlockGrid, stride: int,
     vals = F.grid_sample(v, g, mode='bilinear', padding_mode='border',
                          align_corners=True)[0, :, 0]  # (C, P), read before writing
     v[0][:, ys, xs] = vals
-
-
-#: Camera frame shapes (h, w) warmed up before the first frame: 16:9 and 4:3 at 480 rows, the
-#: letterbox shapes most cameras map to.
-WARM_SHAPES = ((480, 854), (480, 640))
 
 
 class IncrementalYOLO:

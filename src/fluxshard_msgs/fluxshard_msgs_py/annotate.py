@@ -25,6 +25,16 @@ _MAP_COLOURS = {RECOMPUTED: (0, 0, 255), OFFLOADED: (255, 128, 0)}  # BGR: red, 
 _SIDE_COLOURS = {'edge': (0, 200, 0), 'server': (255, 160, 0)}
 
 
+def block_map(shape, block_size: int, indices, code: int = OFFLOADED) -> np.ndarray:
+    """Per-block codes of a frame of ``shape`` (h, w, ...): ``code`` at block ``indices``
+    (row-major; out-of-range ones ignored), HIT elsewhere."""
+    rows, cols = -(-shape[0] // block_size), -(-shape[1] // block_size)
+    out = np.zeros(rows * cols, np.uint8)
+    idx = np.asarray(indices, np.int64)
+    out[idx[(idx >= 0) & (idx < out.size)]] = code
+    return out
+
+
 def colour(class_id: int):
     """A stable, distinct BGR colour per class."""
     h = (int(class_id) * 47) % 180

@@ -15,6 +15,11 @@ CHOSEN_BY = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE',
              'FASTDDS_BUILTIN_TRANSPORTS')
 
 
+#: Description of the launch files' ``dds_profile`` argument.
+LAUNCH_HELP = ('Fast DDS profile (FASTDDS_DEFAULT_PROFILES_FILE): the shipped one carries raw '
+               "camera frames over shared memory; give the camera driver's process the same")
+
+
 def profile_path(kind: str = 'default') -> str:
     """Path of the ``kind`` profile ('default' or 'udp'): the installed share folder, else the
     source tree this module sits in.

@@ -118,12 +118,11 @@ class EdgeModel:
     def warm_up(self, shapes=None) -> float:
         """Run every path this backend may take on blank frames before the first real one
         (kernels built, buffers allocated); returns the seconds it took."""
-        from fluxshard_kernels.incremental import WARM_SHAPES
+        from fluxshard_kernels.yolo.processing import WARM_SHAPES
         t0 = time.perf_counter()
         shapes = shapes or WARM_SHAPES
         if self.onnx is not None:
-            for shape in shapes:
-                self.onnx(np.zeros(tuple(shape) + (3,), np.uint8))
+            self.onnx.warm_up(shapes)
         if self.runner is not None:
             self.runner.warm_up(shapes)
         elif self.backend == 'dense' and self.model is not None:

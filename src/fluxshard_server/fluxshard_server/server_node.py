@@ -6,7 +6,6 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from fluxshard_msgs.msg import BlockBatch, LabelMap, ProxyDelta
-import numpy as np
 from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (diagnostic_status, DiagnosticsPublisher, help_text,
                                     LATCHED_QOS, LINK_QOS, Param, Params, ReasonLog,
@@ -334,12 +333,9 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                 t.labels.publish(conversions.label_map_msg(edge.model.names,
                                                            LabelMap().header))
         t.results.names = edge.model.names or t.results.names
-        block_map = None
-        if job.changed is not None:  # the blocks this batch carried to the server
-            h, w = job.state.shape[:2]
-            grid = (-(-h // job.block_size)) * (-(-w // job.block_size))
-            block_map = np.zeros(grid, np.uint8)
-            block_map[job.changed[job.changed < grid]] = annotate.OFFLOADED
+        # the picture's block map: the blocks this batch carried to the server
+        block_map = (None if job.changed is None else
+                     annotate.block_map(job.state.shape, job.block_size, job.changed))
         if t.results.publish(det, job.header, job.frame_index, job.state.shape, job.state,
                              block_map, job.block_size):
             self.counters['results_published'] += 1

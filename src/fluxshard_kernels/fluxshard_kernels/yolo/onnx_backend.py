@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from fluxshard_kernels.yolo.processing import decode, Detections, letterbox
+from fluxshard_kernels.yolo.processing import WARM_SHAPES, decode, Detections, letterbox
 
 TASKS = ('detect', 'segment', 'pose')
 
@@ -50,6 +50,13 @@ class OnnxYolo:
         self.nkpt = int(ast.literal_eval(meta.get('kpt_shape', '[0, 3]'))[0])
         self.conf, self.iou = conf, iou
         self.input_name = self.session.get_inputs()[0].name
+
+    def warm_up(self, shapes=WARM_SHAPES) -> float:
+        """Run on blank frames of each camera ``shape`` before the first real one; seconds."""
+        t0 = time.perf_counter()
+        for shape in shapes:
+            self(np.zeros(tuple(shape) + (3,), np.uint8))
+        return time.perf_counter() - t0
 
     def __call__(self, image_bgr: np.ndarray) -> Detections:
         """Detect on one BGR uint8 (H, W, 3) image; results in source pixels."""

@@ -6,6 +6,11 @@ import cv2
 import numpy as np
 
 
+#: Camera frame shapes (h, w) warmed up before the first frame: 16:9 and 4:3 at 480 rows, the
+#: letterbox shapes most cameras map to.
+WARM_SHAPES = ((480, 854), (480, 640))
+
+
 @dataclass(frozen=True)
 class Letterbox:
     """How a source image was fitted into the network input.
