@@ -116,8 +116,8 @@ PARAMS = [
           'fluxshard_kernels.profile --out F`) seeding both latency models instead of the '
           'named profiles ("" = the named ones)'),
     Param('scheduler.fit_latency', True, 'Refit the latency models from measured times '
-          '(edge: local inference; cloud: server-reported compute); false keeps both profiles, '
-          'e.g. to emulate devices', live=True),
+          '(edge: local inference, and the auto backend\'s path costs; cloud: server-reported '
+          'compute); false keeps the profiles, e.g. to emulate devices', live=True),
     Param('scheduler.task_allocation', True, "Adaptive task allocation (k*); false = every "
           "missed block (the paper's No-ATA ablation)", live=True),
     Param('scheduler.accuracy_edge', 1.0, 'Per-block accuracy A_e', lo=0.0, hi=1.0, live=True),
@@ -132,10 +132,11 @@ PARAMS = [
           '(0 = off)', lo=0.0, hi=1e5),
     Param('link.drop_rate', 0.0, 'Drop this fraction of outgoing batches (loss injection for '
           'tests and evaluation; 0 = off)', lo=0.0, hi=1.0),
-    Param('link.delay_ms', 0.0, 'Emulated one-way delay of outgoing batches, ms (0 = off)',
-          lo=0.0, hi=10000.0),
-    Param('link.trace', '', 'Bandwidth trace file (seconds,mbps per line) replacing '
-          'link.emulate_mbps over time'),
+    Param('link.delay_ms', 0.0, 'Emulated one-way delay, ms, both directions: outgoing '
+          'batches, and feedback and results coming back (0 = off)', lo=0.0, hi=10000.0),
+    Param('link.trace', '', 'Uplink capacity trace replacing link.emulate_mbps over time: '
+          'seconds,mbps per line, or mahimahi packet timestamps (*.up); a batch leaves when '
+          'the trace has carried its bytes'),
     Param('link.ack_timeout_ms', 1000.0, 'No ACK for this long: the server counts as '
           'unavailable, frames are computed locally and a probe is sent every timeout',
           lo=10.0, hi=1e6),
@@ -264,13 +265,13 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self.camera_watch = CameraWatch()
         self._h264 = conversions.H264Input()
         self._subscribe_camera(typ, self._camera_reliability(topic))
-        self._subs.append(self.create_subscription(ProxyDelta, 'proxy_feedback',
-                                                   self._on_feedback, LINK_QOS,
-                                                   callback_group=fb))
+        self._subs.append(self.create_subscription(
+            ProxyDelta, 'proxy_feedback', lambda m: self._back(self._on_feedback, m), LINK_QOS,
+            callback_group=fb))
         for t, name in ((DetectionArray, 'detections'), (KeypointArray, 'keypoints')):
             self._subs.append(self.create_subscription(
-                t, name, lambda m, n=name: self._on_server_result(n, m), RESULT_QOS,
-                callback_group=fb))
+                t, name, lambda m, n=name: self._back(self._on_server_result, n, m),
+                RESULT_QOS, callback_group=fb))
         self._stop.clear()
         self.slot = LatestSlot()
         self._worker = threading.Thread(target=self._run, name='edge-critical', daemon=True)
@@ -392,6 +393,15 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             from fluxshard_kernels.yolo.processing import Detections
             boxes, scores, cls = conversions.boxes_from_msg(msg)
             self.runtime.on_server_result(Detections(boxes, scores, cls))
+
+    def _back(self, fn, *args):
+        """A message from the server: handled after the emulated one-way delay (the delay
+        line's thread runs such messages one at a time, in order)."""
+        link = self.link
+        if link is not None and link.delay_s > 0:
+            link.deliver(lambda: fn(*args))
+        else:
+            fn(*args)
 
     def _on_feedback(self, msg: ProxyDelta):
         rt = self.runtime

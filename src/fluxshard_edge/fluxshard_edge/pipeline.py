@@ -20,7 +20,7 @@ import numpy as np
 
 from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel, PROFILES,
                                       Scheduler)
-from fluxshard_kernels import motion, proxy, salience
+from fluxshard_kernels import metrics, motion, proxy, salience
 from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F401 (re-export)
 from fluxshard_kernels.profile import DeviceProfile
 
@@ -170,6 +170,12 @@ class EdgePipeline:
             self.refresh = Refresh(self.runner)
             self._dense_runtime(config, profile)
         self._since_refresh = 0
+        #: agreement of the engine's incremental results with its own dense refresh of the
+        #: same frame (EMA, object F1 at IoU 0.5): the edge's accuracy A in the scheduler's EA
+        self.edge_accuracy = 1.0
+        self._local_det = None      # this frame's incremental result (None: not computed so)
+        self._check = None          # the result the running refresh will be compared with
+        self._refresh_seen = 0
 
     def reconfigure(self, **changes):
         """Apply changed EdgeConfig fields from the next frame on (live parameters); the
@@ -253,25 +259,35 @@ class EdgePipeline:
             out.hit_ratio = float(np.mean(d_c < cfg.tau))
         t['extract'] = time.perf_counter()
         # step 3: schedule
-        dec = self.scheduler.decide(len(labs), len(cobs), edge_available=local_ready or (
+        self._learn_accuracy()
+        # a local path without state runs its dense pass: all blocks
+        dec = self.scheduler.decide(len(labs) if local_ready else grid.count, len(cobs),
+                                    edge_available=local_ready or (
             self.runner is not None and frame.shape[2] == 3),
             cloud_available=self.cloud_available or key, adaptive=cfg.task_allocation)
         if cfg.force_strategy and (cfg.force_strategy != 'cloud' or self.cloud_available
                                    or self.runner is None):
             dec.strategy = cfg.force_strategy
-        probe = key and not self.cloud_available and self.runner is not None
+        # a key batch initialises the server's proxy whichever side computes this frame: it
+        # asks for inference when the cloud is faster, else it goes out beside local work (and
+        # serves as the probe of an unreachable server)
+        probe = key and self.runner is not None and frame.shape[2] == 3 and (
+            not self.cloud_available or dec.strategy == 'edge')
         if key and not probe:
-            dec.strategy, dec.k_cloud = 'cloud', grid.count  # the proxy must be initialised
+            dec.strategy, dec.k_cloud = 'cloud', grid.count
         elif probe:
-            dec.strategy = 'edge'  # server unreachable: serve locally, send the key as a probe
+            dec.strategy = 'edge'
         if self.runner is None and not key:
             dec.strategy = 'cloud'
         out.decision = dec
         t['schedule'] = time.perf_counter()
         # step 4: execute
         send_idx, infer = None, False
+        self._local_det = None
         if dec.strategy == 'edge':
             out.local_result = self._local(frame, mv_l, labs[:dec.k_edge], local_ready)
+            if local_ready and self.last_path == 'incremental':
+                self._local_det = out.local_result
             t['local'] = time.perf_counter()
             local_s = t['local'] - t['schedule']
             if cfg.fit_latency:
@@ -388,7 +404,7 @@ class EdgePipeline:
             # since, and the background refresh renews it
             self.onnx.conf = self.config.conf
             det = self.onnx(frame)
-            if self.paths is not None:
+            if self.paths is not None and self.config.fit_latency:
                 self.paths.observe_dense(time.perf_counter() - t0)
             self.last_stats = None
             self.last_result = det
@@ -399,7 +415,7 @@ class EdgePipeline:
             raw, lb, st = self.runner.dense(frame)
             self._since_refresh = 0
         det = self.model.decode(raw, lb, self.config.conf)
-        if ready and self.paths is not None:
+        if ready and self.paths is not None and self.config.fit_latency:
             self.paths.observe_incremental(len(labs), time.perf_counter() - t0)
         self.last_stats = st
         self.last_result = det
@@ -446,7 +462,15 @@ class EdgePipeline:
             self._prev_mv_proxy = None
 
     def _background(self, frame):
-        if self.refresh is None or self.runner.state is None:
+        if self.refresh is None or frame.shape[2] != 3:
+            return
+        if self.runner.state is None:
+            # a robot that has offloaded so far builds its local state in the background, so
+            # that computing locally is ready when the link turns bad
+            if not self.refresh.running:
+                self._since_refresh = 0
+                self._check = None
+                self.refresh.start(frame)
             return
         self._since_refresh += 1
         if self.refresh.running:
@@ -454,4 +478,28 @@ class EdgePipeline:
         elif self._since_refresh >= max(1, self.config.refresh_interval) and \
                 frame.shape[2] == 3:
             self._since_refresh = 0
+            self._check = self._local_det  # the refresh runs on the frame just computed
             self.refresh.start(frame)
+
+    #: per frame, the accuracy estimate drifts back this much towards 1, so that a side it
+    #: rules out is tried again (and measured again) after a while
+    ACCURACY_DRIFT = 0.02
+    #: weight of a new agreement sample in the estimate
+    ACCURACY_GAIN = 0.4
+
+    def _learn_accuracy(self):
+        """Compare the last incremental result the edge computed with the dense refresh of
+        the same frame, once that refresh has completed; the scheduler's edge accuracy is
+        the running estimate (times ``accuracy_edge``)."""
+        a = self.edge_accuracy + (1.0 - self.edge_accuracy) * self.ACCURACY_DRIFT
+        r = self.refresh
+        if r is not None and r.completed > self._refresh_seen:
+            self._refresh_seen = r.completed
+            if self._check is not None and r.result is not None:
+                raw, lb = r.result
+                ref = self.model.decode(raw, lb, self.config.conf)
+                g = self.ACCURACY_GAIN
+                a = (1 - g) * a + g * metrics.agreement(self._check, ref)
+            self._check = None
+        self.edge_accuracy = a
+        self.scheduler.acc_e = self.config.accuracy_edge * a

@@ -75,6 +75,7 @@ class BandwidthEstimator:
 
     def __init__(self, initial_bps: float, window: int = 32, max_bps: float = 1.25e9):
         self.bps = float(initial_bps)
+        self.prior_bps = float(initial_bps)  # the configured rate, until timings separate
         self.latency_s = 0.0
         self.max_bps = max_bps
         self.samples = 0
@@ -87,9 +88,15 @@ class BandwidthEstimator:
         self.samples += 1
         if self._fit():
             return
+        # before the sizes span enough for a fit: the fixed part is what the fastest timing
+        # leaves beyond its transfer at the configured rate (so the round trip is seen from
+        # the first ACK on), the rate what the big messages take beyond it
+        self.latency_s = float(max(min(t - n / self.prior_bps for n, t in self._win), 0.0))
         big = [w for w in self._win if w[0] >= 2000]  # tiny messages measure latency only
         if big:
-            self.bps = sum(w[0] for w in big) / sum(w[1] for w in big)
+            wire = sum(w[1] for w in big) - self.latency_s * len(big)
+            if wire > 0:
+                self.bps = sum(w[0] for w in big) / wire
 
     def _fit(self) -> bool:
         if len(self._win) < 6:
@@ -156,17 +163,36 @@ class Scheduler:
         self.lam, self.acc_e, self.acc_c = lam, accuracy_edge, accuracy_cloud
         self.tau_wait = tau_wait
         self.bytes_per_block = bytes_per_block
+        #: seconds the link is still busy with earlier messages (set before each decision)
+        self.queue_s = 0.0
+        #: the camera's frame interval, seconds (None: unknown, waits not modelled)
+        self.frame_interval_s: Optional[float] = None
 
     def observe_payload(self, nbytes: int, blocks: int):
         if blocks > 0:
             self.bytes_per_block = 0.8 * self.bytes_per_block + 0.2 * nbytes / blocks
 
+    def wait(self, busy_s: float) -> float:
+        """Mean time a frame waits for the edge when every frame keeps it ``busy_s`` (the
+        latest frame wins): half a frame interval once the edge cannot keep up, else the
+        residual busy time of the frames that find it busy."""
+        p = self.frame_interval_s
+        if not p or busy_s <= 0:
+            return 0.0
+        return p / 2 if busy_s >= p else busy_s * busy_s / (2 * p)
+
     def t_cloud(self, k: float) -> float:
+        """Expected latency of offloading k blocks: the edge's share (extraction, the wait for
+        the link, the transfer, which a reliable publish blocks on), the round trip and the
+        server, plus the wait of a frame for an edge kept that busy."""
         transfer = self.bytes_per_block * k / max(self.bw.bps, 1.0)
-        return self.tau_wait + self.bw.latency_s + transfer + self.cloud(k)
+        busy = self.tau_wait + self.queue_s + transfer
+        return busy + self.bw.latency_s + self.cloud(k) + self.wait(busy)
 
     def t_edge(self, k: float) -> float:
-        return self.tau_wait + self.edge(k)
+        """Expected latency of computing k blocks locally, with the wait for the edge."""
+        busy = self.tau_wait + self.edge(k)
+        return busy + self.wait(busy)
 
     def decide(self, n_edge: int, n_cloud: int, edge_available: bool = True,
                cloud_available: bool = True, adaptive: bool = True) -> Decision:
@@ -211,7 +237,7 @@ class Scheduler:
 
     def opportunistic_blocks(self, deadline_s: float, local_s: float, n_cloud: int) -> int:
         """COBs that fit the idle link while the edge computes (paper 4.4, last paragraph)."""
-        room = max(deadline_s, local_s) - self.tau_wait
+        room = max(deadline_s, local_s) - self.tau_wait - self.queue_s
         if room <= 0 or n_cloud <= 0:
             return 0
         return int(min(n_cloud, room * self.bw.bps / max(self.bytes_per_block, 1.0)))

@@ -57,11 +57,13 @@ def test_the_local_path_is_the_faster_runtime_by_measured_cost():
                          RoleProfile(0.0, 0.0, 1.0, 0.01, 1.0))
     pipe = EdgePipeline(EdgeConfig(force_strategy='edge', codec='raw'), profile=prof)
     paths = []
-    for f in frames:  # the first frame is the key batch that initialises the server's proxy
+    for i, f in enumerate(frames):
         out = pipe.step(f)
+        if i == 0:  # the key batch initialises the server's proxy beside the local pass
+            assert out.key and out.sends and not out.sparse_inference_requested
         if out.local_result is not None:
             paths.append(pipe.last_path)
-    assert len(paths) == 4 and paths[0] == 'incremental', paths
+    assert len(paths) == 5 and paths[0] == 'incremental', paths
     assert set(paths[1:]) == {'onnxruntime'}, paths
     # the same frames, engine only: the results agree with onnxruntime's on a static camera
     eng = EdgePipeline(EdgeConfig(force_strategy='edge', codec='raw', backend='incremental'))

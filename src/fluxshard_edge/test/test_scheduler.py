@@ -123,3 +123,38 @@ def test_a_server_whose_dense_runtime_is_faster_is_modelled_by_it():
     for t in (0.05, 0.06, 0.07):  # the server's dense runs got slower (a loaded GPU host)
         cloud.observe(1386, t, dense=True)
     assert cloud.cap == 0.06 and len(cloud.samples) == 0
+
+
+def test_the_split_follows_the_round_trip_and_queueing():
+    """ACK timings carry the round trip: past the deadline the edge computes locally, and
+    offloads again once the round trip recovers; a backed-up link and a camera faster than
+    the edge count too."""
+    s = _sched(50.0)
+    rng = np.random.default_rng(0)
+
+    def acks(rtt_s, n=32):
+        for _ in range(n):
+            nbytes = float(rng.uniform(3e3, 40e3))
+            s.bw.observe(nbytes, rtt_s + nbytes / (50e6 / 8))
+    seen = []
+    for rtt in (0.02, 0.3, 0.02):
+        acks(rtt)
+        seen.append((s.decide(120, 120).strategy, round(s.bw.latency_s, 2)))
+    assert seen == [('cloud', 0.02), ('edge', 0.3), ('cloud', 0.02)], seen
+    # the same fast link with a second of earlier messages still queued: local
+    s.queue_s = 1.0
+    assert s.decide(120, 120).strategy == 'edge'
+    s.queue_s = 0.0
+    # the wait for a busy edge: half a frame interval once it cannot keep up
+    s.frame_interval_s = 0.04
+    assert s.wait(0.1) == pytest.approx(0.02)
+    assert s.wait(0.02) == pytest.approx(0.02 * 0.02 / 0.08)
+    assert s.t_edge(120) == pytest.approx(s.tau_wait + s.edge(120) + 0.02)
+
+
+def test_the_round_trip_is_seen_from_the_first_ack():
+    """Before the message sizes allow a line fit, the fixed part of a timing is what it
+    takes beyond the transfer at the configured rate."""
+    bw = BandwidthEstimator(6e6 / 8)
+    bw.observe(90_000, 0.1 + 90_000 / (6e6 / 8))
+    assert bw.latency_s == pytest.approx(0.1)

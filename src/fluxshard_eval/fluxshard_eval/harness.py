@@ -4,7 +4,8 @@ link, on the modelled timeline (``sim``), and measure it against dense inference
 Timeline per edge: frame i arrives at i / rate; the edge takes the newest arrived frame when it
 is free (older ones are dropped, "latest wins", and counted); its critical-path compute, then
 each message over the link (FIFO, shared by all edges, at the link's rate, plus the one-way
-delay; a reliable publish blocks the edge until its bytes are on the wire), then the server
+delay; a reliable publish blocks the edge until its bytes are on the wire, opportunistic
+uploads go out in the background), then the server
 (FIFO, shared), then the result back over the link. Background work (dense refreshes) runs on
 its device (edge or server) in idle time and yields within one layer to critical work
 (``sim.Resource``). Accuracy is judged on every processed frame that got a result.
@@ -19,6 +20,11 @@ import numpy as np
 from fluxshard_kernels import metrics
 from fluxshard_eval import methods as M
 from fluxshard_eval import sim
+
+
+#: The scheduler's default deadline (``scheduler.deadline_ms``): a result later than this is a
+#: deadline miss.
+DEADLINE_MS = 100.0
 
 
 class Reference:
@@ -88,16 +94,18 @@ class Scores:
 
 def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz: float,
            link: sim.LinkSpec, ref: Reference, edges: int = 1, seed: int = 0,
-           progress: Optional[Callable[[int], None]] = None) -> dict:
+           progress: Optional[Callable[[int], None]] = None,
+           deadline_ms: float = DEADLINE_MS) -> dict:
     """Run ``edges`` instances of a method (``factory(edge_id)``) over ``frames`` at
     ``rate_hz``; returns the run's numbers (see ``summarise``)."""
     net = sim.Link(link, seed)
     gpu = sim.Resource()
     n = len(frames)
     st = [{'m': factory(f'robot{e + 1}'), 'next': 0, 'free': e * 0.37 / rate_hz,
-           'recs': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0, 'dev': sim.Resource()}
+           'recs': [], 'results': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0, 'dev': sim.Resource()}
           for e in range(edges)]
     for s in st:
+        s['m'].camera(1.0 / rate_hz)
         s['scores'] = Scores(s['m'].model.task)
         s['scores_by'] = {}  # who computed a result -> Scores of those results
     while True:
@@ -110,6 +118,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         j = max(j, s['next'])
         s['dropped'] += j - s['next']
         m = s['m']
+        m.link_queue(net.backlog(start))  # what the edge's transport still has to send
         w = m.edge(frames[j], j)
         rec = sim.FrameRecord(j, j / rate_hz, hit_ratio=w.hit_ratio,
                               edge_compute=w.edge_compute, cpu_edge_ms=w.cpu_ms)
@@ -117,11 +126,12 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         delivered, t_arrive, t_wire = [], t_e, t_e
         for i, raw in enumerate(w.messages + w.async_messages):
             wire, arrive, ok = net.transmit(t_e, len(raw))
-            m.observe_link(len(raw), wire - t_e)
+            if ok:  # the server ACKs on receipt: send -> ACK is queueing, transfer, round trip
+                m.observe_link(len(raw), arrive + link.delay_ms / 1e3 - t_e)
             delivered.append(ok)
             rec.uplink_bytes += len(raw)
-            t_wire = max(t_wire, wire)
-            if i < len(w.messages):
+            if i < len(w.messages):  # a reliable publish returns once its bytes left;
+                t_wire = max(t_wire, wire)  # the opportunistic ones go out meanwhile
                 t_arrive = max(t_arrive, arrive)
         srv = m.server(w, delivered) if delivered else M.ServerWork()
         rec.cpu_server_ms = srv.cpu_ms
@@ -131,18 +141,15 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
             t_done = gpu.run(t_arrive, srv.server_s)
             if srv.background_s:
                 gpu.background(t_done, srv.background_s)
-            back = srv.result_bytes * 8 / (link.mbps_at(t_done) * 1e6) + link.delay_ms / 1e3
-            rec.latency = t_done + back - rec.arrival
+            rec.latency = t_done + net.back(srv.result_bytes) - rec.arrival
             rec.computed_by, result = 'server', srv.result
         elif w.result is not None:
             rec.latency = t_e - rec.arrival
             rec.computed_by, result = w.computed_by, w.result
         else:
             rec.lost, result = True, None
-        if result is not None:
-            s['scores'].add(result, ref[j], ref.gt[j] if ref.gt is not None else None)
-            s['scores_by'].setdefault(rec.computed_by, Scores(m.model.task)).add(result, ref[j])
         s['recs'].append(rec)
+        s['results'].append(result)
         s['bg_s'] += w.background_s
         if w.background_s:
             s['dev'].background(t_e, w.background_s)
@@ -150,7 +157,16 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         if progress:
             progress(j + 1 - s['next'])
         s['next'] = j + 1
-    out = summarise(st, n, rate_hz, net)
+    for s in st:  # published in stamp order: a result later than a newer one is dropped
+        drop_out_of_order(s['recs'])
+        for rec, result in zip(s['recs'], s['results']):
+            if result is None or rec.extra.get('dropped'):
+                continue
+            j = rec.index
+            s['scores'].add(result, ref[j], ref.gt[j] if ref.gt is not None else None)
+            s['scores_by'].setdefault(rec.computed_by, Scores(s['m'].model.task)).add(
+                result, ref[j])
+    out = summarise(st, n, rate_hz, net, deadline_ms)
     out['background_backlog_s'] = {'server': gpu.backlog,
                                    'edges': float(np.mean([s['dev'].backlog for s in st]))}
     for s in st:
@@ -162,10 +178,47 @@ def _pct(xs, q):
     return float(np.percentile(xs, q)) if len(xs) else math.nan
 
 
-def summarise(st, n, rate_hz, net) -> dict:
+def drop_out_of_order(recs):
+    """Results reach the result topic in stamp order (the nodes drop a result older than one
+    already published, counted as ``dropped_out_of_order``): a record whose result would
+    arrive after a newer frame's is marked dropped and loses its latency."""
+    newest = -math.inf
+    for r in sorted((r for r in recs if not math.isnan(r.latency)),
+                    key=lambda r: (r.arrival + r.latency, r.index)):
+        if r.index < newest:
+            r.extra['dropped'] = 'out_of_order'
+            r.extra['late_latency'] = r.latency
+            r.latency = math.nan
+        else:
+            newest = r.index
+
+
+def result_age(recs, n: int, rate_hz: float):
+    """What a consumer of the result topic holds at each camera frame: for frame i (at
+    i / rate), the age of the newest result delivered by then (now minus its source frame's
+    time; before any result, the time since the stream began). Also the results delivered
+    after a newer one (out of stamp order). Returns (ages in seconds, out-of-order count)."""
+    got = sorted((r.arrival + r.latency, r.arrival) for r in recs if not math.isnan(r.latency))
+    ages, newest, k, late = [], -math.inf, 0, 0
+    for done, src in got:  # out of order: delivered when a newer source was already out
+        late += src < newest
+        newest = max(newest, src)
+    newest = -math.inf
+    for i in range(n):
+        t = i / rate_hz
+        while k < len(got) and got[k][0] <= t + 1e-12:
+            newest = max(newest, got[k][1])
+            k += 1
+        ages.append(t - newest if newest > -math.inf else t + 1.0 / rate_hz)
+    return np.array(ages), late
+
+
+def summarise(st, n, rate_hz, net, deadline_ms: float = DEADLINE_MS) -> dict:
     """Per-run numbers, averaged over edges where per edge."""
     recs = [r for s in st for r in s['recs']]
     lat = np.array([r.latency for r in recs if not math.isnan(r.latency)])
+    aged = [result_age(s['recs'], n, rate_hz) for s in st]
+    ages = np.concatenate([a for a, _ in aged]) if aged else np.zeros(0)
     dur = n / rate_hz
     e_c = sum(r.edge_compute for r in recs)
     s_c = sum(r.server_compute for r in recs)
@@ -181,9 +234,18 @@ def summarise(st, n, rate_hz, net) -> dict:
         'edges': len(st), 'frames': n, 'rate_hz': rate_hz,
         'processed': len(recs), 'dropped_edge_busy': sum(s['dropped'] for s in st),
         'lost_on_link': sum(r.lost for r in recs), 'link_messages_lost': net.lost,
+        'dropped_out_of_order': sum(r.extra.get('dropped') == 'out_of_order' for r in recs),
         'computed_by': by,
         'latency_ms_mean': 1e3 * float(lat.mean()) if len(lat) else math.nan,
-        'latency_ms_p50': 1e3 * _pct(lat, 50), 'latency_ms_p95': 1e3 * _pct(lat, 95),
+        'latency_ms_p50': 1e3 * _pct(lat, 50), 'latency_ms_p90': 1e3 * _pct(lat, 90),
+        'latency_ms_p95': 1e3 * _pct(lat, 95),
+        'served': int(len(lat)), 'served_fraction': len(lat) / max(n * len(st), 1),
+        'deadline_ms': deadline_ms,
+        # camera frames without a result by the deadline (late, dropped or lost)
+        'deadline_miss_rate': 1.0 - int((lat <= deadline_ms / 1e3).sum()) / max(n * len(st), 1),
+        'late_fraction': float((lat > deadline_ms / 1e3).mean()) if len(lat) else math.nan,
+        'age_ms_p50': 1e3 * _pct(ages, 50), 'age_ms_p90': 1e3 * _pct(ages, 90),
+        'results_out_of_order': int(sum(k for _, k in aged)),
         'bytes_counted': counted, 'bytes_on_link': net.bytes, 'bytes_received': received,
         'bandwidth_MBps': net.bytes / len(st) / dur / 1e6,
         'hit_ratio': float(np.mean([r.hit_ratio for r in recs])) if recs else math.nan,

@@ -18,6 +18,10 @@ serialisation (CDR bytes are what the link carries and what the byte counts coun
   access unit per frame in a ``CompressedImage`` of format ``h264``), decoded on the server,
   dense inference there. A lost unit makes the next frame an IDR key frame (the decoder's
   resync). ``VIDEO_CRFS`` is the default ladder.
+* ``video-offload-vbv`` - the same stream rate-controlled as robot teams configure it over a
+  cellular link: capped CRF 23 with x264's VBV at the link's median rate (0.25 s buffer).
+* ``edge-only`` - no network: dense inference on the robot for every frame it can take (the
+  latest frame wins while it computes); its time is the profile's edge dense pass.
 * ``coach`` - COACH-style: SPINN plus quantised transfer (uint8 features with per-channel
   affine scale, JPEG q60 input).
 """
@@ -43,8 +47,8 @@ from fluxshard_server.session import EdgeSession
 
 VIDEO_CRFS = (18, 23, 28)
 VIDEO = tuple(f'video-offload-crf{c}' for c in VIDEO_CRFS)
-METHODS = ('fluxshard', 'full-offload', *VIDEO, 'deltacnn', 'spinn', 'coach', 'no-ata',
-           'no-ms-comp')
+METHODS = ('fluxshard', 'full-offload', *VIDEO, 'video-offload-vbv', 'edge-only', 'deltacnn',
+           'spinn', 'coach', 'no-ata', 'no-ms-comp')
 BASELINES = ('full-offload', 'spinn', 'coach', 'deltacnn')
 
 
@@ -67,11 +71,13 @@ class SyncRefresh:
         self.completed = 0
         self.cancelled = 0
         self.running = False
+        self.result = None
 
     def start(self, frame):
-        if self.runner.state is None or self.runner.state.shape != frame.shape:
+        if self.runner is None:
             return
-        self.runner.dense(frame)
+        raw, lb, _ = self.runner.dense(frame)  # the first one builds the state
+        self.result = (raw, lb)
         self.completed += 1
 
     def pause(self, timeout=5.0):
@@ -132,7 +138,14 @@ class Method:
         self.received_bytes = 0  # counted by the server as it receives
 
     def observe_link(self, nbytes: int, seconds: float):
+        """A transfer timing: ``seconds`` from send to ACK (queueing, transfer, round trip)."""
         self.bw.observe(nbytes, seconds)
+
+    def link_queue(self, seconds: float):
+        """Before a frame: how long the edge's earlier messages still hold the link."""
+
+    def camera(self, interval_s: float):
+        """The camera's frame interval (what a node measures from the image stamps)."""
 
     def edge(self, frame: np.ndarray, index: int) -> EdgeWork:
         raise NotImplementedError
@@ -208,7 +221,8 @@ class FluxShard(Method):
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
                          quality=quality, task=model.task, bandwidth_mbps=link.mbps,
-                         refresh_interval=refresh, fit_latency=False, backend='incremental',
+                         refresh_interval=refresh, fit_latency=False,
+                         backend='incremental' if dense else 'auto',
                          independent_px=independent_px, task_allocation=ablation != 'no-ata',
                          edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
@@ -220,6 +234,12 @@ class FluxShard(Method):
 
     def observe_link(self, nbytes, seconds):
         self.pipe.scheduler.bw.observe(nbytes, seconds)
+
+    def link_queue(self, seconds):
+        self.pipe.scheduler.queue_s = seconds
+
+    def camera(self, interval_s):
+        self.pipe.scheduler.frame_interval_s = interval_s
 
     def edge(self, frame, index):
         from std_msgs.msg import Header
@@ -235,7 +255,7 @@ class FluxShard(Method):
         if st.local_result is not None:
             k = min(dec.k_edge, dec.n_edge) if ready else n
             w.result, w.computed_by = st.local_result, 'edge' if k else 'cache'
-            if self.dense:
+            if self.dense or p.last_path == 'onnxruntime':  # a dense pass on the robot
                 w.edge_s += self.prof.edge.dense_s
                 w.edge_compute = 1.0
             else:
@@ -318,12 +338,13 @@ class VideoOffload(Method):
     """The camera as an H.264 stream (one access unit per frame it takes), decoded on the
     server, dense inference there."""
 
-    def __init__(self, model, edge_id, link, profile=None, crf: int = 23):
+    def __init__(self, model, edge_id, link, profile=None, crf: int = 23,
+                 maxrate_mbps: float = 0.0, fps: float = 30.0):
         super().__init__(model, edge_id, link, profile)
         if not 0 <= crf <= 51:
             raise ValueError(f'H.264 CRF must be in 0..51, got {crf}')
-        self.crf = crf
-        self.name = f'video-offload-crf{crf}'
+        self.crf, self.maxrate_mbps, self.fps = crf, maxrate_mbps, fps
+        self.name = 'video-offload-vbv' if maxrate_mbps else f'video-offload-crf{crf}'
         self.enc = self.dec = None
         self._key = True
         self._index = 0
@@ -335,7 +356,8 @@ class VideoOffload(Method):
         t0 = time.perf_counter()
         if self.enc is None or (self.enc.ctx.width, self.enc.ctx.height) != \
                 (frame.shape[1] // 2 * 2, frame.shape[0] // 2 * 2):
-            self.enc = H264Encoder(frame.shape[1], frame.shape[0], crf=self.crf)
+            self.enc = H264Encoder(frame.shape[1], frame.shape[0], self.fps, self.crf,
+                                   1e3 * self.maxrate_mbps)
             self.dec = H264Decoder()
             self._key = True
         img = frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, 2)
@@ -370,6 +392,20 @@ class VideoOffload(Method):
         return ServerWork(det, self.prof.server.dense_s, 0.0,
                           _result_bytes(det, self.edge_id, self._index, self.task), 1.0,
                           1e3 * (time.perf_counter() - t0), len(raw))
+
+
+class EdgeOnly(Method):
+    """What a robot team does when the link is bad: dense inference on the robot for every
+    frame it can take (latest frame wins), nothing on the network."""
+
+    name = 'edge-only'
+
+    def edge(self, frame, index):
+        t0 = time.perf_counter()
+        det = dense_detect(self.model, frame if frame.ndim == 3 and frame.shape[2] == 3
+                           else np.repeat(frame[:, :, :1], 3, 2))
+        return EdgeWork(det, 'edge', self.prof.edge_overhead_s + self.prof.edge.dense_s,
+                        edge_compute=1.0, cpu_ms=1e3 * (time.perf_counter() - t0))
 
 
 def dense_detect(model, img, conf=0.25):
@@ -628,7 +664,9 @@ def unpack_features(m):
 
 def make(name: str, model, edge_id: str, link: sim.LinkSpec, profile=None, **kw) -> Method:
     """A fresh method instance by name (see ``METHODS``), its device times modelled on
-    ``profile`` (a ``DeviceProfile``; None = the paper's Table 1)."""
+    ``profile`` (a ``DeviceProfile``; None = the paper's Table 1); ``fps``: the camera rate a
+    video stream is coded for."""
+    fps = kw.pop('fps', 30.0)
     kw['profile'] = profile
     if name == 'fluxshard':
         return FluxShard(model, edge_id, link, **kw)
@@ -641,7 +679,13 @@ def make(name: str, model, edge_id: str, link: sim.LinkSpec, profile=None, **kw)
     if name == 'deltacnn':
         return DeltaCNN(model, edge_id, link, **kw)
     if name.startswith('video-offload-crf') and name[17:].isdigit():
-        return VideoOffload(model, edge_id, link, profile, crf=int(name[17:]))
+        return VideoOffload(model, edge_id, link, profile, crf=int(name[17:]),
+                            fps=fps)
+    if name == 'video-offload-vbv':  # capped CRF 23, VBV at the link's median rate
+        return VideoOffload(model, edge_id, link, profile, 23, link.median_mbps,
+                            fps)
+    if name == 'edge-only':
+        return EdgeOnly(model, edge_id, link, profile)
     if name in ('spinn', 'coach'):
         return Split(model, edge_id, link, profile, quantize=name == 'coach')
     raise ValueError(f'unknown method {name!r}; one of {", ".join(METHODS)}')

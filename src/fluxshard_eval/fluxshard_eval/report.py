@@ -9,9 +9,11 @@ NAMES = {'fluxshard': 'FluxShard', 'full-offload': 'Full Offload', 'spinn': 'SPI
          'coach': 'COACH-style', 'deltacnn': 'DeltaCNN-style', 'no-ata': 'No-ATA',
          'no-ms-comp': 'No-MS-Comp', 'full-offload-png': 'Full Offload (PNG)'}
 NAMES.update({f'video-offload-crf{c}': f'Video Offload (H.264 CRF {c})' for c in range(52)})
+NAMES.update({'video-offload-vbv': 'Video Offload (H.264, VBV at the median rate)',
+              'edge-only': 'Edge-only (dense on the robot)'})
 ORDER = ('full-offload', 'full-offload-png',
-         *(f'video-offload-crf{c}' for c in range(52)), 'spinn', 'coach', 'deltacnn',
-         'fluxshard', 'no-ata', 'no-ms-comp')
+         *(f'video-offload-crf{c}' for c in range(52)), 'video-offload-vbv', 'edge-only',
+         'spinn', 'coach', 'deltacnn', 'fluxshard', 'no-ata', 'no-ms-comp')
 
 
 def name(m: str) -> str:

@@ -10,6 +10,7 @@ separately by the harness.
 
 from dataclasses import dataclass, field
 import math
+import os
 from typing import Optional
 
 import numpy as np
@@ -37,12 +38,14 @@ class LinkSpec:
 
     @classmethod
     def parse(cls, text: str, delay_ms: float = 10.0, loss: float = 0.0) -> 'LinkSpec':
-        """'high' | 'medium' | 'low' | '<Mbit/s>' | 'trace:<file>'."""
+        """'high' | 'medium' | 'low' | '<Mbit/s>' | 'trace:<file>' (rate samples or a mahimahi
+        trace, see ``BandwidthTrace``; named after the file)."""
         if text in LINK_CLASSES:
             return cls(text, LINK_CLASSES[text], delay_ms, loss)
         if text.startswith('trace:'):
             tr = BandwidthTrace.load(text[6:])
-            return cls(text, tr.mean(), delay_ms, loss, tr)
+            name = os.path.basename(text[6:]).rsplit('.', 1)[0]
+            return cls(name, tr.mean(), delay_ms, loss, tr)
         try:
             v = float(text)
         except ValueError:
@@ -55,9 +58,24 @@ class LinkSpec:
     def mbps_at(self, t: float) -> float:
         return self.trace.at(t) if self.trace is not None else self.mbps
 
+    def finish(self, start: float, nbytes: int) -> float:
+        """When ``nbytes`` starting at ``start`` on an idle link have left: integrated over
+        the trace (a transfer that starts in a dip speeds up when the dip ends; an outage
+        holds it), or at the constant rate."""
+        if self.trace is not None:
+            return self.trace.finish(start, nbytes)
+        return start + nbytes * 8 / (self.mbps * 1e6)
+
+    @property
+    def median_mbps(self) -> float:
+        """The median of the per-second rate (what a rate-controlled stream is set to)."""
+        return self.trace.percentile(50) if self.trace is not None else self.mbps
+
 
 class Link:
-    """A FIFO link: one message at a time at the spec's rate, then the one-way delay."""
+    """A FIFO link: one message at a time at the spec's rate (integrated over its trace), then
+    the one-way delay. Results come back over the downlink: the one-way delay plus their bytes
+    at the uplink's mean rate (cellular downlinks are faster than their uplinks)."""
 
     def __init__(self, spec: LinkSpec, seed: int = 0):
         self.spec = spec
@@ -70,7 +88,7 @@ class Link:
     def transmit(self, t_ready: float, nbytes: int):
         """Returns (time the last byte left, arrival time, delivered?)."""
         start = max(t_ready, self.free_at)
-        done = start + nbytes * 8 / (self.spec.mbps_at(start) * 1e6)
+        done = self.spec.finish(start, nbytes)
         self.free_at = done
         self.bytes += nbytes
         self.messages += 1
@@ -78,6 +96,14 @@ class Link:
         if not ok:
             self.lost += 1
         return done, done + self.spec.delay_ms / 1e3, ok
+
+    def backlog(self, t: float) -> float:
+        """Seconds until the link is free for a message ready at ``t`` (queueing)."""
+        return max(self.free_at - t, 0.0)
+
+    def back(self, nbytes: int) -> float:
+        """Seconds for ``nbytes`` to come back (downlink)."""
+        return nbytes * 8 / (self.spec.mbps * 1e6) + self.spec.delay_ms / 1e3
 
 
 #: How long a critical job waits for running background work to yield: one layer of a

@@ -51,21 +51,77 @@ def test_background_work_uses_idle_time_and_yields_within_one_layer():
     assert busy.backlog == pytest.approx(20 * 0.012)
 
 
-def test_bandwidth_trace_file(tmp_path):
+def test_rate_trace_is_integrated_over_each_transfer(tmp_path):
     f = tmp_path / 'trace.csv'
     f.write_text('# seconds,mbps\n0,130\n2,25\n4,56\n')
     tr = BandwidthTrace.load(str(f))
-    assert [tr.at(t) for t in (0.5, 2.5, 4.5)] == [130.0, 25.0, 56.0]
-    assert tr.at(6.5) == 130.0  # looped, period 6 s
+    assert [tr.at(t) for t in (0.5, 2.5, 4.5)] == pytest.approx([130.0, 25.0, 56.0])
+    assert tr.at(6.5) == pytest.approx(130.0)  # looped, period 6 s
     spec = sim.LinkSpec.parse(f'trace:{f}')
+    assert spec.name == 'trace'
+    # 1 MB from 1.99 s: 10 ms at 130 Mbit/s, the rest at 25 Mbit/s (not all at 130)
+    done = sim.Link(spec).transmit(1.99, 1_000_000)[0]
+    assert done == pytest.approx(2.0 + (1e6 - 0.01 * 130e6 / 8) * 8 / 25e6)
+    # a transfer that starts in the slow stretch speeds up when it ends
+    done = sim.Link(spec).transmit(3.9, 1_000_000)[0]
+    assert done == pytest.approx(4.0 + (1e6 - 0.1 * 25e6 / 8) * 8 / 56e6)
+    # FIFO: the second message leaves after the first
     link = sim.Link(spec)
-    slow = link.transmit(2.0, 1_000_000)[0] - 2.0
-    link2 = sim.Link(spec)
-    fast = link2.transmit(0.0, 1_000_000)[0]
-    assert math.isclose(slow / fast, 130 / 25)
-    (tmp_path / 'bad').write_text('1,2,3\n')
-    with pytest.raises(ValueError, match='bad:1'):
-        BandwidthTrace.load(str(tmp_path / 'bad'))
+    a, b = link.transmit(0.0, 500_000)[0], link.transmit(0.0, 500_000)[0]
+    assert b == pytest.approx(2 * a)
+
+
+def test_mahimahi_traces_and_outages(tmp_path):
+    from fluxshard_kernels import data
+    root = data.data_root() / 'traces'
+    # the shared traces' mean rates (their MANIFEST: 13.3 / 5.95 / 1.91 Mbit/s)
+    for name, mean in (('TMobile-LTE-short.up', 13.3), ('Verizon-LTE-short.up', 5.95),
+                       ('ATT-LTE-driving-2016.up', 1.91)):
+        tr = BandwidthTrace.load(str(root / name))
+        assert tr.mean() == pytest.approx(mean, rel=0.02), name
+        spec = sim.LinkSpec.parse(f'trace:{root / name}', 50.0)
+        assert spec.name == name[:-3] and spec.delay_ms == 50.0
+    # packets at 0 ms (two), then nothing until 1000 ms: an outage of a second
+    f = tmp_path / 'outage.up'
+    f.write_text('0\n0\n1000\n1000\n1000\n2000\n')
+    tr = BandwidthTrace.load(str(f))
+    assert tr.period == pytest.approx(2.0)
+    # the loop's last timestamp is the next loop's first: ms 0 carries three packets
+    assert tr.finish(0.0, 4500) == pytest.approx(0.001)
+    assert 1.0 <= tr.finish(0.0005, 3000) <= 1.001  # waits out the outage
+    assert tr.at(0.5) == 0.0
+    assert tr.finish(1.5, 4500) == pytest.approx(2.001)  # the loop starts again at 2 s
+    # a single column of non-decreasing integers with repeats reads as mahimahi too
+    g = tmp_path / 'plain'
+    g.write_text('5\n5\n9\n')
+    assert BandwidthTrace.load(str(g)).total == 3 * 1500
+
+
+@pytest.mark.parametrize('text, match', [
+    ('', 'empty'),
+    ('# nothing\n', 'empty'),
+    ('1,2,3\n', ':1: expected'),
+    ('0,5\nfast\n', ':2: expected numbers'),
+    ('0,0\n1,0\n', 'not all 0'),
+    ('0,5\n0,6\n', 'increase'),
+])
+def test_bad_rate_traces_say_what_is_wrong(tmp_path, text, match):
+    f = tmp_path / 'bad.csv'
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        BandwidthTrace.load(str(f))
+
+
+@pytest.mark.parametrize('text, match', [
+    ('5\n3\n', ':2: mahimahi timestamps are non-decreasing'),
+    ('1.5\n', 'integer milliseconds'),
+    ('0,5\n', 'one timestamp'),
+])
+def test_bad_mahimahi_traces_say_what_is_wrong(tmp_path, text, match):
+    f = tmp_path / 'bad.up'
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        BandwidthTrace.load(str(f))
     with pytest.raises(ValueError, match='link'):
         sim.LinkSpec.parse('fast')
 
@@ -188,3 +244,32 @@ def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
         p['sequences'] = ['s']
     text = report.frontier_table(pts, 'medium')
     assert '| FluxShard | 10.0 | 93.0 | 80.0 | n/a | 10.6 (interpolated) | 0.94x |' in text
+
+
+def test_an_outage_loses_no_frame_unaccounted_and_fluxshard_computes_locally(tmp_path):
+    """A 6 Mbit/s cellular-like link (mahimahi packets every 2 ms) with a 2 s outage, 50 ms
+    each way: every camera frame is served, dropped while the edge was busy, or lost;
+    FluxShard serves the outage's frames on the robot, a video stream waits it out; results
+    reach the topic in stamp order."""
+    from fluxshard_eval import harness
+    from fluxshard_server.inference import load_model
+    f = tmp_path / 'outage.up'
+    f.write_text('\n'.join(str(t) for t in [*range(0, 1000, 2), *range(3000, 6000, 2), 6000]))
+    link = sim.LinkSpec.parse(f'trace:{f}', 50.0)
+    torch_model = load_model('detect')
+    frames = list(data.iter_frames('pets09-s2l1', limit=28))
+    ref = harness.Reference(torch_model, frames)
+    runs = {m: harness.replay(lambda e, m=m: M.make(m, torch_model, e, link, fps=7.0), frames,
+                              7.0, link, ref)
+            for m in ('fluxshard', 'video-offload-crf23')}
+    for m, r in runs.items():
+        assert r['processed'] + r['dropped_edge_busy'] == len(frames), m
+        assert r['served'] + r['lost_on_link'] + r['dropped_out_of_order'] == \
+            r['processed'], m
+        assert r['results_out_of_order'] == 0, m
+    outage = [p for p in runs['fluxshard']['per_frame'] if 1.1 <= p['arrival'] <= 2.8]
+    assert outage and all(p['computed_by'] in ('edge', 'cache') for p in outage), outage
+    assert max(p['latency'] for p in outage) < 0.5
+    video = [p for p in runs['video-offload-crf23']['per_frame']
+             if 1.1 <= p['arrival'] <= 2.8]
+    assert all(p['latency'] > 0.5 or p['latency'] != p['latency'] for p in video)

@@ -140,13 +140,20 @@ class H264Encoder:
     """Per-frame H.264 access units (Annex B) for causal MV use: x264 ref=1, no B-frames,
     zero latency (one packet out per frame in)."""
 
-    def __init__(self, width: int, height: int, fps: int = 30, crf: int = 23):
+    def __init__(self, width: int, height: int, fps: int = 30, crf: int = 23,
+                 maxrate_kbps: float = 0.0, buffer_s: float = 0.25):
+        """``maxrate_kbps`` > 0: capped CRF, x264's VBV at that rate with a ``buffer_s``
+        buffer (a low-latency stream over a link of that rate)."""
         import av
         self.ctx = av.CodecContext.create('libx264', 'w')
         self.ctx.width, self.ctx.height = width // 2 * 2, height // 2 * 2
         self.ctx.pix_fmt = 'yuv420p'
-        self.ctx.framerate = fps
-        self.ctx.options = {'x264-params': 'ref=1:bframes=0:scenecut=0:keyint=100000',
+        self.ctx.framerate = int(round(fps))
+        params = 'ref=1:bframes=0:scenecut=0:keyint=100000'
+        if maxrate_kbps > 0:
+            params += (f':vbv-maxrate={int(maxrate_kbps)}'
+                       f':vbv-bufsize={max(int(maxrate_kbps * buffer_s), 1)}')
+        self.ctx.options = {'x264-params': params,
                             'preset': 'veryfast', 'tune': 'zerolatency', 'crf': str(crf)}
 
     def encode(self, frame: np.ndarray, key: bool = False) -> bytes:

@@ -624,6 +624,7 @@ class Refresh:
         self.task = None
         self.completed = 0
         self.cancelled = 0
+        self.result = None  # (raw outputs, letterbox) of the last completed dense pass
 
     def _checkpoint(self):
         self._idle.set()
@@ -635,8 +636,9 @@ class Refresh:
     def start(self, frame: np.ndarray):
         self.cancel()
         r = self.runner
-        if r.ex is None:
-            return
+        with r._lock:
+            if r.ex is None or r.state is None:  # the first pass: it builds the state
+                r._setup(frame.shape)
         self._cancel = False
         self._go.set()
         shadow = IncrementalExecutor(r.block, **r.cfg)
@@ -646,11 +648,13 @@ class Refresh:
         def run(task):
             try:
                 self._checkpoint()  # parked here if paused before it was taken
-                r._run(img, 'dense', None, r._full(), ex=shadow)
+                lb = r.lb
+                raw = r._run(img, 'dense', None, r._full(), ex=shadow)
                 with r._lock:
-                    if img.shape == (r.state.shape if r.state is not None else None):
+                    if r.state is None or img.shape == r.state.shape:
                         r.ex.caches, r.ex._warped = shadow.caches, {}
                         r.state = img
+                        self.result = (raw, lb)
                         self.completed += 1
             except Cancelled:
                 self.cancelled += 1

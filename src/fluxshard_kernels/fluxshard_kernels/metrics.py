@@ -18,6 +18,28 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
 
 
+def agreement(det, ref, thr: float = 0.5) -> float:
+    """F1 of ``det`` against ``ref`` (both with ``boxes``, ``class_ids``): objects matched
+    greedily (highest IoU first, same class, IoU >= ``thr``); 1.0 when both are empty. A cheap
+    online accuracy estimate of one result against a trusted one."""
+    nd, nr = len(det.boxes), len(ref.boxes)
+    if nd == 0 and nr == 0:
+        return 1.0
+    if nd == 0 or nr == 0:
+        return 0.0
+    iou = box_iou(det.boxes, ref.boxes)
+    iou[np.asarray(det.class_ids)[:, None] != np.asarray(ref.class_ids)[None, :]] = 0.0
+    matched = 0
+    while True:
+        i, j = np.unravel_index(int(np.argmax(iou)), iou.shape)
+        if iou[i, j] < thr:
+            break
+        matched += 1
+        iou[i, :] = 0.0
+        iou[:, j] = 0.0
+    return 2.0 * matched / (nd + nr)
+
+
 def average_precision(tp: np.ndarray, conf: np.ndarray, n_gt: int) -> float:
     """All-point interpolated AP of ranked predictions."""
     if n_gt == 0:
