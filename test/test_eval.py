@@ -207,3 +207,29 @@ def test_eval_command_is_installed():
     out = subprocess.run(['fluxshard-eval', '--help'] if not exe.exists() else
                          [str(exe), '--help'], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and 'rosbag replay' in out.stdout
+
+
+def test_the_namespace_link_follows_a_capacity_trace():
+    """tc re-shapes the veth link every 100 ms to the trace's rate (both directions), an
+    outage held at the smallest rate tc takes."""
+    import time
+    from fluxshard_edge.link import BandwidthTrace
+    from fluxshard_eval import netns
+    if netns.available():
+        pytest.skip(f'no network namespaces here: {netns.available()}')
+    name = f'ft{os.getpid() % 100000}'
+    trace = BandwidthTrace([0.0, 0.3, 0.6], [4.0, 0.0, 2.0])
+    netns.up(name, trace.mean())
+    try:
+        shaper = netns.TraceShaper(name, trace)
+        end = time.monotonic() + 10.0
+        while len(shaper.log) < 9 and time.monotonic() < end:
+            time.sleep(0.02)
+        shaper.stop()
+        assert [round(m, 3) for _, m in shaper.log[:9]] == [4.0] * 3 + [0.0] * 3 + [2.0] * 3
+        for ns, dev in netns._devs(name):
+            q = subprocess.run(['ip', 'netns', 'exec', ns, 'tc', 'qdisc', 'show', 'dev', dev],
+                               capture_output=True, text=True).stdout
+            assert 'tbf' in q and any(r in q for r in ('4Mbit', '8Kbit', '2Mbit')), q
+    finally:
+        netns.down(name)

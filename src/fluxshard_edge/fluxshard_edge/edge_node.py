@@ -126,8 +126,9 @@ PARAMS = [
     Param('refresh.interval', 10, 'Frames between background dense refreshes', lo=1,
           hi=100000, live=True),
     Param('scheduler.salience', True, 'Weight misses by projected results', live=True),
-    Param('scheduler.force_strategy', '', "'' = EA decides; 'edge' or 'cloud' to pin",
-          choices=['', 'edge', 'cloud'], live=True),
+    Param('scheduler.force_strategy', '', "'' = EA decides; 'edge' or 'cloud' to pin; "
+          "'offline' = every frame on the robot, nothing sent (no server needed)",
+          choices=['', 'edge', 'cloud', 'offline'], live=True),
     Param('link.emulate_mbps', 0.0, 'Emulate an uplink of this many Mbit/s in the transport '
           '(0 = off)', lo=0.0, hi=1e5),
     Param('link.drop_rate', 0.0, 'Drop this fraction of outgoing batches (loss injection for '

@@ -28,6 +28,9 @@ from fluxshard_kernels.profile import DeviceProfile
 #: Local inference paths: the incremental engine, onnxruntime dense, or per frame the one
 #: measured faster (``auto``, as the server's backend).
 LOCAL_BACKENDS = ('auto', 'incremental', 'onnxruntime')
+#: '' = the EA decides; 'edge' / 'cloud' pin the side; 'offline' computes every frame on the
+#: robot and sends nothing (no server needed: Edge-only)
+FORCE_STRATEGIES = ('', 'edge', 'cloud', 'offline')
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,10 @@ class EdgeConfig:
         if self.backend not in LOCAL_BACKENDS:
             raise ValueError(f'backend must be one of {", ".join(LOCAL_BACKENDS)}, got '
                              f'{self.backend!r}')
-        if self.force_strategy not in ('', 'edge', 'cloud'):
-            raise ValueError("force_strategy must be '', 'edge' or 'cloud'")
+        if self.force_strategy not in FORCE_STRATEGIES:
+            raise ValueError("force_strategy must be '', 'edge', 'cloud' or 'offline'")
+        if self.force_strategy == 'offline' and not self.local_inference:
+            raise ValueError("force_strategy 'offline' needs local_inference")
 
 
 @dataclass
@@ -265,15 +270,18 @@ class EdgePipeline:
                                     edge_available=local_ready or (
             self.runner is not None and frame.shape[2] == 3),
             cloud_available=self.cloud_available or key, adaptive=cfg.task_allocation)
+        offline = cfg.force_strategy == 'offline'
         if cfg.force_strategy and (cfg.force_strategy != 'cloud' or self.cloud_available
                                    or self.runner is None):
-            dec.strategy = cfg.force_strategy
+            dec.strategy = 'edge' if offline else cfg.force_strategy
         # a key batch initialises the server's proxy whichever side computes this frame: it
         # asks for inference when the cloud is faster, else it goes out beside local work (and
         # serves as the probe of an unreachable server)
         probe = key and self.runner is not None and frame.shape[2] == 3 and (
-            not self.cloud_available or dec.strategy == 'edge')
-        if key and not probe:
+            not self.cloud_available or dec.strategy == 'edge') and not offline
+        if offline:
+            pass
+        elif key and not probe:
             dec.strategy, dec.k_cloud = 'cloud', grid.count
         elif probe:
             dec.strategy = 'edge'
@@ -296,7 +304,7 @@ class EdgePipeline:
                                             dense=dense)
             k_opp = self.scheduler.opportunistic_blocks(cfg.deadline_ms / 1e3, local_s,
                                                         len(cobs))
-            if k_opp and self.cloud_available:
+            if k_opp and self.cloud_available and not offline:
                 send_idx = cobs[:k_opp]
             if probe:
                 send_idx = np.arange(grid.count)
@@ -392,8 +400,10 @@ class EdgePipeline:
         is this frame's size), else its dense pass; or onnxruntime when the backend says so,
         ``auto`` measures it faster, or ``dense_runtime`` asks for it."""
         path = 'incremental'
-        if self.onnx is not None and (ready or self.runner.state is not None):
-            if self.config.backend == 'onnxruntime' or dense_runtime:
+        if self.onnx is not None and self.config.backend == 'onnxruntime':
+            path = 'onnxruntime'  # the engine is never used
+        elif self.onnx is not None and (ready or self.runner.state is not None):
+            if dense_runtime:
                 path = 'onnxruntime'
             elif ready:
                 path = self.paths.choose(len(labs))
@@ -462,8 +472,9 @@ class EdgePipeline:
             self._prev_mv_proxy = None
 
     def _background(self, frame):
-        if self.refresh is None or frame.shape[2] != 3:
-            return
+        if self.refresh is None or frame.shape[2] != 3 or (
+                self.onnx is not None and self.config.backend == 'onnxruntime'):
+            return  # no engine state to build or refresh
         if self.runner.state is None:
             # a robot that has offloaded so far builds its local state in the background, so
             # that computing locally is ready when the link turns bad

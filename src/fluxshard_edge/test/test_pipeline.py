@@ -1,6 +1,7 @@
 """Edge pipeline: key batches, dissimilarity, threshold, resync requests, geometry changes."""
 
 import numpy as np
+import pytest
 
 from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipeline
 from fluxshard_kernels import data, proxy
@@ -75,3 +76,16 @@ def test_the_local_path_is_the_faster_runtime_by_measured_cost():
     for f in frames[:3]:
         ort.step(f)
     assert ort.last_path == 'onnxruntime'
+
+
+def test_offline_computes_every_frame_on_the_robot_and_sends_nothing():
+    """force_strategy 'offline' (Edge-only): no server needed, nothing sent, every frame a
+    local result."""
+    from fluxshard_kernels import data
+    pipe = EdgePipeline(EdgeConfig(force_strategy='offline', backend='onnxruntime'))
+    for f in data.iter_frames('pets09-s2l1', 3):
+        out = pipe.step(f)
+        assert out.local_result is not None and not out.sends
+        assert pipe.last_path == 'onnxruntime'
+    with pytest.raises(ValueError, match='offline'):
+        EdgeConfig(force_strategy='offline', local_inference=False)

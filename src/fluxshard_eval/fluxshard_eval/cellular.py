@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -83,8 +84,10 @@ def run(a) -> dict:
         raise ValueError('no traces: pass --traces or put mahimahi *.up files in the data '
                          'folder\'s traces/')
     links = [sim.LinkSpec.parse(f'trace:{t}', a.delay_ms) for t in traces]
-    a.bags, a.live, a.live_frames = [], False, 0
-    bags = cli._bags(a)
+    a.bags = []
+    if a.live and a.sequences is not None and a.live not in a.sequences:
+        a.sequences = [*a.sequences, a.live]
+    bags = cli._bags(a)  # long enough for the live replay too
     profiles = {}
     for p in a.profiles:
         if p == 'paper':
@@ -126,7 +129,19 @@ def run(a) -> dict:
                  robots=e, static=name in STATIC)
         runs.append(_slim(r, e == 1 and name == timeline_seq))
     bar.close()
+    live = None
+    if a.live:
+        from fluxshard_eval import live as L
+        lk = next((lk for lk in links if a.robot_trace in lk.name), links[0])
+        path = next((p for n, p in bags if n == a.live), bags[0][1])
+        mode = L.default_mode() if a.live_link == 'auto' else a.live_link
+        live = {'sequence': a.live, 'trace': lk.name, 'frames': a.live_frames,
+                'rate_hz': a.live_rate, 'delay_ms': lk.delay_ms,
+                'results': L.run(path, lk, a.live_frames, a.out, mode=mode, rate=a.live_rate,
+                                 methods=('fluxshard', 'video-offload-crf23', 'edge-only'),
+                                 profile_file=a.profile_file)}
     return {'command': 'python -m fluxshard_eval.cellular ' + ' '.join(a.argv),
+            'live': live,
             'args': {k: v for k, v in vars(a).items() if k != 'argv'},
             'wall_s': time.monotonic() - t0, 'runs': runs,
             'profiles': {k: asdict(v) for k, v in profiles.items()},
@@ -286,6 +301,13 @@ def render(res) -> str:
     for p in res['profiles']:
         parts += [table(res, p), methods_table(res, p)]
     parts.append(robots_table(res))
+    if res.get('live'):
+        from fluxshard_eval import live as L
+        lv = res['live']
+        lk = sim.LinkSpec(lv['trace'], res['traces'][lv['trace']]['mean_mbps'], lv['delay_ms'])
+        parts.append(f"Live: {lv['frames']} frames of {lv['sequence']} at {lv['rate_hz']:g} Hz "
+                     f"through the real nodes, the link following the {lv['trace']} trace.\n")
+        parts.append(re.sub(r'^### ', '#### ', L.table(lv['results'], lk), flags=re.M))
     return '\n'.join(x for x in parts if x)
 
 
@@ -367,6 +389,12 @@ def _args(argv):
     p.add_argument('--out', default='out/cellular', help='folder for the bags')
     p.add_argument('--json', default='', help='save the results here')
     p.add_argument('--plots', default='', help='write the plots into this folder')
+    p.add_argument('--live', default='', metavar='CLIP',
+                   help='also replay this clip through the real nodes (FluxShard, Video '
+                        'Offload CRF 23, Edge-only) over the --robot-trace trace')
+    p.add_argument('--live-frames', type=int, default=60)
+    p.add_argument('--live-rate', type=float, default=2.0)
+    p.add_argument('--live-link', choices=['auto', 'netns', 'transport'], default='auto')
     p.add_argument('--no-progress', action='store_true')
     a = p.parse_args(argv)
     a.argv = list(argv)

@@ -102,7 +102,8 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
     gpu = sim.Resource()
     n = len(frames)
     st = [{'m': factory(f'robot{e + 1}'), 'next': 0, 'free': e * 0.37 / rate_hz,
-           'recs': [], 'results': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0, 'dev': sim.Resource()}
+           'recs': [], 'results': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0,
+           'dev': sim.Resource()}
           for e in range(edges)]
     for s in st:
         s['m'].camera(1.0 / rate_hz)

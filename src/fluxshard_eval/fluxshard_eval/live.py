@@ -26,6 +26,8 @@ LIVE_METHODS = {
                             ['model.backend:=onnxruntime']),
     'full-offload': (_OFFLOAD + ['key_interval:=1', 'payload.codec:=jpeg'],
                      ['model.backend:=onnxruntime']),
+    # onnxruntime dense on the robot for every frame it takes, nothing sent
+    'edge-only': (['scheduler.force_strategy:=offline', 'model.backend:=onnxruntime'], []),
 }
 
 
@@ -63,12 +65,14 @@ def run(bag_path: str, link: LinkSpec, frames: int, out_dir: str, timeout: float
         if profile_file and name == 'fluxshard':
             cmd += ['--edge-param', f'scheduler.profile_file:={profile_file}',
                     '--server-param', f'model.profile_file:={profile_file}']
-        if mode == 'netns':
+        if mode == 'netns':  # tc follows the trace over time
             cmd += ['--netns', str(link.mbps)]
+            if link.trace is not None:
+                cmd += ['--netns-trace', link.trace_path]
+        elif link.trace is not None:  # integrated over each batch in the edge transport
+            cmd += ['--edge-param', f'link.trace:={link.trace_path}']
         else:
             cmd += ['--edge-param', f'link.emulate_mbps:={link.mbps}']
-        if link.trace is not None:
-            raise ValueError('live mode takes a bandwidth class or rate, not a trace')
         env = dict(os.environ, FLUXSHARD_LOG_DIR=os.path.join(out_dir, f'live_{name}_logs'))
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout + 120)
         if os.path.isfile(js):
@@ -158,6 +162,19 @@ def steady_state(records, factor: float = 1.5, run: int = 3) -> dict:
     return out
 
 
+#: A result later than this (the scheduler's ``deadline_ms``) misses its deadline.
+DEADLINE_MS = 100.0
+
+
+def deadline_misses(r) -> str:
+    """Camera frames published without a result within the deadline, of those published."""
+    pub = r.get('published') or r.get('edge_frames_in') or 0
+    if not pub:
+        return '-'
+    ok = sum(1 for x in r.get('result_records', []) if x['latency_ms'] <= DEADLINE_MS)
+    return f'{100 * (1 - ok / pub):.0f} %'
+
+
 def table(res: dict, link: LinkSpec) -> str:
     mode = next(iter(res.values()), {}).get('mode', 'transport')
     how = ('tc tbf on a veth pair between network namespaces' if mode == 'netns'
@@ -170,13 +187,14 @@ def table(res: dict, link: LinkSpec) -> str:
              'Steady state starts at the first of three consecutive results within 1.5x of the '
              "median latency of the run's second half; the results before it are warm-up, "
              'reported apart.', '',
-             '| method | frames published | results | dropped (latest wins) | uplink MB | '
-             'edge bytes = server bytes | steady latency p50 / p90 ms | warm-up: results, '
-             'p50 ms | retention: server / edge (results) |',
-             '|---|---|---|---|---|---|---|---|---|']
+             '| method | frames published | results | dropped (latest wins) | unaccounted | '
+             'uplink MB | edge bytes = server bytes | steady latency p50 / p90 ms | '
+             f'deadline misses ({DEADLINE_MS:g} ms) | warm-up: results, p50 ms | '
+             'retention: server / edge (results) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|']
     for name, s in res.items():
         if 'error' in s:
-            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | | |')
+            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | | | | |')
             continue
         r = next(iter(s['robots'].values()))
         st = r.get('steady') or (steady_state(r['result_records']) if r.get('result_records')
@@ -187,9 +205,11 @@ def table(res: dict, link: LinkSpec) -> str:
             return '-' if v is None else f'{v:.0f}'
         lines.append(f"| {name} | {r['published']} | {r['results']} | "
                      f"{r['edge_dropped_superseded'] + r['server_dropped_superseded']} | "
+                     f"{r.get('unaccounted', '-')} | "
                      f"{r['bytes_sent'] / 1e6:.2f} | "
                      f"{'yes' if r['bytes_sent'] == r.get('server_bytes_in') else 'no'} | "
                      f"{ms(st.get('p50_ms'))} / {ms(st.get('p90_ms'))} | "
+                     f"{deadline_misses(r)} | "
                      f"{st.get('warmup_results', '-')}, {ms(st.get('warmup_p50_ms'))} | "
                      f"{_sides(r)} |")
     return '\n'.join(lines) + '\n'

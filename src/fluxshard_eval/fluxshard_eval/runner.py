@@ -48,6 +48,9 @@ def _args(argv):
                    help='run the server and the robots in two network namespaces joined by a '
                         'veth pair shaped with tc tbf at this rate, so DDS crosses a shaped '
                         'link (root and iproute2 needed; 0 = off)')
+    p.add_argument('--netns-trace', default='', metavar='FILE',
+                   help='with --netns: re-shape the link every 100 ms to follow this capacity '
+                        'trace (mahimahi *.up or seconds,mbps), looped')
     return p.parse_args(argv)
 
 
@@ -68,11 +71,20 @@ def _run_in_netns(a, argv):
               file=sys.stderr)
         return 2
     env = dict(os.environ, FLUXSHARD_NETNS=name, **netns.dds_env())
+    shaper = None
     try:
+        if a.netns_trace:
+            from fluxshard_edge.link import BandwidthTrace
+            shaper = netns.TraceShaper(name, BandwidthTrace.load(a.netns_trace))
         return subprocess.call(netns.exec_prefix(name, 'edge')
                                + [sys.executable, '-m', 'fluxshard_eval.runner', *argv],
                                env=env)
+    except (ValueError, OSError) as e:
+        print(f'fluxshard_run: --netns-trace: {e}', file=sys.stderr)
+        return 2
     finally:
+        if shaper is not None:
+            shaper.stop()
         netns.down(name)
 
 

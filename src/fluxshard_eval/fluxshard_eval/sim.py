@@ -35,6 +35,7 @@ class LinkSpec:
     delay_ms: float = 10.0
     loss: float = 0.0
     trace: Optional[BandwidthTrace] = None
+    trace_path: str = ''
 
     @classmethod
     def parse(cls, text: str, delay_ms: float = 10.0, loss: float = 0.0) -> 'LinkSpec':
@@ -45,7 +46,7 @@ class LinkSpec:
         if text.startswith('trace:'):
             tr = BandwidthTrace.load(text[6:])
             name = os.path.basename(text[6:]).rsplit('.', 1)[0]
-            return cls(name, tr.mean(), delay_ms, loss, tr)
+            return cls(name, tr.mean(), delay_ms, loss, tr, os.path.abspath(text[6:]))
         try:
             v = float(text)
         except ValueError:
