@@ -53,6 +53,7 @@ FIELDS = {
     'edge_id': 'edge_id', 'motion.block_size': 'block_size', 'motion.tau': 'tau',
     'motion.enabled': 'motion', 'motion.independent_px': 'independent_px',
     'payload.codec': 'codec', 'payload.quality': 'quality', 'payload.crf': 'crf',
+    'payload.max_crf': 'max_crf',
     'key_interval': 'key_interval',
     'model.local_inference': 'local_inference', 'model.task': 'task',
     'model.path': 'model_path', 'model.device': 'device', 'model.conf': 'conf',
@@ -84,7 +85,10 @@ PARAMS = [
           choices=['raw', 'png', 'jpeg', 'h264'], live=True),
     Param('payload.quality', 90, 'JPEG quality', lo=1, hi=100, live=True),
     Param('payload.crf', 20, 'x264 constant rate factor of h264 payloads (lower = closer to '
-          'the frame, more bytes)', lo=0, hi=51, live=True),
+          'the frame, more bytes): the finest the edge uses', lo=0, hi=51, live=True),
+    Param('payload.max_crf', 30, 'Coarsest CRF when the link is slow: the CRF rises so that '
+          'a frame\'s unit takes at most half of what the estimated link rate carries in a '
+          'frame interval (<= payload.crf: fixed CRF)', lo=0, hi=51, live=True),
     Param('payload.pack_motion', True, 'zlib-pack the motion field of each BlockBatch (false: '
           'plain mv_x / mv_y arrays, readable with ros2 topic echo)', live=True),
     Param('key_interval', 0, 'Key batch every N frames (0 = on demand)', lo=0, hi=100000,

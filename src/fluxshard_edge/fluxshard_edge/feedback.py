@@ -58,6 +58,18 @@ class ServerLink:
         want, nbytes, t_sent = sent
         return AckOutcome(bytes(digest) == want, nbytes, now - t_sent - server_receive_s)
 
+    def backlog_s(self, now: float, bps: float) -> float:
+        """Seconds the link still needs for the batches sent and not yet ACKed, at ``bps``
+        bytes/s, one after the other from their send times (the queue a new batch joins)."""
+        if bps <= 0:
+            return 0.0
+        free = 0.0
+        with self._lock:
+            for seq, (_, nbytes, t) in self._sent.items():
+                if seq > self._acked_upto:
+                    free = max(free, t) + nbytes / bps
+        return max(free - now, 0.0)
+
     def poll(self, now: float) -> str:
         """Before a frame: 'ok'; 'lost' when the server has just become unavailable; 'probe'
         when a probe is due; 'down' while unavailable between probes; 'back' once after an

@@ -13,6 +13,7 @@ The node (``edge_node.py``) feeds frames in and publishes what comes out.
 """
 
 from dataclasses import dataclass, field
+import math
 import time
 from typing import Optional
 
@@ -44,6 +45,7 @@ class EdgeConfig:
     codec: str = 'h264'
     quality: int = 90
     crf: int = 20
+    max_crf: int = 30
     key_interval: int = 0
     motion: bool = True
     local_inference: bool = True
@@ -76,6 +78,8 @@ class EdgeConfig:
             raise ValueError(f'quality must be in 1..100, got {self.quality}')
         if not 0 <= self.crf <= 51:
             raise ValueError(f'crf must be in 0..51, got {self.crf}')
+        if not 0 <= self.max_crf <= 51:
+            raise ValueError(f'max_crf must be in 0..51, got {self.max_crf}')
         if self.tau < 0:
             raise ValueError(f'tau must be >= 0, got {self.tau}')
         for p in (self.edge_profile, self.cloud_profile):
@@ -163,6 +167,9 @@ class EdgePipeline:
         self.last_path = ''
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
         self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
+        self.crf = config.crf         # the payload CRF of the current stream
+        self._unit = None            # (EMA of an inter unit's bytes, at this CRF)
+        self._crf_switched = -self.CRF_HOLD  # frame of the last CRF change
         self.model = model
         if config.local_inference:
             from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
@@ -241,8 +248,9 @@ class EdgePipeline:
                                            f'to {frame.shape}')
         if not key and cfg.key_interval and self.frames % cfg.key_interval == 0:
             key, self._key_reason = True, 'periodic key'
+        self.crf = self._link_crf() if cfg.codec == 'h264' else cfg.crf
         if not key and cfg.codec == 'h264' and self._inter_at != (
-                self.seq, (frame.shape, cfg.crf)):
+                self.seq, (frame.shape, self.crf)):
             # an H.264 stream continues only from its own last unit at the same size and CRF
             key, self._key_reason = True, 'H.264 stream (re)starts'
         out = EdgeStep()
@@ -446,11 +454,13 @@ class EdgePipeline:
             # the blocks the server recomputes
             if self._inter is None:
                 self._inter = proxy.InterEncoder()
-            payload, decoded = self._inter.encode(frame, key, cfg.crf)
+            payload, decoded = self._inter.encode(frame, key, self.crf)
+            if not key:
+                self._learn_unit(len(payload), self.crf)
             upd = proxy.ProxyUpdate(grid.height, grid.width, frame.shape[2], grid.block_size,
                                     idx, None, 0, mvx, mvy, key, decoded)
-            self._inter_at = (self.seq + 1, (frame.shape, cfg.crf))
-            quality = cfg.crf
+            self._inter_at = (self.seq + 1, (frame.shape, self.crf))
+            quality = self.crf
         else:
             payload, _, upd = proxy.build_update(frame, grid, idx, codec, cfg.quality, mvx,
                                                  mvy, key)
@@ -462,14 +472,56 @@ class EdgePipeline:
         out.digest = proxy.digest(new_state)
         out.key, out.codec, out.quality = key, codec, quality
         out.sparse_inference_requested = infer
-        # an H.264 unit codes the whole frame: its bytes spread over every block
-        self.scheduler.observe_payload(len(payload), grid.count if codec == proxy.CODEC_H264
-                                       else len(idx))
+        if codec == proxy.CODEC_H264:
+            self.scheduler.observe_unit(len(payload), key)
+        else:
+            self.scheduler.observe_payload(len(payload), len(idx))
         if key:
             out.key_reason = self._key_reason
             self.last_key_seq = self.seq
             self._key_reason = ''
             self._prev_mv_proxy = None
+
+    #: the share of the link one frame's payload may take (the rest: headroom for the
+    #: link's swings, the other robots of a cell, feedback)
+    LINK_SHARE = 0.5
+    #: CRF steps smaller than this are not worth restarting the stream (an IDR unit) for
+    CRF_STEP = 3
+    #: frames between two CRF changes at least
+    CRF_HOLD = 30
+
+    def _link_crf(self) -> int:
+        """The payload CRF from the link (rate from the link): a unit should take at most
+        ``LINK_SHARE`` of what the link carries in a frame interval, at the estimated rate;
+        the finest CRF is ``crf``, the coarsest ``max_crf``. x264 bits halve about every +6
+        CRF, so the CRF that fits is ``crf_now + 6 log2(unit / budget)``; a change restarts
+        the stream (an IDR unit at the new CRF), so it takes a step of ``CRF_STEP`` and at
+        most one per ``CRF_HOLD`` frames (a key batch takes the new CRF at once)."""
+        cfg = self.config
+        lo, hi = cfg.crf, max(cfg.crf, cfg.max_crf)
+        cur = self._inter_at[1][1] if self._inter_at[1] is not None else lo
+        cur = min(max(cur, lo), hi)
+        if hi == lo or self._unit is None:
+            return cur
+        sch = self.scheduler
+        budget = sch.bw.bps * (sch.frame_interval_s or 1 / 15) * self.LINK_SHARE
+        nbytes, at = self._unit
+        est = nbytes * 2 ** ((at - cur) / 6)
+        want = min(max(int(math.ceil(cur + 6 * math.log2(max(est, 1.0) / max(budget, 1.0))
+                                     - 1e-9)), lo), hi)
+        restart = self._key_reason != ''
+        if want == cur or (not restart and (abs(want - cur) < self.CRF_STEP or
+                                            self.frames - self._crf_switched < self.CRF_HOLD)):
+            return cur
+        self._crf_switched = self.frames
+        return want
+
+    def _learn_unit(self, nbytes: int, crf: int):
+        if self._unit is not None:
+            old, at = self._unit
+            old *= 2 ** ((at - crf) / 6)  # rescaled to this CRF
+            nbytes = 0.8 * old + 0.2 * nbytes
+        self._unit = (float(nbytes), crf)
 
     def _background(self, frame):
         if self.refresh is None or frame.shape[2] != 3 or (

@@ -54,6 +54,7 @@ class EdgeRuntime:
         self.last_frame: Optional[Frame] = None
         self.last: dict = {}
         self._awaiting = OrderedDict()  # seq -> Frame offloaded for inference, no result yet
+        self._prev_stamp = None         # (frame index, stamp s) of the last frame processed
 
     # -- between frames ----------------------------------------------------------------------
     def reconfigure(self, **changes):
@@ -129,10 +130,29 @@ class EdgeRuntime:
                 self.pipeline.request_resync('probing the server')
                 self.counters['probes'] += 1
             self.pipeline.cloud_available = self.server.available
+            self._observe_camera(frame)
+            sch = self.pipeline.scheduler
+            sch.queue_s = self.server.backlog_s(now, sch.bw.bps)
             step = self.pipeline.step(frame.image, frame.codec_mvs)
             out.step = step
             self._account(step, frame, t0, now)
         return out
+
+    def _observe_camera(self, frame: Frame):
+        """The camera's frame interval from the stamps and indices of the frames taken (the
+        frames the latest-wins slot skipped count in the index): the scheduler's wait."""
+        st = getattr(frame.header, 'stamp', None)
+        if st is None:
+            return
+        t = st.sec + st.nanosec * 1e-9
+        prev, self._prev_stamp = self._prev_stamp, (frame.index, t)
+        if prev is None or frame.index <= prev[0]:
+            return
+        dt = (t - prev[1]) / (frame.index - prev[0])
+        if 0 < dt < 10:
+            sch = self.pipeline.scheduler
+            old = sch.frame_interval_s
+            sch.frame_interval_s = dt if old is None else 0.8 * old + 0.2 * dt
 
     def _recover(self):
         if not self._awaiting:

@@ -23,6 +23,11 @@ PROFILES = {
 }
 
 
+#: An IDR unit's bytes over an inter unit's (x264 zero latency on camera footage), to seed the
+#: per-batch cost from a key batch before any inter unit was sent.
+KEY_OVER_INTER = 4.0
+
+
 class LatencyModel:
     """t(k) = a k^2 + b k + c seconds, seeded from a profile and refitted (least squares, a and
     b kept >= 0) from the last ``window`` measured (k, t) pairs once they span 3 distinct k.
@@ -163,14 +168,31 @@ class Scheduler:
         self.lam, self.acc_e, self.acc_c = lam, accuracy_edge, accuracy_cloud
         self.tau_wait = tau_wait
         self.bytes_per_block = bytes_per_block
+        #: bytes of a batch whatever k (an H.264 unit codes the whole frame: observe_unit)
+        self.batch_bytes = 0.0
+        self._units = 0
         #: seconds the link is still busy with earlier messages (set before each decision)
         self.queue_s = 0.0
         #: the camera's frame interval, seconds (None: unknown, waits not modelled)
         self.frame_interval_s: Optional[float] = None
 
     def observe_payload(self, nbytes: int, blocks: int):
+        """A sent payload of ``nbytes`` carrying ``blocks`` blocks (its size grows with k)."""
         if blocks > 0:
             self.bytes_per_block = 0.8 * self.bytes_per_block + 0.2 * nbytes / blocks
+            self.batch_bytes = 0.0
+
+    def observe_unit(self, nbytes: int, key: bool = False):
+        """A sent payload that codes the whole frame whatever k (an H.264 unit): its bytes
+        are a per-batch cost; an inter unit refines the estimate, a key unit only seeds it."""
+        if key and self._units:
+            return
+        if key:  # an IDR unit is several inter units' worth (x264, zero latency: ~4x)
+            nbytes = nbytes / KEY_OVER_INTER
+        self.batch_bytes = float(nbytes) if not self._units else \
+            0.7 * self.batch_bytes + 0.3 * nbytes
+        self._units += not key
+        self.bytes_per_block = 0.0
 
     def wait(self, busy_s: float) -> float:
         """Mean time a frame waits for the edge when every frame keeps it ``busy_s`` (the
@@ -185,7 +207,7 @@ class Scheduler:
         """Expected latency of offloading k blocks: the edge's share (extraction, the wait for
         the link, the transfer, which a reliable publish blocks on), the round trip and the
         server, plus the wait of a frame for an edge kept that busy."""
-        transfer = self.bytes_per_block * k / max(self.bw.bps, 1.0)
+        transfer = (self.batch_bytes + self.bytes_per_block * k) / max(self.bw.bps, 1.0)
         busy = self.tau_wait + self.queue_s + transfer
         return busy + self.bw.latency_s + self.cloud(k) + self.wait(busy)
 
@@ -240,4 +262,9 @@ class Scheduler:
         room = max(deadline_s, local_s) - self.tau_wait - self.queue_s
         if room <= 0 or n_cloud <= 0:
             return 0
-        return int(min(n_cloud, room * self.bw.bps / max(self.bytes_per_block, 1.0)))
+        room -= self.batch_bytes / max(self.bw.bps, 1.0)
+        if room <= 0:
+            return 0
+        if self.bytes_per_block <= 0:  # the batch's size does not grow with k
+            return n_cloud
+        return int(min(n_cloud, room * self.bw.bps / self.bytes_per_block))

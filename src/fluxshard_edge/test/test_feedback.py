@@ -1,5 +1,7 @@
 """The edge's server-link bookkeeping: ACK samples, digests, unavailability and probing."""
 
+import pytest
+
 from fluxshard_edge.feedback import ServerLink
 
 
@@ -45,3 +47,14 @@ def test_resync_guard_bounds_key_batches_and_reports_the_storm():
     assert allowed == 2 + 4                               # burst + 0.5/s x ~10 s
     assert g.refused_recently(10.0, 10.0) == 1000 - allowed
     assert g.refused_recently(100.0, 10.0) == 0
+
+
+def test_backlog_is_what_unacked_batches_still_need_of_the_link():
+    link = ServerLink(1.0)
+    link.sent(1, b'a', 100_000, 10.0)  # 1 s at 100 kB/s
+    link.sent(2, b'b', 50_000, 10.2)   # queued behind it: leaves at 11.5
+    assert link.backlog_s(10.5, 100_000) == pytest.approx(1.0)
+    link.ack(1, b'a', 0.0, 10.6)
+    assert link.backlog_s(10.6, 100_000) == pytest.approx(0.1)  # only seq 2 from 10.2
+    link.ack(2, b'b', 0.0, 11.0)
+    assert link.backlog_s(11.0, 100_000) == 0.0
