@@ -12,7 +12,8 @@ A rendered region of a page looks like
 hold the command that made it plus every table of that run (``fluxshard_eval.cli.render``);
 ``bench`` and ``engine-eval`` the ``--json`` of ``python -m fluxshard_kernels.bench`` and
 ``python -m fluxshard_kernels.evaluate`` (their ``render``); ``profile`` a device profile of
-``python -m fluxshard_kernels.profile`` (``describe``).
+``python -m fluxshard_kernels.profile`` (``describe``); ``cellular`` the ``--json`` of
+``python -m fluxshard_eval.cellular``.
 
 Usage:  scripts/fluxshard run python scripts/render_docs.py          # rewrite the pages
         scripts/fluxshard run python scripts/render_docs.py --check  # exit 1 if one is stale
@@ -105,8 +106,18 @@ def render_gpu_check(path: Path) -> str:
     return '\n'.join(lines)
 
 
+def render_cellular(path: Path) -> str:
+    """A saved ``python -m fluxshard_eval.cellular --json`` (modelled runs over the cellular
+    traces, and/or its live replay)."""
+    from fluxshard_eval import cellular
+    res = json.loads(path.read_text())
+    return (f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`):\n\n"
+            + re.sub(r'^#+ ', '#### ', cellular.render(res), flags=re.M))
+
+
 RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval,
-             'profile': render_profile, 'gpu-check': render_gpu_check, 'live': render_live}
+             'profile': render_profile, 'gpu-check': render_gpu_check, 'live': render_live,
+             'cellular': render_cellular}
 
 
 def check_markers(text: str, allow_empty: bool = False) -> None:

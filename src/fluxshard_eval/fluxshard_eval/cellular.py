@@ -103,10 +103,10 @@ def run(a) -> dict:
     for name, path in bags:
         imgs, rate = cli._load(path, '', a.frames)
         sources.append((name, imgs, rate, harness.Reference(model, imgs)))
-    plan = [(pn, lk, s, m, 1) for pn in profiles for lk in links for s in sources
-            for m in METHODS]
+    plan = [] if a.live_only else [
+        (pn, lk, s, m, 1) for pn in profiles for lk in links for s in sources for m in METHODS]
     robots_on = [s for s in sources if s[0] in a.robot_sequences]
-    if a.robots > 1:
+    if a.robots > 1 and not a.live_only:
         cell = [lk for lk in links if a.robot_trace in lk.name] or links[:1]
         plan += [('paper', cell[0], s, m, a.robots) for s in robots_on
                  for m in ('fluxshard', *VIDEO) if 'paper' in profiles]
@@ -116,7 +116,8 @@ def run(a) -> dict:
           f'delay {a.delay_ms:g} ms; profiles {", ".join(profiles)}', flush=True)
     bar = cli.Progress(total, not a.no_progress)
     runs, t0 = [], time.monotonic()
-    timeline_seq = next((s[0] for s in sources if s[0] == a.timeline), sources[0][0])
+    timeline_seq = next((s[0] for s in sources if s[0] == a.timeline), sources[0][0]
+                        if sources else '')
     for pn, lk, (name, imgs, rate, ref), m, e in plan:
         bar.label = f'{pn} {lk.name} {name} {m} x{e}'
         prof = profiles[pn]
@@ -165,26 +166,30 @@ def rows(res, profile, robots=1):
 def table(res, profile) -> str:
     label = res['profiles'][profile]['label']
     lines = [f'#### Device times modelled on {label} ({profile})', '',
-             '| clip | trace | FluxShard: mean / p90 ms, age p90 ms, served, retention %, '
-             'KB/frame, on edge % | comparator | its mean / p90, age p90, served, retention '
-             '| mean, p90, age ratio |', '|---|---|---|---|---|---|']
+             '| clip | trace | FluxShard: mean / p90 ms, age p90 ms (at frames / any time), '
+             'served, retention %, KB/frame, on edge % | comparator | its mean / p90, age p90 '
+             '(frames / any time), served, retention | mean, p90, age ratio (frames / any '
+             'time) |', '|---|---|---|---|---|---|']
     for fx, c in rows(res, profile):
         by = fx['computed_by']
         edge = 100 * by.get('edge', 0) / max(fx['served'], 1)
         kb = fx['bytes_on_link'] / 1e3 / max(fx['processed'], 1)
         head = (f"| {fx['sequence']}{' (static)' if fx['static'] else ''} | {fx['trace']} | "
                 f"{fx['latency_ms_mean']:.0f} / {fx['latency_ms_p90']:.0f}, "
-                f"{fx['age_ms_p90']:.0f}, {fx['served']}/{fx['frames']}, "
+                f"{fx['age_ms_p90']:.0f} / {fx['age_ms_p90_any_time']:.0f}, "
+                f"{fx['served']}/{fx['frames']}, "
                 f"{100 * fx['retention']:.1f}, {kb:.1f}, {edge:.0f} |")
         if c is None:
             lines.append(head + ' none keeps its retention | | |')
             continue
         lines.append(head + f" {report.name(c['method'])} | {c['latency_ms_mean']:.0f} / "
-                     f"{c['latency_ms_p90']:.0f}, {c['age_ms_p90']:.0f}, "
+                     f"{c['latency_ms_p90']:.0f}, {c['age_ms_p90']:.0f} / "
+                     f"{c['age_ms_p90_any_time']:.0f}, "
                      f"{c['served']}/{c['frames']}, {100 * c['retention']:.1f} | "
                      f"{_ratio(fx['latency_ms_mean'], c['latency_ms_mean']):.2f}, "
                      f"{_ratio(fx['latency_ms_p90'], c['latency_ms_p90']):.2f}, "
-                     f"{_ratio(fx['age_ms_p90'], c['age_ms_p90']):.2f} |")
+                     f"{_ratio(fx['age_ms_p90'], c['age_ms_p90']):.2f} / "
+                     f"{_ratio(fx['age_ms_p90_any_time'], c['age_ms_p90_any_time']):.2f} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -244,13 +249,17 @@ def targets(res) -> str:
             age = [_ratio(fx['age_ms_p90'], c['age_ms_p90']) if c else math.nan
                    for fx, c in rr]
             served = [_ratio(fx['served'], c['served']) if c else math.nan for fx, c in rr]
+            any_t = [_ratio(fx['age_ms_p90_any_time'], c['age_ms_p90_any_time']) if c
+                     else math.nan for fx, c in rr]
             what = 'static' if static else 'moving'
             out.append(
                 f"- paper profile, {what} clips ({len(rr)} clip-trace runs): worst FluxShard / "
                 f"comparator mean {np.nanmax(mean):.2f}x, p90 {np.nanmax(p90):.2f}x "
                 f"(target <= {lim_lat}x: {verdict(np.nanmax(mean + p90) <= lim_lat)}); "
                 f"age p90 {np.nanmax(age):.2f}x (<= {lim_age}x: "
-                f"{verdict(np.nanmax(age) <= lim_age)}); median mean {np.nanmedian(mean):.2f}x;"
+                f"{verdict(np.nanmax(age) <= lim_age)}; at any time rather than at camera "
+                f"frames, worst {np.nanmax(any_t):.2f}x, median {np.nanmedian(any_t):.2f}x); "
+                f"median mean {np.nanmedian(mean):.2f}x;"
                 f" served >= 0.95x: worst {np.nanmin(served):.2f}x "
                 f"({verdict(np.nanmin(served) >= 0.95)}); runs without a comparator at "
                 f"FluxShard's retention: {sum(c is None for _, c in rr)}")
@@ -297,8 +306,8 @@ def render(res) -> str:
             + ', '.join(f"{k} (mean {v['mean_mbps']:.2f}, median {v['median_mbps']:.2f} "
                         f"Mbit/s)" for k, v in res['traces'].items())
             + f"; {res['wall_s'] / 60:.1f} min on this 2-core machine.\n")
-    parts = [head, targets(res)]
-    for p in res['profiles']:
+    parts = [head, targets(res)] if res['runs'] else []
+    for p in res['profiles'] if res['runs'] else ():
         parts += [table(res, p), methods_table(res, p)]
     parts.append(robots_table(res))
     if res.get('live'):
@@ -395,11 +404,15 @@ def _args(argv):
     p.add_argument('--live-frames', type=int, default=60)
     p.add_argument('--live-rate', type=float, default=2.0)
     p.add_argument('--live-link', choices=['auto', 'netns', 'transport'], default='auto')
+    p.add_argument('--live-only', action='store_true',
+                   help='only the live replay (needs --live), no modelled runs')
     p.add_argument('--no-progress', action='store_true')
     a = p.parse_args(argv)
     a.argv = list(argv)
     if a.delay_ms < 0 or a.frames < 0 or a.robots < 1:
         p.error('--delay-ms and --frames must be >= 0, --robots >= 1')
+    if a.live_only and not a.live:
+        p.error('--live-only needs --live CLIP')
     return a
 
 
@@ -415,7 +428,7 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, 'w') as f:
             json.dump(res, f, indent=0, default=float)
-    if a.plots:
+    if a.plots and res['runs']:
         print('wrote ' + ', '.join(plots(res, a.plots)))
     bad = [r for r in res['runs'] if not accounted(r)]
     if bad:
