@@ -122,6 +122,8 @@ class EdgeStep:
     block_map: Optional[np.ndarray] = None
     hit_ratio: float = 1.0
     timings: dict = field(default_factory=dict)
+    #: the dense local runtime served the frame without block motion (``_dense_wins``)
+    motion_skipped: bool = False
 
     @property
     def sends(self) -> bool:
@@ -168,6 +170,8 @@ class EdgePipeline:
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
         self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
         self.crf = config.crf         # the payload CRF of the current stream
+        self.last_decision_full = None  # the last decision of a full step (motion + EA)
+        self._last_full = 0
         self._unit = None            # (EMA of an inter unit's bytes, at this CRF)
         self._crf_switched = -self.CRF_HOLD  # frame of the last CRF change
         self.model = model
@@ -242,6 +246,8 @@ class EdgePipeline:
         t['pause'] = time.perf_counter()
         grid = BlockGrid(frame.shape[0], frame.shape[1], cfg.block_size)
         self.n_blocks = grid.count
+        if self._dense_wins(frame):
+            return self._dense_step(frame, t)
         key = self._key_reason != ''
         if not key and self.proxy is not None and self.proxy.shape != frame.shape:
             key, self._key_reason = True, (f'frame size changed from {self.proxy.shape} '
@@ -296,10 +302,12 @@ class EdgePipeline:
         if self.runner is None and not key:
             dec.strategy = 'cloud'
         out.decision = dec
+        self._last_full = self.frames
         t['schedule'] = time.perf_counter()
         # step 4: execute
         send_idx, infer = None, False
         self._local_det = None
+        self.last_decision_full = dec
         if dec.strategy == 'edge':
             out.local_result = self._local(frame, mv_l, labs[:dec.k_edge], local_ready)
             if local_ready and self.last_path == 'incremental':
@@ -405,16 +413,15 @@ class EdgePipeline:
 
     def _local(self, frame, mv, labs, ready, dense_runtime: bool = False):
         """Local detections for ``frame``: the engine's step on ``labs`` (``ready``: its state
-        is this frame's size), else its dense pass; or onnxruntime when the backend says so,
-        ``auto`` measures it faster, or ``dense_runtime`` asks for it."""
+        is this frame's size), else a dense pass (onnxruntime when there is one, else the
+        engine's); onnxruntime when the backend says so, ``auto`` measures it faster, or
+        ``dense_runtime`` asks for it."""
         path = 'incremental'
-        if self.onnx is not None and self.config.backend == 'onnxruntime':
-            path = 'onnxruntime'  # the engine is never used
-        elif self.onnx is not None and (ready or self.runner.state is not None):
-            if dense_runtime:
-                path = 'onnxruntime'
-            elif ready:
-                path = self.paths.choose(len(labs))
+        if self.onnx is not None and (self.config.backend == 'onnxruntime' or dense_runtime
+                                      or not ready):
+            path = 'onnxruntime'  # a dense pass either way: the engine's state is built by
+        elif self.onnx is not None:  # the background refresh
+            path = self.paths.choose(len(labs))
         t0 = time.perf_counter()
         self.last_path = path
         if path == 'onnxruntime':
@@ -482,6 +489,40 @@ class EdgePipeline:
             self._key_reason = ''
             self._prev_mv_proxy = None
 
+    #: ``_dense_wins``: the cloud must be this much slower than the dense local path
+    DENSE_MARGIN = 1.25
+    #: ... and a full step (motion, decision, upload) re-measures every this many frames
+    FULL_EVERY = 10
+
+    def _dense_wins(self, frame) -> bool:
+        """Skip block motion and the decision: the last full step computed this camera's frame
+        locally with the dense runtime (onnxruntime), predicted faster than the cloud by
+        ``DENSE_MARGIN``, fewer than ``FULL_EVERY`` frames ago, and nothing asks for a key or
+        pins a side. Motion estimation would then only cost time (a robot whose link is bad
+        and whose dense runtime beats the engine)."""
+        d = self.last_decision_full
+        return (d is not None and d.strategy == 'edge' and self.last_path == 'onnxruntime'
+                and not self.config.force_strategy and self._key_reason == ''
+                and self.onnx is not None and frame.shape[2] == 3
+                and self.frames - self._last_full < self.FULL_EVERY
+                and self.proxy is not None and self.proxy.shape == frame.shape
+                and d.t_cloud > self.DENSE_MARGIN * d.t_edge)
+
+    def _dense_step(self, frame, t) -> 'EdgeStep':
+        """The frame on the dense local runtime alone, nothing sent (see ``_dense_wins``)."""
+        out = EdgeStep(decision=self.last_decision_full, hit_ratio=0.0, motion_skipped=True)
+        t['schedule'] = time.perf_counter()
+        out.local_result = self._local(frame, None, np.zeros(0, np.int64), False,
+                                       dense_runtime=True)
+        self._local_det = None
+        out.block_map = np.ones(self.n_blocks, np.uint8)
+        if self.refresh is not None and self.refresh.running:
+            self.refresh.resume()  # paused at the start of the frame
+        t['end'] = time.perf_counter()
+        out.timings = {'local_ms': 1e3 * (t['end'] - t['schedule']),
+                       'total_ms': 1e3 * (t['end'] - t['t0'])}
+        return out
+
     #: the share of the link one frame's payload may take (the rest: headroom for the
     #: link's swings, the other robots of a cell, feedback)
     LINK_SHARE = 0.5
@@ -530,7 +571,9 @@ class EdgePipeline:
         if self.runner.state is None:
             # a robot that has offloaded so far builds its local state in the background, so
             # that computing locally is ready when the link turns bad
-            if not self.refresh.running:
+            if self.refresh.running:  # paused at the start of this frame
+                self.refresh.resume()
+            else:
                 self._since_refresh = 0
                 self._check = None
                 self.refresh.start(frame)

@@ -195,13 +195,14 @@ class Scheduler:
         self.bytes_per_block = 0.0
 
     def wait(self, busy_s: float) -> float:
-        """Mean time a frame waits for the edge when every frame keeps it ``busy_s`` (the
-        latest frame wins): half a frame interval once the edge cannot keep up, else the
-        residual busy time of the frames that find it busy."""
+        """What keeping the edge ``busy_s`` per frame adds to the age of the result a
+        consumer holds (the latest frame wins): below the camera's frame interval, the mean
+        residual busy time a frame finds; above it, half a frame interval of waiting plus half
+        the extra time between results (the frames skipped meanwhile), busy_s / 2 in all."""
         p = self.frame_interval_s
         if not p or busy_s <= 0:
             return 0.0
-        return p / 2 if busy_s >= p else busy_s * busy_s / (2 * p)
+        return busy_s / 2 if busy_s >= p else busy_s * busy_s / (2 * p)
 
     def t_cloud(self, k: float) -> float:
         """Expected latency of offloading k blocks: the edge's share (extraction, the wait for

@@ -251,7 +251,7 @@ class FluxShard(Method):
         w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0))
         dec = st.decision
         n = BlockGrid(frame.shape[0], frame.shape[1], p.config.block_size).count
-        w.edge_s = self.prof.edge_overhead_s
+        w.edge_s = 0.0 if st.motion_skipped else self.prof.edge_overhead_s
         if st.local_result is not None:
             k = min(dec.k_edge, dec.n_edge) if ready else n
             w.result, w.computed_by = st.local_result, 'edge' if k else 'cache'
@@ -404,8 +404,9 @@ class EdgeOnly(Method):
         t0 = time.perf_counter()
         det = dense_detect(self.model, frame if frame.ndim == 3 and frame.shape[2] == 3
                            else np.repeat(frame[:, :, :1], 3, 2))
-        return EdgeWork(det, 'edge', self.prof.edge_overhead_s + self.prof.edge.dense_s,
-                        edge_compute=1.0, cpu_ms=1e3 * (time.perf_counter() - t0))
+        # no block motion (the profile's edge overhead): the dense pass alone
+        return EdgeWork(det, 'edge', self.prof.edge.dense_s, edge_compute=1.0,
+                        cpu_ms=1e3 * (time.perf_counter() - t0))
 
 
 def dense_detect(model, img, conf=0.25):

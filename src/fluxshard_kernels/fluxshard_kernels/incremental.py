@@ -661,6 +661,12 @@ class Refresh:
             finally:
                 self._idle.set()
         self.task = self.executor.submit(run)
+        self.task.on_cancel = self._wake  # e.g. the executor's shutdown at exit
+
+    def _wake(self):
+        """The task was cancelled from outside: stop at the next checkpoint, even parked."""
+        self._cancel = True
+        self._go.set()
 
     def pause(self, timeout: float = 5.0) -> bool:
         """Stop the refresh at its next layer boundary; True once it is parked."""
