@@ -405,8 +405,9 @@ class EdgePipeline:
                 raise
             return
         if config.backend == 'auto':
-            from fluxshard_kernels.paths import PathCosts
-            self.paths = PathCosts()
+            from fluxshard_kernels.paths import PathCosts, PROBE_EVERY
+            # costs that are not re-measured (fit_latency off) need no probing
+            self.paths = PathCosts(probe_every=PROBE_EVERY if config.fit_latency else 0)
             if profile is not None:  # start from this machine's measured costs
                 self.paths.seed(profile.edge, BlockGrid(profile.frame[0], profile.frame[1],
                                                         profile.block).count)
@@ -501,9 +502,13 @@ class EdgePipeline:
         pins a side. Motion estimation would then only cost time (a robot whose link is bad
         and whose dense runtime beats the engine)."""
         d = self.last_decision_full
-        return (d is not None and d.strategy == 'edge' and self.last_path == 'onnxruntime'
+        dense_faster = self.onnx is not None and (
+            self.config.backend == 'onnxruntime' or (  # predicted, not a probe's choice
+                self.paths is not None and d is not None
+                and self.paths.faster(d.k_edge) == 'onnxruntime'))
+        return (d is not None and d.strategy == 'edge' and dense_faster
                 and not self.config.force_strategy and self._key_reason == ''
-                and self.onnx is not None and frame.shape[2] == 3
+                and frame.shape[2] == 3
                 and self.frames - self._last_full < self.FULL_EVERY
                 and self.proxy is not None and self.proxy.shape == frame.shape
                 and d.t_cloud > self.DENSE_MARGIN * d.t_edge)

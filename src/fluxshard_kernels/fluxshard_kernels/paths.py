@@ -16,7 +16,8 @@ class PathCosts:
     as ``a k^2 + b k + c`` of the blocks it recomputes (least squares over its last samples),
     onnxruntime dense as the median of its last times. ``choose(k)`` is the path predicted
     faster for k blocks, except that a path not run for PROBE_EVERY frames runs once to
-    re-measure, and each path runs until it has samples."""
+    re-measure (``probe_every`` 0: never, for costs that are not measured), and each path runs
+    until it has samples."""
 
     def __init__(self, window: int = 16, probe_every: int = PROBE_EVERY):
         self.inc = deque(maxlen=window)
@@ -35,6 +36,14 @@ class PathCosts:
         a, b, c = fit_quadratic(ks, ts)
         return a * k * k + b * k + c
 
+    def faster(self, k: Optional[float]) -> Optional[str]:
+        """The path predicted faster for k blocks (no probing, no bookkeeping); None until
+        both have samples."""
+        t_inc = self.predict_incremental(k if k is not None else 0)
+        if t_inc is None or not self.dense:
+            return None
+        return 'incremental' if t_inc < float(np.median(self.dense)) else 'onnxruntime'
+
     def choose(self, k: Optional[float]) -> str:
         t_inc = self.predict_incremental(k if k is not None else 0)
         if not self.dense:
@@ -44,7 +53,7 @@ class PathCosts:
         else:
             path = 'incremental' if t_inc < float(np.median(self.dense)) else 'onnxruntime'
             other = 'onnxruntime' if path == 'incremental' else 'incremental'
-            if self.since[other] >= self.probe_every:
+            if self.probe_every and self.since[other] >= self.probe_every:
                 path = other
         for p in self.since:
             self.since[p] = 0 if p == path else self.since[p] + 1
