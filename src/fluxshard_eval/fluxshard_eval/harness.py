@@ -4,8 +4,9 @@ link, on the modelled timeline (``sim``), and measure it against dense inference
 Timeline per edge: frame i arrives at i / rate; the edge takes the newest arrived frame when it
 is free (older ones are dropped, "latest wins", and counted); its critical-path compute, then
 each message over the link (FIFO, shared by all edges, at the link's rate, plus the one-way
-delay; a reliable publish blocks the edge until its bytes are on the wire, opportunistic
-uploads go out in the background), then the server
+delay; a streamer's publish blocks the edge until its bytes are on the wire, FluxShard's
+queue on the link while the edge takes the next frame, its scheduler seeing the queue), then
+the server
 (FIFO, shared), then the result back over the link. Background work (dense refreshes) runs on
 its device (edge or server) in idle time and yields within one layer to critical work
 (``sim.Resource``). Accuracy is judged on every processed frame that got a result.
@@ -154,7 +155,8 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         s['bg_s'] += w.background_s
         if w.background_s:
             s['dev'].background(t_e, w.background_s)
-        s['free'] = max(t_e, t_wire)  # the edge's refresh yields to the next frame
+        # the edge's refresh yields to the next frame; a blocking publish holds the edge
+        s['free'] = max(t_e, t_wire) if m.blocks_on_send else t_e
         if progress:
             progress(j + 1 - s['next'])
         s['next'] = j + 1

@@ -129,6 +129,10 @@ def _result_bytes(det, edge_id, index, task):
 
 class Method:
     name = ''
+    #: the edge waits until its critical messages have left (a streamer's backpressure: the
+    #: camera frames it cannot send are dropped before encoding); False: the messages queue
+    #: on the link and the edge takes the next frame (an asynchronous DDS publish)
+    blocks_on_send = True
 
     def __init__(self, model, edge_id: str, link: sim.LinkSpec, profile=None):
         self.model, self.edge_id, self.task = model, edge_id, model.task
@@ -210,6 +214,7 @@ class FluxShard(Method):
     """The real EdgePipeline with the server's session and incremental model."""
 
     name = 'fluxshard'
+    blocks_on_send = False  # the scheduler sees the queue (link_queue) instead
 
     def __init__(self, model, edge_id, link, profile=None, ablation: str = '',
                  tau: float = 10.0,
