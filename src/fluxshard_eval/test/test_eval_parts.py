@@ -118,6 +118,126 @@ def test_bad_traces_say_what_is_wrong(tmp_path, name, text, match):
         sim.LinkSpec.parse('fast')
 
 
+def test_sparse_time_never_exceeds_dense():
+    p = sim.PAPER.edge
+    assert p.sparse_s(0) == 0.0
+    assert math.isclose(p.sparse_s(100), 3.6e-4 + 0.0213 + 0.0429)
+    assert p.sparse_s(5000) == 0.209
+
+
+def test_methods_take_their_device_times_from_the_profile(model):
+    """A measured profile replaces Table 1 in every method: the edge's scheduler is seeded
+    from it and dense-only servers are charged its dense time."""
+    from fluxshard_kernels.profile import DeviceProfile, RoleProfile
+    prof = DeviceProfile('measured', 'test machine', RoleProfile(1e-7, 2e-4, 0.25, 0.05, 0.15),
+                         RoleProfile(0.0, 1e-4, 0.2, 0.04, 0.12), edge_overhead_s=0.01)
+    link = sim.LinkSpec.parse('medium')
+    fx = M.make('fluxshard', model, 'robot1', link, prof)
+    s = fx.pipe.scheduler
+    assert (s.edge.a, s.edge.b, s.edge.c) == prof.edge.abc
+    assert (s.cloud.a, s.cloud.b, s.cloud.c) == prof.server.abc
+    nms = M.make('no-ms-comp', model, 'robot1', link, prof).pipe.scheduler
+    assert (nms.edge.c, nms.cloud.c) == (0.05, 0.04)
+    assert prof.edge.sparse_s(10) == 0.15  # capped by the engine's dense pass
+    fo = M.make('full-offload', model, 'robot1', link, prof)
+    assert fo.prof is prof
+    frame = next(data.iter_frames('davis-parkour', limit=1))
+    w = fo.edge(frame, 0)
+    assert w.edge_s == 0.01
+    assert fo.server(w, [True] * len(w.messages)).server_s == 0.04
+    assert M.make('fluxshard', model, 'robot1', link).prof is sim.PAPER
+
+
+def test_split_model_equals_the_whole_model(model):
+    img = next(data.iter_frames('davis-parkour', 1))
+    x, lb = letterbox(img, 640)
+    x = torch.from_numpy(x)
+    with torch.no_grad():
+        full = model(x)
+        for s in (4, 10):
+            _, y = model.backbone(x, stop=s)
+            _, y = model.backbone(y[s], start=s + 1, y=y)
+            assert torch.equal(model.head_outputs(model.neck_head(y)), full)
+    fr = M.split_fractions(model)
+    assert 0 < fr[4] < fr[10] < 1 and fr[0] == 0 and fr[23] == 1
+
+
+def test_feature_messages_round_trip(model):
+    from std_msgs.msg import UInt8MultiArray
+    img = next(data.iter_frames('davis-parkour', 1))
+    x, lb = letterbox(img, 640)
+    with torch.no_grad():
+        _, y = model.backbone(torch.from_numpy(x), stop=10)
+    for quant, tol, width in ((False, 2e-2, 2), (True, None, 1)):
+        m = M.pack_features(y, 10, lb, quant)
+        raw = M.serialize(m)
+        back, lb2 = M.unpack_features(M.deserialize(raw, UInt8MultiArray))
+        assert lb2 == lb and set(back) == {4, 6, 10}
+        n = sum(t.numel() for t in y.values())
+        assert len(m.data) >= n * width and len(raw) < n * width * 1.01 + 4096
+        for k in y:
+            err = (back[k] - y[k]).abs().max().item()
+            rng = (y[k].amax(dim=(0, 2, 3)) - y[k].amin(dim=(0, 2, 3))).max().item()
+            assert err <= (tol * max(1.0, y[k].abs().max().item()) if tol else rng / 255 * 0.51
+                           + 1e-6), (k, quant, err)
+    det_full = model.decode(model(torch.from_numpy(x)), lb)
+    yq, _ = M.unpack_features(M.deserialize(M.serialize(M.pack_features(y, 10, lb, True)),
+                                            UInt8MultiArray))
+    with torch.no_grad():
+        det_q = model.decode(model.head_outputs(model.neck_head(yq)), lb)
+    # quantised transfer keeps the confident detections (the person)
+    keep = det_full.scores >= 0.5
+    assert keep.any() and np.isin(det_full.class_ids[keep], det_q.class_ids).all()
+
+
+def test_video_offload_resyncs_with_a_key_frame_after_a_lost_unit(model):
+    """The H.264 baseline: P-frames after the first IDR; a unit lost on the link makes the next
+    one an IDR (NAL type 5) that the server decodes on its own."""
+    from fluxshard_kernels.codec_mv import H264Decoder
+    frames = list(data.iter_frames('davis-parkour', 4))
+    m = M.make('video-offload-crf28', model, 'robot1', sim.LinkSpec.parse('medium'))
+
+    def idr(raw):
+        from sensor_msgs.msg import CompressedImage
+        au = bytes(M.deserialize(raw, CompressedImage).data)
+        return any(au[i + 3] & 0x1F == 5 for i in range(len(au) - 3)
+                   if au[i:i + 3] == b'\x00\x00\x01')
+    sent = []
+    for i, f in enumerate(frames):
+        w = m.edge(f, i)
+        sent.append(w.messages[0])
+        res = m.server(w, [i != 1])  # the second unit is lost
+        assert (res.result is not None) == (i != 1)
+    assert [idr(r) for r in sent] == [True, False, True, False]
+    # the key frame alone decodes: a fresh decoder starting at it gets a frame
+    from sensor_msgs.msg import CompressedImage
+    assert H264Decoder().decode(bytes(M.deserialize(sent[2], CompressedImage).data))
+    assert m.sent_bytes == sum(map(len, sent)) and m.received_bytes == m.sent_bytes - len(sent[1])
+    with pytest.raises(ValueError, match='CRF'):
+        M.make('video-offload-crf60', model, 'robot1', sim.LinkSpec.parse('medium'))
+
+
+def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
+    from fluxshard_eval import report
+    pts = [{'method': 'video-offload-crf18', 'kb_per_frame': 30.0, 'retention': 0.98},
+           {'method': 'video-offload-crf23', 'kb_per_frame': 15.0, 'retention': 0.96},
+           {'method': 'video-offload-crf28', 'kb_per_frame': 7.5, 'retention': 0.90},
+           {'method': 'fluxshard', 'kb_per_frame': 10.0, 'retention': 0.93, 'hit_ratio': 0.8,
+            'not_recomputed': 0.8}]
+    kb, how = report.video_bytes_at(pts, 0.93)  # half way from CRF 28 to 23 in log bytes
+    assert how == 'interpolated' and kb == pytest.approx(math.sqrt(15.0 * 7.5))
+    assert report.video_bytes_at(pts, 0.99) == (30.0, "beyond the ladder's best")
+    assert report.video_bytes_at(pts, 0.5) == (7.5, "the ladder's cheapest reaches it")
+    # equal retention on two rungs: the cheaper one is what the retention costs
+    flat = [dict(p, retention=1.0) for p in pts[:3]]
+    assert report.video_bytes_at(flat, 1.0) == (7.5, "the ladder's cheapest reaches it")
+    assert report.video_bytes_at(pts[3:], 0.9) == (None, None)
+    for p in pts:
+        p['sequences'] = ['s']
+    text = report.frontier_table(pts, 'medium')
+    assert '| FluxShard | 10.0 | 93.0 | 80.0 | n/a | 10.6 (interpolated) | 0.94x |' in text
+
+
 def test_an_outage_loses_no_frame_unaccounted_and_fluxshard_computes_locally(tmp_path):
     """A 6 Mbit/s cellular-like link (mahimahi packets every 2 ms) with a 2 s outage, 50 ms
     each way: every camera frame is served, dropped while the edge was busy, or lost;
