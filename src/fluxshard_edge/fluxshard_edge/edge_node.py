@@ -6,20 +6,23 @@ import threading
 import time
 
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
-                                ProxyDelta)
+                                ProxyDelta, ServerStatus)
 from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (camera_qos, diagnostic_status, DiagnosticsPublisher,
-                                    help_text, LATCHED_QOS, LINK_QOS, Param, Params,
+                                    FLEET_QOS, help_text, LATCHED_QOS, LINK_QOS, Param,
+                                    Params,
                                     ReasonLog, RecentCount, RESULT_QOS, run_node,
                                     WorkerLifecycle)
 from fluxshard_msgs_py.results import ResultPublisher
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from fluxshard_edge import fleet
 from fluxshard_edge.camera_watch import CameraWatch
 from fluxshard_edge.link import BandwidthTrace, EmulatedLink
 from fluxshard_edge.pipeline import EdgeConfig
@@ -46,6 +49,8 @@ TOPICS = [
     'out  annotated (sensor_msgs/CompressedImage jpeg: local results drawn on their frame, with',
     '     the block map as an option; annotated.enabled, throttled, only while subscribed)',
     'out  /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz on the wall clock)',
+    'in   fleet.topic (fluxshard_msgs/ServerStatus) with fleet.mode auto: the servers to '
+    'choose from',
 ]
 
 #: parameter -> EdgeConfig field (the others are the node's)
@@ -168,6 +173,19 @@ PARAMS = [
           'resync requests (sustained); requests beyond it are refused and counted '
           '(resync_limited), so resync cannot be used as a bandwidth amplifier',
           lo=0.001, hi=1000.0),
+    Param('fleet.mode', 'static', "static: batches go to the server(s) configured for this "
+          "robot (fleet.server_id, or '' = any); auto: choose among the servers announcing "
+          'on fleet.topic that accept this robot (least loaded, with hysteresis) and move when '
+          'the server disappears, stops acknowledging or misses fleet.max_latency_ms',
+          choices=['static', 'auto']),
+    Param('fleet.server_id', '', "static mode: address batches to this server id ('' = any "
+          'server configured with this edge)'),
+    Param('fleet.topic', '/fluxshard/servers', 'Topic of the servers\' announcements'),
+    Param('fleet.max_latency_ms', 0.0, 'auto mode: leave a server whose median offload '
+          '(batch sent -> inference done, last 5) exceeds this, ms (0 = off)', lo=0.0,
+          hi=1e6),
+    Param('fleet.stale_s', 3.0, 'auto mode: a server not announced for this long is gone',
+          lo=0.5, hi=3600.0),
     Param('resync.burst', 2, 'Key batches answered back to back above resync.max_rate_hz',
           lo=1, hi=1000),
 ]
@@ -216,6 +234,13 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.get_logger().error(f'configure failed: {e}')
             return TransitionCallbackReturn.FAILURE
         self.link = link
+        self.fleet_mode = p['fleet.mode']
+        self.chooser = None
+        if self.fleet_mode == 'auto':
+            self.chooser = fleet.Chooser(c.edge_id, c.task, stale_s=p['fleet.stale_s'])
+            self.runtime.no_server = True  # until a server accepts this robot
+        else:
+            self.runtime.server_id = p['fleet.server_id']
         if self.runtime.pipeline.runner is not None and p['model.warm_up']:
             took = self.runtime.pipeline.warm_up()
             self.get_logger().info(f'local models warmed up in {took:.1f} s')
@@ -250,7 +275,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         key = keys[self.config.edge_id]
         self.batch_signer = auth.Signer(key, 'block_batch')
         self.delta_signer = auth.Signer(key, 'proxy_delta')
-        self.feedback_check = auth.Verifier(key, 'proxy_feedback', p['security.max_age_s'])
+        # one verifier per server: each server's nonces increase on their own
+        self.feedback_check = auth.PerSender(
+            lambda: auth.Verifier(key, 'proxy_feedback', p['security.max_age_s']))
 
     def _pub(self, typ, topic, qos):
         pub = self.create_publisher(typ, topic, qos)
@@ -273,6 +300,13 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self._subs.append(self.create_subscription(
             ProxyDelta, 'proxy_feedback', lambda m: self._back(self._on_feedback, m), LINK_QOS,
             callback_group=fb))
+        if self.chooser is not None:
+            self._subs.append(self.create_subscription(
+                ServerStatus, p['fleet.topic'], self._on_announcement, FLEET_QOS,
+                callback_group=fb))
+            self._fleet_timer = self.create_timer(
+                0.1, self._fleet_tick, callback_group=fb,
+                clock=Clock(clock_type=ClockType.STEADY_TIME))
         for t, name in ((DetectionArray, 'detections'), (KeypointArray, 'keypoints')):
             self._subs.append(self.create_subscription(
                 t, name, lambda m, n=name: self._back(self._on_server_result, n, m),
@@ -311,6 +345,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self._subs.append(self._camera_sub)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if getattr(self, '_fleet_timer', None) is not None:
+            self.destroy_timer(self._fleet_timer)
+            self._fleet_timer = None
         self._stop_worker()
         for s in self._subs:
             self.destroy_subscription(s)
@@ -416,8 +453,12 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         if msg.edge_id != self.config.edge_id:
             self.counters['feedback_other_edge'] += 1
             return
+        if rt.server_id and msg.server_id != rt.server_id:
+            # a server this robot left (or never chose): its word no longer counts
+            self.counters['feedback_other_server'] += 1
+            return
         if self.feedback_check is not None:
-            bad = self.feedback_check.check(msg)
+            bad = self.feedback_check.check(msg.server_id, msg)
             if bad:  # forged or replayed: never acted upon
                 counter, why = bad
                 self.rejects[f'feedback.{counter}'] += 1
@@ -497,18 +538,66 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                 step.local_result, frame.header, frame.index, frame.image.shape, frame.image,
                 step.block_map, self.config.block_size):
             self.counters['results_local'] += 1
-        if not step.sends:
+        if not step.sends or self.runtime.no_server:  # no server: counted batches_no_server
             return
         msg = conversions.update_to_msg(
             step.update, step.payload, frame.header, self.config.edge_id, step.seq,
             frame.index, step.codec, step.quality, step.dissimilarity,
             step.sparse_inference_requested, step.digest, self.params['payload.pack_motion'])
+        msg.server_id = self.runtime.server_id
         if self.batch_signer is not None:
             self.batch_signer.sign(msg)
         if step.key:
             self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
         if not self.link.send(len(step.payload), lambda m=msg: self.batch_pub.publish(m)):
             self.counters['injected_drops'] += 1  # lost on the emulated link
+
+    # -- fleet (auto mode): which server -------------------------------------------------------
+    def _on_announcement(self, msg: ServerStatus):
+        ann, why = fleet.parse(msg, time.monotonic())
+        if ann is None:
+            self.rejects['bad_announcement'] += 1
+            self.errors.error('bad_announcement', f'ignored a server announcement on '
+                              f'{self.params["fleet.topic"]}: {why}', level='warn')
+            return
+        if self.chooser is not None:
+            self.chooser.observe(ann)
+
+    def _fleet_tick(self):
+        rt, ch = self.runtime, self.chooser
+        if rt is None or ch is None:
+            return
+        now, cur, reason = time.monotonic(), rt.server_id, ''
+        bound = self.params['fleet.max_latency_ms']
+        if cur and rt.server.late(now):
+            reason = (f'server {cur} stopped acknowledging (no ACK for '
+                      f'{self.params["link.ack_timeout_ms"]:.0f} ms)')
+        elif cur and bound:
+            lat = rt.offload_latency_s()
+            if lat is not None and 1e3 * lat > bound:
+                reason = (f'server {cur} misses fleet.max_latency_ms: median offload '
+                          f'{1e3 * lat:.0f} ms > {bound:g} ms')
+        if reason:
+            ch.ban(cur, now)
+        sid, why = ch.choose(now)
+        if sid != cur or rt.no_server != (not sid):
+            self._move(sid, reason or why)
+
+    def _move(self, sid: str, why: str):
+        rt = self.runtime
+        frame = rt.move_to(sid, why)
+        rt.no_server = not sid
+        if sid:
+            self.get_logger().info(f'edge {self.config.edge_id!r} served by {sid}: {why}')
+        else:
+            self.get_logger().warning(f'edge {self.config.edge_id!r}: no server accepts this '
+                                      f'robot ({why or "none announced"}): computing locally')
+        if frame is None:
+            return
+        if sid and self.slot.put_if_empty(frame):
+            self.counters['reoffered'] += 1  # the new server serves the old one's last frame
+        else:
+            self.counters['lost_offloaded'] += 1
 
     def _link_log(self, link):
         topic = self.resolve_topic_name('block_batch')
@@ -557,7 +646,10 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                     msg += f'; camera silent for {watch.silent_for:.0f} s with {cams} publisher(s)'
                 vals['camera_publishers'] = cams
             servers = self.count_publishers('proxy_feedback')
-            if servers > 1:
+            if self.chooser is not None and rt.no_server:
+                level = max(level, DiagnosticStatus.WARN)
+                msg += '; no server accepts this robot (fleet.mode auto): computing locally'
+            if servers > 1 and not rt.server_id:
                 level = max(level, DiagnosticStatus.WARN)
                 msg += f'; {servers} servers answer this robot (serve it from one)'
         vals.update(counters)
@@ -565,6 +657,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         if rt is not None:
             vals.update({f'last.{k}': v for k, v in rt.last.items()})
             vals['cloud_available'] = rt.server.available
+            vals['server_id'] = rt.server_id
         return [diagnostic_status(f'fluxshard/edge/{c.edge_id}', c.edge_id, level, msg, vals)]
 
 

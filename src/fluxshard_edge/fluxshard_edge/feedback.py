@@ -58,6 +58,19 @@ class ServerLink:
         want, nbytes, t_sent = sent
         return AckOutcome(bytes(digest) == want, nbytes, now - t_sent - server_receive_s)
 
+    def sent_at(self, seq: int) -> Optional[float]:
+        """When batch ``seq`` was sent (None when not remembered)."""
+        with self._lock:
+            sent = self._sent.get(int(seq))
+        return None if sent is None else sent[2]
+
+    def late(self, now: float) -> bool:
+        """A batch has waited ``timeout_s`` for its ACK (what ``poll`` reports as 'lost'),
+        without changing the state."""
+        with self._lock:
+            return any(s > self._acked_upto and t < now - self.timeout_s
+                       for s, (_, _, t) in self._sent.items())
+
     def backlog_s(self, now: float, bps: float) -> float:
         """Seconds the link still needs for the batches sent and not yet ACKed, at ``bps``
         bytes/s, one after the other from their send times (the queue a new batch joins)."""

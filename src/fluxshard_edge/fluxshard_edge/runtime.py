@@ -3,7 +3,7 @@ requests, digests, availability, probes), offloaded frames awaiting a result, co
 lock guards the state the critical worker and the feedback callbacks share. ``edge_node``
 only declares, subscribes, converts and publishes; tests drive this class directly."""
 
-from collections import Counter, OrderedDict
+from collections import Counter, deque, OrderedDict
 from dataclasses import dataclass, field
 import threading
 import time
@@ -13,6 +13,9 @@ import numpy as np
 
 from fluxshard_edge.feedback import ResyncGuard, ServerLink
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline, EdgeStep
+
+#: Offloads whose median send -> inference-done time is checked against the latency bound.
+OFFLOAD_WINDOW = 5
 
 #: ProxyDelta kinds (fluxshard_msgs/ProxyDelta constants; a test checks they agree)
 KIND_ACK, KIND_RESYNC_REQUEST, KIND_INFERENCE_DONE, KIND_RESET = 0, 1, 2, 3
@@ -55,6 +58,12 @@ class EdgeRuntime:
         self.last: dict = {}
         self._awaiting = OrderedDict()  # seq -> Frame offloaded for inference, no result yet
         self._prev_stamp = None         # (frame index, stamp s) of the last frame processed
+        self.ack_timeout_s = ack_timeout_s
+        # the server batches are addressed to ('' = any server of this edge: static); with
+        # ``no_server`` (fleet mode, none chosen) frames are computed here and nothing is sent
+        self.server_id = ''
+        self.no_server = False
+        self.offload_s = deque(maxlen=OFFLOAD_WINDOW)  # send -> inference done, s
 
     # -- between frames ----------------------------------------------------------------------
     def reconfigure(self, **changes):
@@ -98,8 +107,37 @@ class EdgeRuntime:
             self.pipeline.request_resync(f'digest mismatch at seq {seq}', seq)
             return 'mismatch'
 
-    def on_inference_done(self, seq: int, blocks: int, compute_s: float):
+    def move_to(self, server_id: str, reason: str) -> Optional[Frame]:
+        """Address the next batches to ``server_id`` ('' with ``no_server``: none): a fresh
+        link state, a key batch first (the new server's proxy converges by digest). Returns the
+        newest frame offloaded to the old server without a result, to be offered again (the
+        older ones are counted ``lost_offloaded``)."""
         with self.lock:
+            self.counters['server_moves'] += 1
+            self.server_id = server_id
+            self.server = ServerLink(self.ack_timeout_s)
+            self.offload_s.clear()
+            self.pipeline.request_resync(f'moved to server {server_id or "(none)"}: {reason}')
+            frames = list(self._awaiting.values())
+            self._awaiting.clear()
+            self.counters['lost_offloaded'] += max(len(frames) - 1, 0)
+            return frames[-1] if frames else None
+
+    def offload_latency_s(self) -> Optional[float]:
+        """Median send -> inference-done time of the last offloads to this server (None
+        before ``OFFLOAD_WINDOW`` of them)."""
+        with self.lock:
+            if len(self.offload_s) < self.offload_s.maxlen:
+                return None
+            return float(np.median(self.offload_s))
+
+    def on_inference_done(self, seq: int, blocks: int, compute_s: float,
+                          now: Optional[float] = None):
+        sent = self.server.sent_at(seq)
+        with self.lock:
+            if sent is not None and seq in self._awaiting:
+                now = time.monotonic() if now is None else now
+                self.offload_s.append(now - sent)
             for s in [s for s in self._awaiting if s <= seq]:
                 del self._awaiting[s]
             if self.config.fit_latency:
@@ -129,7 +167,7 @@ class EdgeRuntime:
                 # a key batch (also served locally) that a returning server can apply
                 self.pipeline.request_resync('probing the server')
                 self.counters['probes'] += 1
-            self.pipeline.cloud_available = self.server.available
+            self.pipeline.cloud_available = self.server.available and not self.no_server
             self._observe_camera(frame)
             sch = self.pipeline.scheduler
             sch.queue_s = self.server.backlog_s(now, sch.bw.bps)
@@ -171,7 +209,9 @@ class EdgeRuntime:
     def _account(self, step: EdgeStep, frame: Frame, t0: float, now: float):
         dec, c = step.decision, self.counters
         c[f'decision_{dec.strategy}'] += 1
-        if step.sends:
+        if step.sends and self.no_server:
+            c['batches_no_server'] += 1  # fleet mode with no server to address: not sent
+        elif step.sends:
             # sent now: the frame's processing time is not transfer time
             sent_at = now + (time.perf_counter() - t0)
             self.server.sent(step.seq, step.digest, len(step.payload), sent_at)

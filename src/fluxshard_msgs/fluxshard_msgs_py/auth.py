@@ -226,6 +226,31 @@ class Verifier:
         return None
 
 
+class PerSender:
+    """Verifiers of one topic role kept per sender (e.g. per server of a fleet: each signs
+    with the edge's key and its own nonce order). A sender's verifier is kept only once a
+    message of it passed, so forgeries cannot grow the table; at most ``limit`` senders."""
+
+    def __init__(self, make: Callable[[], Verifier], limit: int = 64):
+        self._make, self._limit = make, limit
+        self._by = {}
+        self._lock = threading.Lock()
+
+    def check(self, sender: str, msg) -> Optional[tuple]:
+        with self._lock:
+            v = self._by.get(sender)
+        fresh = v is None
+        if fresh:
+            v = self._make()
+        bad = v.check(msg)
+        if bad is None and fresh:
+            with self._lock:
+                if len(self._by) >= self._limit:
+                    self._by.pop(next(iter(self._by)))
+                self._by.setdefault(sender, v)
+        return bad
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         prog='python -m fluxshard_msgs_py.auth',

@@ -43,6 +43,11 @@ RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Fleet announcements (ServerStatus): latched per server; a reader keeps one per server it
+#: hears (depth: servers whose latched samples may arrive together).
+FLEET_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64,
+                       reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 # -- parameters -------------------------------------------------------------------------------

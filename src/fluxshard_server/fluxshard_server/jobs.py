@@ -23,6 +23,11 @@ class JobTable:
             self._cv.notify()
             return replaced
 
+    def pending(self) -> int:
+        """Jobs waiting (one per edge at most)."""
+        with self._cv:
+            return len(self._jobs)
+
     def take(self, timeout: float) -> Optional[Tuple[Hashable, Any]]:
         """The next edge's job in round-robin order after the last one served, waiting up to
         ``timeout`` s; None when there is none (or the table is closed)."""

@@ -20,6 +20,12 @@ from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
 
+#: An edge counts as served here while its batches arrived within this many seconds.
+SERVING_S = 3.0
+#: Weight of the newest job in the announced mean inference time.
+INFER_EWMA = 0.2
+
+
 @dataclass
 class Job:
     """One edge's inference request: the proxy state after batch ``seq`` and its geometry."""
@@ -60,6 +66,7 @@ class ServedEdge:
         self.model = model
         self.counters = Counter()
         self.last_refused = -1e9  # monotonic time of the last refused (forged, over-budget)
+        self.last_applied = -1e9  # monotonic time of the last batch applied
 
 
 class ServerRuntime:
@@ -78,6 +85,14 @@ class ServerRuntime:
         self.counters = Counter()
         self.rejects = Counter()
         self.lock = threading.Lock()
+        # load, for the fleet announcement: inference seconds so far, mean job time (ms)
+        self.busy_s = 0.0
+        self.infer_ms = 0.0
+
+    def serving(self, now: float, window_s: float = SERVING_S) -> List[str]:
+        """Edges whose batches were applied here in the last ``window_s`` seconds."""
+        return sorted(e.edge_id for e in self.edges.values()
+                      if now - e.last_applied < window_s)
 
     def on_batch(self, edge_id: str, msg, now: Optional[float] = None) -> BatchOutcome:
         """Admit, decode and apply one BlockBatch (per edge, in order)."""
@@ -99,6 +114,7 @@ class ServerRuntime:
         if not r.acked:
             return out
         e.counters['batches_ok'] += 1
+        e.last_applied = now
         out.ack = True
         if r.infer:
             out.job = Job(msg.header, int(msg.frame_index), e.session.state, int(msg.seq), r.mv,
@@ -150,6 +166,9 @@ class ServerRuntime:
         with self.lock:
             self.counters['inferences'] += 1
             self.counters['infer_ms_total'] += int(dt * 1000)
+            self.busy_s += dt
+            self.infer_ms = (1e3 * dt if not self.infer_ms else
+                             (1 - INFER_EWMA) * self.infer_ms + INFER_EWMA * 1e3 * dt)
         e.counters['inferences'] += 1
         return det, dt, int(e.model.last_blocks)
 

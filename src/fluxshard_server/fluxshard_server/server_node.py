@@ -1,17 +1,22 @@
 """FluxShard server node (lifecycle): BlockBatch in, per-edge proxy states, results out. Glue
 only: the logic is ``runtime.py`` (sessions, admission, jobs, refresh policy)."""
 
+import math
+import os
+import socket
 import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticStatus
-from fluxshard_msgs.msg import BlockBatch, LabelMap, ProxyDelta
+from fluxshard_msgs.msg import BlockBatch, LabelMap, ProxyDelta, ServerStatus
 from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (diagnostic_status, DiagnosticsPublisher, help_text,
-                                    LATCHED_QOS, LINK_QOS, Param, Params, ReasonLog,
+                                    FLEET_QOS, LATCHED_QOS, LINK_QOS, Param, Params,
+                                    ReasonLog,
                                     RecentCount, RESULT_QOS, run_node, WorkerLifecycle)
 from fluxshard_msgs_py.results import ResultPublisher
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
@@ -37,13 +42,23 @@ TOPICS = [
     'out  <edge ns>/annotated (sensor_msgs/CompressedImage jpeg: results drawn on the image the '
     'server computed them from; annotated.enabled, only while subscribed)',
     'out  /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz on the wall clock)',
+    'out  fleet.topic (fluxshard_msgs/ServerStatus, latched, 1 Hz: who it is, what it runs, '
+    'its load, whether it accepts more robots)',
 ]
 
 PARAMS = [
     Param('autostart', True, 'Configure and activate at start-up (false: wait for a '
           'lifecycle manager)'),
     Param('edges', [''], "Namespaces of the served edges (topics <ns>/block_batch, ...); '' = "
-          "this node's namespace"),
+          "this node's namespace. In a fleet, every robot it may serve (it needs their keys); "
+          'each robot picks one server (edge fleet.mode auto) and addresses it'),
+    Param('server_id', '', "Id of this server in the fleet's announcements ('' = host name "
+          'and process id)'),
+    Param('fleet.announce', True, 'Publish a ServerStatus on fleet.topic at 1 Hz (latched) '
+          'for robots choosing a server'),
+    Param('fleet.topic', '/fluxshard/servers', 'Topic of the fleet announcements'),
+    Param('fleet.max_robots', 0, 'Announce accepting=false once this many robots are served '
+          'here (0 = no limit); robots already served stay', lo=0, hi=100000, live=True),
     Param('model.task', 'detect', 'Vision task (every served edge must run the same)',
           choices=['detect', 'segment', 'pose']),
     Param('model.backend', 'auto', 'auto (per frame the faster of incremental and onnxruntime '
@@ -131,6 +146,11 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
         self._stop = threading.Event()
         self._recent_bad = RecentCount(10.0)
         self._rivals = {}
+        self._addressed = {}  # edge -> its last batch named a server (fleet mode)
+        self.server_id = p['server_id'] or f'{socket.gethostname()}-{os.getpid()}'
+        self.announcer = None
+        self._accepting = False
+        self._busy_mark = (time.monotonic(), 0.0)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -171,6 +191,11 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
         self.topics = {eid: _Topics(self, ns, eid, self.task)
                        for ns, eid in zip(self.namespaces, self.edge_ids)}
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
+        if p['fleet.announce']:
+            self.announcer = self.create_publisher(ServerStatus, p['fleet.topic'], FLEET_QOS)
+            self._announce_timer = self.create_timer(
+                1.0, self._announce, clock=Clock(clock_type=ClockType.STEADY_TIME))
+            self._announce()  # configured: robots see what it runs (not accepting yet)
         self.get_logger().info(f'configured: {p["model.backend"]} {self.task} on '
                                f'{self.device} for '
                                f'{[t.batch_topic for t in self.topics.values()]}; security '
@@ -205,11 +230,15 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
         self._stop.clear()
         self._worker = threading.Thread(target=self._run, name='server-infer', daemon=True)
         self._worker.start()
+        self._accepting = True
+        self._announce()
         self.get_logger().info(f'active: serving '
                                f'{[t.batch_topic for t in self.topics.values()]}')
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._accepting = False
+        self._announce()  # robots move elsewhere before this one stops answering
         self._stop_worker()
         for t in self.topics.values():
             for s in t.subs:
@@ -232,6 +261,10 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             self.counters['dropped_deactivated'] += 1
 
     def _release(self):
+        if getattr(self, 'announcer', None) is not None:
+            self.destroy_timer(self._announce_timer)
+            self.destroy_publisher(self.announcer)
+            self.announcer = None
         if getattr(self, 'diagnostics', None) is not None:
             self.diagnostics.destroy()
             self.diagnostics = None
@@ -250,6 +283,11 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
         t0 = time.perf_counter()
         rt, t = self.runtime, self.topics.get(eid)
         if rt is None or t is None:
+            return
+        self._addressed[eid] = bool(msg.server_id)
+        if msg.server_id and msg.server_id != self.server_id:
+            # addressed to another server of the fleet: not this one's to serve (counted)
+            rt.edges[eid].counters['batches_other_server'] += 1
             return
         out = rt.on_batch(eid, msg)
         if out.refused:  # dropped unanswered: forgeries and floods must not trigger traffic
@@ -278,6 +316,9 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
     def on_delta(self, eid: str, msg: ProxyDelta):
         if self.runtime is None:
             return
+        if msg.server_id and msg.server_id != self.server_id:
+            self.runtime.edges[eid].counters['deltas_other_server'] += 1
+            return
         refused = self.runtime.on_delta(eid, msg, ProxyDelta.KIND_RESET)
         if refused:
             self.errors.error(f'{eid}/{refused[0]}', f'{eid}: dropped proxy_delta kind '
@@ -288,6 +329,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
     def _feedback(self, eid: str, msg: ProxyDelta):
         # callback and worker threads both answer: sign and publish in nonce order
         t, e = self.topics[eid], self.runtime.edges[eid]
+        msg.server_id = self.server_id
         with t.lock:
             if e.signer is not None:
                 e.signer.sign(msg)
@@ -341,6 +383,29 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             self.counters['results_published'] += 1
             edge.counters['results_published'] += 1
 
+    def _announce(self):
+        """ServerStatus on the fleet topic: identity, task, load, accepting."""
+        rt, p = self.runtime, self.params
+        if self.announcer is None or rt is None:
+            return
+        now = time.monotonic()
+        serving = rt.serving(now)
+        t0, b0 = self._busy_mark
+        self._busy_mark = (now, rt.busy_s)
+        busy = min(1.0, max(0.0, (rt.busy_s - b0) / max(now - t0, 1e-3)))
+        cap = p['fleet.max_robots']
+        msg = ServerStatus(server_id=self.server_id, task=self.task,
+                           model=os.path.basename(p['model.path']) or f'yolo11n-{self.task}',
+                           device=str(self.device), backend=p['model.backend'],
+                           edges=list(self.edge_ids), serving=serving,
+                           queue=rt.jobs.pending(), busy=float(busy),
+                           infer_ms=float(rt.infer_ms),
+                           accepting=bool(self._accepting and (not cap or len(serving) < cap)))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        if not math.isfinite(msg.infer_ms):
+            msg.infer_ms = 0.0
+        self.announcer.publish(msg)
+
     def _diagnostics(self):
         rt = self.runtime
         if rt is None:
@@ -356,7 +421,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                 level = DiagnosticStatus.WARN
                 msg += '; dropping forged, replayed or over-budget messages (see rejected.*)'
             rivals = self.count_publishers(t.prefix + 'proxy_feedback') - 1
-            if rivals > 0:
+            if rivals > 0 and self._addressed.get(eid) is False:  # a fleet addresses its batches
                 level = DiagnosticStatus.WARN
                 msg += f'; {rivals} other server(s) also serve this robot'
                 if self._rivals.get(eid) != rivals:
@@ -365,13 +430,14 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                         f'{self.resolve_topic_name(t.prefix + "proxy_feedback")}: the robot '
                         'gets every result twice; serve each robot from one server (edges)')
             self._rivals[eid] = rivals
-            vals = dict(e.counters, last_seq=s.last_seq, applied=s.applied)
+            vals = dict(e.counters, last_seq=s.last_seq, applied=s.applied,
+                        server_id=self.server_id)
             if e.model.costs is not None:  # auto backend: frames per path
                 vals.update({f'path.{k}': v for k, v in e.model.costs.chosen.items()})
             out.append(diagnostic_status(f'fluxshard/server/{eid}', eid, level, msg, vals))
         bad = sum(rt.rejects.values())
         recent = self._recent_bad.update(bad)
-        vals = dict(rt.counters)
+        vals = dict(rt.counters, server_id=self.server_id)
         vals.update({f'rejected.{k}': v for k, v in rt.rejects.items()})
         out.append(diagnostic_status(
             'fluxshard/server', 'server', DiagnosticStatus.WARN if recent else
