@@ -101,6 +101,9 @@ class Chooser:
         self.current = ''
         self.since = -math.inf
         self.moves = 0
+        # robots that lost their server with this one (its last announcement), and that server
+        self.orphans: Tuple[str, ...] = ()
+        self.lost_server = ''
 
     # -- inputs --------------------------------------------------------------------------------
     def observe(self, ann: Announcement):
@@ -111,7 +114,13 @@ class Chooser:
         and leave it now."""
         self.banned[server_id] = now + self.cooldown_s
         if server_id == self.current:
-            self.current = ''
+            self._orphaned(server_id)
+
+    def _orphaned(self, server_id: str):
+        last = self.servers.get(server_id)
+        self.orphans = tuple(set(last.serving if last else ()) | {self.edge_id})
+        self.lost_server = server_id
+        self.current = ''
 
     # -- the choice ----------------------------------------------------------------------------
     def candidates(self, now: float) -> List[Announcement]:
@@ -149,15 +158,20 @@ class Chooser:
             why = ('' if not self.current else
                    f'server {self.current} gone (no announcement for {self.stale_s:g} s, or '
                    'not accepting)')
+            if self.current:
+                self._orphaned(self.current)
             if not cands:
-                if self.current:
-                    self.current = ''
-                    return '', why
-                return '', ''
-            best = min(cands.values(), key=lambda a: (round(self.load_with_me(a), 3),
-                                                      rank(self.edge_id, a.server_id)))
-            return self._move(best.server_id, now, why or
-                              f'least loaded of {len(cands)} server(s)')
+                return '', why
+            if self.edge_id in self.orphans and len(self.orphans) > 1:
+                best = self._plan(cands)
+                why = why or f'server {self.lost_server} lost'
+                why += f'; {len(self.orphans)} robots spread by one plan'
+            else:  # alone: least loaded; among near-equal ones a hash spreads starting robots
+                best = min(cands.values(), key=lambda a: (
+                    self.load_with_me(a) * (1 + rank(self.edge_id, a.server_id) / 2**64),
+                    a.server_id))
+                why = why or f'least loaded of {len(cands)} server(s)'
+            return self._move(best.server_id, now, why)
         if now - self.since < self.hold_s or len(cands) < 2:
             return self.current, ''
         # rebalance: how many of the current server's robots should move to the best other
@@ -177,6 +191,21 @@ class Chooser:
                               f'{cur.infer_ms:.0f} ms, {best.server_id} {n_b} at '
                               f'{best.infer_ms:.0f} ms ({k} robot(s) move)')
         return self.current, ''
+
+    def _plan(self, cands: Dict[str, Announcement]) -> Announcement:
+        """The robots that lost one server together (every one of them reads the same last
+        announcement) take the free servers one after the other, each the least loaded given
+        the ones placed before it, in hash order: the same plan on every robot, so they spread
+        instead of all taking the server that looked least loaded."""
+        n = {sid: len(set(a.serving) - set(self.orphans)) for sid, a in cands.items()}
+        mine = None
+        for e in sorted(self.orphans, key=lambda e: rank(e, self.lost_server)):
+            best = min(cands.values(), key=lambda a: (self._infer(a) * (n[a.server_id] + 1),
+                                                      rank(e, a.server_id)))
+            n[best.server_id] += 1
+            if e == self.edge_id:
+                mine = best
+        return mine
 
     def _move(self, server_id: str, now: float, why: str) -> Tuple[str, str]:
         if server_id != self.current:

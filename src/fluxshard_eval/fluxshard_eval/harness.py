@@ -138,7 +138,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         srv = m.server(w, delivered) if delivered else M.ServerWork()
         rec.cpu_server_ms = srv.cpu_ms
         rec.server_compute = srv.server_compute
-        rec.extra = dict(w.info)
+        rec.extra = dict(w.info, edge_s=w.edge_s, server_s=srv.server_s)
         if srv.result is not None:
             t_done = gpu.run(t_arrive, srv.server_s)
             if srv.background_s:

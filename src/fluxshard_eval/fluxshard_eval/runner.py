@@ -48,6 +48,13 @@ def _args(argv):
                    help='run the server and the robots in two network namespaces joined by a '
                         'veth pair shaped with tc tbf at this rate, so DDS crosses a shaped '
                         'link (root and iproute2 needed; 0 = off)')
+    p.add_argument('--servers', type=int, default=1,
+                   help='server processes (gpu1..gpuN, each may serve every robot); with more '
+                        'than one the robots run fleet.mode auto: they choose by load and move '
+                        'when a server is lost')
+    p.add_argument('--kill-server-at', type=float, default=0.0, metavar='S',
+                   help='SIGKILL server gpu1 this many seconds after the cameras start '
+                        '(failover; 0 = never)')
     p.add_argument('--netns-trace', default='', metavar='FILE',
                    help='with --netns: re-shape the link every 100 ms to follow this capacity '
                         'trace (mahimahi *.up or seconds,mbps), looped')
@@ -95,6 +102,8 @@ class Monitor(Node):
         super().__init__('fluxshard_run_monitor')
         self.results = defaultdict(list)
         self.diag = {}
+        self.by_server = {}
+        self.edge_server = defaultdict(list)  # robot -> [(wall s, server id it addresses)]
         self.names = {}
         self.quiet = quiet
         if task == 'pose':
@@ -112,7 +121,18 @@ class Monitor(Node):
 
     def _on_diag(self, m):
         for st in m.status:
-            self.diag[st.name] = {kv.key: kv.value for kv in st.values}
+            vals = {kv.key: kv.value for kv in st.values}
+            sid = vals.get('server_id', '')
+            if st.name.startswith('fluxshard/server') and sid:
+                # several servers report on the same robots: kept apart, counters summed
+                self.by_server[(st.name, sid)] = vals
+                vals = _merge([v for (n, _), v in self.by_server.items() if n == st.name])
+            elif st.name.startswith('fluxshard/edge/') and sid:
+                robot = st.name.rsplit('/', 1)[1]
+                hist = self.edge_server[robot]
+                if not hist or hist[-1][1] != sid:
+                    hist.append((time.time(), sid))
+            self.diag[st.name] = vals
 
     def _on_result(self, robot, m):
         now = self.get_clock().now().nanoseconds
@@ -164,7 +184,7 @@ def main(argv=None):
         cmd = [py, '-m', module, '--ros-args']
         for r in remaps:
             cmd += ['-r', r]
-        if ns_name and name == 'server':
+        if ns_name and name.startswith('server'):
             from fluxshard_eval import netns
             cmd = netns.exec_prefix(ns_name, 'srv') + cmd
         if ns:
@@ -191,11 +211,18 @@ def main(argv=None):
     t_start = time.monotonic()
     summary = {}
     try:
-        spawn('fluxshard_server.server_node', '', _find_config('server.yaml', a.config_dir),
-              srv_params + ['edges:=[' + ','.join(f"'{r}'" for r in robots) + ']'], 'server')
+        edges_param = 'edges:=[' + ','.join(f"'{r}'" for r in robots) + ']'
+        fleet = a.servers > 1
+        for k in range(a.servers):
+            spawn('fluxshard_server.server_node', '', _find_config('server.yaml', a.config_dir),
+                  srv_params + [edges_param] + ([f'server_id:=gpu{k + 1}'] if fleet else []),
+                  'server' if k == 0 else f'server{k + 1}')
+        edge_params = list(a.edge_param)
+        if fleet:  # choose among the servers (user parameters after these win)
+            edge_params = ['fleet.mode:=auto', 'link.ack_timeout_ms:=500.0'] + edge_params
         for r in robots:
             spawn('fluxshard_edge.edge_node', r, _find_config('edge.yaml', a.config_dir),
-                  a.edge_param, f'edge_{r}',
+                  edge_params, f'edge_{r}',
                   remaps=[f'image:={a.camera_topic}'] if a.camera_topic else ())
         # wait until the server and every edge are configured (their diagnostics arrive)
         want = {'fluxshard/server'} | {f'fluxshard/edge/{r}' for r in robots}
@@ -219,9 +246,18 @@ def main(argv=None):
         cams = [p for n, p in procs if n.startswith('camera_')]
         t_end = time.monotonic() + (a.duration if a.duration else a.timeout)
         idle_since = None
+        t_cams, kill = time.monotonic(), None
         while time.monotonic() < t_end:
             rclpy.spin_once(mon, timeout_sec=0.1)
-            dead = [n for n, p in procs if not n.startswith('camera_') and p.poll() is not None]
+            if a.kill_server_at and kill is None and \
+                    time.monotonic() - t_cams >= a.kill_server_at:
+                kill = {'wall_s': time.time(), 'server': 'gpu1' if fleet else 'server',
+                        'split': _split(mon, robots)}
+                next(p for n, p in procs if n == 'server').send_signal(signal.SIGKILL)
+                print(f"fluxshard_run: killed server {kill['server']} (SIGKILL); robots per "
+                      f"server before: {kill['split']}", flush=True)
+            dead = [n for n, p in procs if not n.startswith('camera_') and p.poll() is not None
+                    and not (kill and n == 'server')]
             if dead:
                 print(f'fluxshard_run: process(es) exited early: {dead}', flush=True)
                 break
@@ -243,6 +279,10 @@ def main(argv=None):
         summary['link_mode'] = (f'netns veth tc tbf {a.netns:g} Mbit/s' if ns_name else
                                 'transport emulation (edge parameters) or none')
         summary['netns'] = ns_name
+        summary['servers'] = a.servers
+        summary['split'] = _split(mon, robots) if kill is None else kill['split']
+        if kill is not None:
+            summary['failover'] = _failover(mon, robots, kill)
     finally:
         _stop(procs)
         mon.destroy_node()
@@ -264,6 +304,48 @@ def _stop(procs):
             p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def _merge(tables):
+    """Diagnostic value tables of several servers for one name: numbers summed."""
+    out = {}
+    for t in tables:
+        for k, v in t.items():
+            try:
+                out[k] = out.get(k, 0) + int(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+def _split(mon, robots):
+    """Robots per server, from the edges' diagnostics (server_id they address)."""
+    out = {}
+    for r in robots:
+        hist = mon.edge_server.get(r)
+        sid = hist[-1][1] if hist else ''
+        out[sid] = out.get(sid, 0) + 1
+    return out
+
+
+def _failover(mon, robots, kill):
+    """The killed server's robots: when each first got a server result for a frame taken
+    after the kill (necessarily from another server), seconds after the kill."""
+    t0 = kill['wall_s']
+    out = {'killed': kill['server'], 'robots': {}}
+    for r in robots:
+        before = [sid for t, sid in mon.edge_server.get(r, []) if t <= t0]
+        if not before or before[-1] != kill['server']:
+            continue
+        after = [(x['stamp_ns'] / 1e9 + x['latency_ms'] / 1e3) for x in mon.results[r]
+                 if x['computed_by'] == 'server' and x['stamp_ns'] / 1e9 > t0]
+        hist = [sid for t, sid in mon.edge_server.get(r, []) if t > t0]
+        out['robots'][r] = {'first_result_s': (min(after) - t0) if after else None,
+                            'moved_to': hist[-1] if hist else ''}
+    got = [v['first_result_s'] for v in out['robots'].values()]
+    out['worst_s'] = max((g for g in got if g is not None), default=None)
+    out['all_served_again'] = bool(got) and all(g is not None for g in got)
+    return out
 
 
 def _stamps(logdir, robot):
@@ -379,6 +461,15 @@ def _print_summary(s):
                   f"{v['resync_requests']} resync requests, {v['key_batches']} key batches "
                   f"({v['key_bytes'] / 1e6:.2f} MB of {v['bytes_sent'] / 1e6:.2f} MB sent), "
                   f"{v['digest_mismatch']} digest mismatches")
+    if s.get('servers', 1) > 1:
+        print(f"robots per server: {s['split']}")
+    fo = s.get('failover')
+    if fo:
+        for r, v in fo['robots'].items():
+            when = ('never' if v['first_result_s'] is None
+                    else f"{v['first_result_s']:.2f} s after the kill")
+            print(f"{r}: its server {fo['killed']} killed; moved to {v['moved_to'] or '-'}, "
+                  f'first server result for a newer frame {when}')
     srv = s.get('server', {})
     if srv:
         print('server: ' + ', '.join(f'{k}={v}' for k, v in sorted(srv.items())))
