@@ -144,3 +144,19 @@ def test_a_server_that_has_not_measured_counts_as_a_typical_one():
     ch.observe(ann('a', serving=ROBOTS[1:3], infer_ms=40))
     ch.observe(ann('new', serving=ROBOTS[3:7], infer_ms=0.0))  # not 0 ms x 5
     assert ch.choose(0.0)[0] == 'a'
+
+
+def test_robots_losing_a_server_together_spread_by_one_plan():
+    """All robots of a lost server read its last announcement and place themselves by the same
+    plan: they fill the free servers by load instead of all taking the least loaded one."""
+    lost = ROBOTS[:6]
+    anns = [ann('dead', serving=lost, t=0.0), ann('b', serving=['robot7'], t=0.0),
+            ann('c', serving=['robot8'], infer_ms=100, t=0.0)]
+    choosers = fleet_of(lost, anns)
+    for ch in choosers.values():
+        ch.current, ch.since = 'dead', -100.0
+        ch.choose(0.0)
+        ch.ban('dead', 1.0)
+    got = {r: ch.choose(1.0)[0] for r, ch in choosers.items()}
+    # b (50 ms) takes 4 more (5 x 50 = 250), c (100 ms) 2 more (3 x 100 = 300)
+    assert sorted(got.values()).count('b') == 4 and sorted(got.values()).count('c') == 2
