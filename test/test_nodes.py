@@ -249,6 +249,9 @@ def test_results_reach_a_topic_in_stamp_order(ros):
     assert ros.wait_for(lambda: server.newest == 2 * 10**9, 10)
     assert not server.publish(Detections(), header(1), 1, (4, 4, 3))  # late, older
     assert cb['dropped_out_of_order'] == 1
+    # the same frame again (served already, e.g. by the robot's previous server): not twice
+    assert not server.publish(Detections(), header(2), 2, (4, 4, 3))
+    assert cb['dropped_already_served'] == 1
     assert server.publish(Detections(), header(3), 3, (4, 4, 3))
     assert ros.wait_for(lambda: len(got) == 2, 10)
     assert [m.header.stamp.sec for m in got] == [2, 3]

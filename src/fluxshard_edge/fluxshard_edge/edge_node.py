@@ -560,8 +560,8 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.errors.error('bad_announcement', f'ignored a server announcement on '
                               f'{self.params["fleet.topic"]}: {why}', level='warn')
             return
-        if self.chooser is not None:
-            self.chooser.observe(ann)
+        if self.chooser is not None and not self.chooser.observe(ann):
+            self.counters['stale_announcement'] += 1  # older than the one held: ignored
 
     def _fleet_tick(self):
         rt, ch = self.runtime, self.chooser

@@ -46,6 +46,7 @@ class Announcement:
     model: str = ''
     device: str = ''
     backend: str = ''
+    stamp_ns: int = 0  # header stamp (the server's clock): orders one server's announcements
 
 
 def parse(msg, now: float) -> Tuple[Optional[Announcement], str]:
@@ -65,9 +66,11 @@ def parse(msg, now: float) -> Tuple[Optional[Announcement], str]:
     edges, serving = tuple(msg.edges), tuple(msg.serving)
     if any(not e or len(e) > MAX_ID for e in edges + serving):
         return None, f'server {sid}: an empty or over-long edge id in edges / serving'
+    st = getattr(getattr(msg, 'header', None), 'stamp', None)
+    stamp = int(st.sec) * 10**9 + int(st.nanosec) if st is not None else 0
     return Announcement(sid, str(msg.task), edges, serving, int(msg.queue), infer, busy,
                         bool(msg.accepting), now, str(msg.model), str(msg.device),
-                        str(msg.backend)), ''
+                        str(msg.backend), stamp), ''
 
 
 def rank(edge_id: str, server_id: str) -> int:
@@ -106,8 +109,16 @@ class Chooser:
         self.lost_server = ''
 
     # -- inputs --------------------------------------------------------------------------------
-    def observe(self, ann: Announcement):
+    def observe(self, ann: Announcement) -> bool:
+        """Keep ``ann`` as its server's latest; False (ignored) when it is older than the live
+        one held (a replayed or reordered sample; once the held one is stale, a server whose
+        clock stepped back is heard again)."""
+        old = self.servers.get(ann.server_id)
+        if old is not None and ann.stamp_ns < old.stamp_ns and \
+                ann.received - old.received <= self.stale_s:
+            return False
         self.servers[ann.server_id] = ann
+        return True
 
     def ban(self, server_id: str, now: float):
         """The server failed this robot (no ACKs, latency bound missed): avoid it for a while

@@ -160,3 +160,25 @@ def test_robots_losing_a_server_together_spread_by_one_plan():
     got = {r: ch.choose(1.0)[0] for r, ch in choosers.items()}
     # b (50 ms) takes 4 more (5 x 50 = 250), c (100 ms) 2 more (3 x 100 = 300)
     assert sorted(got.values()).count('b') == 4 and sorted(got.values()).count('c') == 2
+
+
+def test_a_replayed_older_announcement_does_not_overwrite_the_newer_one():
+    """A re-matched reader may get a server's older samples again: the newest stamp wins while
+    it is live; once it is stale, a server whose clock stepped back is heard again."""
+    ch = fleet.Chooser('robot2', 'detect', stale_s=3.0)
+    new = fleet.Announcement('a', 'detect', tuple(ROBOTS), ('robot1',), 0, 50.0, 0.0, True,
+                             10.0, stamp_ns=2 * 10**9)
+    old = fleet.Announcement('a', 'detect', tuple(ROBOTS), (), 0, 50.0, 0.0, True, 10.5,
+                             stamp_ns=1 * 10**9)
+    assert ch.observe(new) and not ch.observe(old)
+    assert ch.servers['a'].serving == ('robot1',)
+    stepped = fleet.Announcement('a', 'detect', tuple(ROBOTS), (), 0, 50.0, 0.0, True, 14.0,
+                                 stamp_ns=5 * 10**8)
+    assert ch.observe(stepped) and ch.servers['a'].serving == ()
+
+
+def test_parse_reads_the_header_stamp():
+    m = ServerStatus(server_id='gpu-a', task='detect', edges=['robot1'], accepting=True)
+    m.header.stamp.sec, m.header.stamp.nanosec = 3, 5
+    a, why = fleet.parse(m, 1.0)
+    assert why == '' and a.stamp_ns == 3 * 10**9 + 5

@@ -79,20 +79,27 @@ class TraceShaper:
         self._thread.join(1.0)
 
 
-def up(name: str, mbps: float):
-    """Create the namespaces and the shaped veth pair (raises CalledProcessError)."""
+#: Addresses of the two ends of the link.
+EDGE_ADDR, SRV_ADDR = '10.231.0.1', '10.231.0.2'
+
+
+def up(name: str, mbps: float, multicast: bool = True):
+    """Create the namespaces and the shaped veth pair (raises CalledProcessError); with
+    ``multicast`` False the link carries no multicast at all (no flag, no route), so only
+    unicast discovery (Discovery Servers) can work."""
     e, s = f'{name}_edge', f'{name}_srv'
     ve, vs = f'{name[:10]}e', f'{name[:10]}s'
     down(name)
     _ip('netns', 'add', e)
     _ip('netns', 'add', s)
     _ip('link', 'add', ve, 'type', 'veth', 'peer', 'name', vs)
-    for ns, dev, addr in ((e, ve, '10.231.0.1/24'), (s, vs, '10.231.0.2/24')):
+    for ns, dev, addr in ((e, ve, EDGE_ADDR), (s, vs, SRV_ADDR)):
         _ip('link', 'set', dev, 'netns', ns)
-        _ip('-n', ns, 'addr', 'add', addr, 'dev', dev)
-        _ip('-n', ns, 'link', 'set', 'lo', 'up')
-        _ip('-n', ns, 'link', 'set', dev, 'up', 'multicast', 'on')
-        _ip('-n', ns, 'route', 'add', '224.0.0.0/4', 'dev', dev)
+        _ip('-n', ns, 'addr', 'add', f'{addr}/24', 'dev', dev)
+        _ip('-n', ns, 'link', 'set', 'lo', 'up', 'multicast', 'on' if multicast else 'off')
+        _ip('-n', ns, 'link', 'set', dev, 'up', 'multicast', 'on' if multicast else 'off')
+        if multicast:
+            _ip('-n', ns, 'route', 'add', '224.0.0.0/4', 'dev', dev)
     shape(name, mbps, 'add')
 
 

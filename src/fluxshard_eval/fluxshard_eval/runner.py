@@ -55,6 +55,14 @@ def _args(argv):
     p.add_argument('--kill-server-at', type=float, default=0.0, metavar='S',
                    help='SIGKILL server gpu1 this many seconds after the cameras start '
                         '(failover; 0 = never)')
+    p.add_argument('--discovery-servers', default='', metavar='auto|HOST[:PORT],...',
+                   help='discovery without multicast: every process is a client of these Fast '
+                        'DDS Discovery Servers (one profile with the large-image transports); '
+                        "'auto' starts two here (with --netns one in each namespace, and the "
+                        'link carries no multicast)')
+    p.add_argument('--stop-discovery-at', type=float, default=0.0, metavar='S',
+                   help="with --discovery-servers auto: stop the first discovery server this "
+                        'many seconds after the cameras start (the other one must carry on)')
     p.add_argument('--netns-trace', default='', metavar='FILE',
                    help='with --netns: re-shape the link every 100 ms to follow this capacity '
                         'trace (mahimahi *.up or seconds,mbps), looped')
@@ -71,7 +79,7 @@ def _run_in_netns(a, argv):
         return 2
     name = f'fs{os.getpid() % 100000}'
     try:
-        netns.up(name, a.netns)
+        netns.up(name, a.netns, multicast=not a.discovery_servers)
     except subprocess.CalledProcessError as e:
         netns.down(name)
         print(f'fluxshard_run: cannot create the namespaces: {e.stderr.strip()}',
@@ -206,6 +214,12 @@ def main(argv=None):
         auth.save_keys(key_file, auth.generate(robots), overwrite=True)
         srv_params.append(f'security.key_file:={key_file}')
         a.edge_param = list(a.edge_param) + [f'security.key_file:={key_file}']
+    try:
+        ds = _discovery(a, ns_name, logdir, env, procs)
+    except (ValueError, OSError) as e:
+        print(f'fluxshard_run: --discovery-servers: {e}', file=sys.stderr)
+        _stop(procs)
+        return 2
     rclpy.init()
     mon = Monitor(robots, a.task or 'detect', a.quiet)
     t_start = time.monotonic()
@@ -256,8 +270,15 @@ def main(argv=None):
                 next(p for n, p in procs if n == 'server').send_signal(signal.SIGKILL)
                 print(f"fluxshard_run: killed server {kill['server']} (SIGKILL); robots per "
                       f"server before: {kill['split']}", flush=True)
+            if a.stop_discovery_at and ds.get('auto') and 'stopped' not in ds and \
+                    time.monotonic() - t_cams >= a.stop_discovery_at:
+                ds['stopped'] = {'server': ds['servers'][0], 'wall_s': time.time()}
+                next(p for n, p in procs if n == 'discovery1').send_signal(signal.SIGINT)
+                print(f"fluxshard_run: stopped discovery server {ds['servers'][0]}",
+                      flush=True)
             dead = [n for n, p in procs if not n.startswith('camera_') and p.poll() is not None
-                    and not (kill and n == 'server')]
+                    and not (kill and n == 'server')
+                    and not ('stopped' in ds and n == 'discovery1')]
             if dead:
                 print(f'fluxshard_run: process(es) exited early: {dead}', flush=True)
                 break
@@ -283,6 +304,8 @@ def main(argv=None):
         summary['split'] = _split(mon, robots) if kill is None else kill['split']
         if kill is not None:
             summary['failover'] = _failover(mon, robots, kill)
+        if ds:
+            summary['discovery'] = _discovery_summary(mon, robots, ds)
     finally:
         _stop(procs)
         mon.destroy_node()
@@ -292,6 +315,58 @@ def main(argv=None):
         with open(a.json, 'w') as f:
             json.dump(summary, f, indent=2)
     return 0 if summary and all(r['results'] > 0 for r in summary['robots'].values()) else 1
+
+
+def _discovery(a, ns_name, logdir, env, procs) -> dict:
+    """With ``--discovery-servers``: start the discovery servers ('auto'), write the client
+    profile (the shipped transports + the servers) and point ``env`` and this process at it.
+    Returns {'servers': ['host:port', ...], 'auto': bool, 'profile': path} ({} when off)."""
+    if not a.discovery_servers:
+        return {}
+    from fluxshard_msgs_py import dds
+    auto = a.discovery_servers == 'auto'
+    if auto:
+        if ns_name:  # one in each namespace: a host's loss takes one of them
+            from fluxshard_eval import netns
+            places = [(netns.SRV_ADDR, dds.DISCOVERY_PORT, netns.exec_prefix(ns_name, 'srv')),
+                      (netns.EDGE_ADDR, dds.DISCOVERY_PORT, [])]
+        else:
+            port = dds.DISCOVERY_PORT + 2 * (os.getpid() % 400)
+            places = [('127.0.0.1', port, []), ('127.0.0.1', port + 1, [])]
+        servers = [(h, p) for h, p, _ in places]
+    else:
+        servers, places = dds.parse_servers(a.discovery_servers), []
+    for k, (host, port, prefix) in enumerate(places):
+        argv, extra = dds.discovery_server_command(host, port)
+        denv = {k2: v for k2, v in env.items() if k2 not in dds.CHOSEN_BY}
+        denv.update(extra)
+        log = open(os.path.join(logdir, f'discovery{k + 1}.log'), 'w')
+        procs.append((f'discovery{k + 1}', subprocess.Popen(
+            prefix + argv, env=denv, stdout=log, stderr=subprocess.STDOUT)))
+    profile = dds.write_discovery_profile(servers, os.path.join(logdir, 'fastdds-discovery.xml'),
+                                          'udp' if ns_name else 'default')
+    for e in (env, os.environ):
+        for k in dds.CHOSEN_BY:
+            e.pop(k, None)
+        e['FASTDDS_DEFAULT_PROFILES_FILE'] = profile
+    names = [f'{h}:{p}' for h, p in servers]
+    print(f'fluxshard_run: discovery through {", ".join(names)} (multicast discovery off; '
+          f'profile {profile})', flush=True)
+    return {'servers': names, 'auto': auto, 'profile': profile}
+
+
+def _discovery_summary(mon, robots, ds) -> dict:
+    """The discovery servers, which one was stopped, and the server results each robot got
+    after that."""
+    out = {'servers': ds['servers'], 'profile': os.path.basename(ds['profile'])}
+    stop = ds.get('stopped')
+    if stop:
+        t0 = stop['wall_s']
+        out['stopped'] = stop['server']
+        out['served_after_stop'] = {r: sum(1 for x in mon.results[r] if x['computed_by'] ==
+                                           'server' and x['stamp_ns'] / 1e9 > t0)
+                                    for r in robots}
+    return out
 
 
 def _stop(procs):
@@ -419,6 +494,10 @@ def _summary(mon, robots, a, wall_s, logdir):
         # a result older than one already on the topic is dropped by either side (counted)
         v['dropped_out_of_order'] = (int(edge.get('dropped_out_of_order', 0))
                                      + int(srv.get('dropped_out_of_order', 0)))
+        # a result for a stamp already on the topic (a robot's previous server served it):
+        # not published again
+        v['dropped_already_served'] = (int(edge.get('dropped_already_served', 0))
+                                       + int(srv.get('dropped_already_served', 0)))
         v['lost_offloaded'] = int(edge.get('lost_offloaded', 0))
         v['dds_dropped'] = (v['published'] - v['edge_frames_in']
                             if v['published'] is not None else None)

@@ -57,3 +57,115 @@ def apply_default(env=None, kind: str = 'default') -> str:
             return ''
     return env.get('FASTDDS_DEFAULT_PROFILES_FILE') or env.get(
         'FASTRTPS_DEFAULT_PROFILES_FILE', '')
+
+
+# --- Discovery without multicast: Fast DDS Discovery Servers ---------------------------------
+
+#: Port a Discovery Server listens on when a spec names only its host (Fast DDS's default).
+DISCOVERY_PORT = 11811
+_NS = 'http://www.eprosima.com'
+
+
+def parse_servers(spec: str) -> list:
+    """``'10.0.0.2:11811,10.0.0.3'`` -> ``[('10.0.0.2', 11811), ('10.0.0.3', 11811)]``: IPv4
+    addresses with an optional port (default ``DISCOVERY_PORT``), comma- or semicolon-separated
+    (``ROS_DISCOVERY_SERVER`` uses ';').
+
+    Raises:
+        ValueError: an empty list, a host that is not an IPv4 address or a bad port, with the
+        offending item named.
+    """
+    import ipaddress
+    out = []
+    for item in (s.strip() for s in spec.replace(';', ',').split(',')):
+        if not item:
+            continue
+        host, _, port = item.partition(':')
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f'discovery server {item!r}: {host!r} is not an IPv4 address '
+                             '(Fast DDS locators take addresses, not names)') from None
+        try:
+            p = int(port) if port else DISCOVERY_PORT
+        except ValueError:
+            p = -1
+        if not 0 < p < 65536:
+            raise ValueError(f'discovery server {item!r}: port must be 1-65535')
+        out.append((host, p))
+    if not out:
+        raise ValueError(f'no discovery server in {spec!r} (expected HOST[:PORT],...)')
+    return out
+
+
+def discovery_profile(servers, kind: str = 'default') -> str:
+    """The ``kind`` profile (its transports untouched) with every participant a Discovery
+    Server *client* of ``servers`` (list of (host, port), or a spec for ``parse_servers``):
+    no multicast discovery; a participant finds the others through whichever listed server
+    answers, so one stopped server does not stop discovery. Returns the XML text."""
+    import xml.etree.ElementTree as ET
+    if isinstance(servers, str):
+        servers = parse_servers(servers)
+    ET.register_namespace('', _NS)
+    tree = ET.parse(profile_path(kind))
+
+    def q(tag):
+        return f'{{{_NS}}}{tag}'
+
+    part = next(p for p in tree.getroot().iter(q('participant'))
+                if p.get('is_default_profile') == 'true')
+    rtps = part.find(q('rtps'))
+    for old in rtps.findall(q('builtin')):
+        rtps.remove(old)
+    builtin = ET.Element(q('builtin'))
+    rtps.insert(0, builtin)
+    cfg = ET.SubElement(builtin, q('discovery_config'))
+    ET.SubElement(cfg, q('discoveryProtocol')).text = 'CLIENT'
+    lst = ET.SubElement(cfg, q('discoveryServersList'))
+    for host, port in servers:
+        udp = ET.SubElement(ET.SubElement(lst, q('locator')), q('udpv4'))
+        ET.SubElement(udp, q('address')).text = host
+        ET.SubElement(udp, q('port')).text = str(port)
+    part.set('profile_name', f'{part.get("profile_name")}_discovery_client')
+    ET.indent(tree)
+    servers_txt = ', '.join(f'{h}:{p}' for h, p in servers)
+    head = (f'<?xml version="1.0" encoding="UTF-8" ?>\n<!-- FluxShard {PROFILES[kind]} as a '
+            f'Discovery Server client of {servers_txt} (python -m fluxshard_msgs_py.dds '
+            'profile) -->\n')
+    return head + ET.tostring(tree.getroot(), encoding='unicode') + '\n'
+
+
+def write_discovery_profile(servers, path, kind: str = 'default') -> str:
+    """Write ``discovery_profile`` to ``path``; returns the path."""
+    text = discovery_profile(servers, kind)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    return str(path)
+
+
+def discovery_server_command(host: str = '0.0.0.0', port: int = DISCOVERY_PORT):
+    """(argv, env additions) running Fast DDS's ``fast-discovery-server`` on host:port, found
+    beside this Python (the ros-fastdds wheel installs it, with its libraries in the wheel's
+    ``ros_fastdds.libs``).
+
+    Raises:
+        FileNotFoundError: the tool is not installed.
+    """
+    import shutil
+    import sys
+    import sysconfig
+    exe = Path(sys.executable).parent / 'fast-discovery-server'
+    if not exe.is_file():
+        found = shutil.which('fast-discovery-server')
+        if not found:
+            raise FileNotFoundError('fast-discovery-server not found (pip install ros-fastdds, '
+                                    'or the fastdds-tools package)')
+        exe = Path(found)
+    site = Path(sysconfig.get_paths()['purelib'])
+    libs = [str(p) for p in (Path(sys.prefix) / 'lib', site / 'ros_fastdds.libs') if p.is_dir()]
+    env = {}
+    if libs:
+        env['LD_LIBRARY_PATH'] = ':'.join(libs + [os.environ.get('LD_LIBRARY_PATH', '')]).rstrip(
+            ':')
+    # '42' selects the tool's server mode (what `fastdds discovery` passes it)
+    return [str(exe), '42', '-l', host, '-p', str(port)], env

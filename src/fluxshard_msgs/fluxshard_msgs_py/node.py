@@ -43,11 +43,16 @@ RESULT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
-#: Fleet announcements (ServerStatus): latched per server; a reader keeps one per server it
-#: hears (depth: servers whose latched samples may arrive together).
+#: Fleet announcements (ServerStatus), reader side: a reader keeps one per server it hears
+#: (depth: servers whose latched samples may arrive together).
 FLEET_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=64,
                        reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Writer side: latched with depth 1, so a reader matched late (or re-matched after a
+#: discovery change) gets the server's newest announcement, never a replay of old ones.
+FLEET_PUB_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                           reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 # -- parameters -------------------------------------------------------------------------------

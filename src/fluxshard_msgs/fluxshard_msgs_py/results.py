@@ -4,7 +4,10 @@
 Edge and server both publish on a robot's result topics (``computed_by`` tells which). A result
 older than one already on the topic (a server result arriving after the edge served a newer
 frame) is dropped and counted (``dropped_out_of_order``): consumers see stamps only increase.
-Each publisher watches its topic to know the newest stamp anyone published there.
+A result for a stamp already on the topic (the edge served it meanwhile, or the robot's previous
+server of a fleet did before the robot moved) is dropped and counted (``dropped_already_served``):
+no frame is served twice. Each publisher watches its topic to know the newest stamp anyone
+published there.
 """
 
 from sensor_msgs.msg import Image
@@ -51,11 +54,12 @@ class ResultPublisher:
     def publish(self, det, header, frame_index: int, shape, image=None, block_map=None,
                 block_size: int = 16) -> bool:
         """Publish ``det`` (fluxshard_kernels Detections) for the frame with ``header``; False
-        (counted) when a newer frame's result is already on the topic. ``image`` (the
+        (counted) when a result for this frame or a newer one is already on the topic. ``image`` (the
         pixels the result was computed from) and ``block_map`` feed the annotated picture."""
         stamp = _ns(header.stamp)
-        if stamp < self.newest:
-            self.counters['dropped_out_of_order'] += 1
+        if stamp <= self.newest:
+            self.counters['dropped_out_of_order' if stamp < self.newest
+                          else 'dropped_already_served'] += 1
             return False
         self.newest = stamp
         self._publish(det, header, frame_index, shape)

@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from fluxshard_msgs.msg import BlockBatch, LabelMap, ProxyDelta, ServerStatus
 from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (diagnostic_status, DiagnosticsPublisher, help_text,
-                                    FLEET_QOS, LATCHED_QOS, LINK_QOS, Param, Params,
+                                    FLEET_PUB_QOS, LATCHED_QOS, LINK_QOS, Param, Params,
                                     ReasonLog,
                                     RecentCount, RESULT_QOS, run_node, WorkerLifecycle)
 from fluxshard_msgs_py.results import ResultPublisher
@@ -192,7 +192,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                        for ns, eid in zip(self.namespaces, self.edge_ids)}
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         if p['fleet.announce']:
-            self.announcer = self.create_publisher(ServerStatus, p['fleet.topic'], FLEET_QOS)
+            self.announcer = self.create_publisher(ServerStatus, p['fleet.topic'],
+                                                    FLEET_PUB_QOS)
             self._announce_timer = self.create_timer(
                 1.0, self._announce, clock=Clock(clock_type=ClockType.STEADY_TIME))
             self._announce()  # configured: robots see what it runs (not accepting yet)
