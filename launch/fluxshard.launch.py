@@ -18,12 +18,19 @@ def generate_launch_description():
         DeclareLaunchArgument('image', default_value='image'),
         DeclareLaunchArgument('key_file', default_value='',
                               description='Link key file holding this robot\'s line'),
+        DeclareLaunchArgument('discovery_servers', default_value='',
+                              description='Fast DDS Discovery Servers HOST[:PORT],... '
+                                          '(empty: multicast discovery)'),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(os.path.join(launch_dir, 'edge.launch.py')),
             launch_arguments={'namespace': ns, 'image': LaunchConfiguration('image'),
-                              'key_file': LaunchConfiguration('key_file')}.items()),
+                              'key_file': LaunchConfiguration('key_file'),
+                              'discovery_servers': LaunchConfiguration('discovery_servers')
+                              }.items()),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(os.path.join(launch_dir, 'server.launch.py')),
             launch_arguments={'edges': PythonExpression(["['", ns, "']"]),
-                              'key_file': LaunchConfiguration('key_file')}.items()),
+                              'key_file': LaunchConfiguration('key_file'),
+                              'discovery_servers': LaunchConfiguration('discovery_servers')
+                              }.items()),
     ])

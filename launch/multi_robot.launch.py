@@ -14,13 +14,15 @@ def _robots(context):
     n = int(context.launch_configurations['count'])
     names = [f'robot{i + 1}' for i in range(n)]
     keys = context.launch_configurations['key_file']  # one file with every robot's line
+    ds = context.launch_configurations['discovery_servers']
     acts = [IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(launch_dir, 'edge.launch.py')),
-        launch_arguments={'namespace': r, 'image': f'/{r}/image', 'key_file': keys}.items())
-        for r in names]
+        launch_arguments={'namespace': r, 'image': f'/{r}/image', 'key_file': keys,
+                          'discovery_servers': ds}.items()) for r in names]
     acts.append(IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(launch_dir, 'server.launch.py')),
-        launch_arguments={'edges': str(names), 'key_file': keys}.items()))
+        launch_arguments={'edges': str(names), 'key_file': keys,
+                          'discovery_servers': ds}.items()))
     return acts
 
 
@@ -29,5 +31,8 @@ def generate_launch_description():
         DeclareLaunchArgument('count', default_value='2', description='Number of robots'),
         DeclareLaunchArgument('key_file', default_value='',
                               description='Link key file with a line per robot (robot1..N)'),
+        DeclareLaunchArgument('discovery_servers', default_value='',
+                              description='Fast DDS Discovery Servers HOST[:PORT],... '
+                                          '(empty: multicast discovery)'),
         OpaqueFunction(function=_robots),
     ])

@@ -115,9 +115,20 @@ def render_cellular(path: Path) -> str:
             + re.sub(r'^#+ ', '#### ', cellular.render(res), flags=re.M))
 
 
+def render_fleet(path: Path) -> str:
+    """A saved ``python -m fluxshard_eval.fleet --json`` (modelled), or a saved
+    ``fluxshard_run --servers N --json`` (live: it has per-robot records)."""
+    from fluxshard_eval import fleet
+    res = json.loads(path.read_text())
+    if 'robots' in res:
+        return fleet.render_live(res) + f'\n\n(saved as `{path.relative_to(ROOT)}`)'
+    return (f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`):\n\n"
+            + fleet.render(res))
+
+
 RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval,
              'profile': render_profile, 'gpu-check': render_gpu_check, 'live': render_live,
-             'cellular': render_cellular}
+             'cellular': render_cellular, 'fleet': render_fleet}
 
 
 def check_markers(text: str, allow_empty: bool = False) -> None:

@@ -17,8 +17,8 @@ NS = '{http://www.eprosima.com}'
 
 
 def test_server_lists_are_parsed_or_refused_with_the_item_named():
-    assert dds.parse_servers('10.0.0.2:11811; 10.0.0.3') == [('10.0.0.2', 11811),
-                                                            ('10.0.0.3', 11811)]
+    assert dds.parse_servers('10.0.0.2:11811; 10.0.0.3') == [
+        ('10.0.0.2', 11811), ('10.0.0.3', 11811)]
     for bad, words in (('gpu-host:11811', 'not an IPv4 address'), ('10.0.0.2:0', 'port'),
                        ('10.0.0.2:x', 'port'), (' , ', 'no discovery server')):
         with pytest.raises(ValueError, match=words):
@@ -41,11 +41,87 @@ def test_the_client_profile_keeps_the_transports_and_lists_both_servers(tmp_path
     assert locs == [('10.0.0.2', '11811'), ('10.0.0.3', '11812')]
 
 
+def test_launch_files_get_the_client_profile_only_when_servers_are_named():
+    shipped = dds.profile_path()
+    assert dds.launch_profile(shipped, '') == shipped
+    path = dds.launch_profile(shipped, '10.0.0.2:11811,10.0.0.3:11811')
+    assert path != shipped and 'CLIENT' in open(path).read()
+    assert dds.launch_profile(shipped, '10.0.0.2:11811,10.0.0.3:11811') == path  # reused
+    with pytest.raises(ValueError, match='not an IPv4'):
+        dds.launch_profile(shipped, 'gpu-host')
+
+
+def test_the_command_line_writes_profiles_and_refuses_bad_addresses(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, '-m', 'fluxshard_msgs_py.dds', *args],
+                              capture_output=True, text=True, timeout=60)
+    out = run('profile', '10.0.0.2', '--kind', 'udp', '-o', str(tmp_path / 'c.xml'))
+    assert out.returncode == 0 and 'CLIENT' in (tmp_path / 'c.xml').read_text(), out.stderr
+    assert 'fluxshard_shm' not in (tmp_path / 'c.xml').read_text()  # network only
+    bad = run('server', 'gpu-host:11811')
+    assert bad.returncode == 2 and 'not an IPv4 address' in bad.stderr, bad
+
+
 def test_the_discovery_server_tool_is_installed():
     argv, env = dds.discovery_server_command('127.0.0.1', 11811)
     out = subprocess.run([argv[0], argv[1], '-v'], env=dict(os.environ, **env),
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and 'Fast DDS' in out.stdout + out.stderr, out
+
+
+PAIR = r"""
+import sys, time, rclpy
+from std_msgs.msg import String
+rclpy.init()
+n = rclpy.create_node(sys.argv[1])
+got = []
+if sys.argv[1] == 'talker':
+    pub = n.create_publisher(String, '/chat', 10)
+else:
+    n.create_subscription(String, '/chat', got.append, 10)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end and len(got) < 3:
+    if sys.argv[1] == 'talker':
+        pub.publish(String(data='hi'))
+    rclpy.spin_once(n, timeout_sec=0.1)
+print('received', len(got))
+"""
+
+
+def _talk(profile, seconds):
+    """A talker and a listener process (UDP only) on the client profile: how many messages
+    the listener got (3 = they found each other)."""
+    env = dict(os.environ, FASTDDS_DEFAULT_PROFILES_FILE=profile,
+               ROS_DOMAIN_ID=str(80 + os.getpid() % 20))
+    for k in ('FASTDDS_BUILTIN_TRANSPORTS', 'ROS_AUTOMATIC_DISCOVERY_RANGE'):
+        env.pop(k, None)
+    talker = subprocess.Popen([sys.executable, '-c', PAIR, 'talker', str(seconds + 5)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = subprocess.run([sys.executable, '-c', PAIR, 'listener', str(seconds)], env=env,
+                             capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        talker.kill()
+        talker.wait(10)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split()[-1])
+
+
+def test_clients_find_each_other_only_through_a_discovery_server(tmp_path):
+    port = 12811 + os.getpid() % 1000
+    profile = dds.write_discovery_profile(f'127.0.0.1:{port}', tmp_path / 'c.xml', 'udp')
+    # no discovery server: no multicast fallback, so nobody is found
+    assert _talk(profile, 6.0) == 0
+    argv, extra = dds.discovery_server_command('127.0.0.1', port)
+    env = {k: v for k, v in os.environ.items() if k not in dds.CHOSEN_BY}
+    server = subprocess.Popen(argv, env={**env, **extra}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        assert 'Server started' in server.stdout.readline() + server.stdout.readline()
+        assert _talk(profile, 30.0) == 3
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_robots_and_servers_in_two_namespaces_find_each_other_through_discovery_servers(

@@ -82,7 +82,7 @@ def test_launch_descriptions_with_launch_ros():
                         'runs on a ROS 2 machine')
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from launch_ros.actions import Node
-    for name in ('edge', 'server', 'fluxshard', 'multi_robot'):
+    for name in ('edge', 'server', 'fluxshard', 'multi_robot', 'discovery_server'):
         src = PythonLaunchDescriptionSource(str(ROOT / 'launch' / f'{name}.launch.py'))
         ld = src.get_launch_description(None)
         assert ld.entities, name

@@ -392,6 +392,39 @@ def render(d: dict) -> str:
     return '\n'.join(lines)
 
 
+def render_live(s: dict) -> str:
+    """A saved ``fluxshard_run --servers N [--kill-server-at S] [--discovery-servers ...]``
+    summary: the split, the failover and every robot's frame accounting."""
+    lines = [f"Live ({s.get('command', 'fluxshard_run')}): {len(s['robots'])} robots, "
+             f"{s['servers']} servers, {s['source']} at {s['rate_hz']:g} Hz, "
+             f"{s['wall_s']:.0f} s; link: {s['link_mode']}.", '',
+             'Robots per server with all up: ' + ', '.join(
+                 f'{k or "(none)"} {v}' for k, v in sorted(s['split'].items())) + '.']
+    f = s.get('failover')
+    if f:
+        lines += ['', f"Server {f['killed']} killed (SIGKILL): its robots' first server "
+                  'result for a frame taken after the kill, seconds after it: ' + ', '.join(
+                      f"{r} {x['first_result_s']:.2f} s ({x['moved_to']})"
+                      for r, x in sorted(f['robots'].items()))
+                  + f" (worst {f['worst_s']:.2f} s)."]
+    d = s.get('discovery')
+    if d:
+        lines += ['', f"Discovery through {', '.join(d['servers'])} (no multicast)" + (
+            f"; {d['stopped']} stopped mid-run, then server results per robot: " + ', '.join(
+                f'{r} {n}' for r, n in sorted(d['served_after_stop'].items()))
+            if d.get('stopped') else '') + '.']
+    lines += ['', '| robot | frames in | results | dropped (latest wins, edge + servers) | '
+              'not served twice (already served) | unaccounted | stamps unique | p50 / p90 ms '
+              '|', '|---|---|---|---|---|---|---|---|']
+    for r, v in sorted(s['robots'].items(), key=lambda kv: int(kv[0][5:] or 0)):
+        lines.append(f"| {r} | {v['edge_frames_in']} | {v['results']} | "
+                     f"{v['edge_dropped_superseded'] + v['server_dropped_superseded']} | "
+                     f"{v.get('dropped_already_served', 0)} | {v['unaccounted']} | "
+                     f"{'yes' if v['stamps_unique'] else 'NO'} | {v['latency_ms_p50']:.0f} / "
+                     f"{v['latency_ms_p90']:.0f} |")
+    return '\n'.join(lines)
+
+
 def plot(d: dict, path: str):
     import matplotlib
     matplotlib.use('Agg')

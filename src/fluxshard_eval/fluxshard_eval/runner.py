@@ -7,6 +7,7 @@ import argparse
 from collections import defaultdict
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -312,6 +313,8 @@ def main(argv=None):
         rclpy.shutdown()
     _print_summary(summary)
     if a.json:
+        if summary:
+            summary['command'] = shlex.join(['fluxshard_run', *argv])
         with open(a.json, 'w') as f:
             json.dump(summary, f, indent=2)
     return 0 if summary and all(r['results'] > 0 for r in summary['robots'].values()) else 1

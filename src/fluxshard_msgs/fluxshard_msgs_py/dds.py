@@ -98,23 +98,34 @@ def parse_servers(spec: str) -> list:
     return out
 
 
-def discovery_profile(servers, kind: str = 'default') -> str:
-    """The ``kind`` profile (its transports untouched) with every participant a Discovery
-    Server *client* of ``servers`` (list of (host, port), or a spec for ``parse_servers``):
-    no multicast discovery; a participant finds the others through whichever listed server
-    answers, so one stopped server does not stop discovery. Returns the XML text."""
+def discovery_profile(servers, kind: str = 'default', base: str = '') -> str:
+    """The ``kind`` profile (or the profile file ``base``; its transports untouched) with
+    every participant a Discovery Server *client* of ``servers`` (list of (host, port), or a
+    spec for ``parse_servers``): no multicast discovery; a participant finds the others
+    through whichever listed server answers, so one stopped server does not stop discovery.
+    Returns the XML text.
+
+    Raises:
+        ValueError: a bad server list, or ``base`` without a default participant profile.
+    """
     import xml.etree.ElementTree as ET
     if isinstance(servers, str):
         servers = parse_servers(servers)
     ET.register_namespace('', _NS)
-    tree = ET.parse(profile_path(kind))
+    src = base or profile_path(kind)
+    tree = ET.parse(src)
 
     def q(tag):
         return f'{{{_NS}}}{tag}'
 
-    part = next(p for p in tree.getroot().iter(q('participant'))
-                if p.get('is_default_profile') == 'true')
+    part = next((p for p in tree.getroot().iter(q('participant'))
+                 if p.get('is_default_profile') == 'true'), None)
+    if part is None:
+        raise ValueError(f'{src}: no participant profile with is_default_profile="true" to '
+                         'add the discovery servers to')
     rtps = part.find(q('rtps'))
+    if rtps is None:
+        rtps = ET.SubElement(part, q('rtps'))
     for old in rtps.findall(q('builtin')):
         rtps.remove(old)
     builtin = ET.Element(q('builtin'))
@@ -129,15 +140,14 @@ def discovery_profile(servers, kind: str = 'default') -> str:
     part.set('profile_name', f'{part.get("profile_name")}_discovery_client')
     ET.indent(tree)
     servers_txt = ', '.join(f'{h}:{p}' for h, p in servers)
-    head = (f'<?xml version="1.0" encoding="UTF-8" ?>\n<!-- FluxShard {PROFILES[kind]} as a '
-            f'Discovery Server client of {servers_txt} (python -m fluxshard_msgs_py.dds '
-            'profile) -->\n')
+    head = (f'<?xml version="1.0" encoding="UTF-8" ?>\n<!-- {Path(src).name} as a Discovery '
+            f'Server client of {servers_txt} (python -m fluxshard_msgs_py.dds profile) -->\n')
     return head + ET.tostring(tree.getroot(), encoding='unicode') + '\n'
 
 
-def write_discovery_profile(servers, path, kind: str = 'default') -> str:
+def write_discovery_profile(servers, path, kind: str = 'default', base: str = '') -> str:
     """Write ``discovery_profile`` to ``path``; returns the path."""
-    text = discovery_profile(servers, kind)
+    text = discovery_profile(servers, kind, base)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text)
     return str(path)
@@ -169,3 +179,71 @@ def discovery_server_command(host: str = '0.0.0.0', port: int = DISCOVERY_PORT):
             ':')
     # '42' selects the tool's server mode (what `fastdds discovery` passes it)
     return [str(exe), '42', '-l', host, '-p', str(port)], env
+
+
+#: Description of the launch files' ``discovery_servers`` argument.
+DISCOVERY_HELP = ('Fast DDS Discovery Servers, HOST[:PORT] comma-separated (e.g. '
+                  '10.0.0.2:11811,10.0.0.3:11811): discovery through them, no multicast; '
+                  'empty = the usual multicast discovery')
+
+
+def launch_profile(profile: str, servers: str) -> str:
+    """The profile a launched process gets: ``profile`` itself when ``servers`` is empty,
+    else a client profile of ``servers`` built from it (written once per content in the
+    temporary folder)."""
+    if not servers.strip():
+        return profile
+    import hashlib
+    import tempfile
+    text = discovery_profile(servers, base=profile)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f'fluxshard-fastdds-discovery-{digest}.xml'
+    if not path.is_file():
+        tmp = path.with_suffix(f'.{os.getpid()}.tmp')
+        tmp.write_text(text)
+        tmp.replace(path)
+    return str(path)
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(
+        prog='python -m fluxshard_msgs_py.dds',
+        description='Discovery without multicast: write a Fast DDS client profile (the '
+                    "shipped transports + the discovery servers), or run a discovery server.")
+    sub = p.add_subparsers(dest='cmd', required=True)
+    pr = sub.add_parser('profile', help='write a client profile; point '
+                        'FASTDDS_DEFAULT_PROFILES_FILE at it in every process')
+    pr.add_argument('servers', help='HOST[:PORT],... (default port 11811)')
+    pr.add_argument('--kind', choices=sorted(PROFILES), default='default',
+                    help="shipped transports to keep: 'default' (shared memory + UDP) or "
+                         "'udp' (network only)")
+    pr.add_argument('--base', default='', help='start from this profile file instead')
+    pr.add_argument('-o', '--output', default='-', help='file to write (default: stdout)')
+    sv = sub.add_parser('server', help='run a Fast DDS Discovery Server (foreground)')
+    sv.add_argument('listen', nargs='?', default=f'0.0.0.0:{DISCOVERY_PORT}',
+                    help='HOST[:PORT] to listen on')
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == 'profile':
+            if a.output == '-':
+                sys.stdout.write(discovery_profile(a.servers, a.kind, a.base))
+            else:
+                print(write_discovery_profile(a.servers, a.output, a.kind, a.base))
+            return 0
+        listen = parse_servers(a.listen)
+        if len(listen) != 1:
+            raise ValueError(f'one address to listen on, got {a.listen!r}')
+        (host, port), = listen
+        argv2, env = discovery_server_command(host, port)
+        env = {**{k: v for k, v in os.environ.items() if k not in CHOSEN_BY}, **env}
+        os.execve(argv2[0], argv2, env)
+    except (ValueError, OSError) as e:
+        print(f'{p.prog}: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -54,8 +54,9 @@ class ResultPublisher:
     def publish(self, det, header, frame_index: int, shape, image=None, block_map=None,
                 block_size: int = 16) -> bool:
         """Publish ``det`` (fluxshard_kernels Detections) for the frame with ``header``; False
-        (counted) when a result for this frame or a newer one is already on the topic. ``image`` (the
-        pixels the result was computed from) and ``block_map`` feed the annotated picture."""
+        (counted) when a result for this frame or a newer one is already on the topic.
+        ``image`` (the pixels the result was computed from) and ``block_map`` feed the
+        annotated picture."""
         stamp = _ns(header.stamp)
         if stamp <= self.newest:
             self.counters['dropped_out_of_order' if stamp < self.newest

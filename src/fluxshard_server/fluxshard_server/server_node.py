@@ -193,7 +193,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
         self.diagnostics = DiagnosticsPublisher(self, self._diagnostics)
         if p['fleet.announce']:
             self.announcer = self.create_publisher(ServerStatus, p['fleet.topic'],
-                                                    FLEET_PUB_QOS)
+                                                   FLEET_PUB_QOS)
             self._announce_timer = self.create_timer(
                 1.0, self._announce, clock=Clock(clock_type=ClockType.STEADY_TIME))
             self._announce()  # configured: robots see what it runs (not accepting yet)
