@@ -58,3 +58,43 @@ def test_package_xml_declares_the_same_direction(package):
     assert ours <= ALLOWED[package], f'{package} depends on {sorted(ours - ALLOWED[package])}'
     if package in ('fluxshard_edge', 'fluxshard_server'):
         assert {'fluxshard_msgs', 'fluxshard_kernels'} <= deps
+
+
+def _module_graph():
+    """module name -> the FluxShard modules it imports (any place in the file)."""
+    mods = {}
+    for f in SRC.rglob('*.py'):
+        parts = f.relative_to(SRC).with_suffix('').parts[1:]  # below the ROS package folder
+        if not parts or parts[0] not in OURS or 'test' in parts:
+            continue
+        name = '.'.join(p for p in parts if p != '__init__')
+        tree = ast.parse(f.read_text(), str(f))
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                deps.add(node.module)
+                deps |= {f'{node.module}.{a.name}' for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        mods[name] = deps
+    return {m: {d for d in deps if d in mods and d != m} for m, deps in mods.items()}
+
+
+def test_no_import_circles_between_modules():
+    """Module imports form no circle (e.g. the payload: proxy -> codec_mv, never back)."""
+    graph = _module_graph()
+    assert 'fluxshard_kernels.proxy' in graph and graph['fluxshard_kernels.codec_mv']
+    state, cycles = {}, []
+
+    def visit(m, path):
+        state[m] = 'open'
+        for d in sorted(graph[m]):
+            if state.get(d) == 'open':
+                cycles.append(' -> '.join(path[path.index(d):] + [d]))
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = 'done'
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, '\n'.join(cycles)

@@ -121,3 +121,22 @@ def _sub_block_max(diff: np.ndarray, grid: BlockGrid, sub: int) -> np.ndarray:
     k = bs // sub
     return means.reshape(grid.rows, k, grid.cols, k).max(axis=(1, 3)).astype(
         np.float32).reshape(-1)
+
+
+def warp_image_int(image: np.ndarray, grid: BlockGrid, mv_x: np.ndarray,
+                   mv_y: np.ndarray) -> np.ndarray:
+    """Exact integer block-MV warp: out[y, x] = image[clamp(y + mv_y[b]), clamp(x + mv_x[b])].
+
+    Args:
+        image: (H, W, C) or (H, W) array.
+        grid: block grid of the frame.
+        mv_x, mv_y: (count,) integer per-block vectors, source = destination + mv.
+    """
+    mvx = np.asarray(mv_x, dtype=np.int64)
+    mvy = np.asarray(mv_y, dtype=np.int64)
+    if not mvx.any() and not mvy.any():
+        return image.copy()
+    h, w = grid.height, grid.width
+    sy = np.clip(np.arange(h)[:, None] + grid.expand(mvy), 0, h - 1)
+    sx = np.clip(np.arange(w)[None, :] + grid.expand(mvx), 0, w - 1)
+    return image[sy, sx]

@@ -6,7 +6,7 @@ from typing import Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.blocks import BlockGrid, warp_image_int
 from fluxshard_kernels.motion import MotionField, to_gray
 
 _CELL = 4  # H.264 partitions are multiples of 4x4
@@ -70,7 +70,6 @@ def field_from_codec(mvs: np.ndarray, cur: np.ndarray, ref: np.ndarray,
                      block_size: int = 16) -> MotionField:
     """MotionField from codec vectors, with D measured on the frames; blocks covered less than
     MIN_COVERAGE by inter vectors (intra) get D = 255, i.e. always a miss."""
-    from fluxshard_kernels.proxy import warp_image_int
     g, r = to_gray(cur), to_gray(ref)
     grid = BlockGrid(g.shape[0], g.shape[1], block_size)
     mv, cov = rasterize(mvs, grid)

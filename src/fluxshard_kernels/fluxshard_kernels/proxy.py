@@ -13,7 +13,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.blocks import BlockGrid, warp_image_int  # noqa: F401 (re-export)
 
 CODEC_RAW = 0
 CODEC_PNG = 1
@@ -182,25 +182,6 @@ def validate(update: ProxyUpdate) -> None:
             raise ProxyError(f'{name} has a vector beyond +-{MAX_MV} px')
     if (update.mv_x is None) != (update.mv_y is None):
         raise ProxyError('mv_x and mv_y must both be given or both be empty')
-
-
-def warp_image_int(image: np.ndarray, grid: BlockGrid, mv_x: np.ndarray,
-                   mv_y: np.ndarray) -> np.ndarray:
-    """Exact integer block-MV warp: out[y, x] = image[clamp(y + mv_y[b]), clamp(x + mv_x[b])].
-
-    Args:
-        image: (H, W, C) or (H, W) array.
-        grid: block grid of the frame.
-        mv_x, mv_y: (count,) integer per-block vectors, source = destination + mv.
-    """
-    mvx = np.asarray(mv_x, dtype=np.int64)
-    mvy = np.asarray(mv_y, dtype=np.int64)
-    if not mvx.any() and not mvy.any():
-        return image.copy()
-    h, w = grid.height, grid.width
-    sy = np.clip(np.arange(h)[:, None] + grid.expand(mvy), 0, h - 1)
-    sx = np.clip(np.arange(w)[None, :] + grid.expand(mvx), 0, w - 1)
-    return image[sy, sx]
 
 
 def apply(state: Optional[np.ndarray], update: ProxyUpdate) -> np.ndarray:

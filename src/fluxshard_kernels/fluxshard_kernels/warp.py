@@ -2,7 +2,7 @@
 
 A block MV field at image resolution is scaled to a layer of any stride and applied with bilinear
 sampling, border-clamped, in torch (same code on CPU and CUDA). Integer warping of images for the
-proxy state is ``proxy.warp_image_int``.
+proxy state is ``blocks.warp_image_int``.
 """
 
 import numpy as np
