@@ -126,9 +126,18 @@ def render_fleet(path: Path) -> str:
             + fleet.render(res))
 
 
+def render_payload(path: Path) -> str:
+    """A saved ``fluxshard-eval`` summary.json: issue 21's per-clip payload comparison."""
+    from fluxshard_eval import report
+    res = json.loads(path.read_text())
+    return (f"`{res['command']}` (saved as `{path.relative_to(ROOT)}`):\n\n"
+            + report.payload_table(res))
+
+
 RENDERERS = {'eval': render_eval, 'bench': render_bench, 'engine-eval': render_engine_eval,
              'profile': render_profile, 'gpu-check': render_gpu_check, 'live': render_live,
-             'cellular': render_cellular, 'fleet': render_fleet}
+             'cellular': render_cellular, 'fleet': render_fleet,
+             'payload': render_payload}
 
 
 def check_markers(text: str, allow_empty: bool = False) -> None:

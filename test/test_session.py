@@ -3,7 +3,7 @@
 import numpy as np
 
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
-from fluxshard_kernels import data, proxy
+from fluxshard_kernels import data, motion, proxy
 from fluxshard_server.session import EdgeSession
 
 
@@ -77,7 +77,8 @@ def test_h264_payload_keeps_edge_and_server_bit_identical_over_100_frames():
     to the frame instead of staying within tau of it."""
     import cv2
     from fluxshard_server.receive import receive_batch
-    pipe = EdgePipeline(EdgeConfig(codec='h264', crf=18, local_inference=False))
+    pipe = EdgePipeline(EdgeConfig(codec='h264', crf=18, local_inference=False,
+                                   roi_qoffset=0.0))  # the whole frame at the CRF
     s = EdgeSession('e')
     psnr, sent = [], 0
     for i, f in enumerate(data.iter_frames('davis-parkour', limit=100)):
@@ -93,6 +94,39 @@ def test_h264_payload_keeps_edge_and_server_bit_identical_over_100_frames():
     # measured 34.0 dB at CRF 18 (JPEG-coded miss blocks + tau-bounded hits: ~29 dB)
     assert np.mean(psnr[10:]) >= 33.0, np.mean(psnr[10:])
     assert sent < 100 * f.nbytes / 30  # well under a thirtieth of raw frames
+
+
+def test_h264_batches_carry_no_motion_field_and_the_server_reads_the_units_vectors():
+    """payload.send_motion false: the batch has no block field (bytes saved), the
+    server takes the motion from the unit's own vectors; on a panning camera they agree with
+    the edge's block matching on most blocks. With send_motion the field travels as before."""
+    from fluxshard_server.receive import receive_batch
+    frames = list(data.iter_frames('davis-parkour', limit=6))
+    sizes = {}
+    for send in (False, True):
+        pipe = EdgePipeline(EdgeConfig(codec='h264', local_inference=False,
+                                       force_strategy='cloud', send_motion=send))
+        s = EdgeSession('e')
+        agree, total = 0, 0
+        for i, f in enumerate(frames):
+            prev = None if pipe.proxy is None else pipe.proxy.copy()
+            st = pipe.step(f)
+            m = _wire(st)
+            r = receive_batch(s, m)
+            assert r.acked and r.infer, r.outcome.reason
+            if i == 0:
+                continue
+            sizes[send] = sizes.get(send, 0) + len(m.mv_packed) + len(m.mv_x)
+            grid = st.update.grid
+            assert r.mv is not None and r.mv.shape == (grid.rows, grid.cols, 2)
+            if not send:  # the edge's block matching against the same reference
+                bm = motion.estimate_motion(f, prev, grid.block_size).mv.reshape(r.mv.shape)
+                assert (np.abs(r.mv).sum(-1) > 0).mean() > 0.3  # a panning camera
+                agree += int((np.abs(bm - r.mv).max(-1) <= 2).sum())
+                total += grid.rows * grid.cols
+        if not send:
+            assert agree / total > 0.5, agree / total
+    assert sizes[False] == 0 and sizes[True] > 5 * 1000, sizes
 
 
 def test_lost_h264_batch_is_healed_by_an_idr_key_batch():

@@ -58,7 +58,8 @@ FIELDS = {
     'edge_id': 'edge_id', 'motion.block_size': 'block_size', 'motion.tau': 'tau',
     'motion.enabled': 'motion', 'motion.independent_px': 'independent_px',
     'payload.codec': 'codec', 'payload.quality': 'quality', 'payload.crf': 'crf',
-    'payload.max_crf': 'max_crf',
+    'payload.max_crf': 'max_crf', 'payload.roi_qoffset': 'roi_qoffset',
+    'payload.send_motion': 'send_motion',
     'key_interval': 'key_interval',
     'model.local_inference': 'local_inference', 'model.task': 'task',
     'model.path': 'model_path', 'model.device': 'device', 'model.conf': 'conf',
@@ -94,6 +95,14 @@ PARAMS = [
     Param('payload.max_crf', 30, 'Coarsest CRF when the link is slow: the CRF rises so that '
           'a frame\'s unit takes at most half of what the estimated link rate carries in a '
           'frame interval (<= payload.crf: fixed CRF)', lo=0, hi=51, live=True),
+    Param('payload.roi_qoffset', 0.2, 'h264 payloads: code the objects of the last result '
+          '(moved by the block motion, grown by a block) at the CRF and the rest of the frame '
+          'this much coarser (x264 quantiser offset, 1.0 = about +25 QP; 0 = off)', lo=0.0,
+          hi=1.0, live=True),
+    Param('payload.send_motion', True, 'h264 payloads: send the block motion field (about '
+          "2 KB a frame on a moving camera); false: the server's engine takes the motion from "
+          "the unit's own vectors (fewer bytes, less accurate warps on complex motion; other "
+          'codecs always send it: their proxy needs it)', live=True),
     Param('payload.pack_motion', True, 'zlib-pack the motion field of each BlockBatch (false: '
           'plain mv_x / mv_y arrays, readable with ros2 topic echo)', live=True),
     Param('key_interval', 0, 'Key batch every N frames (0 = on demand)', lo=0, hi=100000,

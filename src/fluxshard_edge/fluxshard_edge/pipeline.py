@@ -23,6 +23,7 @@ from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel
                                       Scheduler)
 from fluxshard_kernels import metrics, motion, proxy, salience
 from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F401 (re-export)
+from fluxshard_kernels.codec_mv import RoiMap
 from fluxshard_kernels.profile import DeviceProfile
 
 
@@ -46,6 +47,8 @@ class EdgeConfig:
     quality: int = 90
     crf: int = 20
     max_crf: int = 30
+    roi_qoffset: float = 0.2
+    send_motion: bool = True
     key_interval: int = 0
     motion: bool = True
     local_inference: bool = True
@@ -80,6 +83,8 @@ class EdgeConfig:
             raise ValueError(f'crf must be in 0..51, got {self.crf}')
         if not 0 <= self.max_crf <= 51:
             raise ValueError(f'max_crf must be in 0..51, got {self.max_crf}')
+        if not 0 <= self.roi_qoffset <= 1:
+            raise ValueError(f'roi_qoffset must be in 0..1, got {self.roi_qoffset}')
         if self.tau < 0:
             raise ValueError(f'tau must be >= 0, got {self.tau}')
         for p in (self.edge_profile, self.cloud_profile):
@@ -143,7 +148,8 @@ class EdgePipeline:
         self._key_reason = 'first frame'
         self._prev_mv_proxy = None
         self._prev_mv_local = None
-        self.last_result = None  # latest Detections (local or server), for salience
+        self.last_result = None  # latest Detections (local or server), for salience and ROI
+        self.last_roi = None  # the RoiMap of the last H.264 payload (roi_qoffset > 0)
         self.cloud_available = True
         bw = BandwidthEstimator(config.bandwidth_mbps * 1e6 / 8)
         if profile is None and config.profile_file:
@@ -459,10 +465,13 @@ class EdgePipeline:
             codec = proxy.CODEC_RAW  # too small for H.264 (x264 codes even sides >= 2)
         if codec == proxy.CODEC_H264:
             # the whole frame, coded against the proxy (rate-controlled by the CRF); idx are
-            # the blocks the server recomputes
+            # the blocks the server recomputes; the unit carries its own motion vectors, so
+            # the block field is sent only on request
+            if not cfg.send_motion:
+                mvx = mvy = None
             if self._inter is None:
                 self._inter = proxy.InterEncoder()
-            payload, decoded = self._inter.encode(frame, key, self.crf)
+            payload, decoded = self._inter.encode(frame, key, self.crf, self._roi(mv, grid))
             if not key:
                 self._learn_unit(len(payload), self.crf)
             upd = proxy.ProxyUpdate(grid.height, grid.width, frame.shape[2], grid.block_size,
@@ -489,6 +498,23 @@ class EdgePipeline:
             self.last_key_seq = self.seq
             self._key_reason = ''
             self._prev_mv_proxy = None
+
+    def _roi(self, mv, grid) -> Optional[RoiMap]:
+        """Where the payload's bits go (``roi_qoffset`` > 0): the objects of the last result
+        (the edge's or the server's), moved by the block motion and grown by a block, at the
+        CRF; the rest ``roi_qoffset`` coarser (about +25 QP per 1.0). None when off."""
+        q = self.config.roi_qoffset
+        if not q:
+            return None
+        det = self.last_result
+        boxes = np.zeros((0, 4), np.float32)
+        if det is not None and len(det):
+            boxes = (salience.project_boxes(det.boxes, mv, grid) if mv is not None
+                     else np.asarray(det.boxes, np.float32))
+        m = grid.block_size
+        self.last_roi = RoiMap([(x1 - m, y1 - m, x2 - x1 + 2 * m, y2 - y1 + 2 * m)
+                                for x1, y1, x2, y2 in boxes.reshape(-1, 4)], q)
+        return self.last_roi
 
     #: ``_dense_wins``: the cloud must be this much slower than the dense local path
     DENSE_MARGIN = 1.25

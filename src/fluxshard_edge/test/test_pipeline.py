@@ -100,7 +100,8 @@ def test_the_payload_crf_follows_the_link_rate():
     crfs = {}
     for mbps in (1.0, 100.0):
         pipe = EdgePipeline(EdgeConfig(force_strategy='cloud', bandwidth_mbps=mbps,
-                                       fit_latency=False, local_inference=False))
+                                       fit_latency=False, local_inference=False,
+                                       roi_qoffset=0.0))  # the CRF alone
         pipe.scheduler.frame_interval_s = 1 / 24
         used, size = [], []
         for f in frames:
@@ -134,3 +135,37 @@ def test_when_the_dense_runtime_wins_by_far_motion_is_skipped_between_full_steps
     full = [i for i, s in enumerate(skipped) if not s]
     assert sum(skipped) >= 15 and full[0] == 0, skipped
     assert max(b - a for a, b in zip(full, full[1:] + [len(skipped)])) <= pipe.FULL_EVERY
+
+
+def test_the_payload_quality_region_follows_the_objects():
+    """An object moving across the frame moves its ROI region (projected by the block
+    motion), and the ROI payload costs fewer bytes than the same frames without it."""
+    from fluxshard_kernels.yolo.processing import Detections
+    base = next(data.iter_frames('davis-blackswan', limit=1))
+    frames = [np.roll(base, 16 * k, axis=1) for k in range(4)]  # content moves right
+    sizes = {}
+    for q in (0.0, 0.4):
+        pipe = EdgePipeline(EdgeConfig(codec='h264', roi_qoffset=q, force_strategy='cloud',
+                                       local_inference=False, crf=23))
+        regions = []
+        for k, f in enumerate(frames):
+            # the last result (a server's, as the runtime hands it over): the object at k-1
+            pipe.last_result = Detections(
+                boxes=np.array([[300 + 16 * (k - 1), 100, 400 + 16 * (k - 1), 200]],
+                               np.float32), scores=np.array([0.9], np.float32),
+                class_ids=np.array([14]))
+            s = pipe.step(f)
+            assert s.sends
+            sizes[q] = sizes.get(q, 0) + (len(s.payload) if k else 0)
+            if q:
+                regions.append(pipe.last_roi.regions[0])
+        if q:
+            xs = [r[0] for r in regions[1:]]  # margin of one block around the moved box
+            assert xs == [300 + 16 * k - 16 for k in range(1, 4)], regions
+            assert pipe.last_roi.background == 0.4
+    assert sizes[0.4] < sizes[0.0], sizes
+
+
+def test_roi_offset_must_be_a_fraction():
+    with pytest.raises(ValueError, match='roi_qoffset'):
+        EdgeConfig(roi_qoffset=1.5)

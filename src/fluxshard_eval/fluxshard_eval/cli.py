@@ -18,6 +18,7 @@ from dataclasses import asdict
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -30,6 +31,10 @@ MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdan
 SWEEP = {f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
          for c in (18, 23, 28)}
 SWEEP['fluxshard h264 recompute-tau 0'] = ('fluxshard', {'codec': 'h264', 'recompute_tau': 0.0})
+SWEEP.update({f'fluxshard h264 roi{q:g}': ('fluxshard', {'codec': 'h264', 'roi_qoffset': q})
+              for q in (0.0, 0.4)})
+# the unit's own motion instead of the sent block field (issue 21)
+SWEEP['fluxshard h264 no-motion-field'] = ('fluxshard', {'codec': 'h264', 'send_motion': False})
 SWEEP.update({f'fluxshard jpeg q{q} tau{t:g}':
               ('fluxshard', {'codec': 'jpeg', 'quality': q, 'tau': t})
               for q, t in ((90, 10.0), (75, 10.0), (90, 20.0), (50, 30.0))})
@@ -101,6 +106,10 @@ def _args(argv):
                    help='also run FluxShard variants (H.264 CRF, server recompute-tau, JPEG '
                         'payloads at several quality / tau) at the medium link on the '
                         'moving-camera sequences: the bytes / accuracy trade-off')
+    p.add_argument('--variants', nargs='+', default=None, choices=list(SWEEP),
+                   metavar='VARIANT', help='with --sweep: only these variants, on every '
+                   'sequence (of: '
+                   + ', '.join(SWEEP) + ')')
     p.add_argument('--delay-ms', type=float, default=10.0, help='one-way link delay, ms')
     p.add_argument('--loss', type=float, default=0.0, help='message loss probability')
     p.add_argument('--task', default='detect', choices=['detect', 'segment', 'pose'])
@@ -239,7 +248,9 @@ def main(argv=None) -> int:
     medium = next((lk for lk in links if lk.name == 'medium'), links[0])
     plan = [(m, lk, s, 1) for s in sources for lk in links for m in a.methods]
     if a.sweep:
-        plan += [(v, medium, s, 1) for s in sources if s[0] in MOVING for v in SWEEP]
+        # the whole sweep on the moving clips; variants named with --variants on every clip
+        plan += [(v, medium, s, 1) for s in sources if s[0] in MOVING or a.variants
+                 for v in (a.variants or SWEEP)]
     plan += [(m, medium, s, 1) for s in sources for m in a.ablations]
     if scal is not None:
         imgs = scal[1][:a.scal_frames]
@@ -283,7 +294,7 @@ def main(argv=None) -> int:
         live = L.run(bags[0][1], links[0], a.live_frames, a.out, mode=mode, rate=a.live_rate,
                      profile_file=live_profile)
     have = {r['sequence'] for r in runs}
-    res = {'command': 'fluxshard-eval ' + ' '.join(sys.argv[1:] if argv is None else argv),
+    res = {'command': shlex.join(['fluxshard-eval', *(sys.argv[1:] if argv is None else argv)]),
            'args': vars(a), 'wall_s': wall, 'runs': runs, 'live': live,
            'profile': asdict(prof),
            'frontier': {'link': medium.name,

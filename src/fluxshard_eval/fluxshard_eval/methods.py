@@ -220,12 +220,15 @@ class FluxShard(Method):
                  tau: float = 10.0,
                  block: int = 16, refresh: int = 10, quality: int = 90,
                  independent_px: float = 0.0, codec: str = EdgeConfig.codec,
-                 crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU):
+                 crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU,
+                 roi_qoffset: float = EdgeConfig.roi_qoffset,
+                 send_motion: bool = EdgeConfig.send_motion):
         super().__init__(model, edge_id, link, profile)
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
-                         quality=quality, task=model.task, bandwidth_mbps=link.mbps,
+                         roi_qoffset=roi_qoffset, send_motion=send_motion, quality=quality,
+                         task=model.task, bandwidth_mbps=link.mbps,
                          refresh_interval=refresh, fit_latency=False,
                          backend='incremental' if dense else 'auto',
                          independent_px=independent_px, task_allocation=ablation != 'no-ata',
@@ -292,6 +295,7 @@ class FluxShard(Method):
             s = self.srv.receive(raw, self._pending)
             if s.result is not None:
                 out = s
+                self.pipe.last_result = s.result  # as the node's runtime: salience, ROI
             else:
                 out.cpu_ms += s.cpu_ms
         if self.srv.resync is not None:

@@ -303,3 +303,47 @@ def frontier_plot(pts: List[dict], link: str, path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def payload_table(res: dict, link: str = 'medium') -> str:
+    """Issue 21's comparison per clip: FluxShard and its payload variants against the Video
+    Offload ladder (the comparator: the cheapest rung at least as accurate as the method on
+    that clip, else the most accurate rung), bytes per frame and retention."""
+    runs = [r for r in res['runs'] if r['link'] == link and r['edges'] == 1]
+    seqs = list(dict.fromkeys(r['sequence'] for r in runs))
+    by = {(r['method'], r['sequence']): r for r in runs}
+    ladder = sorted({r['method'] for r in runs if r['method'].startswith('video-offload-crf')},
+                    key=lambda m: int(m[17:]))
+    ours = ['fluxshard'] + sorted({r['method'] for r in runs
+                                   if r['method'].startswith('fluxshard ')})
+
+    def kb(r):
+        return r['bytes_counted'] / max(r['frames'], 1) / 1e3
+
+    head = ['clip'] + [f'{m[14:].replace("-crf", "CRF ")}' for m in ladder] + [
+        name(m) for m in ours]
+    lines = [f'Per clip at the {link} link: KB per frame / retention (%); for FluxShard and its '
+             'variants also bytes over the comparator (the cheapest Video Offload rung at least '
+             'as accurate on that clip, else the most accurate one).', '',
+             '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    ratios = {m: [] for m in ours}
+    for s in seqs:
+        cells = [s]
+        for m in ladder:
+            r = by.get((m, s))
+            cells.append(f'{kb(r):.1f} / {100 * r["retention"]:.1f}' if r else '-')
+        rungs = [by[(m, s)] for m in ladder if (m, s) in by]
+        for m in ours:
+            r = by.get((m, s))
+            if r is None or not rungs:
+                cells.append('-')
+                continue
+            ok = [v for v in rungs if v['retention'] >= r['retention']]
+            comp = min(ok, key=kb) if ok else max(rungs, key=lambda v: v['retention'])
+            ratio = kb(r) / max(kb(comp), 1e-9)
+            ratios[m].append(ratio)
+            cells.append(f'{kb(r):.1f} / {100 * r["retention"]:.1f} ({ratio:.2f}x)')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', 'Median bytes over the comparator: ' + '; '.join(
+        f'{name(m)} {sorted(v)[len(v) // 2]:.2f}x' for m, v in ratios.items() if v)]
+    return '\n'.join(lines)

@@ -267,13 +267,18 @@ def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
 class InterDecoder:
     """The receiving side of CODEC_H264: one H.264 decoder per edge session, restarted at every
     key batch. Decoding is bit-exact (libavcodec), so the edge's own decoder and the server's
-    reach the same proxy state."""
+    reach the same proxy state. With ``export_mvs`` (the server's) the unit's own motion
+    vectors of the last decode are kept in ``last_mvs`` (FFmpeg MOTION_VECTORS rows, None for
+    an intra unit): the block motion field of the batch, without sending one."""
 
-    def __init__(self):
+    def __init__(self, export_mvs: bool = False):
         self._dec = None
+        self.export_mvs = export_mvs
+        self.last_mvs = None
 
     def reset(self):
         self._dec = None
+        self.last_mvs = None
 
     def decode(self, payload: bytes, height: int, width: int, channels: int,
                key: bool) -> np.ndarray:
@@ -286,7 +291,8 @@ class InterDecoder:
         if key or self._dec is None:
             if not key:
                 raise ProxyError('inter-coded batch before any key batch')
-            self._dec = H264Decoder(export_mvs=False)
+            self._dec = H264Decoder(export_mvs=self.export_mvs)
+        self.last_mvs = None
         if not payload:
             raise ProxyError('empty H.264 payload')
         try:
@@ -297,7 +303,7 @@ class InterDecoder:
         if len(out) != 1:
             self._dec = None
             raise ProxyError(f'H.264 payload decoded to {len(out)} frames, expected 1')
-        img = out[0][0]
+        img, self.last_mvs = out[0]
         if img.shape[:2] != (_even(height), _even(width)):
             self._dec = None
             raise ProxyError(f'H.264 frame is {img.shape[1]}x{img.shape[0]}, expected '
@@ -318,9 +324,10 @@ class InterEncoder:
         self._geom = None
         self.decoder = InterDecoder()
 
-    def encode(self, frame: np.ndarray, key: bool, crf: int):
+    def encode(self, frame: np.ndarray, key: bool, crf: int, roi=None):
         """(access unit bytes, decoded frame) for ``frame``; ``key`` (or a new size or CRF)
-        starts a new stream with an IDR unit."""
+        starts a new stream with an IDR unit; ``roi`` (a ``codec_mv.RoiMap``) codes its
+        regions at the CRF and the rest coarser."""
         from fluxshard_kernels.codec_mv import H264Encoder
         h, w, c = frame.shape
         if h < 2 or w < 2:
@@ -330,5 +337,5 @@ class InterEncoder:
             key = True
             self._enc, self._geom = H264Encoder(w, h, crf=int(crf)), geom
         img = frame if c == 3 else np.repeat(frame, 3, axis=2)
-        au = self._enc.encode(img, key=key)
+        au = self._enc.encode(img, key=key, roi=roi)
         return au, self.decoder.decode(au, h, w, c, key)

@@ -67,6 +67,11 @@ def receive_batch(session: EdgeSession, msg) -> Received:
     if r.acked and msg.sparse_inference_requested:
         if upd.mv_x is not None:
             r.mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
+        elif inter and not upd.key and session.decoder.last_mvs is not None:
+            # no field sent (payload.send_motion false): the unit's own vectors, per block
+            # (blocks without inter vectors: zero motion, their pixels changed anyway)
+            from fluxshard_kernels.codec_mv import rasterize
+            r.mv = rasterize(session.decoder.last_mvs, upd.grid)[0]
         r.prev_seq = None if upd.key else prev_seq
         r.infer = True
         r.block_size = int(upd.grid.block_size)

@@ -37,7 +37,8 @@ class EdgeSession:
         self.digest = b''
         self.applied = 0
         self.last_stamp = -1
-        self.decoder = proxy.InterDecoder()  # the H.264 (CODEC_H264) reference of this edge
+        # the H.264 (CODEC_H264) reference of this edge, with the units' own motion vectors
+        self.decoder = proxy.InterDecoder(export_mvs=True)
 
     def admit(self, seq: int, key: bool, expected_digest: bytes,
               stamp_ns: int = -1) -> Optional[Outcome]:
