@@ -92,12 +92,14 @@ PARAMS = [
     Param('payload.quality', 90, 'JPEG quality', lo=1, hi=100, live=True),
     Param('payload.crf', 20, 'x264 constant rate factor of h264 payloads (lower = closer to '
           'the frame, more bytes): the finest the edge uses', lo=0, hi=51, live=True),
-    Param('payload.max_crf', 30, 'Coarsest CRF when the link is slow: the CRF rises so that '
+    Param('payload.max_crf', 30, 'Coarsest CRF when the link is slow (as a quantiser offset '
+          'on the stream, no new key): the CRF rises so that '
           'a frame\'s unit takes at most half of what the estimated link rate carries in a '
           'frame interval (<= payload.crf: fixed CRF)', lo=0, hi=51, live=True),
     Param('payload.roi_qoffset', 0.2, 'h264 payloads: code the objects of the last result '
           '(moved by the block motion, grown by a block) at the CRF and the rest of the frame '
-          'this much coarser (x264 quantiser offset, 1.0 = about +25 QP; 0 = off)', lo=0.0,
+          'this much coarser (x264 quantiser offset, 1.0 = +51 QP, 0.2 costs about CRF + 6; 0 = '
+          'off)', lo=0.0,
           hi=1.0, live=True),
     Param('payload.send_motion', True, 'h264 payloads: send the block motion field (about '
           "2 KB a frame on a moving camera); false: the server's engine takes the motion from "

@@ -175,11 +175,10 @@ class EdgePipeline:
         self.last_path = ''
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
         self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
-        self.crf = config.crf         # the payload CRF of the current stream
+        self.crf = config.crf         # the payload's effective CRF (the link's; see _link_crf)
         self.last_decision_full = None  # the last decision of a full step (motion + EA)
         self._last_full = 0
         self._unit = None            # (EMA of an inter unit's bytes, at this CRF)
-        self._crf_switched = -self.CRF_HOLD  # frame of the last CRF change
         self.model = model
         if config.local_inference:
             from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
@@ -262,7 +261,7 @@ class EdgePipeline:
             key, self._key_reason = True, 'periodic key'
         self.crf = self._link_crf() if cfg.codec == 'h264' else cfg.crf
         if not key and cfg.codec == 'h264' and self._inter_at != (
-                self.seq, (frame.shape, self.crf)):
+                self.seq, (frame.shape, cfg.crf)):
             # an H.264 stream continues only from its own last unit at the same size and CRF
             key, self._key_reason = True, 'H.264 stream (re)starts'
         out = EdgeStep()
@@ -471,12 +470,12 @@ class EdgePipeline:
                 mvx = mvy = None
             if self._inter is None:
                 self._inter = proxy.InterEncoder()
-            payload, decoded = self._inter.encode(frame, key, self.crf, self._roi(mv, grid))
+            payload, decoded = self._inter.encode(frame, key, cfg.crf, self._roi(mv, grid))
             if not key:
                 self._learn_unit(len(payload), self.crf)
             upd = proxy.ProxyUpdate(grid.height, grid.width, frame.shape[2], grid.block_size,
                                     idx, None, 0, mvx, mvy, key, decoded)
-            self._inter_at = (self.seq + 1, (frame.shape, self.crf))
+            self._inter_at = (self.seq + 1, (frame.shape, cfg.crf))
             quality = self.crf
         else:
             payload, _, upd = proxy.build_update(frame, grid, idx, codec, cfg.quality, mvx,
@@ -502,9 +501,11 @@ class EdgePipeline:
     def _roi(self, mv, grid) -> Optional[RoiMap]:
         """Where the payload's bits go (``roi_qoffset`` > 0): the objects of the last result
         (the edge's or the server's), moved by the block motion and grown by a block, at the
-        CRF; the rest ``roi_qoffset`` coarser (about +25 QP per 1.0). None when off."""
+        link's CRF; the rest ``roi_qoffset`` coarser (1.0 = +51 QP; 0.2 costs about CRF + 6).
+        None when neither this nor the link asks for an offset."""
         q = self.config.roi_qoffset
-        if not q:
+        link = max(0, self.crf - self.config.crf) * self.QOFFSET_PER_CRF  # see _link_crf
+        if not q and not link:
             return None
         det = self.last_result
         boxes = np.zeros((0, 4), np.float32)
@@ -513,7 +514,8 @@ class EdgePipeline:
                      else np.asarray(det.boxes, np.float32))
         m = grid.block_size
         self.last_roi = RoiMap([(x1 - m, y1 - m, x2 - x1 + 2 * m, y2 - y1 + 2 * m)
-                                for x1, y1, x2, y2 in boxes.reshape(-1, 4)], q)
+                                for x1, y1, x2, y2 in boxes.reshape(-1, 4)] if q else [],
+                               min(1.0, q + link), min(1.0, link))
         return self.last_roi
 
     #: ``_dense_wins``: the cloud must be this much slower than the dense local path
@@ -557,22 +559,23 @@ class EdgePipeline:
     #: the share of the link one frame's payload may take (the rest: headroom for the
     #: link's swings, the other robots of a cell, feedback)
     LINK_SHARE = 0.5
-    #: CRF steps smaller than this are not worth restarting the stream (an IDR unit) for
+    #: the link's CRF moves by at most this much a frame
     CRF_STEP = 3
-    #: frames between two CRF changes at least
-    CRF_HOLD = 30
+    #: quantiser offset (FFmpeg ROI, 1.0 = +51 QP) that costs about as many bits as +1 CRF
+    #: (measured on x264 veryfast: an offset of 0.2 ~ CRF + 6)
+    QOFFSET_PER_CRF = 1 / 30
 
     def _link_crf(self) -> int:
         """The payload CRF from the link (rate from the link): a unit should take at most
         ``LINK_SHARE`` of what the link carries in a frame interval, at the estimated rate;
         the finest CRF is ``crf``, the coarsest ``max_crf``. x264 bits halve about every +6
-        CRF, so the CRF that fits is ``crf_now + 6 log2(unit / budget)``; a change restarts
-        the stream (an IDR unit at the new CRF), so it takes a step of ``CRF_STEP`` and at
-        most one per ``CRF_HOLD`` frames (a key batch takes the new CRF at once)."""
+        CRF, so the CRF that fits is ``crf_now + 6 log2(unit / budget)``. The stream keeps
+        coding at ``crf``: the difference is a quantiser offset on the whole frame (``_roi``),
+        so a change needs no new stream (no IDR unit); it moves by at most ``CRF_STEP`` a
+        frame (a key batch takes it at once)."""
         cfg = self.config
         lo, hi = cfg.crf, max(cfg.crf, cfg.max_crf)
-        cur = self._inter_at[1][1] if self._inter_at[1] is not None else lo
-        cur = min(max(cur, lo), hi)
+        cur = min(max(self.crf, lo), hi)
         if hi == lo or self._unit is None:
             return cur
         sch = self.scheduler
@@ -581,11 +584,8 @@ class EdgePipeline:
         est = nbytes * 2 ** ((at - cur) / 6)
         want = min(max(int(math.ceil(cur + 6 * math.log2(max(est, 1.0) / max(budget, 1.0))
                                      - 1e-9)), lo), hi)
-        restart = self._key_reason != ''
-        if want == cur or (not restart and (abs(want - cur) < self.CRF_STEP or
-                                            self.frames - self._crf_switched < self.CRF_HOLD)):
-            return cur
-        self._crf_switched = self.frames
+        if self._key_reason == '':
+            want = min(max(want, cur - self.CRF_STEP), cur + self.CRF_STEP)
         return want
 
     def _learn_unit(self, nbytes: int, crf: int):
