@@ -13,7 +13,7 @@ from launch.substitutions import LaunchConfiguration
 def _server(context):
     (host, port), = dds.parse_servers(LaunchConfiguration('listen').perform(context))[:1]
     argv, env = dds.discovery_server_command(host, port)
-    return [ExecuteProcess(cmd=argv, additional_env=env, output='screen')]
+    return [ExecuteProcess(cmd=argv, env=env, output='screen')]
 
 
 def generate_launch_description():

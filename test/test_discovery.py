@@ -62,9 +62,22 @@ def test_the_command_line_writes_profiles_and_refuses_bad_addresses(tmp_path):
     assert bad.returncode == 2 and 'not an IPv4 address' in bad.stderr, bad
 
 
+@pytest.mark.parametrize('args, words', [
+    (['--discovery-servers', 'gpu-host'], 'not an IPv4 address'),
+    (['--discovery-servers', '10.0.0.2', '--stop-discovery-at', '5'],
+     'needs --discovery-servers auto'),
+    (['--stop-discovery-at', '5'], 'needs --discovery-servers auto')])
+def test_the_runner_refuses_bad_discovery_options(tmp_path, args, words):
+    out = subprocess.run([sys.executable, '-m', 'fluxshard_eval.runner', *args],
+                         env=dict(os.environ, FLUXSHARD_LOG_DIR=str(tmp_path)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and words in out.stderr, out.stderr[-2000:]
+
+
 def test_the_discovery_server_tool_is_installed():
     argv, env = dds.discovery_server_command('127.0.0.1', 11811)
-    out = subprocess.run([argv[0], argv[1], '-v'], env=dict(os.environ, **env),
+    assert not any(k in env for k in dds.CHOSEN_BY)
+    out = subprocess.run([argv[0], argv[1], '-v'], env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and 'Fast DDS' in out.stdout + out.stderr, out
 
@@ -112,9 +125,8 @@ def test_clients_find_each_other_only_through_a_discovery_server(tmp_path):
     profile = dds.write_discovery_profile(f'127.0.0.1:{port}', tmp_path / 'c.xml', 'udp')
     # no discovery server: no multicast fallback, so nobody is found
     assert _talk(profile, 6.0) == 0
-    argv, extra = dds.discovery_server_command('127.0.0.1', port)
-    env = {k: v for k, v in os.environ.items() if k not in dds.CHOSEN_BY}
-    server = subprocess.Popen(argv, env={**env, **extra}, stdout=subprocess.PIPE,
+    argv, env = dds.discovery_server_command('127.0.0.1', port)
+    server = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
         assert 'Server started' in server.stdout.readline() + server.stdout.readline()

@@ -98,9 +98,8 @@ PARAMS = [
           'frame interval (<= payload.crf: fixed CRF)', lo=0, hi=51, live=True),
     Param('payload.roi_qoffset', 0.2, 'h264 payloads: code the objects of the last result '
           '(moved by the block motion, grown by a block) at the CRF and the rest of the frame '
-          'this much coarser (x264 quantiser offset, 1.0 = +51 QP, 0.2 costs about CRF + 6; 0 = '
-          'off)', lo=0.0,
-          hi=1.0, live=True),
+          'this much coarser (x264 quantiser offset, 1.0 = +51 QP, 0.2 costs about CRF + 6; '
+          '0 = off)', lo=0.0, hi=1.0, live=True),
     Param('payload.send_motion', True, 'h264 payloads: send the block motion field (about '
           "2 KB a frame on a moving camera); false: the server's engine takes the motion from "
           "the unit's own vectors (fewer bytes, less accurate warps on complex motion; other "

@@ -218,7 +218,7 @@ def main(argv=None):
     try:
         ds = _discovery(a, ns_name, logdir, env, procs)
     except (ValueError, OSError) as e:
-        print(f'fluxshard_run: --discovery-servers: {e}', file=sys.stderr)
+        print(f'fluxshard_run: {e}', file=sys.stderr)
         _stop(procs)
         return 2
     rclpy.init()
@@ -324,6 +324,9 @@ def _discovery(a, ns_name, logdir, env, procs) -> dict:
     """With ``--discovery-servers``: start the discovery servers ('auto'), write the client
     profile (the shipped transports + the servers) and point ``env`` and this process at it.
     Returns {'servers': ['host:port', ...], 'auto': bool, 'profile': path} ({} when off)."""
+    if a.stop_discovery_at and a.discovery_servers != 'auto':
+        raise ValueError('--stop-discovery-at stops a discovery server this run started: it '
+                         'needs --discovery-servers auto')
     if not a.discovery_servers:
         return {}
     from fluxshard_msgs_py import dds
@@ -340,9 +343,7 @@ def _discovery(a, ns_name, logdir, env, procs) -> dict:
     else:
         servers, places = dds.parse_servers(a.discovery_servers), []
     for k, (host, port, prefix) in enumerate(places):
-        argv, extra = dds.discovery_server_command(host, port)
-        denv = {k2: v for k2, v in env.items() if k2 not in dds.CHOSEN_BY}
-        denv.update(extra)
+        argv, denv = dds.discovery_server_command(host, port, env)
         log = open(os.path.join(logdir, f'discovery{k + 1}.log'), 'w')
         procs.append((f'discovery{k + 1}', subprocess.Popen(
             prefix + argv, env=denv, stdout=log, stderr=subprocess.STDOUT)))

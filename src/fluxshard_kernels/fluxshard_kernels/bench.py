@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from fluxshard_kernels import codec_mv, data, motion, proxy, sparse as S
+from fluxshard_kernels import blocks, codec_mv, data, motion, sparse as S
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00)
 SECTIONS = ('motion', 'codec', 'sparse', 'engine')
@@ -66,7 +66,7 @@ def bench_motion(seqs, n_frames, reps):
             g = f.grid
 
             def err(mx, my):
-                w = proxy.warp_image_int(frames[i - 1], g, mx, my)
+                w = blocks.warp_image_int(frames[i - 1], g, mx, my)
                 return float(np.abs(w.astype(np.int16) - frames[i].astype(np.int16)).mean())
             fb = cv2.resize(flow, (g.cols, g.rows), interpolation=cv2.INTER_AREA)
             e0.append(err(np.zeros(g.count), np.zeros(g.count)))

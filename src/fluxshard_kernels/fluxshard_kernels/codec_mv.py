@@ -139,7 +139,7 @@ def decode_with_motion(path, block_size: int = 16,
 class RoiMap:
     """Where a frame's bits go: ``regions`` (x, y, w, h pixel rectangles: the objects) keep
     the CRF's quality, the rest of the frame is coded ``background`` coarser (x264 quantiser
-    offset per macroblock through FFmpeg's ``addroi``: 0 = same quality, 1 = about +25 QP;
+    offset per macroblock through FFmpeg's ``addroi``: 0 = same quality, 1.0 = +51 QP;
     a region's offset is ``region_qoffset``, usually 0, negative = finer).
 
     Raises:
@@ -242,8 +242,10 @@ class H264Decoder:
         if export_mvs:
             self.ctx.options = {'flags2': '+export_mvs'}
 
-    def decode(self, data: bytes):
-        """List of (BGR frame, MOTION_VECTORS array or None) decoded from ``data``.
+    def decode(self, data: bytes, mvs_as_array: bool = True):
+        """List of (BGR frame, MOTION_VECTORS array or None) decoded from ``data``
+        (``mvs_as_array`` False: PyAV's side data object, converted by its ``to_ndarray`` when
+        needed).
 
         Raises:
             ValueError: undecodable bytes.
@@ -256,5 +258,6 @@ class H264Decoder:
         out = []
         for fr in frames:
             sd = fr.side_data.get('MOTION_VECTORS')
-            out.append((fr.to_ndarray(format='bgr24'), None if sd is None else sd.to_ndarray()))
+            out.append((fr.to_ndarray(format='bgr24'),
+                        sd.to_ndarray() if sd is not None and mvs_as_array else sd))
         return out

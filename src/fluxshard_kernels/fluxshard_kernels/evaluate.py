@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from fluxshard_kernels import data, metrics, motion, proxy, salience
+from fluxshard_kernels import blocks, data, metrics, motion, salience
 from fluxshard_kernels.blocks import block_dissimilarity
 from fluxshard_kernels.incremental import IncrementalYOLO, MAX_SPARSE_STRIDE
 from fluxshard_kernels.yolo import model as M
@@ -98,7 +98,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
             prev_mv = f.mv
             d = f.dissimilarity.reshape(-1)
             if sub_block:  # D as the largest sub-block error of the compensated state
-                comp = proxy.warp_image_int(runner.state, f.grid, f.mv_x, f.mv_y)
+                comp = blocks.warp_image_int(runner.state, f.grid, f.mv_x, f.mv_y)
                 d = block_dissimilarity(img, comp, f.grid, sub_block)
             hits.append(float(np.mean(d < tau)))
             sal = None

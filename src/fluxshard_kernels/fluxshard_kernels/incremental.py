@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxshard_kernels import cuda, proxy, sparse as S
+from fluxshard_kernels import blocks, cuda, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import Letterbox, letterbox
@@ -571,7 +571,7 @@ class IncrementalYOLO:
         if mv_cam is not None and np.any(mv_cam):
             mvx = np.asarray(mv_cam)[..., 0].reshape(-1)
             mvy = np.asarray(mv_cam)[..., 1].reshape(-1)
-            new = proxy.warp_image_int(self.state, cam_grid, mvx, mvy)
+            new = blocks.warp_image_int(self.state, cam_grid, mvx, mvy)
         else:
             new = self.state.copy()
         if miss_cam.size:

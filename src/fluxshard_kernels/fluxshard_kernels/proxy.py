@@ -13,7 +13,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from fluxshard_kernels.blocks import BlockGrid, warp_image_int  # noqa: F401 (re-export)
+from fluxshard_kernels.blocks import BlockGrid, warp_image_int
 
 CODEC_RAW = 0
 CODEC_PNG = 1
@@ -268,17 +268,22 @@ class InterDecoder:
     """The receiving side of CODEC_H264: one H.264 decoder per edge session, restarted at every
     key batch. Decoding is bit-exact (libavcodec), so the edge's own decoder and the server's
     reach the same proxy state. With ``export_mvs`` (the server's) the unit's own motion
-    vectors of the last decode are kept in ``last_mvs`` (FFmpeg MOTION_VECTORS rows, None for
-    an intra unit): the block motion field of the batch, without sending one."""
+    vectors of the last decode are read by ``last_mvs`` (FFmpeg MOTION_VECTORS rows, None for
+    an intra unit): the block motion field of the batch, without sending one (converted only
+    when asked for)."""
 
     def __init__(self, export_mvs: bool = False):
         self._dec = None
         self.export_mvs = export_mvs
-        self.last_mvs = None
+        self._mvs = None  # PyAV side data of the last unit's vectors
+
+    @property
+    def last_mvs(self):
+        return None if self._mvs is None else self._mvs.to_ndarray()
 
     def reset(self):
         self._dec = None
-        self.last_mvs = None
+        self._mvs = None
 
     def decode(self, payload: bytes, height: int, width: int, channels: int,
                key: bool) -> np.ndarray:
@@ -292,18 +297,18 @@ class InterDecoder:
             if not key:
                 raise ProxyError('inter-coded batch before any key batch')
             self._dec = H264Decoder(export_mvs=self.export_mvs)
-        self.last_mvs = None
+        self._mvs = None
         if not payload:
             raise ProxyError('empty H.264 payload')
         try:
-            out = self._dec.decode(payload)
+            out = self._dec.decode(payload, mvs_as_array=False)
         except ValueError as e:
             self._dec = None  # the reference is lost: only a key batch can restart
             raise ProxyError(str(e)) from e
         if len(out) != 1:
             self._dec = None
             raise ProxyError(f'H.264 payload decoded to {len(out)} frames, expected 1')
-        img, self.last_mvs = out[0]
+        img, self._mvs = out[0]
         if img.shape[:2] != (_even(height), _even(width)):
             self._dec = None
             raise ProxyError(f'H.264 frame is {img.shape[1]}x{img.shape[0]}, expected '

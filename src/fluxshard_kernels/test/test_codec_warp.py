@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fluxshard_kernels import codec_mv, data, proxy, warp
+from fluxshard_kernels import blocks, codec_mv, data, warp
 from fluxshard_kernels.blocks import BlockGrid
 
 
@@ -17,7 +17,7 @@ def test_codec_mvs_reduce_warp_error_and_mark_intra(tmp_path):
     for img, field in codec_mv.decode_with_motion(path, 16):
         if field is not None:
             n_fields += 1
-            w = proxy.warp_image_int(prev, field.grid, field.mv_x, field.mv_y)
+            w = blocks.warp_image_int(prev, field.grid, field.mv_x, field.mv_y)
             err = np.abs(w.astype(int) - img).mean()
             none = np.abs(prev.astype(int) - img).mean()
             assert err < 0.6 * none, (err, none)
@@ -49,9 +49,9 @@ def test_feature_warp_matches_integer_warp_when_mvs_divide(stride):
     out = warp.warp_features(feat, mv, grid, stride)
     # reference: integer warp on the feature grid with MVs / stride
     fg = BlockGrid(h // stride, w // stride, 16 // stride)
-    ref = proxy.warp_image_int(feat[0].permute(1, 2, 0).numpy(), fg,
-                               (mv[..., 0] // stride).reshape(-1),
-                               (mv[..., 1] // stride).reshape(-1))
+    ref = blocks.warp_image_int(feat[0].permute(1, 2, 0).numpy(), fg,
+                                (mv[..., 0] // stride).reshape(-1),
+                                (mv[..., 1] // stride).reshape(-1))
     assert np.allclose(out[0].permute(1, 2, 0).numpy(), ref, atol=1e-4)
 
 

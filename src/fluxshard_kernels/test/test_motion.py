@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fluxshard_kernels import data, motion, proxy
+from fluxshard_kernels import blocks, data, motion
 
 
 @pytest.fixture(scope='module')
@@ -60,7 +60,7 @@ def test_rejects_bad_arguments(parkour):
 
 
 def _warp_err(prev, cur, grid, mvx, mvy):
-    w = proxy.warp_image_int(prev, grid, mvx, mvy)
+    w = blocks.warp_image_int(prev, grid, mvx, mvy)
     return float(np.abs(w.astype(np.int16) - cur.astype(np.int16)).mean())
 
 

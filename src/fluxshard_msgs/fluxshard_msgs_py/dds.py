@@ -153,10 +153,12 @@ def write_discovery_profile(servers, path, kind: str = 'default', base: str = ''
     return str(path)
 
 
-def discovery_server_command(host: str = '0.0.0.0', port: int = DISCOVERY_PORT):
-    """(argv, env additions) running Fast DDS's ``fast-discovery-server`` on host:port, found
+def discovery_server_command(host: str = '0.0.0.0', port: int = DISCOVERY_PORT, env=None):
+    """(argv, environment) running Fast DDS's ``fast-discovery-server`` on host:port, found
     beside this Python (the ros-fastdds wheel installs it, with its libraries in the wheel's
-    ``ros_fastdds.libs``).
+    ``ros_fastdds.libs``). The environment is ``env`` (default ``os.environ``) without the
+    variables that choose client transports (``CHOSEN_BY``: a client profile would make the
+    server a client), with the tool's libraries on ``LD_LIBRARY_PATH``.
 
     Raises:
         FileNotFoundError: the tool is not installed.
@@ -173,12 +175,11 @@ def discovery_server_command(host: str = '0.0.0.0', port: int = DISCOVERY_PORT):
         exe = Path(found)
     site = Path(sysconfig.get_paths()['purelib'])
     libs = [str(p) for p in (Path(sys.prefix) / 'lib', site / 'ros_fastdds.libs') if p.is_dir()]
-    env = {}
+    out = {k: v for k, v in (os.environ if env is None else env).items() if k not in CHOSEN_BY}
     if libs:
-        env['LD_LIBRARY_PATH'] = ':'.join(libs + [os.environ.get('LD_LIBRARY_PATH', '')]).rstrip(
-            ':')
+        out['LD_LIBRARY_PATH'] = ':'.join(libs + [out.get('LD_LIBRARY_PATH', '')]).rstrip(':')
     # '42' selects the tool's server mode (what `fastdds discovery` passes it)
-    return [str(exe), '42', '-l', host, '-p', str(port)], env
+    return [str(exe), '42', '-l', host, '-p', str(port)], out
 
 
 #: Description of the launch files' ``discovery_servers`` argument.
@@ -237,7 +238,6 @@ def main(argv=None) -> int:
             raise ValueError(f'one address to listen on, got {a.listen!r}')
         (host, port), = listen
         argv2, env = discovery_server_command(host, port)
-        env = {**{k: v for k, v in os.environ.items() if k not in CHOSEN_BY}, **env}
         os.execve(argv2[0], argv2, env)
     except (ValueError, OSError) as e:
         print(f'{p.prog}: {e}', file=sys.stderr)

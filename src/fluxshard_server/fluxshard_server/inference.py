@@ -210,11 +210,10 @@ class EdgeModel:
     def _drifted(self, cached: np.ndarray, img: np.ndarray, mv, grid: BlockGrid) -> np.ndarray:
         """Blocks where ``img`` differs from the caches' image ``cached`` moved by ``mv`` by a
         mean absolute error >= recompute_tau."""
-        from fluxshard_kernels import proxy
-        from fluxshard_kernels.blocks import block_dissimilarity
+        from fluxshard_kernels.blocks import block_dissimilarity, warp_image_int
         if mv is not None and np.any(mv):
             m = np.asarray(mv).reshape(-1, 2)
-            cached = proxy.warp_image_int(cached, grid, m[:, 0], m[:, 1])
+            cached = warp_image_int(cached, grid, m[:, 0], m[:, 1])
         return np.flatnonzero(block_dissimilarity(img, cached, grid) >= self.recompute_tau)
 
     def pause_background(self):

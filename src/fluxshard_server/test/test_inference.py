@@ -4,7 +4,7 @@ background refresh (the refresh's caches describe the batch it started on)."""
 import numpy as np
 import pytest
 
-from fluxshard_kernels import data, motion, proxy
+from fluxshard_kernels import blocks, data, motion
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_server.inference import background_paused, EdgeModel, load_model
 
@@ -18,7 +18,7 @@ def _proxy_stream(n, b=16):
     for f in frames[1:]:
         fld = motion.estimate_motion(f, state, b)
         mvx, mvy = fld.mv[..., 0].reshape(-1), fld.mv[..., 1].reshape(-1)
-        warped = proxy.warp_image_int(state, grid, mvx, mvy)
+        warped = blocks.warp_image_int(state, grid, mvx, mvy)
         miss = fld.dissimilarity.reshape(-1) >= 10.0
         state = warped.copy()
         for i in np.flatnonzero(miss):
