@@ -11,8 +11,11 @@ setup(
         ('share/' + package_name, ['package.xml']),
     ],
     install_requires=['setuptools', 'numpy'],
-    # C block-matching kernel, loaded through ctypes (fluxshard_kernels.motion)
+    # C kernels loaded through ctypes: block matching (fluxshard_kernels.motion) and the
+    # incremental engine's per-layer loops (fluxshard_kernels.compiled)
     ext_modules=[Extension('fluxshard_kernels._motion', ['fluxshard_kernels/csrc/motion.c'],
+                           extra_compile_args=['-O3', '-fno-strict-aliasing']),
+                 Extension('fluxshard_kernels._engine', ['fluxshard_kernels/csrc/engine.c'],
                            extra_compile_args=['-O3', '-fno-strict-aliasing'])],
     zip_safe=False,
     maintainer='FluxShard developers',

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxshard_kernels import blocks, cuda, sparse as S
+from fluxshard_kernels import blocks, compiled, cuda, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.plan import ActiveBlocks, FramePlan
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import Letterbox, letterbox
 from fluxshard_kernels.yolo.processing import WARM_SHAPES  # noqa: F401 (re-export)
@@ -134,9 +135,8 @@ class IncrementalExecutor:
         if halo not in ('fixed', 'exact'):
             raise ValueError(f"halo must be 'fixed' or 'exact', got {halo!r}")
         self.halo, self.halo_px = halo, halo_px
-        self._fixed = {}
         self._plans = {}
-        self._block_masks = {}
+        self.plan = FramePlan(None, halo_px, 'cpu')
         self.input_mask: Optional[torch.Tensor] = None
         self.B = block
         self.layout, self.dense_above = layout, dense_above
@@ -157,25 +157,33 @@ class IncrementalExecutor:
               input_mask: Optional[torch.Tensor] = None):
         self.mode, self.grid = mode, grid
         self.input_mask = input_mask
-        self._fixed = {}
         self._plans = {}
-        self._block_masks = {}
+        device = input_mask.device if input_mask is not None else 'cpu'
+        self.plan = FramePlan(None if input_mask is None else
+                              input_mask.detach().cpu().numpy().astype(bool), self.halo_px,
+                              device)
         self.mv = mv if (mv is not None and np.any(mv)) else None
         self.frame += 1
         self.stats = StepStats()
 
     # -- caches ----------------------------------------------------------------------------------
-    def _cache(self, name: str, stride: int, skip: Optional[torch.Tensor] = None
+    def _cache(self, name: str, stride: int, skip: Optional[ActiveBlocks] = None
                ) -> Optional[S.FMap]:
         """The cache of ``name``, MV-warped to the current frame (once per frame). ``skip``:
-        (rows, cols) blocks about to be recomputed whole, which the warp leaves alone."""
+        blocks about to be recomputed whole, which the warp leaves alone."""
         c = self.caches.get(name)
         if c is None or self.mode == 'dense':
             return c
         if self.mv is not None and self._warped.get(name) != self.frame:
             t0 = time.perf_counter()
             with S.STAGES('warp'):
-                warp_moving(c, self.mv, self.grid, stride, self._plans, skip)
+                if compiled.serves(c.t):  # the moving pixels only, one C call
+                    wp = self.plan.warp(self.mv, self.grid, stride, c.h, c.w, skip, c.b)
+                    if wp is not None:
+                        compiled.warp(c.t, S.MARGIN, c.h, c.w, wp.ys, wp.xs, wp.sy, wp.sx)
+                else:
+                    warp_moving(c, self.mv, self.grid, stride, self._plans,
+                                None if skip is None else skip.mask)
             self.stats.warp_seconds += time.perf_counter() - t0
             self._warped[name] = self.frame
         return c
@@ -206,32 +214,15 @@ class IncrementalExecutor:
         not evaluated)."""
         if self.halo == 'exact' or self.input_mask is None:
             return grown()
-        key = (stride, tuple(shape))
-        if key not in self._fixed:
-            m = self.input_mask[None, None].float()
-            h, w = shape
-            if stride > 1:
-                m = F.max_pool2d(m, stride, stride, ceil_mode=True)
-            m = m[:, :, :h, :w]
-            if tuple(m.shape[2:]) != (h, w):
-                m = F.pad(m, (0, w - m.shape[3], 0, h - m.shape[2]))
-            r = int(round(self.halo_px / stride))  # halo_px is in input pixels
-            if r:
-                m = F.max_pool2d(m, 2 * r + 1, 1, r)
-            self._fixed[key] = m[0, 0] > 0
-        return self._fixed[key]
+        return self.plan.pixels(stride, shape)
 
     def _blocks(self, px: torch.Tensor, cache):
-        """(block mask, active fraction) of ``px`` on ``cache``'s grid, once per mask and grid
-        per frame (the fraction is a host sync)."""
+        """(active blocks, active fraction) of ``px`` on ``cache``'s grid (the frame's plan:
+        once per mask and grid per frame)."""
         if cache is None:
             return None, 1.0
-        key = (id(px), cache.b, cache.rows, cache.cols)
-        hit = self._block_masks.get(key)
-        if hit is None:
-            bm = block_mask(px, cache.b, cache.rows, cache.cols)
-            hit = self._block_masks[key] = (bm, float(bm.float().mean()), px)  # px kept alive
-        return hit[0], hit[1]
+        ab = self.plan.blocks(px, cache.b, cache.rows, cache.cols)
+        return ab, ab.frac
 
     def _sparse_ok(self, cache, frac, stride):
         limit = self.dense_above if stride <= 8 else min(self.dense_above,
@@ -262,8 +253,8 @@ class IncrementalExecutor:
             self._stat(name, kind, s_out, macs, 0.0, 'skip', 0)
             return SF(cache, px, s_out)
         if self._sparse_ok(cache, frac, s_out):
-            S.sparse_windowed(x.fmap, cache, bm, op, self.layout)
-            done = int(bm.sum()) * cache.b * cache.b * macs_px
+            S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
+            done = bm.count * cache.b * cache.b * macs_px
             self._stat(name, kind, s_out, macs, frac, 'sparse', min(done, macs))
             return SF(cache, px, s_out)
         with S.STAGES('dense layers'):
@@ -332,7 +323,7 @@ class IncrementalExecutor:
         def sparse(cache, bm):
             if any(x.fmap.b != cache.b or x.fmap.rows != cache.rows for x in xs):
                 return False
-            S.sparse_pointwise(fn, [x.fmap for x in xs], cache, bm)
+            S.sparse_pointwise(fn, [x.fmap for x in xs], cache, bm.mask, idx=bm.idx)
             return True
         return self._blockwise(name, xs, px, xs[0].stride, sparse,
                                lambda: fn(*[x.tensor() for x in xs]), kind)
@@ -368,7 +359,7 @@ class IncrementalExecutor:
         def sparse(cache, bm):
             if cache.b != 2 * x.fmap.b or cache.rows != x.fmap.rows:
                 return False
-            S.sparse_upsample2x(x.fmap, cache, bm)
+            S.sparse_upsample2x(x.fmap, cache, bm.mask, idx=bm.idx)
             return True
         return self._blockwise(name, [x], px, s_out, sparse, lambda: F.interpolate(
             x.tensor(), scale_factor=2.0, mode='nearest'), 'upsample')
@@ -382,9 +373,9 @@ class IncrementalExecutor:
         def sparse(cache, bm):
             if cache.b != 2 * x.fmap.b or cache.rows != x.fmap.rows:
                 return False
-            r_idx, c_idx = torch.nonzero(bm, as_tuple=True)
-            cache.scatter(r_idx, c_idx, m(x.fmap.gather(r_idx, c_idx)))
-            cache.clear_padding()
+            cache.scatter(bm.rows, bm.cols, m(x.fmap.gather(bm.rows, bm.cols)))
+            if not compiled.serves(cache.t):
+                cache.clear_padding()
             return True
         return self._blockwise(m._fs_name, [x], px, s_out, sparse, lambda: m(xt),
                                'convtranspose', macs)
@@ -568,13 +559,17 @@ class IncrementalYOLO:
 
     def _advance(self, frame, mv_cam, miss_cam, cam_grid):
         """The next state image (integer MV warp, misses pasted), net-grid MVs and miss mask."""
+        fast = compiled.available() and frame.dtype == np.uint8
         if mv_cam is not None and np.any(mv_cam):
             mvx = np.asarray(mv_cam)[..., 0].reshape(-1)
             mvy = np.asarray(mv_cam)[..., 1].reshape(-1)
-            new = blocks.warp_image_int(self.state, cam_grid, mvx, mvy)
+            new = (compiled.warp_image(self.state, cam_grid.block_size, mvx, mvy) if fast
+                   else blocks.warp_image_int(self.state, cam_grid, mvx, mvy))
         else:
             new = self.state.copy()
-        if miss_cam.size:
+        if miss_cam.size and fast and new.flags.c_contiguous:
+            compiled.paste_blocks(frame, new, cam_grid.block_size, miss_cam)
+        elif miss_cam.size:
             full = cam_grid.expand(np.isin(np.arange(cam_grid.count), miss_cam))
             new[full] = frame[full]
         mv_net, mask = self._to_net(cam_grid, mv_cam, miss_cam)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxshard_kernels import cuda
+from fluxshard_kernels import compiled, cuda
 
 
 def _cuda_kernels(t: torch.Tensor) -> bool:
@@ -146,14 +146,29 @@ class FMap:
 
     def gather(self, r_idx, c_idx) -> torch.Tensor:
         """(N, C, b, b) copy of the blocks (r_idx, c_idx), channels-last."""
+        if compiled.serves(self.t):
+            return compiled.gather(self.t, r_idx, c_idx, MARGIN, self.b, self.b,
+                                   self.valid_box)
+        r_idx, c_idx = _on(r_idx, self.t), _on(c_idx, self.t)
         return self.blocks_nhwc()[r_idx, c_idx].permute(0, 3, 1, 2)
 
     def scatter(self, r_idx, c_idx, y: torch.Tensor):
-        """Write (N, C, b, b) block values into the blocks (r_idx, c_idx)."""
+        """Write (N, C, b, b) block values into the blocks (r_idx, c_idx). The compiled
+        kernels write the valid region only (the padding stays zero); the torch path writes
+        whole blocks (``clear_padding`` after it)."""
+        if compiled.serves(self.t):
+            compiled.scatter(self.t, MARGIN, self.h, self.w, y, r_idx, c_idx, self.b)
+            return
+        r_idx, c_idx = _on(r_idx, self.t), _on(c_idx, self.t)
         if _cuda_kernels(self.t):
             cuda.scatter_blocks(self.t, r_idx, c_idx, y, MARGIN, self.b)
             return
         self.blocks_nhwc()[r_idx, c_idx] = y.permute(0, 2, 3, 1).to(self.t.dtype)
+
+    @property
+    def valid_box(self):
+        """(y0, y1, x0, x1) of the valid region in storage coordinates."""
+        return MARGIN, MARGIN + self.h, MARGIN, MARGIN + self.w
 
     def clear_padding(self):
         """Zero the block padding beyond the valid region (keeps dense zero-padding exact)."""
@@ -163,6 +178,13 @@ class FMap:
         e = self.cols * self.b
         if self.w < e:
             self.t[:, :, :, MARGIN + self.w:MARGIN + e] = 0
+
+
+def _on(idx, t: torch.Tensor) -> torch.Tensor:
+    """Block indices (numpy from the engine's plan, or a tensor) as a tensor on t's device."""
+    if isinstance(idx, np.ndarray):
+        return torch.from_numpy(idx).to(t.device)
+    return idx
 
 
 def dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
@@ -179,9 +201,10 @@ def halo_blocks(kernel: int, padding: int, b_in: int) -> int:
     return -(-halo // b_in) if halo else 0
 
 
-def _windows(src: FMap, kernel: int, stride: int, padding: int, b_out: int, rows: int,
-             cols: int):
-    """(C, rows, cols, P, P) strided view of every output block's input window, and P."""
+def _window_geometry(src: FMap, kernel: int, stride: int, padding: int, b_out: int, rows: int,
+                     cols: int):
+    """(window edge P, step between blocks, storage offset of block 0's window) of a
+    windowed op; ValueError where the storage cannot hold the windows."""
     p_len = (b_out - 1) * stride + kernel
     step = b_out * stride
     off = MARGIN - padding
@@ -192,6 +215,13 @@ def _windows(src: FMap, kernel: int, stride: int, padding: int, b_out: int, rows
     if need_h > src.t.shape[2] or need_w > src.t.shape[3]:
         raise ValueError(f'input storage {tuple(src.t.shape[2:])} too small for a '
                          f'{rows}x{cols} grid of {b_out}px blocks at stride {stride}')
+    return p_len, step, off
+
+
+def _windows(src: FMap, kernel: int, stride: int, padding: int, b_out: int, rows: int,
+             cols: int):
+    """(C, rows, cols, P, P) strided view of every output block's input window, and P."""
+    p_len, step, off = _window_geometry(src, kernel, stride, padding, b_out, rows, cols)
     v = src.t[0, :, off:, off:]
     return v.unfold(1, p_len, step).unfold(2, p_len, step)[:, :rows, :cols], p_len
 
@@ -222,7 +252,7 @@ def _apply_op(x: torch.Tensor, op: dict) -> torch.Tensor:
 
 
 def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
-                    layout: str = 'batch') -> FMap:
+                    layout: str = 'batch', idx=None) -> FMap:
     """Recompute the ``mask`` blocks of ``dst`` = op(src) in place.
 
     Args:
@@ -232,6 +262,8 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         op: {'kind': 'conv', 'weight', 'bias', 'stride', 'padding', 'act': 'silu'|None,
              'groups'} or {'kind': 'maxpool', 'kernel', 'stride', 'padding'}.
         layout: 'batch' or 'hw'.
+        idx: (rows, cols) numpy index arrays of the ``mask`` blocks when the caller has them
+            (the engine's per-frame plan): no host sync here.
 
     Returns:
         dst.
@@ -240,9 +272,32 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
     k = op['weight'].shape[-1] if op['kind'] == 'conv' else op['kernel']
     s, pad = op['stride'], op['padding']
+    pool = op['kind'] == 'maxpool'
+    if layout == 'batch' and compiled.serves(src.t) and compiled.serves(dst.t):
+        if idx is None:
+            idx = [a.numpy() for a in torch.nonzero(mask.cpu(), as_tuple=True)]
+        p_len, step, off = _window_geometry(src, k, s, pad, dst.b, dst.rows, dst.cols)
+        if not len(idx[0]):
+            return dst
+        if 'wmat' in op:  # a convolution as one matrix product over the im2col rows
+            with STAGES('gather'):
+                a = compiled.im2col(src.t, idx[0], idx[1], off, k, s, dst.b, src.valid_box)
+            with STAGES('conv'):
+                y = (torch.addmm(op['bias'], a, op['wmat']) if op.get('bias') is not None
+                     else a @ op['wmat'])
+                if op.get('act') == 'silu':
+                    F.silu(y, inplace=True)
+        else:
+            with STAGES('gather'):
+                y = compiled.gather(src.t, idx[0], idx[1], off, step, p_len, src.valid_box,
+                                    float('-inf') if pool else 0.0)
+            with STAGES('conv'):
+                y = _apply_op(y, op)
+        with STAGES('scatter'):
+            dst.scatter(idx[0], idx[1], y)
+        return dst
     if not mask.any():
         return dst
-    pool = op['kind'] == 'maxpool'
     if pool:
         # max-pool pads with -inf: mark everything outside the valid input as -inf
         src = _neg_inf_outside(src)
@@ -320,32 +375,45 @@ def _hw_stacked(src, dst, mask, op, k, s, pad, p_len):
         inner[:, r * bo:(r + 1) * bo, c0 * bo:c1 * bo] = out
 
 
-def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor) -> FMap:
+def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor, idx=None) -> FMap:
     """dst[mask blocks] = fn(*inputs[mask blocks]) for element-wise / channel-wise ops
-    (residual add, concat, SiLU...). All maps share dst's block size."""
-    if not mask.any():
-        return dst
-    with STAGES('gather'):
+    (residual add, concat, SiLU...). All maps share dst's block size. ``idx``: as in
+    ``sparse_windowed``."""
+    if idx is not None:
+        if not len(idx[0]):
+            return dst
+        r_idx, c_idx = idx
+    else:
+        if not mask.any():
+            return dst
         r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+    with STAGES('gather'):
         xs = [m.gather(r_idx, c_idx) for m in inputs]
     with STAGES('pointwise'):
         y = fn(*xs)
     with STAGES('scatter'):
         dst.scatter(r_idx, c_idx, y)
-        dst.clear_padding()
+        if not compiled.serves(dst.t):
+            dst.clear_padding()
     return dst
 
 
-def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor) -> FMap:
-    """Nearest 2x upsampling of the ``mask`` blocks (dst.b == 2 * src.b)."""
+def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor, idx=None) -> FMap:
+    """Nearest 2x upsampling of the ``mask`` blocks (dst.b == 2 * src.b); ``idx`` as in
+    ``sparse_windowed``."""
     if dst.b != 2 * src.b:
         raise ValueError('upsample2x needs dst.b == 2 * src.b')
-    if not mask.any():
+    if idx is None:
+        if not mask.any():
+            return dst
+        idx = torch.nonzero(mask, as_tuple=True)
+    elif not len(idx[0]):
         return dst
-    r_idx, c_idx = torch.nonzero(mask, as_tuple=True)
+    r_idx, c_idx = idx
     dst.scatter(r_idx, c_idx, F.interpolate(src.gather(r_idx, c_idx), scale_factor=2.0,
                                             mode='nearest'))
-    dst.clear_padding()
+    if not compiled.serves(dst.t):
+        dst.clear_padding()
     return dst
 
 
@@ -363,6 +431,10 @@ def conv_op(weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1,
             padding: Optional[int] = None, act: Optional[str] = 'silu', groups: int = 1):
     """Op dict of a conv with folded BN (+ SiLU), as YOLO11's Conv blocks."""
     k = weight.shape[-1]
-    weight = weight.contiguous(memory_format=torch.channels_last)
-    return {'kind': 'conv', 'weight': weight, 'bias': bias, 'stride': stride,
-            'padding': k // 2 if padding is None else padding, 'act': act, 'groups': groups}
+    op = {'kind': 'conv', 'weight': weight.contiguous(memory_format=torch.channels_last),
+          'bias': bias, 'stride': stride, 'padding': k // 2 if padding is None else padding,
+          'act': act, 'groups': groups}
+    if groups == 1 and weight.device.type == 'cpu' and weight.dtype == torch.float32:
+        # (k * k * C_in, C_out), rows ordered as compiled.im2col's columns (ky, kx, c)
+        op['wmat'] = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+    return op

@@ -45,7 +45,9 @@ def test_torch_references_are_the_engine_paths():
     y = torch.randn(len(r), fm.channels, fm.b, fm.b)
     a, b = _storage(), _storage()
     a.scatter(r, c, y)
+    a.clear_padding()  # the torch path writes whole blocks, the compiled one the valid part
     cuda.scatter_blocks(b.t, r, c, y, S.MARGIN, b.b, cuda=False)
+    b.clear_padding()
     assert torch.equal(a.t, b.t)
     flow = _flow(fm.h, fm.w)
     ref = torch.nn.functional.grid_sample(fm.valid, sampling_grid(flow), mode='bilinear',

@@ -1,0 +1,150 @@
+"""The incremental engine's compiled CPU kernels (``csrc/engine.c``, loaded through ctypes).
+
+One call per layer instead of a storm of small torch ops: gather the active blocks' windows
+(or a convolution's im2col rows, so the conv is one matrix product), scatter results, warp
+the moving pixels of a cache in place, and the per-frame image updates (integer block-MV
+warp, pasting recomputed blocks). Each function takes torch tensors or numpy arrays and works
+on their memory; ``serves(t)`` says whether a tensor can go
+through them (CPU, float32, channels-last pixels). The torch code in ``sparse.py`` and
+``incremental.py`` stays the reference (and the path on CUDA, or when the kernel is not built);
+tests compare the two.
+"""
+
+import ctypes
+import importlib.util
+import os
+import warnings
+
+import numpy as np
+import torch
+
+_LIB = []
+_VP, _I64, _INT, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+#: ``FLUXSHARD_ENGINE_KERNELS=torch`` forces the torch reference path (benchmarks, tests).
+ENV = 'FLUXSHARD_ENGINE_KERNELS'
+
+
+def _lib():
+    if not _LIB:
+        lib = None
+        spec = importlib.util.find_spec('fluxshard_kernels._engine')
+        if spec is not None and spec.origin:
+            lib = ctypes.CDLL(spec.origin)
+            sig = {
+                'fs_gather': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP,
+                              _INT, _INT, _INT, _INT, _VP],
+                'fs_scatter': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _INT,
+                               _INT],
+                'fs_im2col': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP,
+                              _INT, _INT, _INT, _INT, _INT, _VP],
+                'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT,
+                            _VP],
+                'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
+                'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
+            }
+            for name, args in sig.items():
+                f = getattr(lib, name)
+                f.argtypes, f.restype = args, None
+        else:
+            warnings.warn('fluxshard_kernels._engine is not built; the incremental engine runs '
+                          'its torch reference path (rebuild with colcon to get the C kernels)')
+        _LIB.append(lib)
+    return _LIB[0]
+
+
+def available() -> bool:
+    """The C kernels are built and not switched off (``FLUXSHARD_ENGINE_KERNELS=torch``)."""
+    return os.environ.get(ENV, 'c') != 'torch' and _lib() is not None
+
+
+def serves(t: torch.Tensor) -> bool:
+    """``t`` (1, C, H, W) can go through the kernels: CPU float32 with contiguous channels."""
+    return (t.device.type == 'cpu' and t.dtype == torch.float32 and t.stride(1) == 1
+            and available())
+
+
+def _ptr(a) -> int:
+    return a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
+
+
+def _i64(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def gather(t: torch.Tensor, rows, cols, off: int, step: int, p: int, valid, fill: float = 0.0
+           ) -> torch.Tensor:
+    """(N, C, p, p) channels-last copy of the p x p windows at storage (off + r * step,
+    off + c * step) of blocks (rows[i], cols[i]); pixels outside ``valid`` = (y0, y1, x0, x1)
+    (storage coordinates) read ``fill``."""
+    rows, cols = _i64(rows), _i64(cols)
+    n, c = len(rows), t.shape[1]
+    out = torch.empty((n, p, p, c), dtype=torch.float32)
+    _lib().fs_gather(_ptr(t), t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2],
+                     valid[3], fill, _ptr(rows), _ptr(cols), n, off, step, p, _ptr(out))
+    return out.permute(0, 3, 1, 2)
+
+
+def scatter(t: torch.Tensor, margin: int, h: int, w: int, y: torch.Tensor, rows, cols, b: int):
+    """Write y (N, C, b, b), or its (N * b * b, C) rows, into blocks (rows[i], cols[i]) of
+    ``t`` inside the valid h x w region."""
+    rows, cols = _i64(rows), _i64(cols)
+    if y.dim() == 4:
+        y = y.permute(0, 2, 3, 1)
+    if not y.is_contiguous() or y.dtype != torch.float32:
+        y = y.to(torch.float32).contiguous()
+    _lib().fs_scatter(_ptr(t), t.stride(2), t.stride(3), t.shape[1], margin, h, w, _ptr(y),
+                      _ptr(rows), _ptr(cols), len(rows), b)
+
+
+def im2col(t: torch.Tensor, rows, cols, off: int, k: int, s: int, bo: int, valid,
+           fill: float = 0.0) -> torch.Tensor:
+    """(N * bo * bo, k * k * C) rows of a k x k, stride-``s`` convolution for the output
+    blocks (rows[i], cols[i]) of ``bo`` pixels, windows at storage (off + r * bo * s, ...);
+    columns ordered (ky, kx, c). Pixels outside ``valid`` read ``fill``."""
+    rows, cols = _i64(rows), _i64(cols)
+    n, c = len(rows), t.shape[1]
+    out = torch.empty((n * bo * bo, k * k * c), dtype=torch.float32)
+    _lib().fs_im2col(_ptr(t), t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2],
+                     valid[3], fill, _ptr(rows), _ptr(cols), n, off, k, s, bo, _ptr(out))
+    return out
+
+
+def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.ndarray,
+         sy: np.ndarray, sx: np.ndarray):
+    """Pixels (ys, xs) of the h x w map := bilinear samples at (sy, sx) (clamped to the map),
+    all read before any is written."""
+    n, c = len(ys), t.shape[1]
+    tmp = np.empty(n * c, np.float32)
+    _lib().fs_warp(_ptr(t), t.stride(2), t.stride(3), c, margin, h, w, _ptr(ys), _ptr(xs),
+                   _ptr(sy), _ptr(sx), n, _ptr(tmp))
+
+
+def warp_image(image: np.ndarray, block: int, mvx: np.ndarray, mvy: np.ndarray) -> np.ndarray:
+    """``blocks.warp_image_int`` for a contiguous (H, W[, C]) uint8 image."""
+    image = np.ascontiguousarray(image)
+    h, w = image.shape[:2]
+    c = image.shape[2] if image.ndim == 3 else 1
+    rows, cols = -(-h // block), -(-w // block)
+    mx = np.ascontiguousarray(mvx, dtype=np.int32)
+    my = np.ascontiguousarray(mvy, dtype=np.int32)
+    if mx.size != rows * cols or my.size != rows * cols:
+        raise ValueError(f'{mx.size} block vectors for a {rows}x{cols} grid')
+    out = np.empty_like(image)
+    _lib().fs_warp_image(_ptr(image), _ptr(out), h, w, c, block, rows, cols, _ptr(mx),
+                         _ptr(my))
+    return out
+
+
+def paste_blocks(src: np.ndarray, dst: np.ndarray, block: int, idx) -> None:
+    """dst's blocks ``idx`` (row-major, ``block`` px) := src's; both (H, W[, C]) uint8,
+    contiguous, same shape."""
+    if src.shape != dst.shape or src.dtype != np.uint8 or dst.dtype != np.uint8:
+        raise ValueError('paste_blocks needs two uint8 images of one shape')
+    src = np.ascontiguousarray(src)
+    if not dst.flags.c_contiguous:
+        raise ValueError('paste_blocks writes into a contiguous image')
+    h, w = src.shape[:2]
+    c = src.shape[2] if src.ndim == 3 else 1
+    idx = _i64(idx)
+    _lib().fs_paste_blocks(_ptr(src), _ptr(dst), h, w, c, block, -(-w // block), _ptr(idx),
+                           len(idx))

@@ -1,0 +1,193 @@
+/* FluxShard incremental engine: the per-layer hot loops on the CPU (gather with halo, scatter
+ * with a fused activation, the in-place bilinear cache warp of the moving pixels) and the
+ * per-frame image updates (integer block-MV warp, pasting recomputed blocks).
+ *
+ * Feature maps are float32 block storage (fluxshard_kernels.sparse.FMap): pixel (y, x),
+ * channel c at base[y * rs + x * cs + c] (channels-last: a pixel's channels are contiguous;
+ * cs may exceed C for a channel slice of a wider map). Every function is a plain loop over
+ * the blocks or pixels it is given, so its cost follows the number of active blocks.
+ * The torch code in sparse.py / incremental.py is the reference; tests compare them.
+ * Loaded through ctypes (fluxshard_kernels.compiled), which releases the GIL for the call.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* out (n, P, P, C) contiguous = the P x P window of each block (ri, ci): storage rows
+ * off + r * step .. + P, columns likewise. Pixels outside the valid storage rectangle
+ * [vy0, vy1) x [vx0, vx1) read `fill` (0 for convs: the dense zero padding; -inf for
+ * max-pools). */
+void fs_gather(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1, int vx0,
+               int vx1, float fill, const int64_t *ri, const int64_t *ci, int n, int off,
+               int step, int P, float *out) {
+    const size_t row_bytes = (size_t)C * sizeof(float);
+    for (int i = 0; i < n; ++i) {
+        const int y0 = off + (int)ri[i] * step, x0 = off + (int)ci[i] * step;
+        float *o = out + (size_t)i * P * P * C;
+        for (int py = 0; py < P; ++py) {
+            const int y = y0 + py;
+            float *orow = o + (size_t)py * P * C;
+            if (y < vy0 || y >= vy1) {
+                for (int k = 0; k < P * C; ++k) orow[k] = fill;
+                continue;
+            }
+            const float *srow = src + (ptrdiff_t)y * rs;
+            for (int px = 0; px < P; ++px) {
+                const int x = x0 + px;
+                float *op = orow + (size_t)px * C;
+                if (x < vx0 || x >= vx1) {
+                    for (int k = 0; k < C; ++k) op[k] = fill;
+                } else {
+                    memcpy(op, srow + (ptrdiff_t)x * cs, row_bytes);
+                }
+            }
+        }
+    }
+}
+
+/* Write y (n, b, b, C) contiguous into blocks (ri, ci) of b pixels, at storage offset
+ * `margin`, only inside the valid h x w region (the padding beyond it stays zero). */
+void fs_scatter(float *dst, int64_t rs, int64_t cs, int C, int margin, int h, int w,
+                const float *y, const int64_t *ri, const int64_t *ci, int n, int b) {
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * b, fx = (int)ci[i] * b;
+        const int bh = fy + b > h ? h - fy : b, bw = fx + b > w ? w - fx : b;
+        const float *yi = y + (size_t)i * b * b * C;
+        for (int py = 0; py < bh; ++py) {
+            float *drow = dst + (ptrdiff_t)(margin + fy + py) * rs;
+            const float *srow = yi + (size_t)py * b * C;
+            if (cs == C) { /* the row of the block is one contiguous run */
+                memcpy(drow + (ptrdiff_t)(margin + fx) * cs, srow, (size_t)bw * C * sizeof(float));
+                continue;
+            }
+            for (int px = 0; px < bw; ++px)
+                memcpy(drow + (ptrdiff_t)(margin + fx + px) * cs, srow + (size_t)px * C,
+                       (size_t)C * sizeof(float));
+        }
+    }
+}
+
+/* The rows of a convolution as a matrix product (im2col) for the active blocks only:
+ * out (n * bo * bo, k * k * C) contiguous, row (i, oy, ox) = the k x k x C input window of
+ * output pixel (oy, ox) of block (ri[i], ci[i]), which starts at storage
+ * (off + ri * bo * s + oy * s, off + ci * bo * s + ox * s); pixels outside the valid storage
+ * rectangle read `fill`. */
+void fs_im2col(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1, int vx0,
+               int vx1, float fill, const int64_t *ri, const int64_t *ci, int n, int off,
+               int k, int s, int bo, float *out) {
+    const size_t cb = (size_t)C * sizeof(float);
+    const size_t row_len = (size_t)k * k * C;
+    for (int i = 0; i < n; ++i) {
+        const int by = off + (int)ri[i] * bo * s, bx = off + (int)ci[i] * bo * s;
+        for (int oy = 0; oy < bo; ++oy) {
+            for (int ox = 0; ox < bo; ++ox) {
+                float *o = out + (((size_t)i * bo + oy) * bo + ox) * row_len;
+                const int y0 = by + oy * s, x0 = bx + ox * s;
+                for (int ky = 0; ky < k; ++ky) {
+                    const int y = y0 + ky;
+                    float *ok = o + (size_t)ky * k * C;
+                    if (y < vy0 || y >= vy1) {
+                        for (size_t q = 0; q < (size_t)k * C; ++q) ok[q] = fill;
+                        continue;
+                    }
+                    const float *srow = src + (ptrdiff_t)y * rs;
+                    if (x0 >= vx0 && x0 + k <= vx1 && cs == C) {
+                        memcpy(ok, srow + (ptrdiff_t)x0 * cs, (size_t)k * cb);
+                        continue;
+                    }
+                    for (int kx = 0; kx < k; ++kx) {
+                        const int x = x0 + kx;
+                        if (x < vx0 || x >= vx1) {
+                            for (int q = 0; q < C; ++q) ok[kx * C + q] = fill;
+                        } else {
+                            memcpy(ok + (size_t)kx * C, srow + (ptrdiff_t)x * cs, cb);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* In-place bilinear warp of the n pixels (ys, xs) of an h x w map (valid region at storage
+ * offset `margin`): pixel i takes the value at (sy[i], sx[i]) (already clamped to the map),
+ * sampled as grid_sample(bilinear, border, align_corners=True) does. All samples are read
+ * into tmp (n * C) before any is written, so the result does not depend on the order. */
+void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
+             const int32_t *ys, const int32_t *xs, const float *sy, const float *sx, int n,
+             float *tmp) {
+    const float *base = t + (ptrdiff_t)margin * rs + (ptrdiff_t)margin * cs;
+    for (int i = 0; i < n; ++i) {
+        const float y = sy[i], x = sx[i];
+        const int y0 = (int)floorf(y), x0 = (int)floorf(x);
+        const float wy = y - (float)y0, wx = x - (float)x0;
+        const int y1 = y0 + 1 < h ? y0 + 1 : h - 1, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
+        const float *a = base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x0 * cs;
+        float *o = tmp + (size_t)i * C;
+        if (wy == 0.0f && wx == 0.0f) {
+            memcpy(o, a, (size_t)C * sizeof(float));
+            continue;
+        }
+        const float *b = base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x1 * cs;
+        const float *c = base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x0 * cs;
+        const float *d = base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x1 * cs;
+        const float wa = (1.0f - wx) * (1.0f - wy), wb = wx * (1.0f - wy);
+        const float wc = (1.0f - wx) * wy, wd = wx * wy;
+        for (int k = 0; k < C; ++k) o[k] = wa * a[k] + wb * b[k] + wc * c[k] + wd * d[k];
+    }
+    for (int i = 0; i < n; ++i) {
+        float *dp = t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs;
+        memcpy(dp, tmp + (size_t)i * C, (size_t)C * sizeof(float));
+    }
+}
+
+/* dst = src warped by integer block MVs (source = destination + mv, clamped at the border),
+ * H x W x C uint8, contiguous; blocks without motion are row copies. */
+void fs_warp_image(const uint8_t *src, uint8_t *dst, int H, int W, int C, int bs, int rows,
+                   int cols, const int32_t *mvx, const int32_t *mvy) {
+    const size_t rowb = (size_t)W * C;
+    for (int r = 0; r < rows; ++r) {
+        for (int c = 0; c < cols; ++c) {
+            const int b = r * cols + c, dx = mvx[b], dy = mvy[b];
+            const int y0 = r * bs, x0 = c * bs;
+            const int y1 = y0 + bs < H ? y0 + bs : H, x1 = x0 + bs < W ? x0 + bs : W;
+            for (int y = y0; y < y1; ++y) {
+                int sy = y + dy;
+                sy = sy < 0 ? 0 : (sy >= H ? H - 1 : sy);
+                uint8_t *d = dst + (size_t)y * rowb;
+                const uint8_t *s = src + (size_t)sy * rowb;
+                if (dx == 0) {
+                    memcpy(d + (size_t)x0 * C, s + (size_t)x0 * C, (size_t)(x1 - x0) * C);
+                    continue;
+                }
+                for (int x = x0; x < x1; ++x) {
+                    int sx = x + dx;
+                    sx = sx < 0 ? 0 : (sx >= W ? W - 1 : sx);
+                    memcpy(d + (size_t)x * C, s + (size_t)sx * C, (size_t)C);
+                }
+            }
+        }
+    }
+}
+
+/* dst's blocks idx (row-major block indices of bs pixels, cols per row) := src's, H x W x C
+ * uint8, contiguous. */
+void fs_paste_blocks(const uint8_t *src, uint8_t *dst, int H, int W, int C, int bs, int cols,
+                     const int64_t *idx, int n) {
+    const size_t rowb = (size_t)W * C;
+    for (int i = 0; i < n; ++i) {
+        const int r = (int)(idx[i] / cols), c = (int)(idx[i] % cols);
+        const int y0 = r * bs, x0 = c * bs;
+        const int y1 = y0 + bs < H ? y0 + bs : H, x1 = x0 + bs < W ? x0 + bs : W;
+        if (y0 >= H || x0 >= W) continue;
+        for (int y = y0; y < y1; ++y)
+            memcpy(dst + (size_t)y * rowb + (size_t)x0 * C,
+                   src + (size_t)y * rowb + (size_t)x0 * C, (size_t)(x1 - x0) * C);
+    }
+}
+
+static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, NULL};
+PyMODINIT_FUNC PyInit__engine(void) { return PyModule_Create(&fs_module); }

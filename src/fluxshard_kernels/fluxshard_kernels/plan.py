@@ -1,0 +1,172 @@
+"""The per-frame plan of the incremental engine: which feature pixels and blocks change at each
+layer, and which cached pixels the block motion moves (paper sections 4.3-4.4).
+
+Built once per frame on the host (numpy, OpenCV), shared by every layer: with the paper's
+motion-triggered halo all layers of one stride share one changed-pixel set, so a frame needs a
+handful of masks, block index lists and warp plans, whatever the depth of the network, and no
+layer asks the device for a count (no host syncs inside the network).
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from fluxshard_kernels.blocks import BlockGrid
+
+
+@dataclass
+class ActiveBlocks:
+    """The blocks of one grid that hold a changed pixel.
+
+    Attributes:
+        mask: (rows, cols) bool tensor on the engine's device.
+        rows, cols: int64 numpy indices of the active blocks (row-major order).
+        frac: active fraction of the grid.
+        array: the mask as a numpy array.
+    """
+
+    mask: torch.Tensor
+    rows: np.ndarray
+    cols: np.ndarray
+    frac: float
+    array: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
+
+    @property
+    def idx(self):
+        return self.rows, self.cols
+
+
+@dataclass
+class WarpPlan:
+    """The moving pixels of a map at one stride: destination (ys, xs), int32, and the clamped
+    source coordinates (sy, sx), float32 feature pixels."""
+
+    ys: np.ndarray
+    xs: np.ndarray
+    sy: np.ndarray
+    sx: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.ys)
+
+
+def pool_any(m: np.ndarray, s: int) -> np.ndarray:
+    """(h, w) bool -> (ceil(h/s), ceil(w/s)): any pixel of each s x s cell."""
+    if s == 1:
+        return m
+    h, w = m.shape
+    hh, ww = -(-h // s), -(-w // s)
+    pad = np.zeros((hh * s, ww * s), bool)
+    pad[:h, :w] = m
+    return pad.reshape(hh, s, ww, s).any(axis=(1, 3))
+
+
+def dilate(m: np.ndarray, r: int) -> np.ndarray:
+    """(h, w) bool grown by ``r`` pixels (a (2r+1)^2 square; outside the map counts as
+    unchanged, as a max-pool with padding)."""
+    if r <= 0:
+        return m
+    return cv2.dilate(m.view(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).view(bool)
+
+
+def fit(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``m`` cropped or zero-padded to (h, w)."""
+    if m.shape == (h, w):
+        return m
+    out = np.zeros((h, w), bool)
+    hh, ww = min(h, m.shape[0]), min(w, m.shape[1])
+    out[:hh, :ww] = m[:hh, :ww]
+    return out
+
+
+class FramePlan:
+    """Active sets of one frame (see the module docstring).
+
+    Args:
+        input_mask: (h, w) bool numpy array, the changed pixels at the network input.
+        halo_px: the motion-triggered halo, input pixels.
+        device: where the engine's tensors live.
+    """
+
+    def __init__(self, input_mask: Optional[np.ndarray], halo_px: int, device):
+        self.input_mask = input_mask
+        self.halo_px = halo_px
+        self.device = device
+        self._px: Dict[tuple, torch.Tensor] = {}
+        self._np: Dict[int, np.ndarray] = {}  # id(pixel tensor) -> its numpy twin
+        self._blocks: Dict[tuple, ActiveBlocks] = {}
+        self._keep = []  # tensors whose id() keys the dicts stay alive for the frame
+        self.warps: Dict[tuple, Optional[WarpPlan]] = {}
+
+    def pixels(self, stride: int, shape) -> torch.Tensor:
+        """Changed pixels of a layer of ``stride`` and output ``shape``: the input's changed
+        pixels pooled to the stride, grown by the halo (``halo_px`` / stride)."""
+        key = (stride, tuple(shape))
+        px = self._px.get(key)
+        if px is None:
+            h, w = shape
+            m = fit(pool_any(self.input_mask, stride), h, w)
+            m = dilate(np.ascontiguousarray(m), int(round(self.halo_px / stride)))
+            px = self._px[key] = torch.from_numpy(m).to(self.device)
+            self._np[id(px)] = m
+        return px
+
+    def blocks(self, px: torch.Tensor, b: int, rows: int, cols: int) -> ActiveBlocks:
+        """The blocks of ``b`` feature pixels on a rows x cols grid holding a pixel of ``px``
+        (once per mask and grid per frame)."""
+        key = (id(px), b, rows, cols)
+        ab = self._blocks.get(key)
+        if ab is None:
+            m = self._np.get(id(px))
+            if m is None:  # a mask the plan did not make (exact halo): one host copy
+                m = px.detach().cpu().numpy().astype(bool)
+                self._keep.append(px)
+            h, w = m.shape
+            pad = np.zeros((rows * b, cols * b), bool)
+            hh, ww = min(h, rows * b), min(w, cols * b)
+            pad[:hh, :ww] = m[:hh, :ww]
+            bm = pad.reshape(rows, b, cols, b).any(axis=(1, 3))
+            r, c = np.nonzero(bm)
+            ab = self._blocks[key] = ActiveBlocks(
+                torch.from_numpy(bm).to(self.device), r.astype(np.int64), c.astype(np.int64),
+                float(bm.mean()), bm)
+        return ab
+
+    def warp(self, mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int,
+             skip: Optional[ActiveBlocks], b: int) -> Optional[WarpPlan]:
+        """The pixels of an h x w map at ``stride`` that the block MVs move, less the ``skip``
+        blocks (recomputed right after); None when nothing moves. Feature pixel (i, j) takes
+        the MV of the image block holding pixel (i * stride, j * stride), divided by the
+        stride, and reads from its clamped source (bilinear where fractional)."""
+        key = (stride, h, w, None if skip is None else id(skip.mask), b)
+        if key in self.warps:
+            return self.warps[key]
+        rows = np.minimum((np.arange(h) * stride) // grid.block_size, grid.rows - 1)
+        cols = np.minimum((np.arange(w) * stride) // grid.block_size, grid.cols - 1)
+        field = np.asarray(mv, np.float32).reshape(grid.rows, grid.cols, 2)
+        moving_blocks = np.any(field != 0, axis=2)
+        if skip is not None:
+            sk = skip.array
+            # feature pixel (i, j) lies in skip block (i // b, j // b)
+            br = np.minimum(np.arange(h) // b, sk.shape[0] - 1)
+            bc = np.minimum(np.arange(w) // b, sk.shape[1] - 1)
+            moving_px = moving_blocks[rows][:, cols] & ~sk[br][:, bc]
+        else:
+            moving_px = moving_blocks[rows][:, cols]
+        ys, xs = np.nonzero(moving_px)
+        if not len(ys):
+            self.warps[key] = None
+            return None
+        f = field[rows[ys], cols[xs]] / np.float32(stride)
+        sy = np.clip(ys.astype(np.float32) + f[:, 1], 0, h - 1).astype(np.float32)
+        sx = np.clip(xs.astype(np.float32) + f[:, 0], 0, w - 1).astype(np.float32)
+        plan = self.warps[key] = WarpPlan(ys.astype(np.int32), xs.astype(np.int32), sy, sx)
+        return plan
