@@ -58,15 +58,17 @@ class WarpPlan:
         return len(self.ys)
 
 
-def pool_any(m: np.ndarray, s: int) -> np.ndarray:
-    """(h, w) bool -> (ceil(h/s), ceil(w/s)): any pixel of each s x s cell."""
-    if s == 1:
-        return m
+def pool_any(m: np.ndarray, s: int, hh: int = 0, ww: int = 0) -> np.ndarray:
+    """(h, w) bool -> (hh, ww) (default ceil(h/s), ceil(w/s)): any pixel of each s x s cell
+    (cells beyond the map are empty)."""
     h, w = m.shape
-    hh, ww = -(-h // s), -(-w // s)
+    hh, ww = hh or -(-h // s), ww or -(-w // s)
+    if s == 1 and (hh, ww) == (h, w):
+        return m
     pad = np.zeros((hh * s, ww * s), bool)
-    pad[:h, :w] = m
-    return pad.reshape(hh, s, ww, s).any(axis=(1, 3))
+    pad[:min(h, hh * s), :min(w, ww * s)] = m[:hh * s, :ww * s]
+    # rows first, then columns: two reductions over contiguous runs (fast in numpy)
+    return pad.reshape(hh, s, ww * s).any(axis=1).reshape(hh, ww, s).any(axis=2)
 
 
 def dilate(m: np.ndarray, r: int) -> np.ndarray:
@@ -129,11 +131,7 @@ class FramePlan:
             if m is None:  # a mask the plan did not make (exact halo): one host copy
                 m = px.detach().cpu().numpy().astype(bool)
                 self._keep.append(px)
-            h, w = m.shape
-            pad = np.zeros((rows * b, cols * b), bool)
-            hh, ww = min(h, rows * b), min(w, cols * b)
-            pad[:hh, :ww] = m[:hh, :ww]
-            bm = pad.reshape(rows, b, cols, b).any(axis=(1, 3))
+            bm = pool_any(m, b, rows, cols)
             r, c = np.nonzero(bm)
             ab = self._blocks[key] = ActiveBlocks(
                 torch.from_numpy(bm).to(self.device), r.astype(np.int64), c.astype(np.int64),

@@ -1,0 +1,226 @@
+"""The engine's compiled CPU kernels equal their torch references: sparse layers (im2col
+convs, grouped convs, max-pools, point-wise ops) on hypothesis-generated maps, masks, strides and
+channel slices; the moving-pixel cache warp on integer and sub-pixel motion; the integer image
+warp and block paste; the per-frame plan's masks; and a whole engine step on real frames."""
+
+import contextlib
+import os
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+import torch
+import torch.nn.functional as F
+
+from fluxshard_kernels import blocks, compiled, sparse as S
+from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.plan import FramePlan
+
+
+def test_the_kernels_are_built():
+    """colcon builds csrc/engine.c (scripts/setup.sh); without it every test below would
+    compare the torch path with itself."""
+    assert compiled.available()
+
+
+@contextlib.contextmanager
+def torch_path():
+    """Inside it every kernel runs its torch reference."""
+    os.environ[compiled.ENV] = 'torch'
+    try:
+        yield
+    finally:
+        del os.environ[compiled.ENV]
+
+
+def _maps(c, h, w, b, seed, extra=0):
+    """Source map (channels [extra:] of a wider storage when extra > 0: a channel slice, as the
+    C2f split hands on), a destination cache, and a random block mask."""
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = -(-h // b), -(-w // b)
+    wide = S.FMap.from_dense(torch.randn(1, c + extra, h, w, generator=g), b, rows, cols)
+    src = S.FMap(wide.t[:, extra:], b, rows, cols, h, w)
+    return src, g, rows, cols
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=st.integers(1, 12), c_out=st.integers(1, 12), h=st.integers(5, 40),
+       w=st.integers(5, 40), b=st.sampled_from([2, 4, 8]), k=st.sampled_from([1, 3]),
+       s=st.sampled_from([1, 2]), frac=st.floats(0.0, 1.0), act=st.booleans(),
+       extra=st.sampled_from([0, 3]), seed=st.integers(0, 2 ** 16))
+def test_sparse_conv_kernels_equal_the_torch_path(c, c_out, h, w, b, k, s, frac,
+                                                  act, extra, seed):
+    if b % s:
+        return
+    src, g, rows, cols = _maps(c, h, w, b, seed, extra)
+    op = S.conv_op(torch.randn(c_out, c, k, k, generator=g), torch.randn(c_out, generator=g),
+                   s, act='silu' if act else None)
+    mask = torch.rand(rows, cols, generator=g) < frac
+    dense = S.dense_windowed(src, op)
+    outs = []
+    for ref in (False, True):
+        dst = S.FMap.from_dense(torch.zeros_like(dense), b // s, rows, cols)
+        if ref:
+            with torch_path():
+                S.sparse_windowed(src, dst, mask, op)
+        else:
+            S.sparse_windowed(src, dst, mask, op)
+        outs.append(dst)
+    torch.testing.assert_close(outs[0].t, outs[1].t, rtol=1e-5, atol=1e-5)
+    full = S.FMap.from_dense(torch.zeros_like(dense), b // s, rows, cols)
+    S.sparse_windowed(src, full, torch.ones(rows, cols, dtype=torch.bool), op)
+    torch.testing.assert_close(full.valid, dense, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=st.integers(1, 8), h=st.integers(5, 33), w=st.integers(5, 33),
+       b=st.sampled_from([2, 4, 8]), frac=st.floats(0.0, 1.0), pool=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_maxpool_and_depthwise_equal_the_torch_path(c, h, w, b, frac, pool, seed):
+    src, g, rows, cols = _maps(c, h, w, b, seed)
+    if pool:
+        op = {'kind': 'maxpool', 'kernel': 5, 'stride': 1, 'padding': 2}
+    else:
+        op = S.conv_op(torch.randn(c, 1, 3, 3, generator=g), torch.randn(c, generator=g), 1,
+                       groups=c)
+    mask = torch.rand(rows, cols, generator=g) < frac
+    outs = []
+    for ref in (False, True):
+        dst = S.FMap.from_dense(torch.zeros(1, c, h, w), b, rows, cols)
+        if ref:
+            with torch_path():
+                S.sparse_windowed(src, dst, mask, op)
+        else:
+            S.sparse_windowed(src, dst, mask, op)
+        outs.append(dst.t)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(4, 30), w=st.integers(4, 30), b=st.sampled_from([2, 4]),
+       frac=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
+def test_pointwise_and_upsample_equal_the_torch_path(h, w, b, frac, seed):
+    a, g, rows, cols = _maps(3, h, w, b, seed)
+    bb, _, _, _ = _maps(3, h, w, b, seed + 1, extra=2)
+    mask = torch.rand(rows, cols, generator=g) < frac
+    for fn in (torch.add, lambda *t: torch.cat(t, 1)):
+        outs = []
+        for ref in (False, True):
+            c_out = fn(a.valid, bb.valid).shape[1]
+            dst = S.FMap.from_dense(torch.zeros(1, c_out, h, w), b, rows, cols)
+            if ref:
+                with torch_path():
+                    S.sparse_pointwise(fn, [a, bb], dst, mask)
+            else:
+                S.sparse_pointwise(fn, [a, bb], dst, mask)
+            outs.append(dst.t)
+        assert torch.equal(outs[0], outs[1])
+    outs = []
+    for ref in (False, True):
+        up = S.FMap.from_dense(torch.zeros(1, 3, 2 * h, 2 * w), 2 * b, rows, cols)
+        if ref:
+            with torch_path():
+                S.sparse_upsample2x(a, up, mask)
+        else:
+            S.sparse_upsample2x(a, up, mask)
+        outs.append(up.t)
+    assert torch.equal(outs[0], outs[1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(6, 40), w=st.integers(6, 40), stride=st.sampled_from([1, 2, 4, 8]),
+       integer=st.booleans(), moving=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
+def test_cache_warp_equals_grid_sample(h, w, stride, integer, moving, seed):
+    """The C warp of the moving pixels equals the torch reference (grid_sample, bilinear,
+    border) on sub-pixel and integer motion; pixels that do not move are untouched."""
+    from fluxshard_kernels.incremental import warp_moving
+    rng = np.random.default_rng(seed)
+    grid = BlockGrid(h * stride, w * stride, 16)
+    mv = rng.integers(-9, 10, (grid.rows, grid.cols, 2)).astype(np.float32)
+    if not integer:
+        mv += rng.random((grid.rows, grid.cols, 2)).astype(np.float32)
+    mv[rng.random((grid.rows, grid.cols)) > moving] = 0
+    b = max(1, 16 // stride)
+    rows, cols = -(-h // b), -(-w // b)
+    x = torch.from_numpy(rng.standard_normal((1, 5, h, w)).astype(np.float32))
+    ref, got = S.FMap.from_dense(x, b, rows, cols), S.FMap.from_dense(x, b, rows, cols)
+    warp_moving(ref, mv, grid, stride)
+    plan = FramePlan(np.zeros((h, w), bool), 8, 'cpu').warp(mv, grid, stride, h, w, None, b)
+    if plan is not None:
+        compiled.warp(got.t, S.MARGIN, h, w, plan.ys, plan.xs, plan.sy, plan.sx)
+    torch.testing.assert_close(got.t, ref.t, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), c=st.sampled_from([1, 3]),
+       block=st.sampled_from([8, 16]), seed=st.integers(0, 2 ** 16))
+def test_image_warp_and_paste_equal_numpy(h, w, c, block, seed):
+    rng = np.random.default_rng(seed)
+    shape = (h, w, c) if c > 1 else (h, w)
+    img = rng.integers(0, 256, shape, dtype=np.uint8)
+    grid = BlockGrid(h, w, block)
+    mvx = rng.integers(-20, 21, grid.count)
+    mvy = rng.integers(-20, 21, grid.count)
+    mvx[rng.random(grid.count) < 0.3] = 0
+    assert np.array_equal(compiled.warp_image(img, block, mvx, mvy),
+                          blocks.warp_image_int(img, grid, mvx, mvy))
+    new = rng.integers(0, 256, shape, dtype=np.uint8)
+    idx = np.flatnonzero(rng.random(grid.count) < 0.4)
+    ref = img.copy()
+    full = grid.expand(np.isin(np.arange(grid.count), idx))
+    ref[full] = new[full]
+    got = img.copy()
+    compiled.paste_blocks(new, got, block, idx)
+    assert np.array_equal(got, ref)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(8, 64), w=st.integers(8, 64), stride=st.sampled_from([1, 2, 4, 8, 16]),
+       halo=st.sampled_from([0, 4, 8]), frac=st.floats(0.0, 0.3), seed=st.integers(0, 2 ** 16))
+def test_plan_masks_equal_the_torch_pooling(h, w, stride, halo, frac, seed):
+    """The plan's changed pixels at a stride: the input mask max-pooled to the stride (ceil),
+    fitted to the layer, grown by the halo; its block masks: any pixel per block."""
+    rng = np.random.default_rng(seed)
+    m = rng.random((h, w)) < frac
+    plan = FramePlan(m, halo, 'cpu')
+    oh, ow = -(-h // stride), -(-w // stride)
+    px = plan.pixels(stride, (oh, ow))
+    t = torch.from_numpy(m)[None, None].float()
+    if stride > 1:
+        t = F.max_pool2d(t, stride, stride, ceil_mode=True)
+    r = int(round(halo / stride))
+    if r:
+        t = F.max_pool2d(t, 2 * r + 1, 1, r)
+    assert torch.equal(px, t[0, 0] > 0)
+    b = 4
+    rows, cols = -(-oh // b), -(-ow // b)
+    ab = plan.blocks(px, b, rows, cols)
+    ref = F.max_pool2d(F.pad(px[None, None].float(), (0, cols * b - ow, 0, rows * b - oh)),
+                       b, b)[0, 0] > 0
+    assert torch.equal(ab.mask, ref)
+    assert ab.count == int(ref.sum()) and list(zip(ab.rows, ab.cols)) == [
+        tuple(x) for x in torch.nonzero(ref).tolist()]
+
+
+def test_engine_step_equals_the_torch_path():
+    """A whole incremental step on real frames (real motion, misses) gives the same raw
+    outputs with the compiled kernels and with the torch reference path."""
+    from fluxshard_kernels import data, motion
+    from fluxshard_kernels.incremental import IncrementalYOLO
+    from fluxshard_kernels.yolo import model as M
+    det_model = M.load_onnx(str(data.model_path('detect')))
+    frames = list(data.iter_frames('davis-parkour', limit=3))
+    outs = []
+    for ref in (False, True):
+        r = IncrementalYOLO(det_model, 16)
+        r.dense(frames[0])
+        for f in frames[1:]:
+            fld = motion.estimate_motion(f, r.state, 16)
+            miss = np.flatnonzero(fld.dissimilarity.reshape(-1) >= 10)
+            if ref:
+                with torch_path():
+                    raw, _, st_ = r.step(f, fld.mv, miss, 16)
+            else:
+                raw, _, st_ = r.step(f, fld.mv, miss, 16)
+        assert any(x.mode == 'sparse' for x in st_.layers)
+        outs.append(raw)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
