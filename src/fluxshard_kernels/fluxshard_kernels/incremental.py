@@ -27,7 +27,7 @@ from fluxshard_kernels import blocks, compiled, cuda, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.plan import ActiveBlocks, FramePlan
 from fluxshard_kernels.yolo import model as M
-from fluxshard_kernels.yolo.processing import Letterbox, letterbox
+from fluxshard_kernels.yolo.processing import Letterbox, letterbox_geometry, letterbox_hwc
 from fluxshard_kernels.yolo.processing import WARM_SHAPES  # noqa: F401 (re-export)
 
 
@@ -144,6 +144,7 @@ class IncrementalExecutor:
         self.exact_global = exact_global
         self.max_sparse_stride = max_sparse_stride
         self.caches: Dict[str, S.FMap] = {}
+        self._input: Optional[S.FMap] = None
         self._warped: Dict[str, int] = {}
         self.frame = 0
         self.mode = 'dense'
@@ -198,6 +199,16 @@ class IncrementalExecutor:
             self.caches[name] = c
         self._warped[name] = self.frame
         return c
+
+    def input_map(self, x: torch.Tensor, b: int, rows: int, cols: int) -> S.FMap:
+        """The network input in block storage, kept from frame to frame (one copy a frame)."""
+        m = self._input
+        if m is None or (m.channels, m.h, m.w, m.b, m.rows, m.cols, m.t.device) != (
+                x.shape[1], x.shape[2], x.shape[3], b, rows, cols, x.device):
+            m = self._input = S.FMap.from_dense(x, b, rows, cols)
+        else:
+            m.valid.copy_(x)
+        return m
 
     def _tick(self):
         if self.checkpoint is not None:
@@ -479,7 +490,7 @@ class IncrementalYOLO:
 
     # -- geometry -------------------------------------------------------------------------------
     def _setup(self, shape):
-        x, lb = letterbox(np.zeros(shape, np.uint8), self.imgsz, square=False)
+        lb = letterbox_geometry(shape[0], shape[1], self.imgsz, square=False)
         if self.lb is None or (lb.in_h, lb.in_w, lb.src_h, lb.src_w) != (
                 self.lb.in_h, self.lb.in_w, self.lb.src_h, self.lb.src_w):
             self.lb = lb
@@ -520,10 +531,10 @@ class IncrementalYOLO:
         ex = ex or self.ex
         t0 = time.perf_counter()
         with S.STAGES('letterbox'):
-            x, _ = letterbox(img, self.imgsz, square=False)
-            xt = torch.from_numpy(x).to(self.device)
+            x, _ = letterbox_hwc(img, self.imgsz, square=False)
             ex.begin(mode, mv_net, self.net_grid, mask)
-            fm = S.FMap.from_dense(xt, self.block, self.net_grid.rows, self.net_grid.cols)
+            fm = ex.input_map(torch.from_numpy(x).permute(2, 0, 1)[None].to(self.device),
+                              self.block, self.net_grid.rows, self.net_grid.cols)
         inp = SF(fm, mask, 1)
         ex.stats.input_active = float(mask.float().mean())
         with torch.no_grad():

@@ -51,8 +51,14 @@ def letterbox_geometry(src_h: int, src_w: int, size: int = 640, stride: int = 32
     return Letterbox(scale, (in_w - nw) // 2, (in_h - nh) // 2, in_h, in_w, src_h, src_w)
 
 
-def letterbox(image_bgr: np.ndarray, size: int = 640, stride: int = 32, square: bool = False):
-    """BGR uint8 (H, W, 3) -> (1, 3, in_h, in_w) float32 RGB in [0, 1] and its Letterbox."""
+#: uint8 -> float32 in [0, 1], exactly ``np.float32(k) / 255.0`` (one table lookup per value)
+_UNIT = np.arange(256, dtype=np.float32) / 255.0
+
+
+def letterbox_hwc(image_bgr: np.ndarray, size: int = 640, stride: int = 32,
+                  square: bool = False):
+    """BGR uint8 (H, W, 3) -> (in_h, in_w, 3) float32 RGB in [0, 1] (pixel-major: the
+    engine's channels-last storage takes it in one copy) and its Letterbox."""
     lb = letterbox_geometry(image_bgr.shape[0], image_bgr.shape[1], size, stride, square)
     nh, nw = int(round(lb.src_h * lb.scale)), int(round(lb.src_w * lb.scale))
     resized = image_bgr
@@ -60,8 +66,13 @@ def letterbox(image_bgr: np.ndarray, size: int = 640, stride: int = 32, square: 
         resized = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     canvas = np.full((lb.in_h, lb.in_w, 3), 114, dtype=np.uint8)
     canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = resized
-    x = canvas[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) / 255.0
-    return np.ascontiguousarray(x), lb
+    return _UNIT[cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)], lb
+
+
+def letterbox(image_bgr: np.ndarray, size: int = 640, stride: int = 32, square: bool = False):
+    """BGR uint8 (H, W, 3) -> (1, 3, in_h, in_w) float32 RGB in [0, 1] and its Letterbox."""
+    x, lb = letterbox_hwc(image_bgr, size, stride, square)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None]), lb
 
 
 def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_thres: float) -> np.ndarray:
