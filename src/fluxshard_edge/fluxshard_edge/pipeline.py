@@ -181,7 +181,8 @@ class EdgePipeline:
         self._unit = None            # (EMA of an inter unit's bytes, at this CRF)
         self.model = model
         if config.local_inference:
-            from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
+            from fluxshard_kernels.incremental import IncrementalYOLO
+            from fluxshard_kernels.refresh import Refresh
             from fluxshard_kernels.yolo import model as M
             if self.model is None:
                 from fluxshard_kernels.profile import resolve_device

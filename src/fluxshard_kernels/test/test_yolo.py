@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from fluxshard_kernels import data, incremental as inc, metrics, motion
+from fluxshard_kernels import data, incremental as inc, metrics, motion, refresh
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
@@ -115,7 +115,7 @@ def test_refresh_is_preemptible_between_layers_and_swaps_caches(det_model):
     frames = list(data.iter_frames('pets09-s2l1', limit=2))
     run = inc.IncrementalYOLO(det_model, 16)
     run.dense(frames[0])
-    ref = inc.Refresh(run)
+    ref = refresh.Refresh(run)
     ref.start(frames[1])
     assert ref.pause(timeout=10)          # parks at a layer boundary
     assert ref.running

@@ -83,7 +83,8 @@ class EdgeModel:
             self.model = model or load_model(task, path, device)
             self.names = self.model.names
             if backend in ('incremental', 'auto'):
-                from fluxshard_kernels.incremental import IncrementalYOLO, Refresh
+                from fluxshard_kernels.incremental import IncrementalYOLO
+                from fluxshard_kernels.refresh import Refresh
                 self.runner = IncrementalYOLO(self.model, 16)
                 self.refresh = Refresh(self.runner)
 
