@@ -490,6 +490,10 @@ def _summary(mon, robots, a, wall_s, logdir):
                                                 'key_batches', 'key_bytes', 'probes',
                                                 'digest_mismatch', 'resync_resends')},
             'latency_ms_p99': pct(0.99),
+            # model.backend auto: frames the server served on each path (incremental engine
+            # or onnxruntime dense), from its diagnostics
+            'server_paths': {k[len('path.'):]: int(v) for k, v in srv.items()
+                             if k.startswith('path.')},
             'result_records': res,
             'source_stamps': _stamps(logdir, r),
             'throughput_fps': len(res) / max(wall_s, 1e-9),
@@ -539,6 +543,9 @@ def _print_summary(s):
               f"{p99} | {v['server_dropped_superseded']} | "
               f"{v['server_rejected']} | {v['unaccounted']} |")
     for r, v in s['robots'].items():
+        if v.get('server_paths'):
+            print(f"{r}: server paths " + ', '.join(
+                f'{k} {n}' for k, n in sorted(v['server_paths'].items())))
         if v['injected_drops'] or v['resync_requests']:
             print(f"{r}: {v['injected_drops']} batches lost on the link, "
                   f"{v['resync_requests']} resync requests, {v['key_batches']} key batches "

@@ -13,6 +13,7 @@ tests compare the two.
 import ctypes
 import importlib.util
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -61,6 +62,17 @@ def serves(t: torch.Tensor) -> bool:
     """``t`` (1, C, H, W) can go through the kernels: CPU float32 with contiguous channels."""
     return (t.device.type == 'cpu' and t.dtype == torch.float32 and t.stride(1) == 1
             and available())
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A float32 work buffer of at least n values, kept per thread (the warp's samples)."""
+    buf = getattr(_SCRATCH, 'buf', None)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.buf = np.empty(max(n, 1 << 16), np.float32)
+    return buf
 
 
 def _ptr(a) -> int:
@@ -114,7 +126,7 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
     """Pixels (ys, xs) of the h x w map := bilinear samples at (sy, sx) (clamped to the map),
     all read before any is written."""
     n, c = len(ys), t.shape[1]
-    tmp = np.empty(n * c, np.float32)
+    tmp = _scratch(n * c)
     _lib().fs_warp(_ptr(t), t.stride(2), t.stride(3), c, margin, h, w, _ptr(ys), _ptr(xs),
                    _ptr(sy), _ptr(sx), n, _ptr(tmp))
 

@@ -112,6 +112,14 @@ void fs_im2col(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1
     }
 }
 
+/* o = wa a + wb b + wc c + wd d over C channels; o never aliases the inputs (restrict lets
+ * the compiler vectorise the loop). */
+static inline void bilinear(float *restrict o, const float *restrict a, const float *restrict b,
+                            const float *restrict c, const float *restrict d, float wa, float wb,
+                            float wc, float wd, int C) {
+    for (int k = 0; k < C; ++k) o[k] = wa * a[k] + wb * b[k] + wc * c[k] + wd * d[k];
+}
+
 /* In-place bilinear warp of the n pixels (ys, xs) of an h x w map (valid region at storage
  * offset `margin`): pixel i takes the value at (sy[i], sx[i]) (already clamped to the map),
  * sampled as grid_sample(bilinear, border, align_corners=True) does. All samples are read
@@ -131,12 +139,11 @@ void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
             memcpy(o, a, (size_t)C * sizeof(float));
             continue;
         }
-        const float *b = base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x1 * cs;
-        const float *c = base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x0 * cs;
-        const float *d = base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x1 * cs;
         const float wa = (1.0f - wx) * (1.0f - wy), wb = wx * (1.0f - wy);
         const float wc = (1.0f - wx) * wy, wd = wx * wy;
-        for (int k = 0; k < C; ++k) o[k] = wa * a[k] + wb * b[k] + wc * c[k] + wd * d[k];
+        bilinear(o, a, base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x1 * cs,
+                 base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x0 * cs,
+                 base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x1 * cs, wa, wb, wc, wd, C);
     }
     for (int i = 0; i < n; ++i) {
         float *dp = t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs;
