@@ -55,10 +55,14 @@ class PathCosts:
             other = 'onnxruntime' if path == 'incremental' else 'incremental'
             if self.probe_every and self.since[other] >= self.probe_every:
                 path = other
+        self.note(path)
+        return path
+
+    def note(self, path: str):
+        """Book a frame served on ``path`` (chosen here, or forced by the caller)."""
         for p in self.since:
             self.since[p] = 0 if p == path else self.since[p] + 1
         self.chosen[path] += 1
-        return path
 
     def seed(self, role, blocks: int):
         """Start from a measured device profile's role (``profile.RoleProfile``: the

@@ -64,6 +64,8 @@ class EdgeModel:
         self._since_refresh = 0
         self.last_blocks = 0
         self.costs = PathCosts() if backend == 'auto' else None
+        self._measure_next = self._measured_after_sync = False
+        self._cold = False  # the runner was (re)built: its first step allocates, not a sample
         if self.costs is not None and profile is not None:  # a DeviceProfile: its server role
             grid = BlockGrid(profile.frame[0], profile.frame[1], profile.block)
             self.costs.seed(profile.server, grid.count)
@@ -143,14 +145,24 @@ class EdgeModel:
     def _auto(self, img, seq, mv, prev_seq, block_size, changed, t0):
         """The cheaper path for this frame by measured cost; each path re-measured every
         PROBE_EVERY frames of the other. Frames served by onnxruntime leave the incremental
-        caches behind: the next incremental frame brings them up to date first."""
+        caches behind: the next incremental frame brings them up to date first (a dense
+        resync, which says nothing of a step's cost), so the frame after it runs incremental
+        too - a probe measures a real step."""
         k = len(changed) if changed is not None else None
-        path = self.costs.choose(k)
+        if self._measure_next:
+            self._measure_next = False
+            path = 'incremental'
+            self.costs.note(path)
+        else:
+            path = self.costs.choose(k)
         self.last_path = path
         if path == 'incremental':
             det = self._incremental(img, seq, mv, prev_seq, block_size, changed, t0)
             if self.last_stepped:  # a sparse step (not a dense resync): a cost sample
                 self.costs.observe_incremental(self.last_blocks, self.last_seconds)
+            else:
+                self._measure_next = not self._measured_after_sync
+                self._measured_after_sync = self._measure_next
             return det
         if self.refresh.running:
             self.refresh.cancel()
@@ -175,6 +187,7 @@ class EdgeModel:
             raise ValueError(f'motion field {np.asarray(mv).shape[:2]} does not match the '
                              f'{grid.rows}x{grid.cols} grid of {block}-px blocks')
         if r.state is None or r.state.shape != img.shape:
+            self._cold = r.state is None or r.state.shape != img.shape
             raw, lb, _ = r.dense(img)
             self.last_blocks = grid.count
         else:
@@ -195,7 +208,10 @@ class EdgeModel:
             else:
                 raw, lb, self.last_stats = r.step(img, mv, changed, block)
                 self.last_blocks = int(changed.size)
-                self.last_stepped = consecutive
+                self.last_stepped = consecutive and not self._cold
+                self._cold = False
+                if self.last_stepped:
+                    self._measured_after_sync = False
         self._last_seq = seq
         det = self.model.decode(raw, lb, self.conf, self.iou)
         self.last_seconds = time.perf_counter() - t0

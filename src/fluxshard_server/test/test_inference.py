@@ -118,3 +118,36 @@ def test_auto_backend_serves_every_frame_by_the_cheaper_measured_path():
               < np.median(c.dense) else 'onnxruntime')
     assert paths[-1] == faster, (paths, list(c.inc), list(c.dense))
     assert sum(c.chosen.values()) == len(stream)
+
+
+def test_a_probe_after_onnxruntime_frames_measures_a_real_step():
+    """Frames served by onnxruntime leave the caches behind, so the incremental probe first
+    resyncs them (a dense pass, no cost sample); the frame after it runs incremental as well
+    and gives a step sample - a probe can change the path back. The first step after the
+    runner is built (allocations) is not a sample either."""
+    stream, grid = _proxy_stream(12)
+    em = EdgeModel('auto', 'detect', load_model('detect'), refresh_interval=1000)
+    em.costs.probe_every = 3
+    # onnxruntime measured much faster than any step: the engine runs only when probed
+    em.costs.observe_dense(1e-4)
+    paths, samples = [], []
+    for seq, (state, mv, changed) in enumerate(stream, 1):
+        n = len(em.costs.inc)
+        em(state, seq, mv, seq - 1 if seq > 1 else None, 16, changed)
+        paths.append(em.last_path)
+        samples.append(len(em.costs.inc) - n)
+    em.close()
+    # each run of incremental frames that follows onnxruntime frames (a probe) gives a sample
+    runs, start = [], None
+    for i, p in enumerate(paths + ['onnxruntime']):
+        if p == 'incremental' and start is None:
+            start = i
+        elif p != 'incremental' and start is not None:
+            runs.append((start, i))
+            start = None
+    probes = [(a, b) for a, b in runs if a > 0 and paths[a - 1] == 'onnxruntime' and b < len(
+        paths)]
+    assert probes, paths
+    for a, b in probes:
+        assert sum(samples[a:b]) >= 1, (paths, samples)
+    assert sum(em.costs.chosen.values()) == len(stream)
