@@ -70,6 +70,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
     runner = IncrementalYOLO(model, net_block, layout=layout, dense_above=dense_above,
                              max_sparse_stride=max_sparse_stride, halo=halo)
     imgs = list(data.iter_frames(seq, limit=frames))
+    runner.warm_up([imgs[0].shape[:2]])  # as the nodes do: each layer's path measured
     gt = _ground_truth(seq, len(imgs))
     ap_ref = metrics.APAccumulator(0.5)    # object-pooled AP: the retention
     ap_class = metrics.APAccumulator(0.5)  # class-mean mAP (noisy: a rare class weighs a lot)

@@ -113,6 +113,56 @@ def grow(px: torch.Tensor, k: int, s: int, pad: int) -> torch.Tensor:
     return F.max_pool2d(px[None, None].float(), k, s, pad)[0, 0] > 0
 
 
+class LayerCosts:
+    """Measured time of each layer on each path, on this machine: the dense pass as an EWMA of
+    its seconds, the sparse pass as ``a + b n`` of its active blocks n (least squares with
+    exponential forgetting, O(1) per sample and per prediction; a, b >= 0). Warping the
+    layer's cache counts on the sparse side, as a dense layer needs no warp.
+    ``sparse_faster`` is None until a layer has both."""
+
+    def __init__(self, forget: float = 0.9, alpha: float = 0.3):
+        self.forget, self.alpha = forget, alpha
+        self.dense: Dict[str, float] = {}
+        self.sparse: Dict[str, list] = {}  # name -> [sum w, sum w n, sum w t, w n^2, w n t]
+
+    def observe(self, name: str, path: str, count: int, seconds: float):
+        if path == 'dense':
+            old = self.dense.get(name)
+            self.dense[name] = seconds if old is None else (
+                (1 - self.alpha) * old + self.alpha * seconds)
+            return
+        acc = self.sparse.get(name)
+        if acc is None:
+            acc = self.sparse[name] = [0.0] * 5
+        f, n = self.forget, float(count)
+        acc[0] = f * acc[0] + 1.0
+        acc[1] = f * acc[1] + n
+        acc[2] = f * acc[2] + seconds
+        acc[3] = f * acc[3] + n * n
+        acc[4] = f * acc[4] + n * seconds
+
+    def predict_sparse(self, name: str, count: int) -> Optional[float]:
+        acc = self.sparse.get(name)
+        if acc is None:
+            return None
+        w, sn, st, snn, snt = acc
+        det = w * snn - sn * sn
+        mean_n, mean_t = sn / w, st / w
+        if det <= 1e-9 * max(w * snn, 1.0):  # one size seen: proportional above it
+            return mean_t * max(1.0, count / max(mean_n, 1.0))
+        b = (w * snt - sn * st) / det
+        if b < 0:
+            return mean_t
+        return max(mean_t - b * mean_n, 0.0) + b * count
+
+    def sparse_faster(self, name: str, count: int) -> Optional[bool]:
+        d = self.dense.get(name)
+        if d is None:
+            return None
+        sp = self.predict_sparse(name, count)
+        return None if sp is None else sp < d
+
+
 class IncrementalExecutor:
     """Executes the YOLO11 primitives over per-primitive caches (see module docstring).
 
@@ -149,6 +199,10 @@ class IncrementalExecutor:
         self.stats = StepStats()
         self.checkpoint = None  # callable run between primitives (background preemption)
         self._ops = {}
+        #: measured per-layer costs: where a layer has both, they choose sparse or dense
+        #: (``IncrementalYOLO.calibrate`` measures both at start); None: fixed thresholds
+        self.costs: Optional[LayerCosts] = None
+        self.force: Optional[str] = None  # 'sparse': every layer sparse (calibration)
 
     def begin(self, mode: str, mv: Optional[np.ndarray], grid: BlockGrid,
               input_mask: Optional[torch.Tensor] = None):
@@ -231,11 +285,24 @@ class IncrementalExecutor:
         ab = self.plan.blocks(px, cache.b, cache.rows, cache.cols)
         return ab, ab.frac
 
-    def _sparse_ok(self, cache, frac, stride):
+    def _sparse_ok(self, cache, frac, stride, name: str = '', count: int = 0):
+        """Run this layer sparse: by its measured costs where it has both (``costs``), else
+        by the fixed thresholds (``dense_above``, ``deep_dense_above`` past stride 8)."""
+        if self.mode == 'dense' or cache is None or stride > self.max_sparse_stride:
+            return False
+        if self.force == 'sparse':
+            return True
+        if self.costs is not None and name:
+            verdict = self.costs.sparse_faster(name, count)
+            if verdict is not None:
+                return verdict
         limit = self.dense_above if stride <= 8 else min(self.dense_above,
                                                          self.deep_dense_above)
-        return (self.mode != 'dense' and cache is not None and frac <= limit
-                and stride <= self.max_sparse_stride)
+        return frac <= limit
+
+    def _observe(self, name, path, count, t0):
+        if self.costs is not None:
+            self.costs.observe(name, path, count, time.perf_counter() - t0)
 
     # -- primitives ------------------------------------------------------------------------------
     def _windowed(self, name, x: SF, op, s, k, pad, c_out, macs_px, dense_fn, kind):
@@ -246,26 +313,33 @@ class IncrementalExecutor:
         wo = (xt.shape[3] + 2 * pad - k) // s + 1
         macs = macs_px * ho * wo
         if self.mode == 'dense':
+            t0 = time.perf_counter()
             c = self._store(name, dense_fn(xt), s_out)
+            self._observe(name, 'dense', 0, t0)
             self._stat(name, kind, s_out, macs, 1.0, 'dense', macs)
             return SF(c, torch.ones(ho, wo, dtype=torch.bool, device=xt.device), s_out)
         with S.STAGES('masks'):
             px = self._mask(lambda: grow(x.mask, k, s, pad), s_out, (ho, wo))
             cache = self.caches.get(name)
             bm, frac = self._blocks(px, cache)
-        if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, s_out)):
+        t0 = time.perf_counter()
+        sparse = frac > 0 and self._sparse_ok(cache, frac, s_out, name,
+                                              bm.count if bm is not None else 0)
+        if cache is not None and (frac == 0 or sparse):
             # warp only caches that will be reused, and not the blocks recomputed next
             cache = self._cache(name, s_out, bm if frac else None)
         if cache is not None and frac == 0:
             self._stat(name, kind, s_out, macs, 0.0, 'skip', 0)
             return SF(cache, px, s_out)
-        if self._sparse_ok(cache, frac, s_out):
+        if sparse:
             S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
+            self._observe(name, 'sparse', bm.count, t0)
             done = bm.count * cache.b * cache.b * macs_px
             self._stat(name, kind, s_out, macs, frac, 'sparse', min(done, macs))
             return SF(cache, px, s_out)
         with S.STAGES('dense layers'):
             c = self._store(name, dense_fn(xt), s_out)
+        self._observe(name, 'dense', 0, t0)
         self._stat(name, kind, s_out, macs, frac, 'dense', macs)
         return SF(c, px, s_out)
 
@@ -300,23 +374,31 @@ class IncrementalExecutor:
         """Ops whose output block depends only on the same block of the inputs."""
         self._tick()
         if self.mode == 'dense':
+            t0 = time.perf_counter()
             c = self._store(name, fn_dense(), stride)
+            self._observe(name, 'dense', 0, t0)
             self._stat(name, kind, stride, macs, 1.0, 'dense', macs)
             return SF(c, px, stride)
         with S.STAGES('masks'):
             cache = self.caches.get(name)
             bm, frac = self._blocks(px, cache)
-        if cache is not None and (frac == 0 or self._sparse_ok(cache, frac, stride)):
+        t0 = time.perf_counter()
+        sparse = frac > 0 and self._sparse_ok(cache, frac, stride, name,
+                                              bm.count if bm is not None else 0)
+        if cache is not None and (frac == 0 or sparse):
             # a sparse op rewrites the bm blocks whole; a dense fallback rewrites everything
             cache = self._cache(name, stride, bm if frac else None)
         if cache is not None and frac == 0:
             self._stat(name, kind, stride, macs, 0.0, 'skip', 0)
             return SF(cache, px, stride)
-        if self._sparse_ok(cache, frac, stride) and fn_sparse(cache, bm):
+        if sparse and fn_sparse(cache, bm):
+            self._observe(name, 'sparse', bm.count, t0)
             self._stat(name, kind, stride, macs, frac, 'sparse', macs * frac)
             return SF(cache, px, stride)
         with S.STAGES('dense layers'):
             c = self._store(name, fn_dense(), stride)
+        if not sparse:  # a sparse op that cannot run here: its dense fallback is no sample
+            self._observe(name, 'dense', 0, t0)
         self._stat(name, kind, stride, macs, frac, 'dense', macs)
         return SF(c, px, stride)
 
@@ -480,6 +562,7 @@ class IncrementalYOLO:
                         deep_dense_above=deep_dense_above,
                         halo_px=halo_px)
         self.ex: Optional[IncrementalExecutor] = None
+        self.layer_costs: Dict[tuple, LayerCosts] = {}  # per network input shape
         self.state: Optional[np.ndarray] = None
         self.lb: Optional[Letterbox] = None
         self._lock = threading.Lock()
@@ -492,6 +575,8 @@ class IncrementalYOLO:
             self.lb = lb
             self.net_grid = BlockGrid(lb.in_h, lb.in_w, self.block)
             self.ex = IncrementalExecutor(self.block, **self.cfg)
+            if self.device.type == 'cpu':  # host timers time CPU work, not GPU launches
+                self.ex.costs = self.layer_costs.setdefault((lb.in_h, lb.in_w), LayerCosts())
 
     def _to_net(self, cam_grid: BlockGrid, mv_cam: Optional[np.ndarray], miss_cam):
         """Camera-grid MVs and misses -> network-grid MVs (input px) and miss mask."""
@@ -583,18 +668,41 @@ class IncrementalYOLO:
         return new, mv_net, mask
 
     def warm_up(self, shapes=WARM_SHAPES):
-        """Run a dense pass and a sparse step on blank frames of each camera ``shape`` (the
-        first pass at a size builds kernels and buffers), then forget them: the first real
-        frame is not a warm-up frame. Returns the seconds it took."""
+        """Per camera ``shape``: build kernels and buffers (the first pass at a size does) and
+        measure every layer on both paths (``calibrate``), then forget the frames: the first
+        real frame is not a warm-up frame. Returns the seconds it took."""
         t0 = time.perf_counter()
         for shape in shapes:
-            blank = np.zeros(tuple(shape) + (3,), np.uint8)
-            self.dense(blank)
-            grid = BlockGrid(blank.shape[0], blank.shape[1], 16)
-            self.step(blank, None, np.arange(0, grid.count, 7), 16)
+            self.calibrate(shape)
         with self._lock:
             self.state, self.lb, self.ex = None, None, None
         return time.perf_counter() - t0
+
+    def calibrate(self, shape, fractions=(0.05, 0.3)):
+        """Measure each layer's dense pass and its sparse pass at two sizes of active set on
+        blank frames of camera ``shape`` (the cost of a layer does not depend on the pixels),
+        so that from the first real frame every layer runs on its measured faster path
+        (``LayerCosts``; without it the fixed thresholds decide until both paths have run)."""
+        blank = np.zeros(tuple(shape)[:2] + (3,), np.uint8)
+        grid = BlockGrid(blank.shape[0], blank.shape[1], 16)
+        mv = np.zeros((grid.rows, grid.cols, 2), np.int32)
+        mv[::2, :, 0] = 1  # half the blocks move: the sparse side pays a typical cache warp
+        for _ in range(2):  # the first pass at a size allocates
+            self.dense(blank)
+        costs = self.ex.costs
+        sizes = (fractions[0],) + tuple(f for f in fractions for _ in range(3))
+        for i, frac in enumerate(sizes):
+            # a compact region (the top rows): the active set at each layer stays near frac
+            miss = np.arange(max(1, int(round(frac * grid.count))))
+            with self._lock:
+                self.ex.force = 'sparse'
+                self.ex.costs = costs if i else None  # the first sparse step allocates
+            try:
+                self.step(blank, mv, miss, 16)
+            finally:
+                with self._lock:
+                    self.ex.force, self.ex.costs = None, costs
+        self.dense(blank)
 
     def shadow_executor(self) -> 'IncrementalExecutor':
         """A fresh executor with this runner's configuration (a background refresh fills its

@@ -161,6 +161,7 @@ def measure_role(model, frames: List[np.ndarray], block: int = 16,
     if threads:
         torch.set_num_threads(threads)
     runner = IncrementalYOLO(model, block)
+    runner.warm_up([frames[0].shape[:2]])  # as the nodes do: each layer's path measured
     ort = OnnxYolo(onnx_path, threads=threads) if onnx_path else None
     samples, dense, onnx, mot = [], [], [], []
     for i in range(len(frames) - 1):

@@ -129,3 +129,43 @@ def test_refresh_is_preemptible_between_layers_and_swaps_caches(det_model):
     ref.pause()
     ref.cancel()
     assert ref.cancelled == 1 and np.array_equal(run.state, frames[1])
+
+
+def test_layer_costs_fit_the_sparse_side_and_compare_with_dense():
+    c = inc.LayerCosts()
+    assert c.sparse_faster('l', 10) is None  # nothing measured: the fixed thresholds decide
+    c.observe('l', 'dense', 0, 0.010)
+    assert c.sparse_faster('l', 10) is None
+    c.observe('l', 'sparse', 10, 0.002)
+    assert c.predict_sparse('l', 5) == 0.002 and c.predict_sparse('l', 20) == 0.004
+    for n, t in ((100, 0.011), (10, 0.002), (100, 0.011)):
+        c.observe('l', 'sparse', n, t)  # on the line t = 0.001 + 0.0001 n
+    assert abs(c.predict_sparse('l', 50) - 0.006) < 1e-6
+    assert c.sparse_faster('l', 20) and not c.sparse_faster('l', 200)
+
+
+def test_each_layer_runs_on_its_measured_faster_path(det_model):
+    """After calibration every layer's choice follows its measured costs: a layer made to look
+    cheap dense runs dense at a small active set, a deep layer made to look cheap sparse runs
+    sparse above the fixed threshold, and the outputs stay exact either way."""
+    frames = list(data.iter_frames('pets09-s2l1', limit=3))
+    run = inc.IncrementalYOLO(det_model, 16)
+    run.warm_up([frames[0].shape[:2]])
+    costs = next(iter(run.layer_costs.values()))
+    assert len(costs.dense) > 50 and len(costs.sparse) > 50
+    run.dense(frames[0])
+    f = motion.estimate_motion(frames[1], run.state, 16)
+    _, _, st = run.step(frames[1], f.mv, f.misses(10.0))
+    mode = {x.name: x.mode for x in st.layers}
+    sparse_one = 'model.0'  # the first conv: active whenever a block changed
+    assert mode[sparse_one] == 'sparse'
+    costs.dense[sparse_one] = 0.0  # dense now looks free for it
+    deep = [x.name for x in st.layers if x.stride >= 16 and x.kind == 'conv'
+            and x.name in costs.sparse]
+    for n in deep:
+        costs.dense[n] = 10.0  # and these look expensive dense
+    f = motion.estimate_motion(frames[2], run.state, 16)
+    _, _, st2 = run.step(frames[2], f.mv, f.misses(10.0))
+    mode2 = {x.name: x.mode for x in st2.layers}
+    assert mode2[sparse_one] == 'dense'
+    assert all(mode2[n] in ('sparse', 'skip') for n in deep)
