@@ -40,6 +40,8 @@ def _lib():
                               _INT, _INT, _INT, _INT, _INT, _VP],
                 'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT,
                             _VP],
+                'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
+                'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
                 'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
                 'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
             }
@@ -75,6 +77,27 @@ def _scratch(n: int) -> np.ndarray:
     return buf
 
 
+#: Calls moving at least this many bytes run in two halves on two threads when torch may use
+#: more than one (ctypes releases the GIL for the call); smaller ones are not worth the handoff.
+SPLIT_BYTES = 1 << 19
+_POOL = []
+
+
+def _halves(n: int, nbytes: int, run):
+    """run(i0, i1) over [0, n): in two halves on two threads (this one and a worker) when the
+    call is big and the engine may use two threads, else at once."""
+    if n < 2 or nbytes < SPLIT_BYTES or torch.get_num_threads() < 2:
+        run(0, n)
+        return
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL.append(ThreadPoolExecutor(1, thread_name_prefix='fluxshard-kernels'))
+    h = n // 2
+    fut = _POOL[0].submit(run, h, n)
+    run(0, h)
+    fut.result()
+
+
 def _ptr(a) -> int:
     return a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
 
@@ -91,8 +114,13 @@ def gather(t: torch.Tensor, rows, cols, off: int, step: int, p: int, valid, fill
     rows, cols = _i64(rows), _i64(cols)
     n, c = len(rows), t.shape[1]
     out = torch.empty((n, p, p, c), dtype=torch.float32)
-    _lib().fs_gather(_ptr(t), t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2],
-                     valid[3], fill, _ptr(rows), _ptr(cols), n, off, step, p, _ptr(out))
+    f, pt, pr, pc, po, per = _lib().fs_gather, _ptr(t), _ptr(rows), _ptr(cols), _ptr(out), \
+        p * p * c * 4
+
+    def run(i0, i1):
+        f(pt, t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2], valid[3], fill,
+          pr + 8 * i0, pc + 8 * i0, i1 - i0, off, step, p, po + per * i0)
+    _halves(n, n * per, run)
     return out.permute(0, 3, 1, 2)
 
 
@@ -104,8 +132,14 @@ def scatter(t: torch.Tensor, margin: int, h: int, w: int, y: torch.Tensor, rows,
         y = y.permute(0, 2, 3, 1)
     if not y.is_contiguous() or y.dtype != torch.float32:
         y = y.to(torch.float32).contiguous()
-    _lib().fs_scatter(_ptr(t), t.stride(2), t.stride(3), t.shape[1], margin, h, w, _ptr(y),
-                      _ptr(rows), _ptr(cols), len(rows), b)
+    c = t.shape[1]
+    f, pt, py, pr, pc, per = _lib().fs_scatter, _ptr(t), _ptr(y), _ptr(rows), _ptr(cols), \
+        b * b * c * 4
+
+    def run(i0, i1):
+        f(pt, t.stride(2), t.stride(3), c, margin, h, w, py + per * i0, pr + 8 * i0,
+          pc + 8 * i0, i1 - i0, b)
+    _halves(len(rows), len(rows) * per, run)
 
 
 def im2col(t: torch.Tensor, rows, cols, off: int, k: int, s: int, bo: int, valid,
@@ -116,8 +150,13 @@ def im2col(t: torch.Tensor, rows, cols, off: int, k: int, s: int, bo: int, valid
     rows, cols = _i64(rows), _i64(cols)
     n, c = len(rows), t.shape[1]
     out = torch.empty((n * bo * bo, k * k * c), dtype=torch.float32)
-    _lib().fs_im2col(_ptr(t), t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2],
-                     valid[3], fill, _ptr(rows), _ptr(cols), n, off, k, s, bo, _ptr(out))
+    f, pt, pr, pc, po, per = _lib().fs_im2col, _ptr(t), _ptr(rows), _ptr(cols), _ptr(out), \
+        bo * bo * k * k * c * 4
+
+    def run(i0, i1):
+        f(pt, t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2], valid[3], fill,
+          pr + 8 * i0, pc + 8 * i0, i1 - i0, off, k, s, bo, po + per * i0)
+    _halves(n, n * per, run)
     return out
 
 
@@ -126,9 +165,18 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
     """Pixels (ys, xs) of the h x w map := bilinear samples at (sy, sx) (clamped to the map),
     all read before any is written."""
     n, c = len(ys), t.shape[1]
-    tmp = _scratch(n * c)
-    _lib().fs_warp(_ptr(t), t.stride(2), t.stride(3), c, margin, h, w, _ptr(ys), _ptr(xs),
-                   _ptr(sy), _ptr(sx), n, _ptr(tmp))
+    lib, pt, rs, cs = _lib(), _ptr(t), t.stride(2), t.stride(3)
+    if n * c * 16 < SPLIT_BYTES or torch.get_num_threads() < 2:
+        tmp = _scratch(n * c)
+        lib.fs_warp(pt, rs, cs, c, margin, h, w, _ptr(ys), _ptr(xs), _ptr(sy), _ptr(sx), n,
+                    _ptr(tmp))
+        return
+    tmp = np.empty(n * c, np.float32)  # read by both threads, then written by both
+    pys, pxs, psy, psx, ptmp = _ptr(ys), _ptr(xs), _ptr(sy), _ptr(sx), _ptr(tmp)
+    _halves(n, n * c * 16, lambda i0, i1: lib.fs_warp_read(
+        pt, rs, cs, c, margin, h, w, psy + 4 * i0, psx + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
+    _halves(n, n * c * 16, lambda i0, i1: lib.fs_warp_write(
+        pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
 
 
 def warp_image(image: np.ndarray, block: int, mvx: np.ndarray, mvy: np.ndarray) -> np.ndarray:

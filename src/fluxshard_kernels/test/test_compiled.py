@@ -225,3 +225,38 @@ def test_engine_step_equals_the_torch_path():
         assert any(x.mode == 'sparse' for x in st_.layers)
         outs.append(raw)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
+
+
+def test_big_calls_split_over_two_threads_give_the_same_results(monkeypatch):
+    """Calls above SPLIT_BYTES run in two halves on two threads: im2col, gather, scatter and
+    the two phases of the warp give exactly what one call gives."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        src, g, rows, cols = _maps(8, 40, 48, 4, 7, extra=3)
+        mask = torch.rand(rows, cols, generator=g) < 0.6
+        ops = [S.conv_op(torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g), 1),
+               {'kind': 'maxpool', 'kernel': 5, 'stride': 1, 'padding': 2}]
+        rng = np.random.default_rng(3)
+        grid = BlockGrid(40, 48, 16)
+        mv = (rng.integers(-5, 6, (grid.rows, grid.cols, 2)) + 0.5).astype(np.float32)
+        plan = FramePlan(np.zeros((40, 48), bool), 8, 'cpu').warp(mv, grid, 1, 40, 48, None, 4)
+        outs = []
+        for split in (False, True):
+            monkeypatch.setattr(compiled, 'SPLIT_BYTES', 0 if split else 1 << 40)
+            got = []
+            for op in ops:
+                c_out = 6 if op['kind'] == 'conv' else 8
+                dst = S.FMap.from_dense(torch.zeros(1, c_out, 40, 48), 4, rows, cols)
+                S.sparse_windowed(src, dst, mask, op)
+                got.append(dst.t.clone())
+            w = S.FMap.from_dense(src.valid.clone(), 4, rows, cols)
+            compiled.warp(w.t, S.MARGIN, 40, 48, plan.ys, plan.xs, plan.sy, plan.sx)
+            got.append(w.t)
+            outs.append(got)
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
+        assert not torch.equal(outs[1][2], S.FMap.from_dense(src.valid.clone(), 4, rows,
+                                                             cols).t)  # the warp moved
+    finally:
+        torch.set_num_threads(threads)

@@ -120,13 +120,11 @@ static inline void bilinear(float *restrict o, const float *restrict a, const fl
     for (int k = 0; k < C; ++k) o[k] = wa * a[k] + wb * b[k] + wc * c[k] + wd * d[k];
 }
 
-/* In-place bilinear warp of the n pixels (ys, xs) of an h x w map (valid region at storage
- * offset `margin`): pixel i takes the value at (sy[i], sx[i]) (already clamped to the map),
- * sampled as grid_sample(bilinear, border, align_corners=True) does. All samples are read
- * into tmp (n * C) before any is written, so the result does not depend on the order. */
-void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
-             const int32_t *ys, const int32_t *xs, const float *sy, const float *sx, int n,
-             float *tmp) {
+/* The read half of the in-place bilinear warp: tmp (n * C) := the bilinear samples of an
+ * h x w map (valid region at storage offset `margin`) at (sy[i], sx[i]) (already clamped),
+ * as grid_sample(bilinear, border, align_corners=True) takes them. */
+void fs_warp_read(const float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
+                  const float *sy, const float *sx, int n, float *tmp) {
     const float *base = t + (ptrdiff_t)margin * rs + (ptrdiff_t)margin * cs;
     for (int i = 0; i < n; ++i) {
         const float y = sy[i], x = sx[i];
@@ -145,10 +143,24 @@ void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
                  base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x0 * cs,
                  base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x1 * cs, wa, wb, wc, wd, C);
     }
+}
+
+/* The write half: pixels (ys[i], xs[i]) := tmp[i]. */
+void fs_warp_write(float *t, int64_t rs, int64_t cs, int C, int margin, const int32_t *ys,
+                   const int32_t *xs, int n, const float *tmp) {
     for (int i = 0; i < n; ++i) {
         float *dp = t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs;
         memcpy(dp, tmp + (size_t)i * C, (size_t)C * sizeof(float));
     }
+}
+
+/* In-place bilinear warp of the n pixels (ys, xs): every sample is read (into tmp, n * C)
+ * before any is written, so the result does not depend on the order. */
+void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
+             const int32_t *ys, const int32_t *xs, const float *sy, const float *sx, int n,
+             float *tmp) {
+    fs_warp_read(t, rs, cs, C, margin, h, w, sy, sx, n, tmp);
+    fs_warp_write(t, rs, cs, C, margin, ys, xs, n, tmp);
 }
 
 /* dst = src warped by integer block MVs (source = destination + mv, clamped at the border),
