@@ -11,48 +11,31 @@ tests compare the two.
 """
 
 import ctypes
-import importlib.util
 import os
 import threading
-import warnings
 
 import numpy as np
 import torch
 
-_LIB = []
 _VP, _I64, _INT, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 #: ``FLUXSHARD_ENGINE_KERNELS=torch`` forces the torch reference path (benchmarks, tests).
 ENV = 'FLUXSHARD_ENGINE_KERNELS'
 
 
 def _lib():
-    if not _LIB:
-        lib = None
-        spec = importlib.util.find_spec('fluxshard_kernels._engine')
-        if spec is not None and spec.origin:
-            lib = ctypes.CDLL(spec.origin)
-            sig = {
-                'fs_gather': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP,
-                              _INT, _INT, _INT, _INT, _VP],
-                'fs_scatter': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _INT,
-                               _INT],
-                'fs_im2col': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP,
-                              _INT, _INT, _INT, _INT, _INT, _VP],
-                'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT,
-                            _VP],
-                'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
-                'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
-                'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
-                'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
-            }
-            for name, args in sig.items():
-                f = getattr(lib, name)
-                f.argtypes, f.restype = args, None
-        else:
-            warnings.warn('fluxshard_kernels._engine is not built; the incremental engine runs '
-                          'its torch reference path (rebuild with colcon to get the C kernels)')
-        _LIB.append(lib)
-    return _LIB[0]
+    from fluxshard_kernels import native
+    return native.load('fluxshard_kernels._engine', {
+        'fs_gather': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
+                      _INT, _INT, _VP],
+        'fs_scatter': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _INT, _INT],
+        'fs_im2col': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
+                      _INT, _INT, _INT, _VP],
+        'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT, _VP],
+        'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
+        'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
+        'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
+        'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
+    }, 'the incremental engine runs its torch reference path')
 
 
 def available() -> bool:

@@ -10,9 +10,7 @@ upsampled coarse MV and the previous field. The kernel is C (``csrc/motion.c``, 
 
 from dataclasses import dataclass
 import ctypes
-import importlib.util
 from typing import Optional
-import warnings
 
 import cv2
 import numpy as np
@@ -74,28 +72,15 @@ class MotionField:
         return self.mv[..., 1].reshape(-1)
 
 
-_LIB = []
-
-
 def _lib():
     """The compiled kernel (ctypes), or None when it was not built."""
-    if not _LIB:
-        lib = None
-        spec = importlib.util.find_spec('fluxshard_kernels._motion')
-        if spec is not None and spec.origin:
-            lib = ctypes.CDLL(spec.origin)
-            f = lib.fs_block_search
-            i32p = np.ctypeslib.ndpointer(np.int32, flags='C')
-            f.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                          i32p, ctypes.c_int, ctypes.c_int, ctypes.c_int, i32p,
-                          np.ctypeslib.ndpointer(np.uint32, flags='C')]
-            f.restype = None
-        else:
-            warnings.warn('fluxshard_kernels._motion is not built; block matching runs the '
-                          'slow Python reference (rebuild with colcon to get the C kernel)')
-        _LIB.append(lib)
-    return _LIB[0]
+    from fluxshard_kernels import native
+    i32p = np.ctypeslib.ndpointer(np.int32, flags='C')
+    return native.load('fluxshard_kernels._motion', {'fs_block_search': [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, i32p, ctypes.c_int,
+        ctypes.c_int, ctypes.c_int, i32p, np.ctypeslib.ndpointer(np.uint32, flags='C')]},
+        'block matching runs the slow Python reference')
 
 
 def _search(cur, ref_pad, pad, bsz, rows, cols, preds, limit, use_c=True):

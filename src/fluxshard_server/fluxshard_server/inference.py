@@ -158,8 +158,11 @@ class EdgeModel:
         self.last_path = path
         if path == 'incremental':
             det = self._incremental(img, seq, mv, prev_seq, block_size, changed, t0)
-            if self.last_stepped:  # a sparse step (not a dense resync): a cost sample
-                self.costs.observe_incremental(self.last_blocks, self.last_seconds)
+            if self.last_stepped:  # a frame of a consecutive run (not a resync): a sample
+                # keyed by the blocks the batch named, as the choice is: the model then
+                # includes what the server adds (drift) and the dense passes it falls back to
+                self.costs.observe_incremental(k if k is not None else self.last_blocks,
+                                               self.last_seconds)
             else:
                 self._measure_next = not self._measured_after_sync
                 self._measured_after_sync = self._measure_next
@@ -205,6 +208,8 @@ class EdgeModel:
                 # and renews every cache
                 raw, lb, _ = r.dense(img)
                 self.last_blocks = grid.count
+                self.last_stepped = consecutive and not self._cold
+                self._cold = False
             else:
                 raw, lb, self.last_stats = r.step(img, mv, changed, block)
                 self.last_blocks = int(changed.size)
