@@ -690,7 +690,7 @@ class IncrementalYOLO:
         for _ in range(2):  # the first pass at a size allocates
             self.dense(blank)
         costs = self.ex.costs
-        sizes = (fractions[0],) + tuple(f for f in fractions for _ in range(3))
+        sizes = (fractions[0],) + tuple(f for f in fractions for _ in range(2))
         for i, frac in enumerate(sizes):
             # a compact region (the top rows): the active set at each layer stays near frac
             miss = np.arange(max(1, int(round(frac * grid.count))))
