@@ -145,27 +145,27 @@ def test_layer_costs_fit_the_sparse_side_and_compare_with_dense():
 
 
 def test_each_layer_runs_on_its_measured_faster_path(det_model):
-    """After calibration every layer's choice follows its measured costs: a layer made to look
-    cheap dense runs dense at a small active set, a deep layer made to look cheap sparse runs
-    sparse above the fixed threshold, and the outputs stay exact either way."""
+    """After calibration every layer has both costs, and its choice follows them (set here,
+    so the test does not depend on this machine's timings): a layer whose dense pass looks
+    free runs dense at a small active set, a layer whose dense pass looks expensive runs
+    sparse, deep layers above the fixed threshold included."""
     frames = list(data.iter_frames('pets09-s2l1', limit=3))
     run = inc.IncrementalYOLO(det_model, 16)
     run.warm_up([frames[0].shape[:2]])
     costs = next(iter(run.layer_costs.values()))
     assert len(costs.dense) > 50 and len(costs.sparse) > 50
     run.dense(frames[0])
-    f = motion.estimate_motion(frames[1], run.state, 16)
-    _, _, st = run.step(frames[1], f.mv, f.misses(10.0))
-    mode = {x.name: x.mode for x in st.layers}
-    sparse_one = 'model.0'  # the first conv: active whenever a block changed
-    assert mode[sparse_one] == 'sparse'
-    costs.dense[sparse_one] = 0.0  # dense now looks free for it
-    deep = [x.name for x in st.layers if x.stride >= 16 and x.kind == 'conv'
-            and x.name in costs.sparse]
-    for n in deep:
-        costs.dense[n] = 10.0  # and these look expensive dense
-    f = motion.estimate_motion(frames[2], run.state, 16)
-    _, _, st2 = run.step(frames[2], f.mv, f.misses(10.0))
-    mode2 = {x.name: x.mode for x in st2.layers}
-    assert mode2[sparse_one] == 'dense'
-    assert all(mode2[n] in ('sparse', 'skip') for n in deep)
+    first = 'model.0'  # the first conv: active whenever a block changed
+    deep = [n for n in costs.sparse if n.startswith(('model.7', 'model.8'))]  # stride 32
+    assert deep
+    modes = []
+    for f, dense_cost in ((frames[1], 10.0), (frames[2], 0.0)):
+        costs.dense[first] = dense_cost
+        for n in deep:
+            costs.dense[n] = 10.0
+        fld = motion.estimate_motion(f, run.state, 16)
+        _, _, st = run.step(f, fld.mv, fld.misses(10.0))
+        modes.append({x.name: x.mode for x in st.layers})
+    assert modes[0][first] == 'sparse' and modes[1][first] == 'dense'
+    assert all(m[n] in ('sparse', 'skip') for m in modes for n in deep)
+    assert any(m[n] == 'sparse' for m in modes for n in deep)
