@@ -127,6 +127,9 @@ def warp_image_int(image: np.ndarray, grid: BlockGrid, mv_x: np.ndarray,
                    mv_y: np.ndarray) -> np.ndarray:
     """Exact integer block-MV warp: out[y, x] = image[clamp(y + mv_y[b]), clamp(x + mv_x[b])].
 
+    uint8 images go through the engine's C kernel (blocks without motion are row copies),
+    others through ``_warp_image_int_numpy``, the reference the tests compare it with.
+
     Args:
         image: (H, W, C) or (H, W) array.
         grid: block grid of the frame.
@@ -136,7 +139,48 @@ def warp_image_int(image: np.ndarray, grid: BlockGrid, mv_x: np.ndarray,
     mvy = np.asarray(mv_y, dtype=np.int64)
     if not mvx.any() and not mvy.any():
         return image.copy()
+    lib = _kernels(image)
+    if lib is None:
+        return _warp_image_int_numpy(image, grid, mvx, mvy)
+    image = np.ascontiguousarray(image)
+    if mvx.size != grid.count or mvy.size != grid.count:
+        raise ValueError(f'{mvx.size} block vectors for a {grid.rows}x{grid.cols} grid')
+    out = np.empty_like(image)
+    mx, my = mvx.astype(np.int32), mvy.astype(np.int32)
+    lib.fs_warp_image(image.ctypes.data, out.ctypes.data, grid.height, grid.width,
+                      image.shape[2] if image.ndim == 3 else 1, grid.block_size, grid.rows,
+                      grid.cols, mx.ctypes.data, my.ctypes.data)
+    return out
+
+
+def _warp_image_int_numpy(image, grid, mvx, mvy):
     h, w = grid.height, grid.width
     sy = np.clip(np.arange(h)[:, None] + grid.expand(mvy), 0, h - 1)
     sx = np.clip(np.arange(w)[None, :] + grid.expand(mvx), 0, w - 1)
     return image[sy, sx]
+
+
+def paste_blocks(src: np.ndarray, dst: np.ndarray, grid: BlockGrid, idx) -> None:
+    """dst's blocks ``idx`` (row-major indices) := src's, in place; two images of one shape."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if src.shape != dst.shape:
+        raise ValueError(f'paste_blocks: {src.shape} into {dst.shape}')
+    if not idx.size:
+        return
+    lib = _kernels(dst)
+    if lib is None or src.dtype != np.uint8 or not dst.flags.c_contiguous:
+        full = grid.expand(np.isin(np.arange(grid.count), idx))
+        dst[full] = src[full]
+        return
+    src = np.ascontiguousarray(src)
+    lib.fs_paste_blocks(src.ctypes.data, dst.ctypes.data, grid.height, grid.width,
+                        src.shape[2] if src.ndim == 3 else 1, grid.block_size, grid.cols,
+                        idx.ctypes.data, len(idx))
+
+
+def _kernels(image: np.ndarray):
+    """The engine's C library for a uint8 image of 2 or 3 dimensions, else None."""
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        return None
+    from fluxshard_kernels import native
+    return native.engine()

@@ -2,45 +2,30 @@
 
 One call per layer instead of a storm of small torch ops: gather the active blocks' windows
 (or a convolution's im2col rows, so the conv is one matrix product), scatter results, warp
-the moving pixels of a cache in place, and the per-frame image updates (integer block-MV
-warp, pasting recomputed blocks). Each function takes torch tensors or numpy arrays and works
-on their memory; ``serves(t)`` says whether a tensor can go
-through them (CPU, float32, channels-last pixels). The torch code in ``sparse.py`` and
-``incremental.py`` stays the reference (and the path on CUDA, or when the kernel is not built);
-tests compare the two.
+the moving pixels of a cache in place. (The per-frame image updates, integer block-MV warp
+and pasting recomputed blocks, are ``blocks.warp_image_int`` / ``blocks.paste_blocks`` on the
+same library.) Each function takes torch tensors or numpy arrays and works on their memory;
+``serves(t)`` says whether a tensor can go through them (CPU, float32, channels-last pixels).
+The torch code in ``sparse.py`` and ``incremental.py`` stays the reference (and the path on
+CUDA, or when the kernel is not built); tests compare the two.
 """
 
-import ctypes
-import os
 import threading
 
 import numpy as np
 import torch
 
-_VP, _I64, _INT, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
-#: ``FLUXSHARD_ENGINE_KERNELS=torch`` forces the torch reference path (benchmarks, tests).
-ENV = 'FLUXSHARD_ENGINE_KERNELS'
+from fluxshard_kernels import native
+from fluxshard_kernels.native import ENV  # noqa: F401 - the switch, re-exported
 
 
 def _lib():
-    from fluxshard_kernels import native
-    return native.load('fluxshard_kernels._engine', {
-        'fs_gather': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
-                      _INT, _INT, _VP],
-        'fs_scatter': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _INT, _INT],
-        'fs_im2col': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
-                      _INT, _INT, _INT, _VP],
-        'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT, _VP],
-        'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
-        'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
-        'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
-        'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
-    }, 'the incremental engine runs its torch reference path')
+    return native.engine()
 
 
 def available() -> bool:
     """The C kernels are built and not switched off (``FLUXSHARD_ENGINE_KERNELS=torch``)."""
-    return os.environ.get(ENV, 'c') != 'torch' and _lib() is not None
+    return _lib() is not None
 
 
 def serves(t: torch.Tensor) -> bool:
@@ -160,34 +145,3 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
         pt, rs, cs, c, margin, h, w, psy + 4 * i0, psx + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
     _halves(n, n * c * 16, lambda i0, i1: lib.fs_warp_write(
         pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
-
-
-def warp_image(image: np.ndarray, block: int, mvx: np.ndarray, mvy: np.ndarray) -> np.ndarray:
-    """``blocks.warp_image_int`` for a contiguous (H, W[, C]) uint8 image."""
-    image = np.ascontiguousarray(image)
-    h, w = image.shape[:2]
-    c = image.shape[2] if image.ndim == 3 else 1
-    rows, cols = -(-h // block), -(-w // block)
-    mx = np.ascontiguousarray(mvx, dtype=np.int32)
-    my = np.ascontiguousarray(mvy, dtype=np.int32)
-    if mx.size != rows * cols or my.size != rows * cols:
-        raise ValueError(f'{mx.size} block vectors for a {rows}x{cols} grid')
-    out = np.empty_like(image)
-    _lib().fs_warp_image(_ptr(image), _ptr(out), h, w, c, block, rows, cols, _ptr(mx),
-                         _ptr(my))
-    return out
-
-
-def paste_blocks(src: np.ndarray, dst: np.ndarray, block: int, idx) -> None:
-    """dst's blocks ``idx`` (row-major, ``block`` px) := src's; both (H, W[, C]) uint8,
-    contiguous, same shape."""
-    if src.shape != dst.shape or src.dtype != np.uint8 or dst.dtype != np.uint8:
-        raise ValueError('paste_blocks needs two uint8 images of one shape')
-    src = np.ascontiguousarray(src)
-    if not dst.flags.c_contiguous:
-        raise ValueError('paste_blocks writes into a contiguous image')
-    h, w = src.shape[:2]
-    c = src.shape[2] if src.ndim == 3 else 1
-    idx = _i64(idx)
-    _lib().fs_paste_blocks(_ptr(src), _ptr(dst), h, w, c, block, -(-w // block), _ptr(idx),
-                           len(idx))

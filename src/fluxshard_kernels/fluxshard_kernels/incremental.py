@@ -99,13 +99,6 @@ class StepStats:
         return self.macs_done / max(self.macs_dense, 1)
 
 
-def block_mask(px: torch.Tensor, b: int, rows: int, cols: int) -> torch.Tensor:
-    """(h, w) pixel mask -> (rows, cols) blocks of ``b`` px holding any changed pixel."""
-    h, w = px.shape
-    m = F.pad(px[None, None].float(), (0, cols * b - w, 0, rows * b - h))
-    return F.max_pool2d(m, b, b)[0, 0] > 0
-
-
 def grow(px: torch.Tensor, k: int, s: int, pad: int) -> torch.Tensor:
     """Pixels of a windowed op's output that see a changed input pixel."""
     if k == 1 and s == 1:
@@ -651,19 +644,13 @@ class IncrementalYOLO:
 
     def _advance(self, frame, mv_cam, miss_cam, cam_grid):
         """The next state image (integer MV warp, misses pasted), net-grid MVs and miss mask."""
-        fast = compiled.available() and frame.dtype == np.uint8
         if mv_cam is not None and np.any(mv_cam):
             mvx = np.asarray(mv_cam)[..., 0].reshape(-1)
             mvy = np.asarray(mv_cam)[..., 1].reshape(-1)
-            new = (compiled.warp_image(self.state, cam_grid.block_size, mvx, mvy) if fast
-                   else blocks.warp_image_int(self.state, cam_grid, mvx, mvy))
+            new = blocks.warp_image_int(self.state, cam_grid, mvx, mvy)
         else:
             new = self.state.copy()
-        if miss_cam.size and fast and new.flags.c_contiguous:
-            compiled.paste_blocks(frame, new, cam_grid.block_size, miss_cam)
-        elif miss_cam.size:
-            full = cam_grid.expand(np.isin(np.arange(cam_grid.count), miss_cam))
-            new[full] = frame[full]
+        blocks.paste_blocks(frame, new, cam_grid, miss_cam)
         mv_net, mask = self._to_net(cam_grid, mv_cam, miss_cam)
         return new, mv_net, mask
 

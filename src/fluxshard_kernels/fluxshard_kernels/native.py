@@ -3,6 +3,7 @@ for finding the built module, declaring the signatures and saying what runs with
 
 import ctypes
 import importlib.util
+import os
 import warnings
 from typing import Dict, Optional
 
@@ -26,3 +27,29 @@ def load(module: str, signatures: dict, missing: str) -> Optional[ctypes.CDLL]:
                           'C kernels)')
         _LOADED[module] = lib
     return _LOADED[module]
+
+
+_VP, _I64, _INT, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+#: ``FLUXSHARD_ENGINE_KERNELS=torch`` switches the engine's C kernels off: every caller runs
+#: its reference path (numpy / torch; benchmarks, tests).
+ENV = 'FLUXSHARD_ENGINE_KERNELS'
+ENGINE_SIGNATURES = {
+    'fs_gather': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
+                  _INT, _INT, _VP],
+    'fs_scatter': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _INT, _INT],
+    'fs_im2col': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
+                  _INT, _INT, _INT, _VP],
+    'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT, _VP],
+    'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
+    'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
+    'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
+    'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
+}
+
+
+def engine() -> Optional[ctypes.CDLL]:
+    """The engine's kernels (``csrc/engine.c``), or None when not built or switched off."""
+    if os.environ.get(ENV, 'c') == 'torch':
+        return None
+    return load('fluxshard_kernels._engine', ENGINE_SIGNATURES,
+                'the engine runs its numpy / torch reference paths')
