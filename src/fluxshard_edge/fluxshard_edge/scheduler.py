@@ -72,7 +72,7 @@ class BandwidthEstimator:
     peer's processing, executor wake-ups) dominates small messages on fast links, so dividing
     bytes by the round trip would mistake a busy peer for a slow link. Once the last ``window``
     timings span message sizes (largest >= 1.5x smallest) the two are separated by a robust line
-    fit (Theil-Sen slope, median intercept); a size dependence below the timing noise means the
+    fit (Theil-Sen slope refitted on the timings below the first line, median intercept); a size dependence below the timing noise means the
     link is not the bottleneck and the estimate rises to ``max_bps``. Until then (and for a
     window of one size) ``bps`` is bytes / seconds summed over the window's messages of >= 2000
     bytes.
@@ -118,6 +118,13 @@ class BandwidthEstimator:
         if keep.sum() < 3:
             return False
         slope = float(np.median((t[j] - t[i])[keep] / dn[keep]))
+        # a busy peer only ever adds time, and the big messages (key batches, the first of a
+        # stream) meet the busiest moments: refit the slope on the timings at or below the
+        # first line, the link's lower envelope
+        low = t - slope * n <= np.median(t - slope * n)
+        lk = keep & low[i] & low[j]
+        if lk.sum() >= 3:
+            slope = float(np.median((t[j] - t[i])[lk] / dn[lk]))
         slope = max(slope, 0.0)
         self.latency_s = float(max(np.median(t - slope * n), 0.0))
         self.bps = self.max_bps if slope * self.max_bps <= 1.0 else 1.0 / slope
