@@ -59,7 +59,8 @@ FIELDS = {
     'motion.enabled': 'motion', 'motion.independent_px': 'independent_px',
     'payload.codec': 'codec', 'payload.quality': 'quality', 'payload.crf': 'crf',
     'payload.max_crf': 'max_crf', 'payload.roi_qoffset': 'roi_qoffset',
-    'payload.send_motion': 'send_motion',
+    'payload.send_motion': 'send_motion', 'payload.target_retention': 'target_retention',
+    'payload.probe_interval': 'probe_interval',
     'key_interval': 'key_interval',
     'model.local_inference': 'local_inference', 'model.task': 'task',
     'model.path': 'model_path', 'model.device': 'device', 'model.conf': 'conf',
@@ -100,6 +101,14 @@ PARAMS = [
           '(moved by the block motion, grown by a block) at the CRF and the rest of the frame '
           'this much coarser (x264 quantiser offset, 1.0 = +51 QP, 0.2 costs about CRF + 6; '
           '0 = off)', lo=0.0, hi=1.0, live=True),
+    Param('payload.target_retention', 0.97, 'h264 payloads: the CRF floor from the results: '
+          'every payload.probe_interval sent frames the robot runs onnxruntime in the '
+          'background on the true frame and on the proxy the server got, and codes coarser '
+          '(up to payload.max_crf) while the proxy keeps this object-pooled AP@0.5 of the true '
+          "frame's results, finer when it does not (0 = off: payload.crf unless the link needs "
+          'coarser)', lo=0.0, hi=1.0),
+    Param('payload.probe_interval', 10, 'Sent frames between two quality probes (two dense '
+          'passes on the robot, in the background)', lo=1, hi=100000),
     Param('payload.send_motion', True, 'h264 payloads: send the block motion field (about '
           "2 KB a frame on a moving camera); false: the server's engine takes the motion from "
           "the unit's own vectors (fewer bytes, less accurate warps on complex motion; other "

@@ -48,6 +48,8 @@ class EdgeConfig:
     crf: int = 20
     max_crf: int = 30
     roi_qoffset: float = 0.2
+    target_retention: float = 0.97
+    probe_interval: int = 10
     send_motion: bool = True
     key_interval: int = 0
     motion: bool = True
@@ -87,6 +89,10 @@ class EdgeConfig:
             raise ValueError(f'roi_qoffset must be in 0..1, got {self.roi_qoffset}')
         if self.tau < 0:
             raise ValueError(f'tau must be >= 0, got {self.tau}')
+        if not 0 <= self.target_retention <= 1:
+            raise ValueError(f'target_retention must be in 0..1, got {self.target_retention}')
+        if self.probe_interval < 1:
+            raise ValueError(f'probe_interval must be >= 1, got {self.probe_interval}')
         for p in (self.edge_profile, self.cloud_profile):
             if p not in PROFILES:
                 raise ValueError(f'unknown latency profile {p!r}; one of {sorted(PROFILES)}')
@@ -191,6 +197,8 @@ class EdgePipeline:
             self.runner = IncrementalYOLO(self.model, 16)
             self.refresh = Refresh(self.runner)
             self._dense_runtime(config, profile)
+        self.quality = None  # QualityControl, built by the first h264 frame that needs it
+        self.quality_sync = False  # its probes inline (deterministic replays)
         self._since_refresh = 0
         #: agreement of the engine's incremental results with its own dense refresh of the
         #: same frame (EMA, object F1 at IoU 0.5): the edge's accuracy A in the scheduler's EA
@@ -198,6 +206,35 @@ class EdgePipeline:
         self._local_det = None      # this frame's incremental result (None: not computed so)
         self._check = None          # the result the running refresh will be compared with
         self._refresh_seen = 0
+
+    def _quality(self, config):
+        """The CRF floor from the results (``target_retention`` > 0, h264 payloads): probes
+        on the robot's dense runtime - its onnxruntime, its own session of the task's ONNX
+        model when the local path has none, torch for a model_path that is not ONNX."""
+        from fluxshard_edge.quality import QualityControl
+        from fluxshard_kernels.profile import resolve_device
+        detect = self.onnx
+        if detect is None and config.model_path and not config.model_path.endswith('.onnx'):
+            import torch
+            from fluxshard_kernels.yolo import model as M
+            from fluxshard_kernels.yolo.processing import letterbox
+            model = self.model or M.load(config.task, config.model_path,
+                                         resolve_device(config.device))
+            dev = next(model.parameters()).device
+
+            def detect(img):
+                x, lb = letterbox(img, 640)
+                with torch.no_grad():
+                    raw = model(torch.from_numpy(x).to(dev))
+                return model.decode(raw, lb, config.conf)
+        elif detect is None:
+            from fluxshard_kernels import data
+            from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
+            detect = OnnxYolo(config.model_path or str(data.model_path(config.task)),
+                              config.conf, device=resolve_device(config.device))
+        return QualityControl(detect, config.target_retention, config.crf,
+                              max(config.crf, config.max_crf), config.probe_interval,
+                              sync=self.quality_sync)
 
     def reconfigure(self, **changes):
         """Apply changed EdgeConfig fields from the next frame on (live parameters); the
@@ -207,7 +244,7 @@ class EdgePipeline:
         cfg = replace(self.config, **changes)
         fixed = {'edge_id', 'block_size', 'local_inference', 'task', 'model_path',
                  'edge_profile', 'cloud_profile', 'profile_file', 'device',
-                 'backend'} & set(changes)
+                 'backend', 'target_retention', 'probe_interval'} & set(changes)
         if fixed:
             raise ValueError(f'{sorted(fixed)} cannot change while running')
         self.config = cfg
@@ -215,6 +252,8 @@ class EdgePipeline:
         s.lam, s.acc_e, s.acc_c = cfg.lam, cfg.accuracy_edge, cfg.accuracy_cloud
         if 'bandwidth_mbps' in changes:
             s.bw.bps = cfg.bandwidth_mbps * 1e6 / 8
+        if self.quality is not None and {'crf', 'max_crf'} & set(changes):
+            self.quality.bounds(cfg.crf, max(cfg.crf, cfg.max_crf))
 
     def compute_locally(self, frame: np.ndarray):
         """A dense local result for ``frame`` (an offloaded frame whose server went away)."""
@@ -232,6 +271,8 @@ class EdgePipeline:
     def close(self):
         if self.refresh is not None:
             self.refresh.cancel()
+        if self.quality is not None:
+            self.quality.close()
 
     # -- per frame -------------------------------------------------------------------------------
     def step(self, frame: np.ndarray, codec_mvs: Optional[np.ndarray] = None) -> EdgeStep:
@@ -261,6 +302,10 @@ class EdgePipeline:
         if not key and cfg.key_interval and self.frames % cfg.key_interval == 0:
             key, self._key_reason = True, 'periodic key'
         self.crf = self._link_crf() if cfg.codec == 'h264' else cfg.crf
+        if cfg.codec == 'h264' and cfg.target_retention and frame.shape[2] == 3:
+            if self.quality is None:
+                self.quality = self._quality(cfg)
+            self.crf = max(self.crf, min(self.quality.poll(), max(cfg.crf, cfg.max_crf)))
         if not key and cfg.codec == 'h264' and self._inter_at != (
                 self.seq, (frame.shape, cfg.crf)):
             # an H.264 stream continues only from its own last unit at the same size and CRF
@@ -471,7 +516,8 @@ class EdgePipeline:
                 mvx = mvy = None
             if self._inter is None:
                 self._inter = proxy.InterEncoder()
-            payload, decoded = self._inter.encode(frame, key, cfg.crf, self._roi(mv, grid))
+            payload, decoded = self._inter.encode(frame, key, cfg.crf,
+                                                  self._roi(mv, grid))
             if not key:
                 self._learn_unit(len(payload), self.crf)
             upd = proxy.ProxyUpdate(grid.height, grid.width, frame.shape[2], grid.block_size,
@@ -483,6 +529,9 @@ class EdgePipeline:
                                                  mvy, key)
         new_state = proxy.apply(None if key else self.proxy, upd)
         self.proxy = new_state
+        if self.quality is not None and cfg.target_retention and codec == proxy.CODEC_H264 \
+                and not key and frame.shape[2] == 3:
+            self.quality.offer(frame, new_state, self.crf)
         self.seq += 1
         out.seq, out.update, out.payload = self.seq, upd, payload
         out.dissimilarity = np.asarray(d, np.float32)[np.asarray(idx, np.int64)]

@@ -72,7 +72,8 @@ class BandwidthEstimator:
     peer's processing, executor wake-ups) dominates small messages on fast links, so dividing
     bytes by the round trip would mistake a busy peer for a slow link. Once the last ``window``
     timings span message sizes (largest >= 1.5x smallest) the two are separated by a robust line
-    fit (Theil-Sen slope refitted on the timings below the first line, median intercept); a size dependence below the timing noise means the
+    fit (Theil-Sen slope, refitted on the timings at or below the first line: a busy peer only
+    adds time; median intercept); a size dependence below the timing noise means the
     link is not the bottleneck and the estimate rises to ``max_bps``. Until then (and for a
     window of one size) ``bps`` is bytes / seconds summed over the window's messages of >= 2000
     bytes.

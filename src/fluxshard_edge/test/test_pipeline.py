@@ -102,7 +102,8 @@ def test_the_payload_crf_follows_the_link_rate():
     for mbps in (1.0, 100.0):
         pipe = EdgePipeline(EdgeConfig(force_strategy='cloud', bandwidth_mbps=mbps,
                                        fit_latency=False, local_inference=False,
-                                       roi_qoffset=0.0))  # the link's offset alone
+                                       roi_qoffset=0.0,  # the link's offset alone
+                                       target_retention=0.0))
         pipe.scheduler.frame_interval_s = 1 / 24
         used, size, keys = [], [], []
         for f in frames:

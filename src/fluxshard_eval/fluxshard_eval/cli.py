@@ -33,6 +33,10 @@ SWEEP = {f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
 SWEEP['fluxshard h264 recompute-tau 0'] = ('fluxshard', {'codec': 'h264', 'recompute_tau': 0.0})
 SWEEP.update({f'fluxshard h264 roi{q:g}': ('fluxshard', {'codec': 'h264', 'roi_qoffset': q})
               for q in (0.0, 0.4)})
+# the CRF floor from the results' retention (issue 21)
+SWEEP.update({f'fluxshard h264 target{t}':
+              ('fluxshard', {'codec': 'h264', 'target_retention': t / 100})
+              for t in (0, 95, 99)})
 # the unit's own motion instead of the sent block field (issue 21)
 SWEEP['fluxshard h264 no-motion-field'] = ('fluxshard', {'codec': 'h264', 'send_motion': False})
 SWEEP.update({f'fluxshard jpeg q{q} tau{t:g}':

@@ -222,12 +222,14 @@ class FluxShard(Method):
                  independent_px: float = 0.0, codec: str = EdgeConfig.codec,
                  crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU,
                  roi_qoffset: float = EdgeConfig.roi_qoffset,
-                 send_motion: bool = EdgeConfig.send_motion):
+                 send_motion: bool = EdgeConfig.send_motion,
+                 target_retention: float = EdgeConfig.target_retention):
         super().__init__(model, edge_id, link, profile)
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
                          roi_qoffset=roi_qoffset, send_motion=send_motion, quality=quality,
+                         target_retention=target_retention,
                          task=model.task, bandwidth_mbps=link.mbps,
                          refresh_interval=refresh, fit_latency=False,
                          backend='incremental' if dense else 'auto',
@@ -236,6 +238,7 @@ class FluxShard(Method):
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
         self.pipe = EdgePipeline(cfg, model, profile=self.prof)
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
+        self.pipe.quality_sync = True  # payload quality probes inline, charged as background
         self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof)
         self.dense = dense
         self._pending = None
@@ -254,6 +257,7 @@ class FluxShard(Method):
         p = self.pipe
         ready = p.runner.state is not None and p.runner.state.shape == frame.shape
         refreshes = p.refresh.completed
+        probes = p.quality.samples if p.quality is not None else 0
         t0 = time.perf_counter()
         st = p.step(frame)
         w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0))
@@ -271,8 +275,10 @@ class FluxShard(Method):
                 w.edge_compute = min(1.0, k / n)
         if p.refresh.completed > refreshes:
             w.background_s = self.prof.edge.engine_s
+        if p.quality is not None and p.quality.samples > probes:  # two dense passes
+            w.background_s += 2 * self.prof.edge.dense_s
         w.info = {'strategy': dec.strategy, 'k_edge': dec.k_edge, 'k_cloud': dec.k_cloud,
-                  'key': st.key}
+                  'key': st.key, 'crf': p.crf}
         if st.sends and p.proxy.shape == frame.shape:  # how close the server's image is
             w.info['proxy_psnr'] = float(cv2.PSNR(frame, p.proxy))
         if st.sends:
