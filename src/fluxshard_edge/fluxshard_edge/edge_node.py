@@ -101,14 +101,15 @@ PARAMS = [
           '(moved by the block motion, grown by a block) at the CRF and the rest of the frame '
           'this much coarser (x264 quantiser offset, 1.0 = +51 QP, 0.2 costs about CRF + 6; '
           '0 = off)', lo=0.0, hi=1.0, live=True),
-    Param('payload.target_retention', 0.97, 'h264 payloads: the CRF floor from the results: '
-          'every payload.probe_interval sent frames the robot runs onnxruntime in the '
-          'background on the true frame and on the proxy the server got, and codes coarser '
-          '(up to payload.max_crf) while the proxy keeps this object-pooled AP@0.5 of the true '
-          "frame's results, finer when it does not (0 = off: payload.crf unless the link needs "
-          'coarser)', lo=0.0, hi=1.0),
-    Param('payload.probe_interval', 10, 'Sent frames between two quality probes (two dense '
-          'passes on the robot, in the background)', lo=1, hi=100000),
+    Param('payload.target_retention', 0.0, 'h264 payloads: the CRF floor from the results: '
+          'every payload.probe_interval offloaded frames the robot runs onnxruntime on the '
+          "true frame in the background; while the server's results keep this object-pooled "
+          "AP@0.5 of the robot's, the payload is coded coarser (up to payload.max_crf), finer "
+          'at once when they do not (0 = off: payload.crf unless the link needs coarser; '
+          'docs/evaluation.md measures 0.97: 15-30 % fewer bytes, 0-3 points of retention)',
+          lo=0.0, hi=1.0),
+    Param('payload.probe_interval', 10, 'Offloaded frames between two quality probes (one '
+          'dense pass on the robot each, in the background)', lo=1, hi=100000),
     Param('payload.send_motion', True, 'h264 payloads: send the block motion field (about '
           "2 KB a frame on a moving camera); false: the server's engine takes the motion from "
           "the unit's own vectors (fewer bytes, less accurate warps on complex motion; other "
@@ -453,7 +454,8 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         if topic == 'detections' and self.runtime is not None:
             from fluxshard_kernels.yolo.processing import Detections
             boxes, scores, cls = conversions.boxes_from_msg(msg)
-            self.runtime.on_server_result(Detections(boxes, scores, cls))
+            self.runtime.on_server_result(Detections(boxes, scores, cls),
+                                          int(msg.frame_index))
 
     def _back(self, fn, *args):
         """A message from the server: handled after the emulated one-way delay (the delay

@@ -48,7 +48,7 @@ class EdgeConfig:
     crf: int = 20
     max_crf: int = 30
     roi_qoffset: float = 0.2
-    target_retention: float = 0.97
+    target_retention: float = 0.0
     probe_interval: int = 10
     send_motion: bool = True
     key_interval: int = 0
@@ -208,9 +208,10 @@ class EdgePipeline:
         self._refresh_seen = 0
 
     def _quality(self, config):
-        """The CRF floor from the results (``target_retention`` > 0, h264 payloads): probes
-        on the robot's dense runtime - its onnxruntime, its own session of the task's ONNX
-        model when the local path has none, torch for a model_path that is not ONNX."""
+        """The CRF floor from the results (``target_retention`` > 0, h264 payloads): the
+        references on the robot's dense runtime: its onnxruntime, its own session of the
+        task's ONNX model when the local path has none, torch for a model_path that is not
+        ONNX."""
         from fluxshard_edge.quality import QualityControl
         from fluxshard_kernels.profile import resolve_device
         detect = self.onnx
@@ -254,6 +255,11 @@ class EdgePipeline:
             s.bw.bps = cfg.bandwidth_mbps * 1e6 / 8
         if self.quality is not None and {'crf', 'max_crf'} & set(changes):
             self.quality.bounds(cfg.crf, max(cfg.crf, cfg.max_crf))
+
+    def observe_server_result(self, seq: int, det):
+        """The server's result for the batch ``seq`` (the payload quality's probes)."""
+        if self.quality is not None:
+            self.quality.observe(int(seq), det)
 
     def compute_locally(self, frame: np.ndarray):
         """A dense local result for ``frame`` (an offloaded frame whose server went away)."""
@@ -530,8 +536,8 @@ class EdgePipeline:
         new_state = proxy.apply(None if key else self.proxy, upd)
         self.proxy = new_state
         if self.quality is not None and cfg.target_retention and codec == proxy.CODEC_H264 \
-                and not key and frame.shape[2] == 3:
-            self.quality.offer(frame, new_state, self.crf)
+                and infer and not key and frame.shape[2] == 3:
+            self.quality.offer(self.seq + 1, frame, self.crf)  # this batch's seq
         self.seq += 1
         out.seq, out.update, out.payload = self.seq, upd, payload
         out.dissimilarity = np.asarray(d, np.float32)[np.asarray(idx, np.int64)]

@@ -1,14 +1,15 @@
-"""The payload's quality from what the results need (issue 21): the robot measures what the
-codec costs its results and codes as coarsely as keeps them.
+"""The payload's quality from what the results need (issue 21): the robot measures what its
+results lose to the link's side and codes as coarsely as keeps them.
 
-Every ``every`` sent frames, the dense runtime on the robot (onnxruntime) runs in the
-background on the true frame and on the proxy the server received for it (the decoded unit,
-ROI map included); the object-pooled AP@0.5 of the second against the first is the retention
-the payload allows, apart from anything the server's engine adds. While it stays at or above
-``target`` over the samples since the last change the CRF goes ``STEP_UP`` coarser; a
-sample that falls below takes it ``STEP_DOWN`` finer at once. A robot whose link is slow
-still gets the link's coarser CRF (``EdgePipeline._link_crf``); this is the floor the results
-set, so bits are not spent on quality that no result uses.
+Every ``every`` offloaded frames, the dense runtime on the robot (onnxruntime) runs in the
+background on the true frame; when the server's result for that frame comes back, the
+object-pooled AP@0.5 of it against the robot's is the retention the offloaded path delivers
+now - the codec, its ROI map and the server's incremental engine together. While it stays at
+or above ``target`` over the samples since the last change the CRF goes ``STEP_UP`` coarser;
+a sample below takes it ``STEP_DOWN`` finer at once. Where the loss is not the codec's, the
+floor simply stays at the finest CRF (what it was without this). A robot whose link is slow
+still gets the link's coarser CRF (``EdgePipeline._link_crf``): this is the floor the
+results set, so bits are not spent on quality that no result uses.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -18,14 +19,15 @@ from typing import Callable
 import numpy as np
 
 from fluxshard_kernels import metrics
+from fluxshard_kernels.yolo.processing import Detections as _Ref
 
 
 class QualityControl:
     """Args:
         detect: image (H, W, 3) uint8 -> Detections (the robot's dense runtime).
-        target: retention of the proxy's results against the true frame's (0..1).
+        target: retention of the server's results against the true frame's (0..1).
         lo, hi: the finest and coarsest CRF.
-        every: sent frames between probes (a probe starts only when none is running).
+        every: offloaded frames between probes.
         sync: run probes inline (deterministic replays).
     """
 
@@ -33,6 +35,8 @@ class QualityControl:
     STEP_UP = 3
     STEP_DOWN = 3
     SETTLE = 2
+    #: probes waiting for their server result at most (older ones are dropped)
+    MAX_PENDING = 4
 
     def __init__(self, detect: Callable, target: float, lo: int, hi: int, every: int = 10,
                  sync: bool = False):
@@ -43,12 +47,13 @@ class QualityControl:
         self.detect, self.target, self.every, self.sync = detect, target, every, sync
         self.lo, self.hi = int(lo), max(int(lo), int(hi))
         self.crf = self.lo
+        self.started = 0              # reference passes run
         self.samples = 0              # probes completed
         self.last_retention = math.nan
         self._acc = metrics.APAccumulator(0.5)  # the samples since the last change
         self._n = 0
         self._since = every - 1       # the first sent frame after a key is probed soon
-        self._job = None
+        self._pending = {}  # key -> [reference (or its future), server result, crf]
         self._pool = None if sync else ThreadPoolExecutor(1, thread_name_prefix='quality')
 
     def bounds(self, lo: int, hi: int):
@@ -56,30 +61,43 @@ class QualityControl:
         self.lo, self.hi = int(lo), max(int(lo), int(hi))
         self._change(min(max(self.crf, self.lo), self.hi))
 
-    def offer(self, frame: np.ndarray, proxy_image: np.ndarray, crf: int):
-        """A frame was sent coded at ``crf`` and the server now holds ``proxy_image``."""
+    def offer(self, key, frame: np.ndarray, crf: int):
+        """Frame ``key`` (the batch sequence) was offloaded coded at ``crf``; its server
+        result will come to ``observe``."""
         self._since += 1
-        if self._since < self.every or self._job is not None or crf < self.crf:
-            return  # a unit finer than the floor (a key) says little about the floor
+        if self._since < self.every or len(self._pending) >= self.MAX_PENDING or \
+                crf != self.crf:
+            return  # a unit at another CRF (a key, the link's) says nothing of the floor
         self._since = 0
-        args = (frame.copy(), proxy_image.copy(), crf)
+        self.started += 1
         if self.sync:
-            self._take(self._probe(*args))
+            self._pending[key] = [self.detect(frame), None, crf]
         else:
-            self._job = self._pool.submit(self._probe, *args)
+            self._pending[key] = [self._pool.submit(self.detect, frame.copy()), None, crf]
+
+    def observe(self, key, det):
+        """The server's result for frame ``key``."""
+        if key in self._pending:
+            self._pending[key][1] = det
+            self.poll()
 
     def poll(self) -> int:
-        """Take a finished probe (if any); the CRF floor now."""
-        if self._job is not None and self._job.done():
-            job, self._job = self._job, None
-            self._take(job.result())
+        """Take the samples whose two results are in; the CRF floor now."""
+        for key in list(self._pending):
+            ref, det, crf = self._pending[key]
+            if det is None:
+                continue
+            if not isinstance(ref, _Ref):
+                if not ref.done():
+                    continue
+                ref = ref.result()
+            del self._pending[key]
+            self._take(ref, det, crf)
+        while len(self._pending) > self.MAX_PENDING:  # results that never came (superseded)
+            self._pending.pop(next(iter(self._pending)))
         return self.crf
 
-    def _probe(self, frame, proxy_image, crf):
-        return self.detect(frame), self.detect(proxy_image), crf
-
-    def _take(self, out):
-        ref, det, crf = out
+    def _take(self, ref, det, crf):
         self.samples += 1
         if crf != self.crf:
             return  # measured before the last change

@@ -52,6 +52,7 @@ class EdgeRuntime:
         self.server = ServerLink(ack_timeout_s)
         self.resync = ResyncGuard(resync_rate_hz, resync_burst)
         self.counters = Counter()
+        self._seq_of_index = {}  # camera frame index -> batch seq of the frames offloaded
         self.rejects = Counter()
         self.lock = threading.RLock()
         self.last_frame: Optional[Frame] = None
@@ -146,10 +147,14 @@ class EdgeRuntime:
                 self.pipeline.scheduler.cloud.observe(int(blocks), float(compute_s),
                                                       dense=n > 0 and int(blocks) >= n)
 
-    def on_server_result(self, det):
+    def on_server_result(self, det, frame_index: Optional[int] = None):
+        """The server's result (for the camera frame ``frame_index`` when known)."""
         with self.lock:
             self.pipeline.last_result = det
             self.counters['server_results'] += 1
+            seq = self._seq_of_index.get(frame_index)
+            if seq is not None:
+                self.pipeline.observe_server_result(seq, det)
 
     # -- critical path (worker) ---------------------------------------------------------------
     def process(self, frame: Frame, now: Optional[float] = None) -> Processed:
@@ -216,6 +221,9 @@ class EdgeRuntime:
             sent_at = now + (time.perf_counter() - t0)
             self.server.sent(step.seq, step.digest, len(step.payload), sent_at)
             if step.sparse_inference_requested:
+                self._seq_of_index[frame.index] = step.seq
+                while len(self._seq_of_index) > 64:
+                    self._seq_of_index.pop(next(iter(self._seq_of_index)))
                 self._awaiting[step.seq] = frame
                 while len(self._awaiting) > 64:
                     self._awaiting.popitem(last=False)

@@ -1,6 +1,6 @@
 """The payload's CRF floor from the results (payload.target_retention): real onnxruntime on real
-frames, the proxy identical to the frame (the codec costs nothing) or degraded (it costs the
-detections)."""
+frames; the 'server result' is dense inference on the frame itself (the offloaded path lost
+nothing) or on a ruined copy (it lost the objects)."""
 
 import cv2
 import numpy as np
@@ -17,35 +17,45 @@ def onnx():
     return OnnxYolo(str(data.model_path('detect')), threads=2)
 
 
-def test_the_floor_rises_while_results_hold_and_falls_when_they_do_not(onnx):
-    frame = next(data.iter_frames('davis-parkour', limit=1))
-    assert len(onnx(frame)), 'the test frame must hold an object'
+@pytest.fixture(scope='module')
+def frame():
+    return next(data.iter_frames('davis-parkour', limit=1))
+
+
+def test_the_floor_rises_while_results_hold_and_falls_when_they_do_not(onnx, frame):
+    exact = onnx(frame)
+    assert len(exact), 'the test frame must hold an object'
     qc = QualityControl(onnx, target=0.9, lo=20, hi=30, every=1, sync=True)
     seen = [qc.crf]
-    for _ in range(8):  # an exact proxy: retention 1.0, coarser after every SETTLE samples
-        qc.offer(frame, frame, qc.crf)
+    for seq in range(8):  # results as good as the robot's: coarser every SETTLE samples
+        qc.offer(seq, frame, qc.crf)
+        qc.observe(seq, exact)
         seen.append(qc.crf)
     assert seen[-1] == 30 and seen == sorted(seen) and len(set(seen)) == 5, seen
     assert qc.last_retention == 1.0
-    # a sample measured at another CRF (before a change took effect) is not counted
-    qc.offer(frame, np.zeros_like(frame), 25)
-    assert qc.crf == 30
-    # a proxy that loses the objects: finer at once
-    ruined = cv2.blur(frame, (61, 61))
-    qc.offer(frame, ruined, qc.crf)
+    # a frame sent at another CRF (the link's, a key) is not probed
+    qc.offer(100, frame, 25)
+    qc.observe(100, onnx(np.zeros_like(frame)))
+    assert qc.crf == 30 and qc.samples == 8
+    # results that lost the objects: finer at once
+    qc.offer(101, frame, qc.crf)
+    qc.observe(101, onnx(cv2.blur(frame, (61, 61))))
     assert qc.last_retention < 0.9 and qc.crf == 30 - QualityControl.STEP_DOWN
+    # a result that never comes (superseded on the server) does not hold the probes up
+    for seq in range(200, 210):
+        qc.offer(seq, frame, qc.crf)
+    assert len(qc._pending) <= QualityControl.MAX_PENDING
     qc.bounds(20, 25)  # live payload.max_crf: the floor stays inside
     assert qc.crf == 25
 
 
-def test_a_background_probe_is_taken_at_a_later_frame(onnx):
-    frame = next(data.iter_frames('davis-parkour', limit=1))
+def test_a_background_reference_is_taken_when_both_results_are_in(onnx, frame):
     qc = QualityControl(onnx, target=0.5, lo=20, hi=30, every=1)
     try:
-        qc.offer(frame, frame, 20)
-        qc._job.result(timeout=60)  # done in the background; poll takes it
+        qc.offer(7, frame, 20)
+        qc._pending[7][0].result(timeout=60)  # the reference pass, in the background
         assert qc.samples == 0
-        qc.poll()
+        qc.observe(7, onnx(frame))
         assert qc.samples == 1 and qc.last_retention == 1.0
     finally:
         qc.close()
@@ -61,10 +71,10 @@ def test_bad_targets_are_refused(onnx):
 
 
 @pytest.mark.parametrize('target', [0.0, 0.5])
-def test_the_pipeline_codes_coarser_where_the_results_allow(target):
-    """Offloaded H.264 frames of a moving clip: with a target the proxy keeps, the unit's CRF
-    rises from payload.crf (as a quantiser offset on the stream: no new key) and the units
-    shrink; target 0 keeps payload.crf."""
+def test_the_pipeline_codes_coarser_where_the_results_allow(onnx, target):
+    """Offloaded H.264 frames of a moving clip, each answered by dense inference on the proxy
+    the server holds: with a target the results keep, the unit's CRF rises from payload.crf
+    (as a quantiser offset on the stream: no new key); target 0 keeps payload.crf."""
     frames = list(data.iter_frames('davis-parkour', limit=12))
     pipe = EdgePipeline(EdgeConfig(codec='h264', force_strategy='cloud', local_inference=False,
                                    crf=20, max_crf=30, target_retention=target,
@@ -73,8 +83,9 @@ def test_the_pipeline_codes_coarser_where_the_results_allow(target):
     crfs, keys = [], 0
     for f in frames:
         s = pipe.step(f)
-        assert s.sends
+        assert s.sends and s.sparse_inference_requested
         keys += s.key
+        pipe.observe_server_result(s.seq, onnx(pipe.proxy))
         crfs.append(pipe.crf)
     assert keys == 1  # the CRF moves without restarting the stream
     if target:

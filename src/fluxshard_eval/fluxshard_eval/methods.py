@@ -257,7 +257,7 @@ class FluxShard(Method):
         p = self.pipe
         ready = p.runner.state is not None and p.runner.state.shape == frame.shape
         refreshes = p.refresh.completed
-        probes = p.quality.samples if p.quality is not None else 0
+        probes = p.quality.started if p.quality is not None else 0
         t0 = time.perf_counter()
         st = p.step(frame)
         w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0))
@@ -275,8 +275,8 @@ class FluxShard(Method):
                 w.edge_compute = min(1.0, k / n)
         if p.refresh.completed > refreshes:
             w.background_s = self.prof.edge.engine_s
-        if p.quality is not None and p.quality.samples > probes:  # two dense passes
-            w.background_s += 2 * self.prof.edge.dense_s
+        if p.quality is not None and p.quality.started > probes:  # a dense pass
+            w.background_s += self.prof.edge.dense_s
         w.info = {'strategy': dec.strategy, 'k_edge': dec.k_edge, 'k_cloud': dec.k_cloud,
                   'key': st.key, 'crf': p.crf}
         if st.sends and p.proxy.shape == frame.shape:  # how close the server's image is
@@ -288,7 +288,7 @@ class FluxShard(Method):
                 st.update, st.payload, h, self.edge_id, st.seq, index, st.codec, st.quality,
                 st.dissimilarity, st.sparse_inference_requested, st.digest))
             (w.messages if st.sparse_inference_requested else w.async_messages).append(raw)
-        self._pending = index
+        self._pending, self._pending_seq = index, st.seq
         self._count(w)
         return w
 
@@ -302,6 +302,7 @@ class FluxShard(Method):
             if s.result is not None:
                 out = s
                 self.pipe.last_result = s.result  # as the node's runtime: salience, ROI
+                self.pipe.observe_server_result(self._pending_seq, s.result)
             else:
                 out.cpu_ms += s.cpu_ms
         if self.srv.resync is not None:
