@@ -163,7 +163,10 @@ def test_h264_camera_codec_mvs_replace_block_matching(ros):
     server = ros.spawn('fluxshard_server.server_node', params=["edges:=['robot1']",
                                                                'model.threads:=1'])
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
-                     params=['camera.transport:=h264', 'scheduler.force_strategy:=cloud'])
+                     params=['camera.transport:=h264', 'scheduler.force_strategy:=cloud',
+                             # the CRF floor from the results: a probe on every offloaded
+                             # frame, matched to the server's result by its frame index
+                             'payload.target_retention:=0.5', 'payload.probe_interval:=1'])
     assert ros.wait_for(lambda: 'fluxshard/server' in diag, 60), ros.log(server)
     n = 6
     cam = ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
@@ -179,4 +182,7 @@ def test_h264_camera_codec_mvs_replace_block_matching(ros):
     assert len(got) >= 2
     assert ros.wait_for(lambda: int(diag.get('fluxshard/edge/robot1', {}).get(
         'codec_mv_frames', 0)) == n - 1, 5), diag  # every P-frame used codec MVs
+    # the server's results came back to the robot's quality probes (DDS, frame index -> batch)
+    assert ros.wait_for(lambda: int(diag.get('fluxshard/edge/robot1', {}).get(
+        'quality_probes', 0)) >= 1, 10), diag
     assert edge.poll() is None and server.poll() is None

@@ -197,8 +197,8 @@ class EdgePipeline:
             self.runner = IncrementalYOLO(self.model, 16)
             self.refresh = Refresh(self.runner)
             self._dense_runtime(config, profile)
-        self.quality = None  # QualityControl, built by the first h264 frame that needs it
-        self.quality_sync = False  # its probes inline (deterministic replays)
+        #: the CRF floor from the results (QualityControl; target_retention > 0)
+        self.quality = self._quality(config) if config.target_retention else None
         self._since_refresh = 0
         #: agreement of the engine's incremental results with its own dense refresh of the
         #: same frame (EMA, object F1 at IoU 0.5): the edge's accuracy A in the scheduler's EA
@@ -234,8 +234,7 @@ class EdgePipeline:
             detect = OnnxYolo(config.model_path or str(data.model_path(config.task)),
                               config.conf, device=resolve_device(config.device))
         return QualityControl(detect, config.target_retention, config.crf,
-                              max(config.crf, config.max_crf), config.probe_interval,
-                              sync=self.quality_sync)
+                              max(config.crf, config.max_crf), config.probe_interval)
 
     def reconfigure(self, **changes):
         """Apply changed EdgeConfig fields from the next frame on (live parameters); the
@@ -308,9 +307,7 @@ class EdgePipeline:
         if not key and cfg.key_interval and self.frames % cfg.key_interval == 0:
             key, self._key_reason = True, 'periodic key'
         self.crf = self._link_crf() if cfg.codec == 'h264' else cfg.crf
-        if cfg.codec == 'h264' and cfg.target_retention and frame.shape[2] == 3:
-            if self.quality is None:
-                self.quality = self._quality(cfg)
+        if self.quality is not None and cfg.codec == 'h264' and frame.shape[2] == 3:
             self.crf = max(self.crf, min(self.quality.poll(), max(cfg.crf, cfg.max_crf)))
         if not key and cfg.codec == 'h264' and self._inter_at != (
                 self.seq, (frame.shape, cfg.crf)):
@@ -522,8 +519,7 @@ class EdgePipeline:
                 mvx = mvy = None
             if self._inter is None:
                 self._inter = proxy.InterEncoder()
-            payload, decoded = self._inter.encode(frame, key, cfg.crf,
-                                                  self._roi(mv, grid))
+            payload, decoded = self._inter.encode(frame, key, cfg.crf, self._roi(mv, grid))
             if not key:
                 self._learn_unit(len(payload), self.crf)
             upd = proxy.ProxyUpdate(grid.height, grid.width, frame.shape[2], grid.block_size,
@@ -535,8 +531,8 @@ class EdgePipeline:
                                                  mvy, key)
         new_state = proxy.apply(None if key else self.proxy, upd)
         self.proxy = new_state
-        if self.quality is not None and cfg.target_retention and codec == proxy.CODEC_H264 \
-                and infer and not key and frame.shape[2] == 3:
+        if self.quality is not None and codec == proxy.CODEC_H264 and infer and not key and \
+                frame.shape[2] == 3:
             self.quality.offer(self.seq + 1, frame, self.crf)  # this batch's seq
         self.seq += 1
         out.seq, out.update, out.payload = self.seq, upd, payload

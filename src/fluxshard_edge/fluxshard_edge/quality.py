@@ -28,7 +28,7 @@ class QualityControl:
         target: retention of the server's results against the true frame's (0..1).
         lo, hi: the finest and coarsest CRF.
         every: offloaded frames between probes.
-        sync: run probes inline (deterministic replays).
+        sync: run the reference passes inline (deterministic replays; may be set later).
     """
 
     #: CRF steps: coarser after SETTLE samples at or above the target, finer at once below it
@@ -52,9 +52,9 @@ class QualityControl:
         self.last_retention = math.nan
         self._acc = metrics.APAccumulator(0.5)  # the samples since the last change
         self._n = 0
-        self._since = every - 1       # the first sent frame after a key is probed soon
+        self._since = every - 1       # the first offloaded frame is probed
         self._pending = {}  # key -> [reference (or its future), server result, crf]
-        self._pool = None if sync else ThreadPoolExecutor(1, thread_name_prefix='quality')
+        self._pool = None             # the background thread, from the first probe on
 
     def bounds(self, lo: int, hi: int):
         """New finest / coarsest CRF (live parameters): the floor is kept inside."""
@@ -72,8 +72,10 @@ class QualityControl:
         self.started += 1
         if self.sync:
             self._pending[key] = [self.detect(frame), None, crf]
-        else:
-            self._pending[key] = [self._pool.submit(self.detect, frame.copy()), None, crf]
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix='quality')
+        self._pending[key] = [self._pool.submit(self.detect, frame.copy()), None, crf]
 
     def observe(self, key, det):
         """The server's result for frame ``key``."""

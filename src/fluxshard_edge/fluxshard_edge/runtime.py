@@ -153,8 +153,10 @@ class EdgeRuntime:
             self.pipeline.last_result = det
             self.counters['server_results'] += 1
             seq = self._seq_of_index.get(frame_index)
-            if seq is not None:
+            q = self.pipeline.quality
+            if seq is not None and q is not None:
                 self.pipeline.observe_server_result(seq, det)
+                self.counters['quality_probes'] = q.samples  # probes with both results in
 
     # -- critical path (worker) ---------------------------------------------------------------
     def process(self, frame: Frame, now: Optional[float] = None) -> Processed:
@@ -244,7 +246,11 @@ class EdgeRuntime:
                          bandwidth_mbps=round(dec.bandwidth_bps * 8 / 1e6, 2),
                          link_latency_ms=round(1e3 * p.scheduler.bw.latency_s, 1),
                          hit_ratio=round(step.hit_ratio, 3),
-                         frames_since_refresh=p._since_refresh)
+                         frames_since_refresh=p._since_refresh, payload_crf=p.crf)
+        if p.quality is not None:  # the CRF floor from the results (payload.target_retention)
+            self.last.update(quality_floor_crf=p.quality.crf,
+                             quality_retention=round(p.quality.last_retention, 3))
+            c['quality_probes'] = p.quality.samples
         if self.config.local_inference and getattr(p, 'last_stats', None):
             self.last['mac_ratio'] = round(p.last_stats.mac_ratio, 3)
         if step.local_result is not None and p.last_path:

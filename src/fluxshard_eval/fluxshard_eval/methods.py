@@ -238,7 +238,8 @@ class FluxShard(Method):
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
         self.pipe = EdgePipeline(cfg, model, profile=self.prof)
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
-        self.pipe.quality_sync = True  # payload quality probes inline, charged as background
+        if self.pipe.quality is not None:  # reference passes inline, charged as background
+            self.pipe.quality.sync = True
         self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof)
         self.dense = dense
         self._pending = None
