@@ -190,7 +190,7 @@ class EdgeModel:
             raise ValueError(f'motion field {np.asarray(mv).shape[:2]} does not match the '
                              f'{grid.rows}x{grid.cols} grid of {block}-px blocks')
         if r.state is None or r.state.shape != img.shape:
-            self._cold = r.state is None or r.state.shape != img.shape
+            self._cold = True  # a new runner: its first step allocates
             raw, lb, _ = r.dense(img)
             self.last_blocks = grid.count
         else:
