@@ -67,6 +67,7 @@ class EdgeConfig:
     refresh_interval: int = 10
     use_salience: bool = True
     force_strategy: str = ''
+    overlap_local: bool = False
     fit_latency: bool = True
     task_allocation: bool = True
     profile_file: str = ''
@@ -135,6 +136,9 @@ class EdgeStep:
     timings: dict = field(default_factory=dict)
     #: the dense local runtime served the frame without block motion (``_dense_wins``)
     motion_skipped: bool = False
+    #: the local device was busy and waiting for it beats offloading: nothing was computed,
+    #: sent or changed; the caller hands this frame (or a newer one) over once it is free
+    deferred: bool = False
 
     @property
     def sends(self) -> bool:
@@ -175,6 +179,7 @@ class EdgePipeline:
         self.scheduler = Scheduler(LatencyModel(*seeds[0], cap=caps[0]),
                                    LatencyModel(*seeds[1], cap=caps[1]), bw,
                                    config.lam, config.accuracy_edge, config.accuracy_cloud)
+        self.scheduler.overlap = config.overlap_local
         self.n_blocks = 0  # camera blocks of the last frame
         self.runner = self.refresh = None
         self.onnx = self.paths = None  # onnxruntime dense and the auto choice (local path)
@@ -244,7 +249,7 @@ class EdgePipeline:
         cfg = replace(self.config, **changes)
         fixed = {'edge_id', 'block_size', 'local_inference', 'task', 'model_path',
                  'edge_profile', 'cloud_profile', 'profile_file', 'device',
-                 'backend', 'target_retention', 'probe_interval'} & set(changes)
+                 'backend', 'target_retention', 'probe_interval', 'overlap_local'} & set(changes)
         if fixed:
             raise ValueError(f'{sorted(fixed)} cannot change while running')
         self.config = cfg
@@ -280,9 +285,16 @@ class EdgePipeline:
             self.quality.close()
 
     # -- per frame -------------------------------------------------------------------------------
-    def step(self, frame: np.ndarray, codec_mvs: Optional[np.ndarray] = None) -> EdgeStep:
+    def step(self, frame: np.ndarray, codec_mvs: Optional[np.ndarray] = None,
+             device_busy_s: float = 0.0) -> EdgeStep:
         """Run Algorithm 1 on one (H, W, C) uint8 frame; ``codec_mvs`` (H.264 motion vectors of
         this frame against the previous one) replace block matching when given.
+
+        ``device_busy_s`` > 0: the local device is still computing an earlier frame for about
+        that long (``scheduler.overlap_local``: local inference runs beside the critical path).
+        The engine's state is not touched: the frame is offloaded when the cloud's expected
+        latency beats waiting for the device and computing it there (the same EA, the wait
+        added to the edge's latency); otherwise the step is ``deferred`` and changes nothing.
 
         Raises:
             ValueError: frame not (H, W, 1|3) uint8.
@@ -291,14 +303,20 @@ class EdgePipeline:
             raise ValueError(f'frame must be (H, W, 1|3) uint8, got {frame.shape} {frame.dtype}')
         cfg = self.config
         t = {'t0': time.perf_counter()}
+        busy = device_busy_s > 0 and self.runner is not None
+        if busy and (cfg.force_strategy in ('edge', 'offline') or not self.cloud_available):
+            return self._deferred(t)  # only the device can serve it
         self.frames += 1
         self._codec_mvs = codec_mvs
-        if self.refresh is not None and self.refresh.running:
+        if not busy and self.refresh is not None and self.refresh.running:
             self.refresh.pause()                                            # step 1
         t['pause'] = time.perf_counter()
         grid = BlockGrid(frame.shape[0], frame.shape[1], cfg.block_size)
         self.n_blocks = grid.count
-        if self._dense_wins(frame):
+        if self._dense_wins(frame, device_busy_s if busy else 0.0):
+            if busy:
+                self.frames -= 1
+                return self._deferred(t)
             return self._dense_step(frame, t)
         key = self._key_reason != ''
         if not key and self.proxy is not None and self.proxy.shape != frame.shape:
@@ -322,7 +340,7 @@ class EdgePipeline:
         sal = self._salience(mv_c, grid)
         cobs = salience.rank_misses(d_c, cfg.tau, sal, extra=self._independent(mv_c))
         labs, mv_l = np.zeros(0, np.int64), None
-        local_ready = (self.runner is not None and self.runner.state is not None
+        local_ready = (not busy and self.runner is not None and self.runner.state is not None
                        and self.runner.state.shape == frame.shape and frame.shape[2] == 3)
         if local_ready:
             mv_l, d_l = self._motion(frame, self.runner.state, grid, 'local')
@@ -333,11 +351,15 @@ class EdgePipeline:
         t['extract'] = time.perf_counter()
         # step 3: schedule
         self._learn_accuracy()
-        # a local path without state runs its dense pass: all blocks
-        dec = self.scheduler.decide(len(labs) if local_ready else grid.count, len(cobs),
-                                    edge_available=local_ready or (
+        # a local path without state runs its dense pass: all blocks; a busy device's LABs are
+        # those of the last full step (its state is being advanced)
+        last = self.last_decision_full
+        n_edge = len(labs) if local_ready else (
+            last.n_edge if busy and last is not None else grid.count)
+        dec = self.scheduler.decide(n_edge, len(cobs), edge_available=local_ready or (
             self.runner is not None and frame.shape[2] == 3),
-            cloud_available=self.cloud_available or key, adaptive=cfg.task_allocation)
+            cloud_available=self.cloud_available or key, adaptive=cfg.task_allocation,
+            edge_wait_s=device_busy_s if busy else 0.0)
         offline = cfg.force_strategy == 'offline'
         if cfg.force_strategy and (cfg.force_strategy != 'cloud' or self.cloud_available
                                    or self.runner is None):
@@ -355,6 +377,9 @@ class EdgePipeline:
             dec.strategy = 'edge'
         if self.runner is None and not key:
             dec.strategy = 'cloud'
+        if busy and dec.strategy == 'edge':
+            self.frames -= 1  # as if the frame had not been taken
+            return self._deferred(t, dec)
         out.decision = dec
         self._last_full = self.frames
         t['schedule'] = time.perf_counter()
@@ -391,8 +416,10 @@ class EdgePipeline:
         if send_idx is not None and (len(send_idx) or infer):
             self._send(out, frame, grid, send_idx, mv_c, d_c, key, infer)
         t['send'] = time.perf_counter()
-        # step 6: background refresh of the local state on this frame
-        self._background(frame)
+        # step 6: background refresh of the local state on this frame (a busy device runs it
+        # after its frame)
+        if not busy:
+            self._background(frame)
         t['end'] = time.perf_counter()
         out.timings = {
             'extract_ms': 1e3 * (t['extract'] - t['pause']),
@@ -402,6 +429,11 @@ class EdgePipeline:
             'pause_wait_ms': 1e3 * (t['pause'] - t['t0']),
             'total_ms': 1e3 * (t['end'] - t['t0'])}
         return out
+
+    def _deferred(self, t, dec: Optional[Decision] = None) -> EdgeStep:
+        t['end'] = time.perf_counter()
+        return EdgeStep(decision=dec or self.last_decision_full, deferred=True,
+                        timings={'total_ms': 1e3 * (t['end'] - t['t0'])})
 
     def _motion(self, frame, ref, grid, which):
         cfg = self.config
@@ -575,12 +607,13 @@ class EdgePipeline:
     #: ... and a full step (motion, decision, upload) re-measures every this many frames
     FULL_EVERY = 10
 
-    def _dense_wins(self, frame) -> bool:
+    def _dense_wins(self, frame, wait_s: float = 0.0) -> bool:
         """Skip block motion and the decision: the last full step computed this camera's frame
         locally with the dense runtime (onnxruntime), predicted faster than the cloud by
         ``DENSE_MARGIN``, fewer than ``FULL_EVERY`` frames ago, and nothing asks for a key or
         pins a side. Motion estimation would then only cost time (a robot whose link is bad
-        and whose dense runtime beats the engine)."""
+        and whose dense runtime beats the engine). ``wait_s``: the busy device's remaining
+        time, added to the local side."""
         d = self.last_decision_full
         dense_faster = self.onnx is not None and (
             self.config.backend == 'onnxruntime' or (  # predicted, not a probe's choice
@@ -591,7 +624,7 @@ class EdgePipeline:
                 and frame.shape[2] == 3
                 and self.frames - self._last_full < self.FULL_EVERY
                 and self.proxy is not None and self.proxy.shape == frame.shape
-                and d.t_cloud > self.DENSE_MARGIN * d.t_edge)
+                and d.t_cloud > self.DENSE_MARGIN * (d.t_edge + wait_s))
 
     def _dense_step(self, frame, t) -> 'EdgeStep':
         """The frame on the dense local runtime alone, nothing sent (see ``_dense_wins``)."""

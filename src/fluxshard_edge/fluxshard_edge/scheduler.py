@@ -183,6 +183,8 @@ class Scheduler:
         self.queue_s = 0.0
         #: the camera's frame interval, seconds (None: unknown, waits not modelled)
         self.frame_interval_s: Optional[float] = None
+        #: local inference runs beside the critical path (``scheduler.overlap_local``)
+        self.overlap = False
 
     def observe_payload(self, nbytes: int, blocks: int):
         """A sent payload of ``nbytes`` carrying ``blocks`` blocks (its size grows with k)."""
@@ -221,13 +223,19 @@ class Scheduler:
         return busy + self.bw.latency_s + self.cloud(k) + self.wait(busy)
 
     def t_edge(self, k: float) -> float:
-        """Expected latency of computing k blocks locally, with the wait for the edge."""
+        """Expected latency of computing k blocks locally, with the wait for the edge; with
+        ``overlap`` the frames that arrive meanwhile are offloaded or wait for the device
+        themselves (``decide(edge_wait_s=)``), so no frame is skipped for it."""
         busy = self.tau_wait + self.edge(k)
-        return busy + self.wait(busy)
+        return busy + (0.0 if self.overlap else self.wait(busy))
 
     def decide(self, n_edge: int, n_cloud: int, edge_available: bool = True,
-               cloud_available: bool = True, adaptive: bool = True) -> Decision:
+               cloud_available: bool = True, adaptive: bool = True,
+               edge_wait_s: float = 0.0) -> Decision:
         """Closed-form k* for both sides, clamped to [0, N], and the strategy with higher EA.
+
+        ``edge_wait_s``: the local device is busy that much longer (overlapped local
+        inference); computing this frame locally waits for it.
 
         With ``adaptive`` False (the paper's No-ATA ablation) k is N on both sides: every
         missed block is recomputed or offloaded.
@@ -245,7 +253,7 @@ class Scheduler:
 
         def ea_edge(k):
             return (self.acc_e * (k / n_edge if n_edge else 1.0)) * math.exp(
-                -self.lam * self.t_edge(k))
+                -self.lam * (edge_wait_s + self.t_edge(k)))
 
         def ea_cloud(k):
             return (self.acc_c * (k / n_cloud if n_cloud else 1.0)) * math.exp(
@@ -256,7 +264,7 @@ class Scheduler:
             ke = n_edge
         if adaptive and self.cloud.cap is not None and ea_cloud(n_cloud) > ea_cloud(kc):
             kc = n_cloud
-        te, tc = self.t_edge(ke), self.t_cloud(kc)
+        te, tc = edge_wait_s + self.t_edge(ke), self.t_cloud(kc)
         ea_e, ea_c = ea_edge(ke), ea_cloud(kc)
         if not edge_available:
             ea_e = -1.0

@@ -173,3 +173,32 @@ def test_the_payload_quality_region_follows_the_objects():
 def test_roi_offset_must_be_a_fraction():
     with pytest.raises(ValueError, match='roi_qoffset'):
         EdgeConfig(roi_qoffset=1.5)
+
+
+def test_a_busy_device_offloads_when_the_cloud_beats_waiting_else_defers():
+    """scheduler.overlap_local: while the device computes an earlier frame, a new frame is
+    offloaded if the cloud beats waiting for the device; otherwise the step is deferred and
+    changes nothing (no sequence number, no proxy change, no frame counted); a robot forced
+    to compute locally always waits."""
+    from fluxshard_kernels import data
+    frames = list(data.iter_frames('pets09-s2l1', 4))
+    pipe = EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime', overlap_local=True))
+    assert pipe.step(frames[0]).key
+    for _ in range(8):  # a 300 ms round trip: computing locally wins on an idle device
+        pipe.scheduler.bw.observe(20_000, 0.3 + 20_000 / (50e6 / 8))
+    idle = pipe.step(frames[1])
+    assert idle.decision.strategy == 'edge' and idle.local_result is not None
+    seq, frames_seen, proxy_before = pipe.seq, pipe.frames, pipe.proxy.copy()
+    wait = pipe.step(frames[2], device_busy_s=0.01)
+    assert wait.deferred and not wait.sends and wait.local_result is None
+    assert (pipe.seq, pipe.frames) == (seq, frames_seen)
+    assert np.array_equal(pipe.proxy, proxy_before)
+    gone = pipe.step(frames[2], device_busy_s=5.0)  # waiting 5 s: the cloud is faster
+    assert not gone.deferred and gone.decision.strategy == 'cloud' and gone.sends
+    assert gone.seq == seq + 1 and gone.local_result is None
+    with pytest.raises(ValueError, match='overlap_local'):
+        pipe.reconfigure(overlap_local=False)
+    forced = EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime', force_strategy='edge',
+                                     overlap_local=True))
+    forced.step(frames[0])
+    assert forced.step(frames[1], device_busy_s=5.0).deferred

@@ -177,3 +177,22 @@ def test_the_round_trip_is_seen_from_the_first_ack():
     bw = BandwidthEstimator(6e6 / 8)
     bw.observe(90_000, 0.1 + 90_000 / (6e6 / 8))
     assert bw.latency_s == pytest.approx(0.1)
+
+
+def test_a_busy_device_adds_its_wait_to_the_edge_side():
+    """Overlapped local inference: a frame that arrives while the device still computes an
+    earlier one goes to the cloud when the cloud beats waiting, and waits for the device when
+    it does not; with ``overlap`` the busy edge no longer charges the frames it would skip."""
+    s = _sched(6.0)
+    s.bw.observe(20_000, 0.1 + 20_000 / (6e6 / 8))  # a 100 ms round trip: local wins idle
+    idle = s.decide(120, 120)
+    assert idle.strategy == 'edge'
+    wait = idle.t_cloud - idle.t_edge + 0.05  # waiting would cost more than offloading
+    busy = s.decide(120, 120, edge_wait_s=wait)
+    assert busy.strategy == 'cloud' and busy.t_edge == pytest.approx(idle.t_edge + wait)
+    assert s.decide(120, 120, edge_wait_s=0.01).strategy == 'edge'
+    s.frame_interval_s = 0.01  # a camera far faster than the edge
+    skipped = s.t_edge(120)
+    s.overlap = True
+    assert s.t_edge(120) == pytest.approx(s.tau_wait + s.edge(120))
+    assert s.t_edge(120) < skipped

@@ -6,10 +6,13 @@ is free (older ones are dropped, "latest wins", and counted); its critical-path 
 each message over the link (FIFO, shared by all edges, at the link's rate, plus the one-way
 delay; a streamer's publish blocks the edge until its bytes are on the wire, FluxShard's
 queue on the link while the edge takes the next frame, its scheduler seeing the queue), then
-the server
-(FIFO, shared), then the result back over the link. Background work (dense refreshes) runs on
-its device (edge or server) in idle time and yields within one layer to critical work
-(``sim.Resource``). Accuracy is judged on every processed frame that got a result.
+the server (FIFO, shared), then the result back over the link. Background work (dense
+refreshes) runs on its device (edge or server) in idle time and yields within one layer to
+critical work (``sim.Resource``). A method with ``overlap`` (local inference on the edge's
+accelerator beside its CPU front end, ``scheduler.overlap_local``) computes locally after the
+device's queue while the front end takes the next frame: that frame is offloaded or, when
+waiting for the device is faster, waits for it (the newest frame then wins). Accuracy is
+judged on every processed frame that got a result.
 """
 
 from dataclasses import asdict
@@ -104,7 +107,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
     n = len(frames)
     st = [{'m': factory(f'robot{e + 1}'), 'next': 0, 'free': e * 0.37 / rate_hz,
            'recs': [], 'results': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0,
-           'dev': sim.Resource()}
+           'dev': sim.Resource(), 'dev_until': 0.0}
           for e in range(edges)]
     for s in st:
         s['m'].camera(1.0 / rate_hz)
@@ -121,15 +124,29 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         s['dropped'] += j - s['next']
         m = s['m']
         m.link_queue(net.backlog(start))  # what the edge's transport still has to send
-        w = m.edge(frames[j], j)
+        if m.overlap:  # local inference on its own device: the frame may go to the cloud
+            w = m.edge(frames[j], j, max(0.0, s['dev_until'] - start))
+            if w.deferred:  # it waits for the device (a newer frame then wins)
+                if progress:
+                    progress(j - s['next'])
+                s['next'], s['free'] = j, s['dev_until']
+                continue
+        else:
+            w = m.edge(frames[j], j)
         rec = sim.FrameRecord(j, j / rate_hz, hit_ratio=w.hit_ratio,
                               edge_compute=w.edge_compute, cpu_edge_ms=w.cpu_ms)
-        t_e = s['dev'].run(start, w.edge_s)  # waits one layer if its refresh is running
-        delivered, t_arrive, t_wire = [], t_e, t_e
+        if m.overlap:  # the front end extracts and sends; the device infers after its queue
+            t_send = start + w.edge_s - w.device_s
+            t_e = s['dev'].run(max(t_send, s['dev_until']), w.device_s) if w.device_s \
+                else t_send
+            s['dev_until'] = max(s['dev_until'], t_e)
+        else:
+            t_e = t_send = s['dev'].run(start, w.edge_s)  # one layer if its refresh runs
+        delivered, t_arrive, t_wire = [], t_send, t_send
         for i, raw in enumerate(w.messages + w.async_messages):
-            wire, arrive, ok = net.transmit(t_e, len(raw))
+            wire, arrive, ok = net.transmit(t_send, len(raw))
             if ok:  # the server ACKs on receipt: send -> ACK is queueing, transfer, round trip
-                m.observe_link(len(raw), arrive + link.delay_ms / 1e3 - t_e)
+                m.observe_link(len(raw), arrive + link.delay_ms / 1e3 - t_send)
             delivered.append(ok)
             rec.uplink_bytes += len(raw)
             if i < len(w.messages):  # a reliable publish returns once its bytes left;
@@ -156,7 +173,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         if w.background_s:
             s['dev'].background(t_e, w.background_s)
         # the edge's refresh yields to the next frame; a blocking publish holds the edge
-        s['free'] = max(t_e, t_wire) if m.blocks_on_send else t_e
+        s['free'] = max(t_send, t_wire) if m.blocks_on_send else t_send
         if progress:
             progress(j + 1 - s['next'])
         s['next'] = j + 1

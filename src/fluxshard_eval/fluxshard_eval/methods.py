@@ -27,6 +27,7 @@ serialisation (CDR bytes are what the link carries and what the byte counts coun
 """
 
 from dataclasses import dataclass, field
+import dataclasses
 import time
 from typing import List, Optional
 
@@ -97,6 +98,8 @@ class EdgeWork:
     result: Optional[Detections] = None      # a result produced on the edge (local or cache)
     computed_by: str = ''                    # 'edge' | 'cache' when result is set
     edge_s: float = 0.0                      # modelled critical-path edge time
+    device_s: float = 0.0                    # of which local inference (overlap: the device)
+    deferred: bool = False                   # overlap: the frame waits for the busy device
     background_s: float = 0.0                # modelled background edge work after the frame
     messages: List[bytes] = field(default_factory=list)        # critical-path uplink
     async_messages: List[bytes] = field(default_factory=list)  # uplink not waited for
@@ -133,6 +136,9 @@ class Method:
     #: camera frames it cannot send are dropped before encoding); False: the messages queue
     #: on the link and the edge takes the next frame (an asynchronous DDS publish)
     blocks_on_send = True
+    #: local inference runs on its own device beside the critical path (``edge`` gets the
+    #: device's remaining busy time; ``EdgeWork.device_s`` is its share of ``edge_s``)
+    overlap = False
 
     def __init__(self, model, edge_id: str, link: sim.LinkSpec, profile=None):
         self.model, self.edge_id, self.task = model, edge_id, model.task
@@ -223,8 +229,12 @@ class FluxShard(Method):
                  crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU,
                  roi_qoffset: float = EdgeConfig.roi_qoffset,
                  send_motion: bool = EdgeConfig.send_motion,
-                 target_retention: float = EdgeConfig.target_retention):
+                 target_retention: float = EdgeConfig.target_retention,
+                 overlap: Optional[bool] = None):
         super().__init__(model, edge_id, link, profile)
+        # the edge node's scheduler.overlap_local 'auto': local inference beside the critical
+        # path where it runs on an accelerator (the paper's Jetson: GPU; a measured CUDA edge)
+        self.overlap = overlaps(self.prof) if overlap is None else overlap
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
@@ -236,6 +246,7 @@ class FluxShard(Method):
                          independent_px=independent_px, task_allocation=ablation != 'no-ata',
                          edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
+        cfg = dataclasses.replace(cfg, overlap_local=self.overlap)
         self.pipe = EdgePipeline(cfg, model, profile=self.prof)
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
         if self.pipe.quality is not None:  # reference passes inline, charged as background
@@ -253,15 +264,18 @@ class FluxShard(Method):
     def camera(self, interval_s):
         self.pipe.scheduler.frame_interval_s = interval_s
 
-    def edge(self, frame, index):
+    def edge(self, frame, index, device_busy_s: float = 0.0):
         from std_msgs.msg import Header
         p = self.pipe
         ready = p.runner.state is not None and p.runner.state.shape == frame.shape
         refreshes = p.refresh.completed
         probes = p.quality.started if p.quality is not None else 0
         t0 = time.perf_counter()
-        st = p.step(frame)
+        st = p.step(frame, device_busy_s=device_busy_s)
         w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0))
+        if st.deferred:
+            w.deferred = True
+            return w
         dec = st.decision
         n = BlockGrid(frame.shape[0], frame.shape[1], p.config.block_size).count
         w.edge_s = 0.0 if st.motion_skipped else self.prof.edge_overhead_s
@@ -269,11 +283,12 @@ class FluxShard(Method):
             k = min(dec.k_edge, dec.n_edge) if ready else n
             w.result, w.computed_by = st.local_result, 'edge' if k else 'cache'
             if self.dense or p.last_path == 'onnxruntime':  # a dense pass on the robot
-                w.edge_s += self.prof.edge.dense_s
+                w.device_s = self.prof.edge.dense_s
                 w.edge_compute = 1.0
             else:
-                w.edge_s += self.prof.edge.sparse_s(k)
+                w.device_s = self.prof.edge.sparse_s(k)
                 w.edge_compute = min(1.0, k / n)
+            w.edge_s += w.device_s
         if p.refresh.completed > refreshes:
             w.background_s = self.prof.edge.engine_s
         if p.quality is not None and p.quality.started > probes:  # a dense pass
@@ -678,6 +693,13 @@ def unpack_features(m):
             t = np.frombuffer(data, np.float16).reshape(c, h, w).astype(np.float32)
         y[int(layer)] = torch.from_numpy(np.ascontiguousarray(t))[None]
     return y, lb
+
+
+def overlaps(prof) -> bool:
+    """Whether a profile's edge runs local inference beside its critical path: the paper's
+    Table 1 edge (a Jetson: the GPU infers while the CPU extracts and codes) or a profile
+    measured on CUDA; a CPU-only robot's inference and front end share the cores."""
+    return prof.kind == 'paper' or str(prof.meta.get('device', '')).startswith('cuda')
 
 
 def make(name: str, model, edge_id: str, link: sim.LinkSpec, profile=None, **kw) -> Method:

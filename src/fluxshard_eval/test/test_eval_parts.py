@@ -265,3 +265,27 @@ def test_an_outage_loses_no_frame_unaccounted_and_fluxshard_computes_locally(tmp
     video = [p for p in runs['video-offload-crf23']['per_frame']
              if 1.1 <= p['arrival'] <= 2.8]
     assert all(p['latency'] > 0.5 or p['latency'] != p['latency'] for p in video)
+
+
+def test_overlapped_local_inference_serves_the_frames_a_busy_edge_skipped():
+    """The paper's edge (a Jetson: the GPU infers beside the CPU's front end): while the
+    device computes one frame, the next is offloaded when the cloud beats waiting, else it
+    waits (newest wins); against the same edge computing inline it serves at least as many
+    frames, offloads some while the device is busy, and every frame stays accounted for."""
+    from fluxshard_eval import harness
+    from fluxshard_server.inference import load_model
+    link = sim.LinkSpec.parse('6', 100.0)  # 6 Mbit/s, 100 ms each way: local wins idle
+    torch_model = load_model('detect')
+    frames = list(data.iter_frames('davis-parkour', limit=16))
+    ref = harness.Reference(torch_model, frames)
+    runs = {o: harness.replay(lambda e, o=o: M.make('fluxshard', torch_model, e, link,
+                                                    overlap=o), frames, 24.0, link, ref)
+            for o in (False, True)}
+    for o, r in runs.items():
+        assert r['processed'] + r['dropped_edge_busy'] == len(frames), o
+        assert r['served'] + r['lost_on_link'] + r['dropped_out_of_order'] == \
+            r['processed'], o
+        assert r['results_out_of_order'] == 0, o
+    assert runs[True]['served'] > runs[False]['served']
+    by = [p['computed_by'] for p in runs[True]['per_frame']]
+    assert 'edge' in by and 'server' in by, by
