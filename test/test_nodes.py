@@ -264,3 +264,36 @@ def test_diagnostics_keep_coming_with_sim_time_and_no_clock(ros):
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=['use_sim_time:=true', 'model.local_inference:=false'])
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag, 60), ros.log(edge)
+
+
+def test_overlapped_local_inference_accounts_for_every_frame(ros):
+    """scheduler.overlap_local always (a CPU stands in for the robot's GPU): local inference runs
+    on the edge's 'edge-local' thread; frames that arrive while it computes wait for it (an
+    offline robot cannot offload them: deferred_device_busy), the newest one wins. Every
+    camera frame is a local result, superseded in the latest-wins slot, or superseded while
+    deferred; results reach the topic in stamp order."""
+    results = []
+    diag = ros.watch_diagnostics()
+    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
+                                 RESULT_QOS)
+    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
+                     params=['scheduler.overlap_local:=always',
+                             'scheduler.force_strategy:=offline', 'model.backend:=onnxruntime',
+                             'camera.depth:=10'])
+    assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag, 60), ros.log(edge)
+    n = 16
+    ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
+              params=['source:=davis-parkour', f'count:={n}', 'rate_hz:=30.0',
+                      'wait_for_subscribers:=1', 'start_delay_s:=1.0'])
+
+    def accounted():
+        e = diag.get('fluxshard/edge/robot1', {})
+        return int(e.get('frames_in', 0)) == n and int(e.get('results_local', 0)) + int(
+            e.get('dropped_superseded', 0)) + int(e.get('dropped_deferred_superseded', 0)) == n
+    assert ros.wait_for(accounted, 120), (diag.get('fluxshard/edge/robot1'), ros.log(edge))
+    e = diag['fluxshard/edge/robot1']
+    assert int(e.get('deferred_device_busy', 0)) >= 1, e
+    assert ros.wait_for(lambda: len(results) == int(e['results_local']), 10)
+    stamps = [(r.header.stamp.sec, r.header.stamp.nanosec) for r in results]
+    assert stamps == sorted(stamps) and all(r.computed_by == 'edge' for r in results)
+    assert 'failed' not in ros.log(edge), ros.log(edge)

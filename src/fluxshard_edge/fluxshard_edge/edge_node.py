@@ -2,6 +2,7 @@
 Glue only: the logic is ``runtime.py`` (link protocol) over ``pipeline.py`` (paper
 Algorithm 1)."""
 
+from concurrent.futures import ThreadPoolExecutor
 import threading
 import time
 
@@ -72,7 +73,7 @@ FIELDS = {
     'scheduler.task_allocation': 'task_allocation',
     'scheduler.accuracy_edge': 'accuracy_edge', 'scheduler.accuracy_cloud': 'accuracy_cloud',
     'refresh.interval': 'refresh_interval', 'scheduler.salience': 'use_salience',
-    'scheduler.force_strategy': 'force_strategy',
+    'scheduler.force_strategy': 'force_strategy', 'scheduler.overlap_local': 'overlap_local',
 }
 
 PARAMS = [
@@ -158,6 +159,13 @@ PARAMS = [
     Param('scheduler.force_strategy', '', "'' = EA decides; 'edge' or 'cloud' to pin; "
           "'offline' = every frame on the robot, nothing sent (no server needed)",
           choices=['', 'edge', 'cloud', 'offline'], live=True),
+    Param('scheduler.overlap_local', 'auto', 'Local inference on its own thread beside the '
+          'critical path (paper 4.2): a frame that arrives while the device computes an '
+          'earlier one is offloaded when the cloud beats waiting for the device, else it waits '
+          '(newest wins; diagnostics deferred_device_busy). auto: on where model.device is '
+          'CUDA (a GPU beside the CPU front end); a CPU robot would share its cores. '
+          '(always/never, not on/off: YAML reads those as booleans)',
+          choices=['auto', 'always', 'never']),
     Param('link.emulate_mbps', 0.0, 'Emulate an uplink of this many Mbit/s in the transport '
           '(0 = off)', lo=0.0, hi=1e5),
     Param('link.drop_rate', 0.0, 'Drop this fraction of outgoing batches (loss injection for '
@@ -269,6 +277,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self.delta_pub = self._pub(ProxyDelta, 'proxy_delta', LINK_QOS)
         self.results = ResultPublisher(self, '', c.task, c.edge_id, 'edge', self.counters,
                                        annotated=annotate.from_params(self, p, '', 'edge'))
+        self._publish_lock = threading.Lock()  # the critical and the local thread publish
         model = self.runtime.pipeline.model
         if model is not None:  # the labels come from the side that has the model on board
             self.results.names = model.names
@@ -333,6 +342,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                 RESULT_QOS, callback_group=fb))
         self._stop.clear()
         self.slot = LatestSlot()
+        self._local = None  # (future, predicted end) of the overlapped local job
+        self._local_pool = ThreadPoolExecutor(1, thread_name_prefix='edge-local') \
+            if self.runtime.pipeline.overlap else None
         self._worker = threading.Thread(target=self._run, name='edge-critical', daemon=True)
         self._worker.start()
         self.get_logger().info(f'edge {self.config.edge_id!r} active: listening on {topic} '
@@ -383,6 +395,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self.slot.close()
         self._worker.join(timeout=10.0)
         self._worker = None
+        if self._local_pool is not None:  # the frame on the device finishes and publishes
+            self._local_pool.shutdown(wait=True)
+            self._local_pool = None
         if pending is not None:  # accounted: never silently lost
             self.counters['dropped_deactivated'] += 1
 
@@ -518,6 +533,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                 continue
             changes = self.params.take_changes()
             if changes:
+                self._wait_local()  # the device's frame runs on the old configuration
                 self._apply(changes)
             try:
                 frame = item if isinstance(item, Frame) else self._decode(*item)
@@ -548,17 +564,21 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         return Frame(idx, msg.header, image, mvs)
 
     def _process(self, frame: Frame):
-        out = self.runtime.process(frame)
+        out = self.runtime.process(frame, device_busy_s=self._device_busy())
+        step = out.step
+        if step.deferred:  # waiting for the device beats offloading: then the newest frame
+            self._wait_local()
+            if not self.slot.put_if_empty(frame):
+                self.counters['dropped_deferred_superseded'] += 1  # a newer one is waiting
+            return
         self._link_log(out.link)
         for old, det in out.recovered:
-            if det is not None and self.results.publish(det, old.header, old.index,
-                                                        old.image.shape, old.image):
-                self.counters['results_local'] += 1
-        step = out.step
-        if step.local_result is not None and self.results.publish(
-                step.local_result, frame.header, frame.index, frame.image.shape, frame.image,
-                step.block_map, self.config.block_size):
-            self.counters['results_local'] += 1
+            self._publish_local(det, old)
+        if step.local_job is not None:  # the device computes it while the next frame comes
+            self._local = (self._local_pool.submit(self._run_local, frame, step),
+                           time.monotonic() + step.local_eta_s)
+        else:
+            self._publish_local(step.local_result, frame, step)
         if not step.sends or self.runtime.no_server:  # no server: counted batches_no_server
             return
         msg = conversions.update_to_msg(
@@ -572,6 +592,32 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.get_logger().info(f'key batch seq {step.seq}: {step.key_reason}')
         if not self.link.send(len(step.payload), lambda m=msg: self.batch_pub.publish(m)):
             self.counters['injected_drops'] += 1  # lost on the emulated link
+
+    def _publish_local(self, det, frame: Frame, step=None):
+        with self._publish_lock:
+            if det is not None and self.results.publish(
+                    det, frame.header, frame.index, frame.image.shape, frame.image,
+                    None if step is None else step.block_map, self.config.block_size):
+                self.counters['results_local'] += 1
+
+    def _run_local(self, frame: Frame, step):
+        try:
+            self.runtime.run_local(step)
+            self._publish_local(step.local_result, frame, step)
+        except Exception as e:  # noqa: B902 - a bad frame must never kill the edge
+            self.rejects['internal_error'] += 1
+            self.errors.error('internal_error', f'local inference failed: '
+                              f'{type(e).__name__}: {e}')
+
+    def _device_busy(self) -> float:
+        """Seconds the overlapped local job still needs (predicted; 0: the device is free)."""
+        if self._local is None or self._local[0].done():
+            return 0.0
+        return max(1e-3, self._local[1] - time.monotonic())
+
+    def _wait_local(self):
+        if self._local is not None:
+            self._local[0].result()
 
     # -- fleet (auto mode): which server -------------------------------------------------------
     def _on_announcement(self, msg: ServerStatus):

@@ -13,9 +13,10 @@ The node (``edge_node.py``) feeds frames in and publishes what comes out.
 """
 
 from dataclasses import dataclass, field
+from functools import partial
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel
 from fluxshard_kernels import metrics, motion, proxy, salience
 from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F401 (re-export)
 from fluxshard_kernels.codec_mv import RoiMap
-from fluxshard_kernels.profile import DeviceProfile
+from fluxshard_kernels.profile import DeviceProfile, resolve_device
 
 
 #: Local inference paths: the incremental engine, onnxruntime dense, or per frame the one
@@ -33,6 +34,12 @@ LOCAL_BACKENDS = ('auto', 'incremental', 'onnxruntime')
 #: '' = the EA decides; 'edge' / 'cloud' pin the side; 'offline' computes every frame on the
 #: robot and sends nothing (no server needed: Edge-only)
 FORCE_STRATEGIES = ('', 'edge', 'cloud', 'offline')
+#: ``overlap_local``: local inference beside the critical path ('auto': where it runs on CUDA)
+OVERLAP_MODES = ('auto', 'always', 'never')
+
+
+def _on_cuda(device: str) -> bool:
+    return str(resolve_device(device)).startswith('cuda')
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class EdgeConfig:
     refresh_interval: int = 10
     use_salience: bool = True
     force_strategy: str = ''
-    overlap_local: bool = False
+    overlap_local: str = 'auto'
     fit_latency: bool = True
     task_allocation: bool = True
     profile_file: str = ''
@@ -110,6 +117,9 @@ class EdgeConfig:
                              f'{self.backend!r}')
         if self.force_strategy not in FORCE_STRATEGIES:
             raise ValueError("force_strategy must be '', 'edge', 'cloud' or 'offline'")
+        if self.overlap_local not in OVERLAP_MODES:
+            raise ValueError(f"overlap_local must be 'auto', 'always' or 'never', got "
+                             f"{self.overlap_local!r}")
         if self.force_strategy == 'offline' and not self.local_inference:
             raise ValueError("force_strategy 'offline' needs local_inference")
 
@@ -139,6 +149,11 @@ class EdgeStep:
     #: the local device was busy and waiting for it beats offloading: nothing was computed,
     #: sent or changed; the caller hands this frame (or a newer one) over once it is free
     deferred: bool = False
+    #: overlapped local inference (``EdgePipeline.overlap``): the local computation of this
+    #: frame, for the caller to run on the device's thread (it sets ``local_result``, then
+    #: runs the background refresh step); ``local_eta_s``: its predicted duration
+    local_job: Optional[Callable[[], float]] = None
+    local_eta_s: float = 0.0
 
     @property
     def sends(self) -> bool:
@@ -179,7 +194,11 @@ class EdgePipeline:
         self.scheduler = Scheduler(LatencyModel(*seeds[0], cap=caps[0]),
                                    LatencyModel(*seeds[1], cap=caps[1]), bw,
                                    config.lam, config.accuracy_edge, config.accuracy_cloud)
-        self.scheduler.overlap = config.overlap_local
+        #: local inference runs beside the critical path (``overlap_local``; 'auto': where it
+        #: runs on CUDA, a GPU beside the CPU front end)
+        self.overlap = config.local_inference and (config.overlap_local == 'always' or (
+            config.overlap_local == 'auto' and _on_cuda(config.device)))
+        self.scheduler.overlap = self.overlap
         self.n_blocks = 0  # camera blocks of the last frame
         self.runner = self.refresh = None
         self.onnx = self.paths = None  # onnxruntime dense and the auto choice (local path)
@@ -189,6 +208,7 @@ class EdgePipeline:
         self.crf = config.crf         # the payload's effective CRF (the link's; see _link_crf)
         self.last_decision_full = None  # the last decision of a full step (motion + EA)
         self._last_full = 0
+        self._full_every = self.FULL_EVERY  # frames between full steps (``_next_full_every``)
         self._unit = None            # (EMA of an inter unit's bytes, at this CRF)
         self.model = model
         if config.local_inference:
@@ -382,21 +402,23 @@ class EdgePipeline:
             return self._deferred(t, dec)
         out.decision = dec
         self._last_full = self.frames
+        self._full_every = self._next_full_every(dec)
         t['schedule'] = time.perf_counter()
         # step 4: execute
         send_idx, infer = None, False
-        self._local_det = None
+        if not busy:  # a busy device's job sets it for its own frame
+            self._local_det = None
         self.last_decision_full = dec
         if dec.strategy == 'edge':
-            out.local_result = self._local(frame, mv_l, labs[:dec.k_edge], local_ready)
-            if local_ready and self.last_path == 'incremental':
-                self._local_det = out.local_result
+            job = partial(self._compute_local, out, frame, mv_l, labs[:dec.k_edge],
+                          local_ready, grid.count)
+            if self.overlap:  # the caller runs it on the device; sends go out meanwhile
+                out.local_job = job
+                local_s = out.local_eta_s = self.scheduler.edge(
+                    dec.k_edge if local_ready else grid.count)
+            else:
+                local_s = job(background=False)
             t['local'] = time.perf_counter()
-            local_s = t['local'] - t['schedule']
-            if cfg.fit_latency:
-                dense = not local_ready or self.last_path == 'onnxruntime'
-                self.scheduler.edge.observe(grid.count if dense else dec.k_edge, local_s,
-                                            dense=dense)
             k_opp = self.scheduler.opportunistic_blocks(cfg.deadline_ms / 1e3, local_s,
                                                         len(cobs))
             if k_opp and self.cloud_available and not offline:
@@ -416,9 +438,9 @@ class EdgePipeline:
         if send_idx is not None and (len(send_idx) or infer):
             self._send(out, frame, grid, send_idx, mv_c, d_c, key, infer)
         t['send'] = time.perf_counter()
-        # step 6: background refresh of the local state on this frame (a busy device runs it
-        # after its frame)
-        if not busy:
+        # step 6: background refresh of the local state on this frame (a busy device, or this
+        # frame's local job, runs it after the frame)
+        if not busy and out.local_job is None:
             self._background(frame)
         t['end'] = time.perf_counter()
         out.timings = {
@@ -429,6 +451,23 @@ class EdgePipeline:
             'pause_wait_ms': 1e3 * (t['pause'] - t['t0']),
             'total_ms': 1e3 * (t['end'] - t['t0'])}
         return out
+
+    def _compute_local(self, out: EdgeStep, frame, mv, labs, ready, n, background=True):
+        """Step 4's local computation of ``frame`` into ``out`` (the LABs ``labs``; ``n``
+        camera blocks), the latency model fitted to it; ``background``: then step 6 (an
+        overlapped local job). Returns its seconds."""
+        t0 = time.perf_counter()
+        out.local_result = self._local(frame, mv, labs, ready)
+        if ready and self.last_path == 'incremental':
+            self._local_det = out.local_result
+        local_s = time.perf_counter() - t0
+        if self.config.fit_latency:
+            dense = not ready or self.last_path == 'onnxruntime'
+            self.scheduler.edge.observe(n if dense else len(labs), local_s, dense=dense)
+        if background:
+            out.timings['local_ms'] = 1e3 * local_s
+            self._background(frame)
+        return local_s
 
     def _deferred(self, t, dec: Optional[Decision] = None) -> EdgeStep:
         t['end'] = time.perf_counter()
@@ -604,13 +643,26 @@ class EdgePipeline:
 
     #: ``_dense_wins``: the cloud must be this much slower than the dense local path
     DENSE_MARGIN = 1.25
-    #: ... and a full step (motion, decision, upload) re-measures every this many frames
+    #: ... and a full step (motion, decision, upload) re-measures every this many frames,
+    #: doubling while the dense path keeps winning, up to ``FULL_MAX_S`` of camera time
     FULL_EVERY = 10
+    FULL_MAX_S = 1.0
+
+    def _next_full_every(self, dec: Decision) -> int:
+        """Frames until the next full step. A full step costs the front end (block motion, the
+        decision, opportunistic uploads) on top of the dense pass, and on a device that is
+        already the bottleneck that cost delays every queued frame behind it; so while each
+        full step finds the cloud ``DENSE_MARGIN`` slower again, re-measure half as often, at
+        least every ``FULL_MAX_S`` seconds of camera time (or ``FULL_EVERY`` frames)."""
+        interval = self.scheduler.frame_interval_s
+        cap = max(self.FULL_EVERY, int(self.FULL_MAX_S / interval) if interval else 0)
+        wins = dec.strategy == 'edge' and dec.t_cloud > self.DENSE_MARGIN * dec.t_edge
+        return min(cap, 2 * self._full_every) if wins else self.FULL_EVERY
 
     def _dense_wins(self, frame, wait_s: float = 0.0) -> bool:
         """Skip block motion and the decision: the last full step computed this camera's frame
         locally with the dense runtime (onnxruntime), predicted faster than the cloud by
-        ``DENSE_MARGIN``, fewer than ``FULL_EVERY`` frames ago, and nothing asks for a key or
+        ``DENSE_MARGIN``, fewer than ``_full_every`` frames ago, and nothing asks for a key or
         pins a side. Motion estimation would then only cost time (a robot whose link is bad
         and whose dense runtime beats the engine). ``wait_s``: the busy device's remaining
         time, added to the local side."""
@@ -622,7 +674,7 @@ class EdgePipeline:
         return (d is not None and d.strategy == 'edge' and dense_faster
                 and not self.config.force_strategy and self._key_reason == ''
                 and frame.shape[2] == 3
-                and self.frames - self._last_full < self.FULL_EVERY
+                and self.frames - self._last_full < self._full_every
                 and self.proxy is not None and self.proxy.shape == frame.shape
                 and d.t_cloud > self.DENSE_MARGIN * (d.t_edge + wait_s))
 
@@ -630,12 +682,20 @@ class EdgePipeline:
         """The frame on the dense local runtime alone, nothing sent (see ``_dense_wins``)."""
         out = EdgeStep(decision=self.last_decision_full, hit_ratio=0.0, motion_skipped=True)
         t['schedule'] = time.perf_counter()
-        out.local_result = self._local(frame, None, np.zeros(0, np.int64), False,
-                                       dense_runtime=True)
         self._local_det = None
         out.block_map = np.ones(self.n_blocks, np.uint8)
-        if self.refresh is not None and self.refresh.running:
-            self.refresh.resume()  # paused at the start of the frame
+
+        def job():
+            t0 = time.perf_counter()
+            out.local_result = self._local(frame, None, np.zeros(0, np.int64), False,
+                                           dense_runtime=True)
+            if self.refresh is not None and self.refresh.running:
+                self.refresh.resume()  # paused at the start of the frame
+            return time.perf_counter() - t0
+        if self.overlap:
+            out.local_job, out.local_eta_s = job, self.scheduler.edge(self.n_blocks)
+        else:
+            job()
         t['end'] = time.perf_counter()
         out.timings = {'local_ms': 1e3 * (t['end'] - t['schedule']),
                        'total_ms': 1e3 * (t['end'] - t['t0'])}

@@ -55,6 +55,9 @@ class EdgeRuntime:
         self._seq_of_index = {}  # camera frame index -> batch seq of the frames offloaded
         self.rejects = Counter()
         self.lock = threading.RLock()
+        #: the local device: an overlapped local job (``run_local``) or a recovery computes
+        #: on it, one at a time (taken after ``lock``, never before it)
+        self.device = threading.Lock()
         self.last_frame: Optional[Frame] = None
         self.last: dict = {}
         self._awaiting = OrderedDict()  # seq -> Frame offloaded for inference, no result yet
@@ -159,10 +162,13 @@ class EdgeRuntime:
                 self.counters['quality_probes'] = q.samples  # probes with both results in
 
     # -- critical path (worker) ---------------------------------------------------------------
-    def process(self, frame: Frame, now: Optional[float] = None) -> Processed:
+    def process(self, frame: Frame, now: Optional[float] = None,
+                device_busy_s: float = 0.0) -> Processed:
         """Algorithm 1 on one frame, after the link check; offloaded frames left without a
         result by a server that went away are computed here first (newest only; older ones
-        are counted ``lost_offloaded``)."""
+        are counted ``lost_offloaded``). ``device_busy_s``: an overlapped local job still
+        runs (``EdgePipeline.step``); a deferred step is counted ``deferred_device_busy``
+        and the caller hands the frame over again once the device is free."""
         now = time.monotonic() if now is None else now
         t0 = time.perf_counter()
         out = Processed(link=self.server.poll(now))
@@ -178,10 +184,21 @@ class EdgeRuntime:
             self._observe_camera(frame)
             sch = self.pipeline.scheduler
             sch.queue_s = self.server.backlog_s(now, sch.bw.bps)
-            step = self.pipeline.step(frame.image, frame.codec_mvs)
+            step = self.pipeline.step(frame.image, frame.codec_mvs, device_busy_s)
             out.step = step
-            self._account(step, frame, t0, now)
+            if step.deferred:
+                self.counters['deferred_device_busy'] += 1
+            else:
+                self._account(step, frame, t0, now)
         return out
+
+    def run_local(self, step: EdgeStep):
+        """An overlapped step's local job (on the device's thread), then its accounting."""
+        with self.device:
+            local_s = step.local_job()
+        with self.lock:
+            self.last['local_ms'] = round(1e3 * local_s, 2)
+            self._account_local(step)
 
     def _observe_camera(self, frame: Frame):
         """The camera's frame interval from the stamps and indices of the frames taken (the
@@ -209,7 +226,8 @@ class EdgeRuntime:
         if newest.image.shape[2] != 3 or self.pipeline.runner is None:
             self.counters['lost_offloaded'] += 1
             return []
-        det = self.pipeline.compute_locally(newest.image)
+        with self.device:
+            det = self.pipeline.compute_locally(newest.image)
         self.counters['recovered_locally'] += 1
         return [(newest, det)]
 
@@ -236,7 +254,7 @@ class EdgeRuntime:
             c['batches_sent'] += 1
             c['bytes_sent'] += len(step.payload)
             c['blocks_sent'] += len(step.update.block_indices)
-        elif step.local_result is None:
+        elif step.local_result is None and step.local_job is None:
             c['no_result_no_batch'] += 1
         p = self.pipeline
         self.last = dict(step.timings, total_ms=1e3 * (time.perf_counter() - t0),
@@ -251,8 +269,13 @@ class EdgeRuntime:
             self.last.update(quality_floor_crf=p.quality.crf,
                              quality_retention=round(p.quality.last_retention, 3))
             c['quality_probes'] = p.quality.samples
+        if step.local_job is None:
+            self._account_local(step)
+
+    def _account_local(self, step: EdgeStep):
+        p = self.pipeline
         if self.config.local_inference and getattr(p, 'last_stats', None):
             self.last['mac_ratio'] = round(p.last_stats.mac_ratio, 3)
         if step.local_result is not None and p.last_path:
-            c[f'path.{p.last_path}'] += 1  # which local runtime served the frame
+            self.counters[f'path.{p.last_path}'] += 1  # which local runtime served the frame
             self.last['local_path'] = p.last_path

@@ -125,20 +125,27 @@ def test_the_payload_crf_follows_the_link_rate():
 def test_when_the_dense_runtime_wins_by_far_motion_is_skipped_between_full_steps():
     """A slow link and an onnxruntime far faster than the engine: the edge serves frames with
     onnxruntime without block motion, and re-measures with a full step every FULL_EVERY
-    frames."""
+    frames; with a known camera rate the interval doubles while the cloud stays far slower,
+    up to FULL_MAX_S of camera time."""
     from fluxshard_kernels.profile import DeviceProfile, RoleProfile
     prof = DeviceProfile('measured', 'test', RoleProfile(0.0, 0.0, 1.0, 0.01, 1.0),
                          RoleProfile(0.0, 0.0, 1.0, 0.01, 1.0))
-    pipe = EdgePipeline(EdgeConfig(bandwidth_mbps=0.1, fit_latency=False), profile=prof)
-    skipped = []
-    for f in data.iter_frames('pets09-s2l1', 25):
-        out = pipe.step(f)
-        assert out.local_result is not None
-        assert not (out.motion_skipped and out.sends)
-        skipped.append(out.motion_skipped)
-    full = [i for i, s in enumerate(skipped) if not s]
-    assert sum(skipped) >= 15 and full[0] == 0, skipped
-    assert max(b - a for a, b in zip(full, full[1:] + [len(skipped)])) <= pipe.FULL_EVERY
+    frames = list(data.iter_frames('pets09-s2l1', 50))
+    for rate_hz, gap_max in ((None, EdgePipeline.FULL_EVERY), (25.0, 25)):
+        pipe = EdgePipeline(EdgeConfig(bandwidth_mbps=0.1, fit_latency=False), profile=prof)
+        pipe.scheduler.frame_interval_s = 1 / rate_hz if rate_hz else None
+        skipped = []
+        for f in frames[:25 if rate_hz is None else 50]:
+            out = pipe.step(f)
+            assert out.local_result is not None
+            assert not (out.motion_skipped and out.sends)
+            skipped.append(out.motion_skipped)
+        full = [i for i, s in enumerate(skipped) if not s]
+        assert sum(skipped) >= 15 and full[0] == 0, skipped
+        gaps = [b - a for a, b in zip(full, full[1:])]
+        assert max(gaps + [len(skipped) - full[-1]]) <= gap_max, full
+        if rate_hz:
+            assert max(gaps) > pipe.FULL_EVERY, full
 
 
 def test_the_payload_quality_region_follows_the_objects():
@@ -182,12 +189,15 @@ def test_a_busy_device_offloads_when_the_cloud_beats_waiting_else_defers():
     to compute locally always waits."""
     from fluxshard_kernels import data
     frames = list(data.iter_frames('pets09-s2l1', 4))
-    pipe = EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime', overlap_local=True))
+    pipe = EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime', overlap_local='always'))
     assert pipe.step(frames[0]).key
     for _ in range(8):  # a 300 ms round trip: computing locally wins on an idle device
         pipe.scheduler.bw.observe(20_000, 0.3 + 20_000 / (50e6 / 8))
     idle = pipe.step(frames[1])
-    assert idle.decision.strategy == 'edge' and idle.local_result is not None
+    # overlapped: the local computation is handed back as a job for the device's thread
+    assert idle.decision.strategy == 'edge' and idle.local_result is None
+    assert idle.local_job is not None and idle.local_eta_s > 0
+    assert idle.local_job() > 0 and idle.local_result is not None
     seq, frames_seen, proxy_before = pipe.seq, pipe.frames, pipe.proxy.copy()
     wait = pipe.step(frames[2], device_busy_s=0.01)
     assert wait.deferred and not wait.sends and wait.local_result is None
@@ -197,8 +207,12 @@ def test_a_busy_device_offloads_when_the_cloud_beats_waiting_else_defers():
     assert not gone.deferred and gone.decision.strategy == 'cloud' and gone.sends
     assert gone.seq == seq + 1 and gone.local_result is None
     with pytest.raises(ValueError, match='overlap_local'):
-        pipe.reconfigure(overlap_local=False)
+        pipe.reconfigure(overlap_local='never')
     forced = EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime', force_strategy='edge',
-                                     overlap_local=True))
+                                     overlap_local='always'))
     forced.step(frames[0])
     assert forced.step(frames[1], device_busy_s=5.0).deferred
+    with pytest.raises(ValueError, match='overlap_local'):
+        EdgeConfig(overlap_local='sometimes')
+    # 'auto' overlaps only where local inference runs on CUDA (not on this CPU)
+    assert not EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime')).overlap

@@ -246,7 +246,7 @@ class FluxShard(Method):
                          independent_px=independent_px, task_allocation=ablation != 'no-ata',
                          edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
-        cfg = dataclasses.replace(cfg, overlap_local=self.overlap)
+        cfg = dataclasses.replace(cfg, overlap_local='always' if self.overlap else 'never')
         self.pipe = EdgePipeline(cfg, model, profile=self.prof)
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
         if self.pipe.quality is not None:  # reference passes inline, charged as background
@@ -272,9 +272,11 @@ class FluxShard(Method):
         probes = p.quality.started if p.quality is not None else 0
         t0 = time.perf_counter()
         st = p.step(frame, device_busy_s=device_busy_s)
-        w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0))
+        if st.local_job is not None:  # the device's part (the harness times it below)
+            st.local_job()
+        w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0),
+                     deferred=st.deferred)
         if st.deferred:
-            w.deferred = True
             return w
         dec = st.decision
         n = BlockGrid(frame.shape[0], frame.shape[1], p.config.block_size).count
