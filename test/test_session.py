@@ -4,6 +4,7 @@ import numpy as np
 
 from fluxshard_edge.pipeline import EdgeConfig, EdgePipeline
 from fluxshard_kernels import data, motion, proxy
+from fluxshard_kernels.blocks import block_dissimilarity, warp_image_int
 from fluxshard_server.session import EdgeSession
 
 
@@ -96,10 +97,12 @@ def test_h264_payload_keeps_edge_and_server_bit_identical_over_100_frames():
     assert sent < 100 * f.nbytes / 30  # well under a thirtieth of raw frames
 
 
-def test_h264_batches_carry_no_motion_field_and_the_server_reads_the_units_vectors():
-    """payload.send_motion false: the batch has no block field (bytes saved), the
-    server takes the motion from the unit's own vectors; on a panning camera they agree with
-    the edge's block matching on most blocks. With send_motion the field travels as before."""
+def test_h264_batches_carry_no_motion_field_and_the_server_matches_its_proxy_states():
+    """payload.send_motion false: the batch has no block field (bytes saved); the server
+    matches the proxy states before and after the unit itself; on a panning camera its field
+    warps the old state about as close to the true frame as the edge's own block matching
+    (measured mean D over 20 frames of parkour: 6.5 against 6.2; the unit's own vectors
+    rasterised per block: 7.8). With send_motion the field travels as before."""
     from fluxshard_server.receive import receive_batch
     frames = list(data.iter_frames('davis-parkour', limit=6))
     sizes = {}
@@ -107,7 +110,7 @@ def test_h264_batches_carry_no_motion_field_and_the_server_reads_the_units_vecto
         pipe = EdgePipeline(EdgeConfig(codec='h264', local_inference=False,
                                        force_strategy='cloud', send_motion=send))
         s = EdgeSession('e')
-        agree, total = 0, 0
+        d_server = d_edge = 0.0
         for i, f in enumerate(frames):
             prev = None if pipe.proxy is None else pipe.proxy.copy()
             st = pipe.step(f)
@@ -119,13 +122,17 @@ def test_h264_batches_carry_no_motion_field_and_the_server_reads_the_units_vecto
             sizes[send] = sizes.get(send, 0) + len(m.mv_packed) + len(m.mv_x)
             grid = st.update.grid
             assert r.mv is not None and r.mv.shape == (grid.rows, grid.cols, 2)
-            if not send:  # the edge's block matching against the same reference
-                bm = motion.estimate_motion(f, prev, grid.block_size).mv.reshape(r.mv.shape)
+            assert r.matched == (not send)
+            if not send:  # as good a warp of the old state as the edge's own block matching
                 assert (np.abs(r.mv).sum(-1) > 0).mean() > 0.3  # a panning camera
-                agree += int((np.abs(bm - r.mv).max(-1) <= 2).sum())
-                total += grid.rows * grid.cols
+
+                def d(mv):
+                    w = warp_image_int(prev, grid, mv[..., 0].reshape(-1), mv[..., 1].reshape(-1))
+                    return float(block_dissimilarity(f, w, grid).mean())
+                d_server += d(r.mv)
+                d_edge += d(motion.estimate_motion(f, prev, grid.block_size).mv)
         if not send:
-            assert agree / total > 0.5, agree / total
+            assert d_server <= 1.1 * d_edge, (d_server, d_edge)
     assert sizes[False] == 0 and sizes[True] > 5 * 1000, sizes
 
 

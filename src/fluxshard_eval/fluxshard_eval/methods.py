@@ -209,6 +209,8 @@ class _BlockServer:
         out.server_s = (self.prof.server.dense_s if self.dense_times else
                         self.prof.server.sparse_s(k))
         out.server_compute = 1.0 if self.dense_times else min(1.0, k / count)
+        if r.matched:  # the block field matched on the server: one of the edge's two matches
+            out.server_s += self.prof.edge_overhead_s / 2
         if self.em.refresh.completed > refreshes:
             out.background_s = self.prof.server.engine_s
         out.result_bytes = _result_bytes(det, self.edge_id, index, self.em.task)

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from fluxshard_msgs_py import conversions
-from fluxshard_kernels import proxy
+from fluxshard_kernels import motion, proxy
 from fluxshard_server.session import EdgeSession, Outcome
 
 
@@ -26,6 +26,8 @@ class Received:
         block_size: the batch's camera block edge, pixels (8, 16 or 32; from the message).
         changed: camera blocks the batch carried (``block_indices``): with ``mv``, exactly
             where the new proxy state differs from the previous one warped.
+        matched: ``mv`` was not sent but matched here, between the proxy states before and
+            after the batch (``payload.send_motion`` false).
     """
 
     outcome: Outcome
@@ -34,6 +36,7 @@ class Received:
     infer: bool = False
     block_size: int = 16
     changed: Optional[np.ndarray] = None
+    matched: bool = False
 
     @property
     def acked(self) -> bool:
@@ -61,17 +64,21 @@ def receive_batch(session: EdgeSession, msg) -> Received:
             session.synced = False
         return Received(Outcome(False, True, f'seq {msg.seq}: {type(e).__name__}: {e}',
                                 'bad_batch'))
-    prev_seq = session.last_seq
+    prev_seq, old = session.last_seq, session.state  # an applied batch replaces the state
     out = session.offer(int(msg.seq), upd, bytes(msg.state_digest), stamp)
     r = Received(out)
     if r.acked and msg.sparse_inference_requested:
         if upd.mv_x is not None:
             r.mv = np.stack([upd.mv_x, upd.mv_y], -1).reshape(upd.grid.rows, upd.grid.cols, 2)
-        elif inter and not upd.key and session.decoder.last_mvs is not None:
-            # no field sent (payload.send_motion false): the unit's own vectors, per block
-            # (blocks without inter vectors: zero motion, their pixels changed anyway)
-            from fluxshard_kernels.codec_mv import rasterize
-            r.mv = rasterize(session.decoder.last_mvs, upd.grid)[0]
+        elif inter and not upd.key and old is not None and old.shape == session.state.shape:
+            # no field sent (payload.send_motion false): the server holds both proxy states,
+            # the one the edge matched its frame against and the unit's decoded frame, so it
+            # matches them itself (the same block matching, predicted from its last field)
+            # instead of reading the bytes off the link
+            f = motion.estimate_motion(session.state, old, upd.grid.block_size,
+                                       session.matched_mv)
+            r.mv, r.matched = f.mv, True
+            session.matched_mv = f.mv
         r.prev_seq = None if upd.key else prev_seq
         r.infer = True
         r.block_size = int(upd.grid.block_size)

@@ -37,8 +37,10 @@ class EdgeSession:
         self.digest = b''
         self.applied = 0
         self.last_stamp = -1
-        # the H.264 (CODEC_H264) reference of this edge, with the units' own motion vectors
-        self.decoder = proxy.InterDecoder(export_mvs=True)
+        # the H.264 (CODEC_H264) reference of this edge
+        self.decoder = proxy.InterDecoder()
+        # the last block field matched here (``receive_batch``: batches without one)
+        self.matched_mv: Optional[np.ndarray] = None
 
     def admit(self, seq: int, key: bool, expected_digest: bytes,
               stamp_ns: int = -1) -> Optional[Outcome]:
