@@ -60,6 +60,7 @@ FIELDS = {
     'motion.enabled': 'motion', 'motion.independent_px': 'independent_px',
     'payload.codec': 'codec', 'payload.quality': 'quality', 'payload.crf': 'crf',
     'payload.max_crf': 'max_crf', 'payload.roi_qoffset': 'roi_qoffset',
+    'payload.roi_large_qoffset': 'roi_large_qoffset',
     'payload.send_motion': 'send_motion', 'payload.target_retention': 'target_retention',
     'payload.probe_interval': 'probe_interval',
     'key_interval': 'key_interval',
@@ -102,6 +103,10 @@ PARAMS = [
           '(moved by the block motion, grown by a block) at the CRF and the rest of the frame '
           'this much coarser (x264 quantiser offset, 1.0 = +51 QP, 0.2 costs about CRF + 6; '
           '0 = off)', lo=0.0, hi=1.0, live=True),
+    Param('payload.roi_large_qoffset', 0.0, 'h264 payloads: code the large objects of the '
+          'last result (>= 2.25 % of the frame, COCO\'s "large") this much coarser than the '
+          'small ones (a detector keeps large objects through coarser quantisation); at most '
+          'payload.roi_qoffset', lo=0.0, hi=1.0, live=True),
     Param('payload.target_retention', 0.0, 'h264 payloads: the CRF floor from the results: '
           'every payload.probe_interval offloaded frames the robot runs onnxruntime on the '
           "true frame in the background; while the server's results keep this object-pooled "

@@ -55,6 +55,7 @@ class EdgeConfig:
     crf: int = 20
     max_crf: int = 30
     roi_qoffset: float = 0.2
+    roi_large_qoffset: float = 0.0
     target_retention: float = 0.0
     probe_interval: int = 10
     send_motion: bool = True
@@ -95,6 +96,8 @@ class EdgeConfig:
             raise ValueError(f'max_crf must be in 0..51, got {self.max_crf}')
         if not 0 <= self.roi_qoffset <= 1:
             raise ValueError(f'roi_qoffset must be in 0..1, got {self.roi_qoffset}')
+        if not 0 <= self.roi_large_qoffset <= 1:
+            raise ValueError(f'roi_large_qoffset must be in 0..1, got {self.roi_large_qoffset}')
         if self.tau < 0:
             raise ValueError(f'tau must be >= 0, got {self.tau}')
         if not 0 <= self.target_retention <= 1:
@@ -621,10 +624,17 @@ class EdgePipeline:
             self._key_reason = ''
             self._prev_mv_proxy = None
 
+    #: an object is large (``roi_large_qoffset``) when its box covers at least this share of
+    #: the frame's area (COCO's "large", 96 x 96 px of a 640 px image, is 2.25 %)
+    LARGE_AREA = 0.0225
+
     def _roi(self, mv, grid) -> Optional[RoiMap]:
         """Where the payload's bits go (``roi_qoffset`` > 0): the objects of the last result
         (the edge's or the server's), moved by the block motion and grown by a block, at the
         link's CRF; the rest ``roi_qoffset`` coarser (1.0 = +51 QP; 0.2 costs about CRF + 6).
+        A large object (``LARGE_AREA``) is coded ``roi_large_qoffset`` coarser than the small
+        ones (a detector keeps large objects through coarser quantisation; small ones are the
+        first it loses); where they overlap, the finer region holds.
         None when neither this nor the link asks for an offset."""
         q = self.config.roi_qoffset
         link = max(0, self.crf - self.config.crf) * self.QOFFSET_PER_CRF  # see _link_crf
@@ -636,9 +646,13 @@ class EdgePipeline:
             boxes = (salience.project_boxes(det.boxes, mv, grid) if mv is not None
                      else np.asarray(det.boxes, np.float32))
         m = grid.block_size
-        self.last_roi = RoiMap([(x1 - m, y1 - m, x2 - x1 + 2 * m, y2 - y1 + 2 * m)
+        large = self.LARGE_AREA * grid.height * grid.width
+        qo = min(1.0, link)
+        ql = min(1.0, link + min(q, self.config.roi_large_qoffset))  # never the background's
+        self.last_roi = RoiMap([(x1 - m, y1 - m, x2 - x1 + 2 * m, y2 - y1 + 2 * m,
+                                 ql if (x2 - x1) * (y2 - y1) >= large else qo)
                                 for x1, y1, x2, y2 in boxes.reshape(-1, 4)] if q else [],
-                               min(1.0, q + link), min(1.0, link))
+                               min(1.0, q + link), qo)
         return self.last_roi
 
     #: ``_dense_wins``: the cloud must be this much slower than the dense local path

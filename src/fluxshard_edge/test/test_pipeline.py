@@ -148,6 +148,27 @@ def test_when_the_dense_runtime_wins_by_far_motion_is_skipped_between_full_steps
             assert max(gaps) > pipe.FULL_EVERY, full
 
 
+def test_large_objects_are_coded_coarser_than_small_ones():
+    """payload.roi_large_qoffset: a box covering >= LARGE_AREA of the frame gets that offset
+    (never more than the background's), a small one keeps the CRF."""
+    from fluxshard_kernels.yolo.processing import Detections
+    f = next(data.iter_frames('davis-blackswan', limit=1))
+    pipe = EdgePipeline(EdgeConfig(codec='h264', roi_qoffset=0.2, roi_large_qoffset=0.1,
+                                   force_strategy='cloud', local_inference=False, crf=23))
+    pipe.last_result = Detections(boxes=np.array([[100, 100, 400, 400], [600, 50, 630, 80]],
+                                                 np.float32),
+                                  scores=np.array([0.9, 0.6], np.float32),
+                                  class_ids=np.array([14, 0]))
+    assert pipe.step(f).sends
+    qs = {r[0]: r[4] for r in pipe.last_roi.regions}
+    assert qs == {100 - 16: 0.1, 600 - 16: 0.0}, pipe.last_roi.regions
+    pipe.reconfigure(roi_large_qoffset=0.5)  # capped at the background's offset
+    pipe.step(f)
+    assert max(r[4] for r in pipe.last_roi.regions) == 0.2
+    with pytest.raises(ValueError, match='roi_large_qoffset'):
+        EdgeConfig(roi_large_qoffset=1.5)
+
+
 def test_the_payload_quality_region_follows_the_objects():
     """An object moving across the frame moves its ROI region (projected by the block
     motion), and the ROI payload costs fewer bytes than the same frames without it."""

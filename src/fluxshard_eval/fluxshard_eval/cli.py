@@ -33,6 +33,10 @@ SWEEP = {f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
 SWEEP['fluxshard h264 recompute-tau 0'] = ('fluxshard', {'codec': 'h264', 'recompute_tau': 0.0})
 SWEEP.update({f'fluxshard h264 roi{q:g}': ('fluxshard', {'codec': 'h264', 'roi_qoffset': q})
               for q in (0.0, 0.4)})
+# large objects coded coarser than small ones (issue 21)
+SWEEP.update({f'fluxshard h264 large{q:g}': ('fluxshard', {'codec': 'h264',
+                                                           'roi_large_qoffset': q})
+              for q in (0.1, 0.2)})
 # the CRF floor from the results' retention (issue 21)
 SWEEP.update({f'fluxshard h264 target{t}':
               ('fluxshard', {'codec': 'h264', 'target_retention': t / 100})

@@ -230,6 +230,7 @@ class FluxShard(Method):
                  independent_px: float = 0.0, codec: str = EdgeConfig.codec,
                  crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU,
                  roi_qoffset: float = EdgeConfig.roi_qoffset,
+                 roi_large_qoffset: float = EdgeConfig.roi_large_qoffset,
                  send_motion: bool = EdgeConfig.send_motion,
                  target_retention: float = EdgeConfig.target_retention,
                  overlap: Optional[bool] = None):
@@ -240,7 +241,8 @@ class FluxShard(Method):
         self.name = ablation or 'fluxshard'
         dense = ablation == 'no-ms-comp'
         cfg = EdgeConfig(edge_id=edge_id, block_size=block, tau=tau, codec=codec, crf=crf,
-                         roi_qoffset=roi_qoffset, send_motion=send_motion, quality=quality,
+                         roi_qoffset=roi_qoffset, roi_large_qoffset=roi_large_qoffset,
+                         send_motion=send_motion, quality=quality,
                          target_retention=target_retention,
                          task=model.task, bandwidth_mbps=link.mbps,
                          refresh_interval=refresh, fit_latency=False,

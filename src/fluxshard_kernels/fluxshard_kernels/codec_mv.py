@@ -136,38 +136,50 @@ def decode_with_motion(path, block_size: int = 16,
             prev = img
 
 
+def _qoffset(q) -> float:
+    if not (isinstance(q, (int, float)) and math.isfinite(q) and -1 <= q <= 1):
+        raise ValueError(f'ROI quantiser offsets must be in [-1, 1], got {q!r}')
+    return float(q)
+
+
 class RoiMap:
     """Where a frame's bits go: ``regions`` (x, y, w, h pixel rectangles: the objects) keep
     the CRF's quality, the rest of the frame is coded ``background`` coarser (x264 quantiser
     offset per macroblock through FFmpeg's ``addroi``: 0 = same quality, 1.0 = +51 QP;
-    a region's offset is ``region_qoffset``, usually 0, negative = finer).
+    a region's offset is ``region_qoffset``, usually 0, negative = finer; a region given as
+    (x, y, w, h, qoffset) carries its own). Where regions overlap the finest one holds.
 
     Raises:
-        ValueError: an offset outside [-1, 1] or not finite, a rectangle that is not four
-        finite numbers.
+        ValueError: an offset outside [-1, 1] or not finite, a region that is not four
+        (or five) finite numbers.
     """
 
     def __init__(self, regions, background: float, region_qoffset: float = 0.0):
-        for q in (background, region_qoffset):
-            if not (isinstance(q, (int, float)) and math.isfinite(q) and -1 <= q <= 1):
-                raise ValueError(f'ROI quantiser offsets must be in [-1, 1], got {q!r}')
+        self.background, self.region_qoffset = _qoffset(background), _qoffset(region_qoffset)
         rects = []
         for r in regions:
             vals = [float(v) for v in r]
-            if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
-                raise ValueError(f'ROI region must be (x, y, w, h) finite numbers, got {r!r}')
-            rects.append(vals)
-        self.regions, self.background, self.region_qoffset = rects, float(background), float(
-            region_qoffset)
+            if len(vals) not in (4, 5) or not all(math.isfinite(v) for v in vals):
+                raise ValueError(f'ROI region must be (x, y, w, h[, qoffset]) finite numbers, '
+                                 f'got {r!r}')
+            rects.append(vals[:4] + [_qoffset(vals[4]) if len(vals) == 5 else
+                                     self.region_qoffset])
+        rects.sort(key=lambda r: r[4])  # the finest first: the first region holds an overlap
+        self.regions = rects
+
+    @property
+    def any_offset(self) -> bool:
+        return bool(self.background) or any(r[4] for r in self.regions)
 
     def clipped(self, width: int, height: int):
-        """Integer rectangles inside a width x height frame (empty ones dropped)."""
+        """(x, y, w, h, qoffset) integer rectangles inside a width x height frame (empty ones
+        dropped), the finest first."""
         out = []
-        for x, y, w, h in self.regions:
+        for x, y, w, h, q in self.regions:
             x0, y0 = max(0, int(x)), max(0, int(y))
             x1, y1 = min(width, int(math.ceil(x + w))), min(height, int(math.ceil(y + h)))
             if x1 > x0 and y1 > y0:
-                out.append((x0, y0, x1 - x0, y1 - y0))
+                out.append((x0, y0, x1 - x0, y1 - y0, q))
         return out
 
 
@@ -179,8 +191,8 @@ def _roi_frame(frame, roi: 'RoiMap'):
     g = av.filter.Graph()
     last = g.add_buffer(width=frame.width, height=frame.height, format='yuv420p',
                         time_base='1/30')
-    for x, y, w, h in roi.clipped(frame.width, frame.height):
-        f = g.add('addroi', f'x={x}:y={y}:w={w}:h={h}:qoffset={roi.region_qoffset:g}')
+    for x, y, w, h, q in roi.clipped(frame.width, frame.height):
+        f = g.add('addroi', f'x={x}:y={y}:w={w}:h={h}:qoffset={q:g}')
         last.link_to(f)
         last = f
     if roi.background:
@@ -222,7 +234,7 @@ class H264Encoder:
         import av
         f = av.VideoFrame.from_ndarray(np.ascontiguousarray(
             frame[:self.ctx.height, :self.ctx.width]), format='bgr24')
-        if roi is not None and (roi.background or roi.region_qoffset):
+        if roi is not None and roi.any_offset:
             f = f.reformat(format='yuv420p')
             f.pts = self._pts
             f = _roi_frame(f, roi)
