@@ -347,7 +347,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                 RESULT_QOS, callback_group=fb))
         self._stop.clear()
         self.slot = LatestSlot()
-        self._local = None  # (future, predicted end) of the overlapped local job
+        self._local = None  # the future of the overlapped local job
         self._local_pool = ThreadPoolExecutor(1, thread_name_prefix='edge-local') \
             if self.runtime.pipeline.overlap else None
         self._worker = threading.Thread(target=self._run, name='edge-critical', daemon=True)
@@ -569,7 +569,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         return Frame(idx, msg.header, image, mvs)
 
     def _process(self, frame: Frame):
-        out = self.runtime.process(frame, device_busy_s=self._device_busy())
+        out = self.runtime.process(frame)
         step = out.step
         if step.deferred:  # waiting for the device beats offloading: then the newest frame
             self._wait_local()
@@ -580,8 +580,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         for old, det in out.recovered:
             self._publish_local(det, old)
         if step.local_job is not None:  # the device computes it while the next frame comes
-            self._local = (self._local_pool.submit(self._run_local, frame, step),
-                           time.monotonic() + step.local_eta_s)
+            self._local = self._local_pool.submit(self._run_local, frame, step)
         else:
             self._publish_local(step.local_result, frame, step)
         if not step.sends or self.runtime.no_server:  # no server: counted batches_no_server
@@ -614,15 +613,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.errors.error('internal_error', f'local inference failed: '
                               f'{type(e).__name__}: {e}')
 
-    def _device_busy(self) -> float:
-        """Seconds the overlapped local job still needs (predicted; 0: the device is free)."""
-        if self._local is None or self._local[0].done():
-            return 0.0
-        return max(1e-3, self._local[1] - time.monotonic())
-
     def _wait_local(self):
         if self._local is not None:
-            self._local[0].result()
+            self._local.result()
 
     # -- fleet (auto mode): which server -------------------------------------------------------
     def _on_announcement(self, msg: ServerStatus):

@@ -58,6 +58,8 @@ class EdgeRuntime:
         #: the local device: an overlapped local job (``run_local``) or a recovery computes
         #: on it, one at a time (taken after ``lock``, never before it)
         self.device = threading.Lock()
+        self._device_jobs = 0      # overlapped local jobs handed out and not finished
+        self._device_until = 0.0   # their predicted end (monotonic seconds)
         self.last_frame: Optional[Frame] = None
         self.last: dict = {}
         self._awaiting = OrderedDict()  # seq -> Frame offloaded for inference, no result yet
@@ -162,13 +164,13 @@ class EdgeRuntime:
                 self.counters['quality_probes'] = q.samples  # probes with both results in
 
     # -- critical path (worker) ---------------------------------------------------------------
-    def process(self, frame: Frame, now: Optional[float] = None,
-                device_busy_s: float = 0.0) -> Processed:
+    def process(self, frame: Frame, now: Optional[float] = None) -> Processed:
         """Algorithm 1 on one frame, after the link check; offloaded frames left without a
         result by a server that went away are computed here first (newest only; older ones
-        are counted ``lost_offloaded``). ``device_busy_s``: an overlapped local job still
-        runs (``EdgePipeline.step``); a deferred step is counted ``deferred_device_busy``
-        and the caller hands the frame over again once the device is free."""
+        are counted ``lost_offloaded``). While an overlapped local job still runs
+        (``device_busy_s``) the step may be deferred: counted ``deferred_device_busy``, and
+        the caller hands the frame over again once the device is free; a step that returns
+        a ``local_job`` is the caller's to run with ``run_local``."""
         now = time.monotonic() if now is None else now
         t0 = time.perf_counter()
         out = Processed(link=self.server.poll(now))
@@ -184,21 +186,36 @@ class EdgeRuntime:
             self._observe_camera(frame)
             sch = self.pipeline.scheduler
             sch.queue_s = self.server.backlog_s(now, sch.bw.bps)
-            step = self.pipeline.step(frame.image, frame.codec_mvs, device_busy_s)
+            step = self.pipeline.step(frame.image, frame.codec_mvs, self.device_busy_s(now))
             out.step = step
+            if step.local_job is not None:
+                self._device_jobs += 1
+                self._device_until = now + step.local_eta_s
             if step.deferred:
                 self.counters['deferred_device_busy'] += 1
             else:
                 self._account(step, frame, t0, now)
         return out
 
+    def device_busy_s(self, now: Optional[float] = None) -> float:
+        """Seconds the overlapped local jobs still need (predicted; 0: the device is free)."""
+        with self.lock:
+            if not self._device_jobs:
+                return 0.0
+            now = time.monotonic() if now is None else now
+            return max(1e-3, self._device_until - now)
+
     def run_local(self, step: EdgeStep):
         """An overlapped step's local job (on the device's thread), then its accounting."""
-        with self.device:
-            local_s = step.local_job()
-        with self.lock:
-            self.last['local_ms'] = round(1e3 * local_s, 2)
-            self._account_local(step)
+        try:
+            with self.device:
+                local_s = step.local_job()
+            with self.lock:
+                self.last['local_ms'] = round(1e3 * local_s, 2)
+                self._account_local(step)
+        finally:
+            with self.lock:
+                self._device_jobs -= 1
 
     def _observe_camera(self, frame: Frame):
         """The camera's frame interval from the stamps and indices of the frames taken (the
