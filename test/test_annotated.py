@@ -50,6 +50,11 @@ def test_annotated_pictures_on_edge_and_server(ros, tmp_path):
         f'scheduler.force_strategy:={how}', 'annotated.enabled:=true',
         'annotated.max_rate_hz:=50.0', 'camera.depth:=10'])
         for r, how in (('robot1', 'edge'), ('robot2', 'cloud'))]
+    # the cameras start once every node is active, so no frame waits out a warm-up (a burst
+    # would leave no frame to draw once the test subscribes to the pictures)
+    assert ros.wait_for(lambda: {'fluxshard/server/robot1', 'fluxshard/server/robot2',
+                                 'fluxshard/edge/robot1', 'fluxshard/edge/robot2'} <= set(diag),
+                        120), ros.log(server)
     logs = {r: tmp_path / f'{r}.stamps' for r in dets}
     cams = [ros.spawn('fluxshard_eval.image_publisher_node', ns=r, params=[
         'source:=davis-parkour', f'count:={N}', 'rate_hz:=1.0', 'wait_for_subscribers:=1',
