@@ -94,7 +94,7 @@ def test_packed_motion_field_is_smaller_and_decodes_to_the_same_update(frame):
         raw = serialize_message(msg)
         sizes[pack] = len(raw)
         back = deserialize_message(raw, BlockBatch)
-        assert (back.mv_packing == BlockBatch.MV_PACK_ZLIB) == pack
+        assert (back.mv_packing == BlockBatch.MV_PACK_ZLIB8) == pack  # a small field: int8
         assert (len(back.mv_x) == 0) == pack
         updates[pack] = conversions.msg_to_update(back)
     assert sizes[True] < sizes[False] - 2 * step.update.grid.count  # the field shrinks
@@ -175,3 +175,84 @@ def test_packed_yuv422_cameras_are_converted_like_opencv(enc, code):
 def test_max_side_agrees_with_the_proxy_model():
     from fluxshard_kernels import proxy
     assert conversions.MAX_SIDE == proxy.MAX_SIDE
+
+
+def test_a_field_beyond_int8_packs_as_int16():
+    mx = np.zeros(60, np.int64)
+    my = mx.copy()
+    mx[7], my[9] = 200, -129
+    packing, packed = conversions.pack_motion(mx, my)
+    from fluxshard_msgs.msg import BlockBatch
+    assert packing == BlockBatch.MV_PACK_ZLIB
+    bx, by = conversions.unpack_motion(packed, 60, packing)
+    assert np.array_equal(bx, mx) and np.array_equal(by, my)
+    mx[7], my[9] = 127, -128  # the int8 range's ends
+    packing, packed = conversions.pack_motion(mx, my)
+    assert packing == BlockBatch.MV_PACK_ZLIB8
+    assert [np.array_equal(a, b) for a, b in
+            zip(conversions.unpack_motion(packed, 60, packing), (mx, my))] == [True, True]
+    with pytest.raises(proxy.ProxyError, match='exactly'):  # int8 bytes read as int16
+        conversions.unpack_motion(packed, 60, BlockBatch.MV_PACK_ZLIB)
+
+
+def _h264_batch(frame):
+    pipe = EdgePipeline(EdgeConfig(codec='h264', local_inference=False))
+    pipe.step(frame)
+    moved = np.ascontiguousarray(frame.copy())
+    moved[100:180, 200:330] = 255 - moved[100:180, 200:330]  # a changed region
+    step = pipe.step(moved)
+    assert step.codec == proxy.CODEC_H264 and len(step.update.block_indices) > 1
+    return pipe, step
+
+
+def test_h264_indices_travel_as_a_bitmap_and_decode_to_the_same_set(frame):
+    from rclpy.serialization import deserialize_message, serialize_message
+    from fluxshard_msgs.msg import BlockBatch
+    _, step = _h264_batch(frame)
+    idx = np.asarray(step.update.block_indices)
+    assert not np.array_equal(idx, np.sort(idx))  # the edge ranks them: the order is dropped
+    sizes, back = {}, {}
+    for pack in (True, False):
+        msg = conversions.update_to_msg(step.update, step.payload, Header(), 'e1', step.seq, 2,
+                                        step.codec, step.quality, step.dissimilarity, True,
+                                        step.digest, pack_mv=pack)
+        sizes[pack] = len(serialize_message(msg))
+        back[pack] = deserialize_message(serialize_message(msg), BlockBatch)
+    m = back[True]
+    assert m.index_packing == BlockBatch.INDEX_PACK_BITMAP_ZLIB and len(m.block_indices) == 0
+    assert sizes[True] < sizes[False] - 2 * idx.size  # 4 bytes an index, a bit a block
+    got = conversions.unpack_indices(bytes(m.indices_packed), step.update.grid.count)
+    assert np.array_equal(got, np.sort(idx))
+    # each dissimilarity stays with its block
+    d = np.clip(np.rint(step.dissimilarity), 0, 255).astype(np.uint8)
+    assert dict(zip(got.tolist(), bytes(m.dissimilarity))) == dict(zip(idx.tolist(), d))
+
+
+@pytest.mark.parametrize('mutate, match', [
+    (lambda m: setattr(m, 'indices_packed', bytes(m.indices_packed)[:-2]), 'exactly'),
+    (lambda m: setattr(m, 'indices_packed', b'junk'), 'not zlib'),
+    (lambda m: setattr(m, 'indices_packed', __import__('zlib').compress(bytes(10**7))),
+     'exactly'),
+    (lambda m: setattr(m, 'block_indices', [1, 2]), 'must be empty'),
+    (lambda m: setattr(m, 'index_packing', 9), 'unknown index_packing'),
+    (lambda m: setattr(m, 'codec', proxy.CODEC_JPEG), 'need an H.264'),
+    (lambda m: (setattr(m, 'index_packing', 0), setattr(m, 'block_indices', [1])),
+     'index_packing is INDEX_PACK_NONE'),
+])
+def test_bad_packed_indices_are_proxy_errors(frame, mutate, match):
+    _, step = _h264_batch(frame)
+    msg = conversions.update_to_msg(step.update, step.payload, Header(), 'e1', step.seq, 2,
+                                    step.codec, step.quality, step.dissimilarity, True,
+                                    step.digest)
+    mutate(msg)
+    with pytest.raises(proxy.ProxyError, match=match):
+        conversions.msg_to_update(msg, proxy.InterDecoder())
+
+
+def test_a_bit_past_the_grid_is_a_proxy_error():
+    import zlib
+    count = 13  # two bytes, three unused bits
+    good = zlib.compress(bytes([0b10000000, 0b00001000]))
+    assert list(conversions.unpack_indices(good, count)) == [0, 12]
+    with pytest.raises(proxy.ProxyError, match='past the grid'):
+        conversions.unpack_indices(zlib.compress(bytes([0, 0b00000100])), count)

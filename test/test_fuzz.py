@@ -47,11 +47,11 @@ FIELDS = {
     'block_size': st.integers(0, 65535), 'grid_rows': st.integers(0, 65535),
     'grid_cols': st.integers(0, 65535), 'codec': st.integers(0, 255),
     'canvas_cols': st.integers(0, 65535), 'key': st.booleans(),
-    'mv_packing': st.integers(0, 255),
+    'mv_packing': st.integers(0, 255), 'index_packing': st.integers(0, 255),
 }
 
 
-MUTATIONS = ['payload', 'block_indices', 'mv', 'mv_packed', 'digest']
+MUTATIONS = ['payload', 'block_indices', 'mv', 'mv_packed', 'indices_packed', 'digest']
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -77,13 +77,13 @@ def test_mutated_real_batches_never_raise(any_batches, field, which, data_):
         n = data_.draw(st.sampled_from([0, 3, msg.grid_rows * msg.grid_cols]))
         msg.mv_x = data_.draw(st.lists(st.integers(-32768, 32767), min_size=n, max_size=n))
         msg.mv_y = data_.draw(st.lists(st.integers(-32768, 32767), min_size=n, max_size=n))
-    elif field == 'mv_packed':
-        p = bytearray(bytes(msg.mv_packed) or b'x')
+    elif field in ('mv_packed', 'indices_packed'):
+        p = bytearray(bytes(getattr(msg, field)) or b'x')
         cut = data_.draw(st.integers(0, len(p)))
         p = p[:cut] if data_.draw(st.booleans()) else p + data_.draw(st.binary(max_size=8))
         if p:
             p[data_.draw(st.integers(0, len(p) - 1))] ^= data_.draw(st.integers(1, 255))
-        msg.mv_packed = bytes(p)
+        setattr(msg, field, bytes(p))
     else:
         msg.state_digest = data_.draw(st.binary(max_size=40))
     session = EdgeSession('e')
@@ -118,6 +118,8 @@ def test_memory_stays_bounded_over_thousands_of_good_and_bad_batches(real_batche
                 m.mv_packed = bytes(m.mv_packed)[::-1]
             elif r < 0.35:
                 m.block_indices = [rng.randrange(2**32) for _ in range(rng.randrange(8))]
+            elif r < 0.4:
+                m.indices_packed = bytes(m.indices_packed)[::-1]
             elif r < 0.45:
                 m.seq = rng.randrange(1, i + 2)  # duplicate / out of order
             outcomes.add(_offer(session, m))

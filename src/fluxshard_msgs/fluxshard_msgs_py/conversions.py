@@ -184,27 +184,58 @@ def array_to_image(arr: np.ndarray, header, encoding: Optional[str] = None) -> I
     return msg
 
 
-def pack_motion(mv_x, mv_y) -> bytes:
-    """zlib of the int16 little-endian field [mv_x, mv_y] (BlockBatch.MV_PACK_ZLIB)."""
-    field = np.concatenate([np.asarray(mv_x), np.asarray(mv_y)]).astype('<i2')
-    return zlib.compress(field.tobytes(), 6)
+def pack_motion(mv_x, mv_y) -> Tuple[int, bytes]:
+    """(BlockBatch.MV_PACK_ZLIB8 or MV_PACK_ZLIB, zlib of the field [mv_x, mv_y]): int8 when
+    every component fits, else int16 little-endian."""
+    field = np.concatenate([np.asarray(mv_x), np.asarray(mv_y)])
+    if field.size == 0 or (field.min() >= -128 and field.max() <= 127):
+        return BlockBatch.MV_PACK_ZLIB8, zlib.compress(field.astype(np.int8).tobytes(), 9)
+    return BlockBatch.MV_PACK_ZLIB, zlib.compress(field.astype('<i2').tobytes(), 9)
 
 
-def unpack_motion(packed: bytes, count: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Inverse of pack_motion for a grid of ``count`` blocks; ProxyError on anything else
-    (never inflates beyond the expected 4 * count bytes)."""
+def _inflate(packed: bytes, want: int, what: str) -> bytes:
+    """Exactly ``want`` bytes inflated from zlib ``packed``; ProxyError on anything else (never
+    inflates beyond ``want`` + 1 bytes: a decompression bomb costs nothing)."""
     proxy = _proxy()
-    want = 4 * count
     d = zlib.decompressobj()
     try:
         raw = d.decompress(packed, want + 1)
     except zlib.error as e:
-        raise proxy.ProxyError(f'mv_packed is not zlib data: {e}') from None
+        raise proxy.ProxyError(f'{what} is not zlib data: {e}') from None
     if len(raw) != want or d.unconsumed_tail or d.unused_data or not d.eof:
-        raise proxy.ProxyError(f'mv_packed does not hold exactly {count} block vectors '
-                               f'({want} bytes)')
-    field = np.frombuffer(raw, dtype='<i2').astype(np.int64)
+        raise proxy.ProxyError(f'{what} does not hold exactly {want} bytes')
+    return raw
+
+
+def unpack_motion(packed: bytes, count: int, packing: int = BlockBatch.MV_PACK_ZLIB
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """Inverse of pack_motion for a grid of ``count`` blocks; ProxyError on anything else."""
+    dtype = np.int8 if packing == BlockBatch.MV_PACK_ZLIB8 else np.dtype('<i2')
+    width = np.dtype(dtype).itemsize
+    raw = _inflate(packed, 2 * width * count,
+                   f'mv_packed (exactly {count} block vectors, {2 * width * count} bytes)')
+    field = np.frombuffer(raw, dtype=dtype).astype(np.int64)
     return field[:count], field[count:]
+
+
+def pack_indices(indices, count: int) -> bytes:
+    """zlib of the row-major bitmap of ``indices`` on a grid of ``count`` blocks
+    (BlockBatch.INDEX_PACK_BITMAP_ZLIB)."""
+    bits = np.zeros(count, bool)
+    bits[np.asarray(indices, np.int64)] = True
+    return zlib.compress(np.packbits(bits).tobytes(), 9)
+
+
+def unpack_indices(packed: bytes, count: int) -> np.ndarray:
+    """Ascending block indices of a packed bitmap; ProxyError unless it holds exactly the
+    grid's ceil(count / 8) bytes with the unused trailing bits zero."""
+    proxy = _proxy()
+    nbytes = -(-count // 8)
+    raw = _inflate(packed, nbytes, f'indices_packed (a bitmap of {count} blocks)')
+    bits = np.unpackbits(np.frombuffer(raw, np.uint8))
+    if bits[count:].any():
+        raise proxy.ProxyError(f'indices_packed sets a bit past the grid\'s {count} blocks')
+    return np.flatnonzero(bits[:count]).astype(np.int64)
 
 
 def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: str, seq: int,
@@ -212,7 +243,9 @@ def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: 
                   sparse_inference_requested: bool, state_digest: bytes,
                   pack_mv: bool = True) -> BlockBatch:
     """Build the BlockBatch that carries ``update`` (whose canvas was encoded into ``payload``);
-    the motion field is zlib-packed unless ``pack_mv`` is False."""
+    unless ``pack_mv`` is False the motion field is zlib-packed and an H.264 batch's indices (a
+    set: the blocks to recompute) travel as a zlib bitmap, ascending, with their
+    dissimilarities in that order."""
     m = BlockBatch()
     m.header = header
     m.edge_id = edge_id
@@ -224,16 +257,22 @@ def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: 
     if update.mv_x is not None and np.asarray(update.mv_x).any() or \
             update.mv_y is not None and np.asarray(update.mv_y).any():
         if pack_mv:
-            m.mv_packing = BlockBatch.MV_PACK_ZLIB
-            m.mv_packed = _seq('B', np.frombuffer(pack_motion(update.mv_x, update.mv_y),
-                                                  dtype=np.uint8))
+            m.mv_packing, packed = pack_motion(update.mv_x, update.mv_y)
+            m.mv_packed = _seq('B', np.frombuffer(packed, dtype=np.uint8))
         else:
             m.mv_x = _seq('h', update.mv_x)
             m.mv_y = _seq('h', update.mv_y)
     m.mv_reference = BlockBatch.MV_REF_PROXY
-    m.block_indices = _seq('I', update.block_indices)
-    m.dissimilarity = _seq('B', np.clip(np.rint(np.asarray(dissimilarity, dtype=np.float64)),
-                                        0, 255).astype(np.uint8))
+    idx = np.asarray(update.block_indices, np.int64).reshape(-1)
+    d = np.clip(np.rint(np.asarray(dissimilarity, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if pack_mv and codec == BlockBatch.CODEC_H264 and idx.size:
+        order = np.argsort(idx, kind='stable')
+        m.index_packing = BlockBatch.INDEX_PACK_BITMAP_ZLIB
+        m.indices_packed = _seq('B', np.frombuffer(pack_indices(idx, g.count), np.uint8))
+        idx, d = idx[order], d.reshape(-1)[order]
+    else:
+        m.block_indices = _seq('I', idx)
+    m.dissimilarity = _seq('B', d)
     m.codec = int(codec)
     m.quality = int(quality)
     m.canvas_cols = int(update.canvas_cols)
@@ -260,7 +299,20 @@ def msg_to_update(m: BlockBatch, decoder=None) -> 'proxy.ProxyUpdate':
                                f'{m.height}x{m.width} at block size {m.block_size}')
     if m.channels not in (1, 3):
         raise proxy.ProxyError(f'channels must be 1 or 3, got {m.channels}')
-    idx = np.asarray(m.block_indices, dtype=np.int64)
+    if m.index_packing == BlockBatch.INDEX_PACK_BITMAP_ZLIB:
+        if m.codec != proxy.CODEC_H264:
+            raise proxy.ProxyError('packed indices need an H.264 payload (a canvas follows '
+                                   'the indices\' order)')
+        if len(m.block_indices):
+            raise proxy.ProxyError('block_indices must be empty when the indices are in '
+                                   'indices_packed')
+        idx = unpack_indices(bytes(m.indices_packed), grid_rows * grid_cols)
+    elif m.index_packing == BlockBatch.INDEX_PACK_NONE:
+        if len(m.indices_packed):
+            raise proxy.ProxyError('indices_packed is set but index_packing is INDEX_PACK_NONE')
+        idx = np.asarray(m.block_indices, dtype=np.int64)
+    else:
+        raise proxy.ProxyError(f'unknown index_packing {m.index_packing}')
     if len(m.dissimilarity) != idx.size:
         raise proxy.ProxyError(f'{len(m.dissimilarity)} dissimilarity values for '
                                f'{idx.size} blocks')
@@ -277,10 +329,10 @@ def msg_to_update(m: BlockBatch, decoder=None) -> 'proxy.ProxyUpdate':
     if not inter:
         shape = proxy.canvas_shape(idx.size, m.canvas_cols, m.block_size, m.channels)
         canvas = proxy.decode_canvas(bytes(m.payload), m.codec, shape)
-    if m.mv_packing == BlockBatch.MV_PACK_ZLIB:
+    if m.mv_packing in (BlockBatch.MV_PACK_ZLIB, BlockBatch.MV_PACK_ZLIB8):
         if len(m.mv_x) or len(m.mv_y):
             raise proxy.ProxyError('mv_x / mv_y must be empty when the field is in mv_packed')
-        mvx, mvy = (unpack_motion(bytes(m.mv_packed), grid_rows * grid_cols)
+        mvx, mvy = (unpack_motion(bytes(m.mv_packed), grid_rows * grid_cols, m.mv_packing)
                     if len(m.mv_packed) else (None, None))
     elif m.mv_packing == BlockBatch.MV_PACK_NONE:
         if len(m.mv_packed):

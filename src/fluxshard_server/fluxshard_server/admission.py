@@ -48,7 +48,8 @@ class EdgeGate:
     def admit_batch(self, msg, now: float) -> Verdict:
         """Check a BlockBatch received at ``now`` (monotonic s); a refused one must be dropped
         without answering (an answer would let forgeries trigger traffic)."""
-        n = len(msg.payload) + len(msg.mv_packed) + 2 * (len(msg.mv_x) + len(msg.mv_y))
+        n = (len(msg.payload) + len(msg.mv_packed) + 2 * (len(msg.mv_x) + len(msg.mv_y))
+             + len(msg.indices_packed) + 4 * len(msg.block_indices) + len(msg.dissimilarity))
         if n > self.budget.max_batch_bytes:
             return 'oversize', (f'batch of {n} bytes exceeds admission.max_batch_mb '
                                 f'({self.budget.max_batch_bytes} bytes)')

@@ -50,7 +50,9 @@ def test_batches_become_acks_and_jobs_with_the_batch_geometry():
         det, seconds, blocks = rt.infer(edge, job)
         recomputed.append(blocks)
     # the first batch (key) is computed whole, the others recompute exactly what they carried
-    assert recomputed == [grid.count] + [len(m.block_indices) for m in msgs[1:]]
+    carried = [len(m.block_indices) or len(conversions.unpack_indices(
+        bytes(m.indices_packed), grid.count)) for m in msgs[1:]]
+    assert recomputed == [grid.count] + carried
     assert rt.counters['inferences'] == 3
     # a replay of an applied batch is refused before it costs anything
     out = rt.on_batch('robot1', msgs[1])
