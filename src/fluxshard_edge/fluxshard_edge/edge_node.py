@@ -93,7 +93,7 @@ PARAMS = [
           'proxy converges to the frame; switching to it, or a new CRF, starts with a key)',
           choices=['raw', 'png', 'jpeg', 'h264'], live=True),
     Param('payload.quality', 90, 'JPEG quality', lo=1, hi=100, live=True),
-    Param('payload.crf', 20, 'x264 constant rate factor of h264 payloads (lower = closer to '
+    Param('payload.crf', 23, 'x264 constant rate factor of h264 payloads (lower = closer to '
           'the frame, more bytes): the finest the edge uses', lo=0, hi=51, live=True),
     Param('payload.max_crf', 30, 'Coarsest CRF when the link is slow (as a quantiser offset '
           'on the stream, no new key): the CRF rises so that '

@@ -52,7 +52,7 @@ class EdgeConfig:
     independent_px: float = 0.0
     codec: str = 'h264'
     quality: int = 90
-    crf: int = 20
+    crf: int = 23
     max_crf: int = 30
     roi_qoffset: float = 0.2
     roi_large_qoffset: float = 0.0

@@ -29,7 +29,7 @@ from fluxshard_eval.sim import LinkSpec
 MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdance')
 #: FluxShard variants of --sweep: name -> (method, parameters).
 SWEEP = {f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
-         for c in (18, 23, 28)}
+         for c in (18, 20, 23, 28)}
 SWEEP['fluxshard h264 recompute-tau 0'] = ('fluxshard', {'codec': 'h264', 'recompute_tau': 0.0})
 SWEEP.update({f'fluxshard h264 roi{q:g}': ('fluxshard', {'codec': 'h264', 'roi_qoffset': q})
               for q in (0.0, 0.4)})
