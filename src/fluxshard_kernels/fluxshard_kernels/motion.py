@@ -76,11 +76,10 @@ def _lib():
     """The compiled kernel (ctypes), or None when it was not built."""
     from fluxshard_kernels import native
     i32p = np.ctypeslib.ndpointer(np.int32, flags='C')
-    u32p = np.ctypeslib.ndpointer(np.uint32, flags='C')
-    vp, i = ctypes.c_void_p, ctypes.c_int
-    return native.load('fluxshard_kernels._motion', {
-        'fs_block_search': [vp, i, vp, i, i, i, i, i, i, i32p, i, i, i, i32p, u32p],
-        'fs_smooth_field': [vp, i, vp, i, i, i, i, i, i, i, ctypes.c_double, i32p, u32p]},
+    return native.load('fluxshard_kernels._motion', {'fs_block_search': [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, i32p, ctypes.c_int,
+        ctypes.c_int, ctypes.c_int, i32p, np.ctypeslib.ndpointer(np.uint32, flags='C')]},
         'block matching runs the slow Python reference')
 
 
@@ -151,51 +150,6 @@ def _search_reference(cur, ref_pad, pad, bsz, rows, cols, preds, limit):
     return mv, sad
 
 
-def _smooth(cur, ref_pad, pad, bsz, rows, cols, limit, margin, mv, sad, use_c=True):
-    """Smooth a searched field in place (``fs_smooth_field``: each block takes the median of
-    its left, top and top-right neighbours' vectors, else its left's, else its top's, when that
-    costs at most ``margin`` per pixel more than its own match)."""
-    lib = _lib() if use_c else None
-    if lib is None:
-        return _smooth_reference(cur, ref_pad, pad, bsz, rows, cols, limit, margin, mv, sad)
-    cur = np.ascontiguousarray(cur)
-    origin = ref_pad.ctypes.data + pad * ref_pad.strides[0] + pad
-    lib.fs_smooth_field(cur.ctypes.data, cur.strides[0], origin, ref_pad.strides[0],
-                        cur.shape[0], cur.shape[1], bsz, rows, cols, limit, float(margin),
-                        mv, sad)
-
-
-def _smooth_reference(cur, ref_pad, pad, bsz, rows, cols, limit, margin, mv, sad):
-    """Python twin of ``fs_smooth_field`` (same candidate order, same integer allowance)."""
-    h, w = cur.shape
-    c32, r32 = cur.astype(np.int32), ref_pad.astype(np.int32)
-    for r in range(rows):
-        for q in range(cols):
-            b = r * cols + q
-            y0, x0 = r * bsz, q * bsz
-            bh, bw = min(bsz, h - y0), min(bsz, w - x0)
-            allow = int(sad[b]) + int(margin * bh * bw)
-            cands = []
-            if q > 0 and r > 0 and q + 1 < cols:
-                n3 = mv[[b - 1, b - cols, b - cols + 1]]
-                cands.append(tuple(int(np.sort(n3[:, k])[1]) for k in (0, 1)))
-            if q > 0:
-                cands.append(tuple(int(v) for v in mv[b - 1]))
-            if r > 0:
-                cands.append(tuple(int(v) for v in mv[b - cols]))
-            for dx, dy in cands:
-                if (dx, dy) == (int(mv[b, 0]), int(mv[b, 1])):
-                    break
-                if abs(dx) > limit or abs(dy) > limit:
-                    continue
-                ys, xs = pad + y0 + dy, pad + x0 + dx
-                s = int(np.abs(c32[y0:y0 + bh, x0:x0 + bw] - r32[ys:ys + bh, xs:xs + bw]).sum())
-                if s <= allow:
-                    mv[b] = (dx, dy)
-                    sad[b] = s
-                    break
-
-
 def to_gray(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) BGR or (H, W[, 1]) -> (H, W) uint8 luma."""
     if image.ndim == 3 and image.shape[2] == 3:
@@ -212,16 +166,11 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 #: evaluate commands take --zero-bias.
 ZERO_BIAS = 0.0
 STATIC_D = 3.0
-#: A block takes its neighbours' motion (``_smooth``) when that costs at most this much more
-#: mean absolute error (0-255) than its own best match: on flat or noisy content a vector that
-#: wins by noise makes the field pack larger and the cache warp with more distinct vectors.
-SMOOTH = 0.5
 
 
 def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
                     prev_mv: Optional[np.ndarray] = None, limit: int = 64,
-                    use_c: bool = True, zero_bias: Optional[float] = None,
-                    smooth: Optional[float] = None) -> MotionField:
+                    use_c: bool = True, zero_bias: Optional[float] = None) -> MotionField:
     """Block MVs of ``cur`` against ``ref`` (both (H, W) uint8 luma or BGR).
 
     Args:
@@ -233,8 +182,6 @@ def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
         zero_bias: a block static up to noise (``STATIC_D``) keeps zero motion unless the
             best match's mean absolute error is lower by more than this (0 = plain best match;
             None = ``ZERO_BIAS``).
-        smooth: a block takes its neighbours' vector when that raises its mean absolute error
-            by at most this much (0 = off; None = ``SMOOTH``).
 
     Returns:
         MotionField with D computed at full resolution.
@@ -272,9 +219,6 @@ def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
         preds.append(prev_mv.reshape(n, 1, 2).astype(np.int32))
     mv, sad = _search(cur, ref_pad, pad, block_size, rows, cols, np.concatenate(preds, 1),
                       limit, use_c)
-    smooth = SMOOTH if smooth is None else smooth
-    if smooth > 0:
-        _smooth(cur, ref_pad, pad, block_size, rows, cols, limit, smooth, mv, sad, use_c)
     ones = np.zeros(grid.padded_shape, np.float32)
     ones[:h, :w] = 1
     area = grid.block_view(ones).sum(axis=(1, 3)).reshape(-1)

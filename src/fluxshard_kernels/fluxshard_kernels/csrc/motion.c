@@ -94,53 +94,6 @@ void fs_block_search(const uint8_t *cur, int cs, const uint8_t *ref, int rs, int
     }
 }
 
-/* Smooth a searched field in raster order: each block tries, in this order, the component-wise
- * median of its left, top and top-right neighbours' (final) vectors (when all three exist), its
- * left and its top neighbour's vector, and takes the first that differs from its own and costs
- * at most `margin` per pixel (of its in-frame area) more than its own; mv and sad are updated
- * in place. Flat or noisy blocks then share their neighbours' motion instead of a vector won by
- * noise (the field packs smaller, the cache warps with fewer distinct vectors), at a bounded
- * cost in D. */
-static inline int med3(int a, int b, int c) {
-    int lo = a < b ? a : b, hi = a < b ? b : a;
-    return c < lo ? lo : (c > hi ? hi : c);
-}
-
-void fs_smooth_field(const uint8_t *cur, int cs, const uint8_t *ref, int rs, int H, int W,
-                     int bsz, int rows, int cols, int limit, double margin, int32_t *mv,
-                     uint32_t *sad) {
-    for (int r = 0; r < rows; ++r) {
-        for (int q = 0; q < cols; ++q) {
-            int b = r * cols + q;
-            ctx_t c = {cur, cs, ref, rs, r * bsz, q * bsz,
-                       (H - r * bsz) < bsz ? (H - r * bsz) : bsz,
-                       (W - q * bsz) < bsz ? (W - q * bsz) : bsz, limit};
-            uint32_t allow = sad[b] + (uint32_t)(margin * c.h * c.w);
-            int cand[3][2], n = 0;
-            int hl = q > 0, ht = r > 0, htr = r > 0 && q + 1 < cols;
-            const int32_t *L = mv + (b - 1) * 2, *T = mv + (b - cols) * 2,
-                          *TR = mv + (b - cols + 1) * 2;
-            if (hl && ht && htr) {
-                cand[n][0] = med3(L[0], T[0], TR[0]);
-                cand[n][1] = med3(L[1], T[1], TR[1]);
-                ++n;
-            }
-            if (hl) { cand[n][0] = L[0]; cand[n][1] = L[1]; ++n; }
-            if (ht) { cand[n][0] = T[0]; cand[n][1] = T[1]; ++n; }
-            for (int k = 0; k < n; ++k) {
-                int dx = cand[k][0], dy = cand[k][1];
-                if (dx == mv[b * 2] && dy == mv[b * 2 + 1]) break;  /* already shared */
-                if (dx > limit || dx < -limit || dy > limit || dy < -limit) continue;
-                uint32_t s = cost_at(&c, dx, dy);
-                if (s <= allow) {
-                    mv[b * 2] = dx; mv[b * 2 + 1] = dy; sad[b] = s;
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /* Importable as a module too (setuptools builds it as an extension); used through ctypes. */
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_motion", NULL, -1, NULL};
 PyMODINIT_FUNC PyInit__motion(void) { return PyModule_Create(&fs_module); }
