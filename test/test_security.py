@@ -11,6 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -173,10 +174,8 @@ def test_resync_storm_stays_within_the_key_batch_budget(ros):
 def test_a_flooding_robot_cannot_starve_another(ros):
     """robot2 floods genuine batches at 25x robot1's frame rate; admission holds it to 2
     batches/s and the job table serves the robots in turn: robot1 is not starved - it keeps
-    getting a result for at least a third of its camera frames (the rest superseded,
-    counted), with a median latency under two camera periods. (On this 2-core machine the
-    flood's callbacks take about a core whatever admission decides: some of repeated runs
-    served only 35-39 % of robot1's frames; a starved robot gets none.)
+    getting a result for at least half its camera frames (the rest superseded, counted), with
+    a median latency under two camera periods.
 
     The ratio flooded / alone is recorded, not asserted: with the shipped shared-memory DDS
     profile robot1 alone answers in ~85 ms (it was ~250-400 ms over the LARGE_DATA built-in
@@ -195,14 +194,21 @@ def test_a_flooding_robot_cannot_starve_another(ros):
     assert ros.wait_for(lambda: len(lat) >= n + 3, 120), (ros.log(server), ros.log(edge))
     alone = lat[3:n + 3]
     k = len(lat)
+    # the flooding robot has its own CPU on a real fleet; here it shares this machine, so it
+    # runs at the lowest priority: what is measured is the server's cost of the flood, not the
+    # load generator's (the flood's arrival rate at the server is asserted below)
     flood = subprocess.Popen([sys.executable, ATTACKER, '--key-file', _robot2_keys(ros),
                               '--kinds', '', '--flood-s', '60', '--rate', '50'],
-                             env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+                             env=dict(os.environ), stdout=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: os.nice(19))
     try:
         assert ros.wait_for(lambda: int(diag.get('fluxshard/server/robot2', {}).get(
             'rejected.rate_limited', 0)) >= 20, 60), diag
-        k = len(lat)
+        k, t_in = len(lat), time.monotonic()
+        in0 = _ints(diag['fluxshard/server/robot2'])['batches_in']
         assert ros.wait_for(lambda: len(lat) >= k + n, 90), ros.log(server)
+        flood_hz = (_ints(diag['fluxshard/server/robot2'])['batches_in'] - in0) / (
+            time.monotonic() - t_in)
         # results per second of camera time (their stamps): the share of camera frames served,
         # not the machine's momentary delays
         rate = (n - 1) / max(stamps[k + n - 1] - stamps[k], 1e-9)
@@ -214,14 +220,16 @@ def test_a_flooding_robot_cannot_starve_another(ros):
     ratio = statistics.median(flooded) / statistics.median(alone)
     print(f'robot1 median latency alone {statistics.median(alone):.0f} ms, with a flooding '
           f'neighbour {statistics.median(flooded):.0f} ms ({ratio:.2f}x); robot2 '
-          f'{s2["batches_in"]} batches in, {s2.get("rejected.rate_limited", 0)} rate-limited')
+          f'{s2["batches_in"]} batches in ({flood_hz:.0f}/s), '
+          f'{s2.get("rejected.rate_limited", 0)} rate-limited, robot1 {rate:.2f} results/s')
     _record('flood', alone_ms=statistics.median(alone), flooded_ms=statistics.median(flooded),
             ratio=ratio, samples=n, flood_rate_hz=50, admission_rate_hz=2.0,
             flood_batches_in=s2['batches_in'], flood_served=s2['batches_ok'],
             flood_rate_limited=s2.get('rejected.rate_limited', 0))
+    assert flood_hz >= 25, flood_hz  # the flood reached the server (diagnostics lag ~1 s)
     assert statistics.median(flooded) <= 2 * 1000 / 2.0, (alone, flooded)  # 2 periods at 2 Hz
     assert s2['batches_ok'] < s2['batches_in'] / 3, s2  # most of the flood was refused
-    assert rate >= 2.0 / 3, rate  # robot1 served for at least a third of its 2 Hz frames
+    assert rate >= 0.5 * 2.0, rate  # robot1 served for at least half its 2 Hz camera frames
     assert server.poll() is None
 
 
