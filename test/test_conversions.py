@@ -90,7 +90,7 @@ def test_packed_motion_field_is_smaller_and_decodes_to_the_same_update(frame):
     for pack in (True, False):
         msg = conversions.update_to_msg(step.update, step.payload, Header(), 'e1', step.seq, 2,
                                         step.codec, step.quality, step.dissimilarity, True,
-                                        step.digest, pack_mv=pack)
+                                        step.digest, pack=pack)
         raw = serialize_message(msg)
         sizes[pack] = len(raw)
         back = deserialize_message(raw, BlockBatch)
@@ -215,7 +215,7 @@ def test_h264_indices_travel_as_a_bitmap_and_decode_to_the_same_set(frame):
     for pack in (True, False):
         msg = conversions.update_to_msg(step.update, step.payload, Header(), 'e1', step.seq, 2,
                                         step.codec, step.quality, step.dissimilarity, True,
-                                        step.digest, pack_mv=pack)
+                                        step.digest, pack=pack)
         sizes[pack] = len(serialize_message(msg))
         back[pack] = deserialize_message(serialize_message(msg), BlockBatch)
     m = back[True]

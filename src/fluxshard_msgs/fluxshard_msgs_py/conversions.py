@@ -241,9 +241,9 @@ def unpack_indices(packed: bytes, count: int) -> np.ndarray:
 def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: str, seq: int,
                   frame_index: int, codec: int, quality: int, dissimilarity: np.ndarray,
                   sparse_inference_requested: bool, state_digest: bytes,
-                  pack_mv: bool = True) -> BlockBatch:
+                  pack: bool = True) -> BlockBatch:
     """Build the BlockBatch that carries ``update`` (whose canvas was encoded into ``payload``);
-    unless ``pack_mv`` is False the motion field is zlib-packed and an H.264 batch's indices (a
+    unless ``pack`` is False the motion field is zlib-packed and an H.264 batch's indices (a
     set: the blocks to recompute) travel as a zlib bitmap, ascending, with their
     dissimilarities in that order."""
     m = BlockBatch()
@@ -256,7 +256,7 @@ def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: 
     m.block_size, m.grid_rows, m.grid_cols = int(g.block_size), int(g.rows), int(g.cols)
     if update.mv_x is not None and np.asarray(update.mv_x).any() or \
             update.mv_y is not None and np.asarray(update.mv_y).any():
-        if pack_mv:
+        if pack:
             m.mv_packing, packed = pack_motion(update.mv_x, update.mv_y)
             m.mv_packed = _seq('B', np.frombuffer(packed, dtype=np.uint8))
         else:
@@ -265,7 +265,7 @@ def update_to_msg(update: 'proxy.ProxyUpdate', payload: bytes, header, edge_id: 
     m.mv_reference = BlockBatch.MV_REF_PROXY
     idx = np.asarray(update.block_indices, np.int64).reshape(-1)
     d = np.clip(np.rint(np.asarray(dissimilarity, dtype=np.float64)), 0, 255).astype(np.uint8)
-    if pack_mv and codec == BlockBatch.CODEC_H264 and idx.size:
+    if pack and codec == BlockBatch.CODEC_H264 and idx.size:
         order = np.argsort(idx, kind='stable')
         m.index_packing = BlockBatch.INDEX_PACK_BITMAP_ZLIB
         m.indices_packed = _seq('B', np.frombuffer(pack_indices(idx, g.count), np.uint8))
