@@ -163,7 +163,8 @@ class OpCounter:
         self._mode.__exit__(*exc)
 
 
-def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu'):
+def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
+                 warp='bilinear'):
     """Incremental step vs dense runtimes per frame, interleaved (see the module docstring).
     ``device``: where the engine and torch dense run (onnxruntime stays on the CPU)."""
     from fluxshard_kernels.incremental import IncrementalYOLO
@@ -179,7 +180,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu'):
     ort = OnnxYolo(str(data.model_path('detect')), threads=torch.get_num_threads())
     rows = []
     for seq in seqs:
-        runner = IncrementalYOLO(model, block)
+        runner = IncrementalYOLO(model, block, warp=warp)
         imgs = list(data.iter_frames(seq, limit=n_frames + warmup + 1))
         runner.warm_up([imgs[0].shape[:2]])  # as the nodes do: each layer's path measured
         runner.dense(imgs[0])
@@ -222,7 +223,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu'):
             sync()
             t['torch'].append(time.perf_counter() - t0)
         # op counts of one more step, outside the timed ones
-        probe = IncrementalYOLO(model, block)
+        probe = IncrementalYOLO(model, block, warp=warp)
         probe.dense(imgs[-2])
         f = motion.estimate_motion(imgs[-1], probe.state, block)
         with OpCounter() as c:
@@ -261,6 +262,8 @@ def main(argv=None):
                    help='block matching keeps zero motion on blocks static up to noise unless '
                         'a match is better by more than this mean abs error (0 = off; '
                         'motion.ZERO_BIAS)')
+    p.add_argument('--warp', choices=['integer', 'bilinear'], default='bilinear',
+                   help='engine section: how cached features follow the block motion')
     p.add_argument('--device', default='cpu',
                    help='engine section: cpu, cuda, cuda:N or auto (onnxruntime stays on CPU)')
     a = p.parse_args(argv)
@@ -297,7 +300,7 @@ def main(argv=None):
     if 'engine' in a.sections:
         result['engine'] = bench_engine(
             [s for s in ('davis-parkour', 'pets09-s2l1') if s in data.sequences()],
-            4 if a.quick else 10, device=a.device)
+            4 if a.quick else 10, device=a.device, warp=a.warp)
     print(render(result))
     if a.json:
         with open(a.json, 'w') as f:

@@ -145,3 +145,64 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
         pt, rs, cs, c, margin, h, w, psy + 4 * i0, psx + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
     _halves(n, n * c * 16, lambda i0, i1: lib.fs_warp_write(
         pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
+
+
+def copy_blocks(src: torch.Tensor, dst: torch.Tensor, c_off: int, margin: int, h: int, w: int,
+                rows, cols, b: int):
+    """Channels [c_off, c_off + C) of blocks (rows[i], cols[i]) of ``dst`` := the C channels of
+    ``src`` (one input of a concat), inside the valid h x w region."""
+    rows, cols = _i64(rows), _i64(cols)
+    c, lib = src.shape[1], _lib()
+    ps, pd, pr, pc = _ptr(src), _ptr(dst), _ptr(rows), _ptr(cols)
+
+    def run(i0, i1):
+        lib.fs_copy_blocks(ps, src.stride(2), src.stride(3), pd, dst.stride(2), dst.stride(3),
+                           c, c_off, margin, h, w, pr + 8 * i0, pc + 8 * i0, i1 - i0, b)
+    _halves(len(rows), len(rows) * b * b * c * 8, run)
+
+
+def add_blocks(a: torch.Tensor, b_: torch.Tensor, dst: torch.Tensor, margin: int, h: int,
+               w: int, rows, cols, b: int):
+    """Blocks (rows[i], cols[i]) of ``dst`` := a + b_ (a residual add), inside the valid
+    h x w region."""
+    rows, cols = _i64(rows), _i64(cols)
+    c, lib = dst.shape[1], _lib()
+    pa, pb, pd, pr, pc = _ptr(a), _ptr(b_), _ptr(dst), _ptr(rows), _ptr(cols)
+
+    def run(i0, i1):
+        lib.fs_add_blocks(pa, a.stride(2), a.stride(3), pb, b_.stride(2), b_.stride(3), pd,
+                          dst.stride(2), dst.stride(3), c, margin, h, w, pr + 8 * i0,
+                          pc + 8 * i0, i1 - i0, b)
+    _halves(len(rows), len(rows) * b * b * c * 12, run)
+
+
+def upsample2x_blocks(src: torch.Tensor, dst: torch.Tensor, margin: int, h: int, w: int, rows,
+                      cols, b: int):
+    """Blocks (rows[i], cols[i]) of 2b pixels of ``dst`` (valid h x w) := the same blocks of b
+    pixels of ``src``, nearest 2x upsampled."""
+    rows, cols = _i64(rows), _i64(cols)
+    c, lib = src.shape[1], _lib()
+    ps, pd, pr, pc = _ptr(src), _ptr(dst), _ptr(rows), _ptr(cols)
+
+    def run(i0, i1):
+        lib.fs_upsample2x_blocks(ps, src.stride(2), src.stride(3), pd, dst.stride(2),
+                                 dst.stride(3), c, margin, h, w, pr + 8 * i0, pc + 8 * i0,
+                                 i1 - i0, b)
+    _halves(len(rows), len(rows) * 4 * b * b * c * 8, run)
+
+
+def diff_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Indices of the rows of (n, d) contiguous float32 ``a`` that differ bitwise from ``b``'s."""
+    n, d = a.shape
+    out = np.empty(n, np.uint8)
+    _lib().fs_diff_rows(_ptr(a), _ptr(b), n, d, out.ctypes.data)
+    return np.flatnonzero(out)
+
+
+def input_blocks(canvas: np.ndarray, prev: np.ndarray, dst: torch.Tensor, margin: int, bs: int,
+                 force: bool):
+    """The blocks of the BGR uint8 ``canvas`` that differ from ``prev`` (all when ``force``)
+    -> RGB in [0, 1] into the 3-channel storage ``dst``; ``prev`` := ``canvas`` there."""
+    h, w = canvas.shape[:2]
+    _lib().fs_input_blocks(canvas.ctypes.data, prev.ctypes.data, h, w, bs, _ptr(dst),
+                           dst.stride(2), dst.stride(3), margin, int(force))

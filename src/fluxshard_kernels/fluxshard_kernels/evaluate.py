@@ -3,7 +3,8 @@ frame (paper section 6), with the work it saves:
 
     python -m fluxshard_kernels.evaluate [--tasks detect segment pose] [--sequences ...]
         [--frames N] [--tau 10] [--block 16] [--refresh 0] [--k-frac 1.0] [--salience]
-        [--halo fixed|exact] [--max-sparse-stride S] [--sweep] [--json PATH]
+        [--halo fixed|exact] [--warp integer|bilinear] [--max-sparse-stride S] [--sweep]
+        [--json PATH]
 
 Per task and sequence: object-pooled AP@0.5 of the incremental detections with the dense ones
 as reference (every reference object weighs the same, class-aware matching, as the evaluation
@@ -27,7 +28,7 @@ import torch
 
 from fluxshard_kernels import blocks, data, metrics, motion, salience
 from fluxshard_kernels.blocks import block_dissimilarity
-from fluxshard_kernels.incremental import IncrementalYOLO, MAX_SPARSE_STRIDE
+from fluxshard_kernels.incremental import IncrementalYOLO, MAX_SPARSE_STRIDE, WARPS
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import letterbox
 
@@ -64,11 +65,11 @@ def _ground_truth(seq, n):
 def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                  use_salience=False, net_block=16, layout='batch', dense_above=0.8,
                  independent_px=0.0, max_sparse_stride=MAX_SPARSE_STRIDE, ort=None,
-                 halo='fixed', sub_block=0):
+                 halo='fixed', sub_block=0, warp='bilinear'):
     """Incremental vs dense over one sequence; returns a dict of numbers. ``ort``: an
     ``OnnxYolo`` of the same weights, timed on every frame beside the engine."""
     runner = IncrementalYOLO(model, net_block, layout=layout, dense_above=dense_above,
-                             max_sparse_stride=max_sparse_stride, halo=halo)
+                             max_sparse_stride=max_sparse_stride, halo=halo, warp=warp)
     imgs = list(data.iter_frames(seq, limit=frames))
     runner.warm_up([imgs[0].shape[:2]])  # as the nodes do: each layer's path measured
     gt = _ground_truth(seq, len(imgs))
@@ -148,6 +149,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
            'mac_ratio': float(np.mean(macs)) if macs else 0.0,
            'time_ratio': float(np.sum(t_inc) / max(np.sum(t_dense[1:]), 1e-9)),
            'max_sparse_stride': max_sparse_stride, 'halo': halo, 'sub_block': sub_block,
+           'warp': warp,
            'incremental_ms': 1e3 * float(np.median(t_inc)) if t_inc else float('nan'),
            'onnxruntime_ms': 1e3 * float(np.median(t_ort)) if t_ort else float('nan'),
            'time_ratio_ort': (float(np.sum(t_inc) / np.sum(t_ort)) if t_ort else float('nan')),
@@ -191,6 +193,9 @@ def main(argv=None):
     p.add_argument('--halo', choices=['fixed', 'exact'], default='fixed',
                    help="active set per layer: the misses plus 8 input px ('fixed', the "
                         "paper's) or the exact receptive-field growth ('exact')")
+    p.add_argument('--warp', choices=list(WARPS), default='bilinear',
+                   help="how cached features follow the block motion: an index remap with the "
+                        "remainder carried ('integer') or bilinear resampling")
     p.add_argument('--zero-bias', type=float, default=0.0,
                    help='block matching keeps zero motion on blocks static up to noise unless '
                         'a match is better by more than this mean abs error (0 = off; '
@@ -218,7 +223,7 @@ def main(argv=None):
             r = run_sequence(models[task], seq, a.frames, a.tau, a.block, a.refresh,
                              a.k_frac, a.salience, independent_px=a.independent,
                              max_sparse_stride=a.max_sparse_stride, ort=orts[task],
-                             halo=a.halo, sub_block=a.sub_block)
+                             halo=a.halo, sub_block=a.sub_block, warp=a.warp)
             rows.append(r)
             print(row_line(r), flush=True)
     sweep = []

@@ -42,14 +42,37 @@ ENGINE_SIGNATURES = {
     'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT, _VP],
     'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
     'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
+    'fs_copy_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _VP,
+                       _VP, _INT, _INT],
+    'fs_add_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT,
+                      _INT, _VP, _VP, _INT, _INT],
+    'fs_upsample2x_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP,
+                             _VP, _INT, _INT],
+    'fs_diff_rows': [_VP, _VP, _I64, _I64, _VP],
+    'fs_input_blocks': [_VP, _VP, _INT, _INT, _INT, _VP, _I64, _I64, _INT, _INT],
     'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
     'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
 }
 
 
+#: Whether the engine's kernels are used: ``FLUXSHARD_ENGINE_KERNELS`` at import, then
+#: ``use_kernels`` (the tests' reference runs). Read on every kernel call, so a plain global.
+KERNELS_ON = os.environ.get(ENV, 'c') != 'torch'
+_ENGINE: list = []
+
+
+def use_kernels(on: bool) -> bool:
+    """Switch the engine's C kernels on or off for the process; returns the previous state."""
+    global KERNELS_ON
+    old, KERNELS_ON = KERNELS_ON, bool(on)
+    return old
+
+
 def engine() -> Optional[ctypes.CDLL]:
     """The engine's kernels (``csrc/engine.c``), or None when not built or switched off."""
-    if os.environ.get(ENV, 'c') == 'torch':
+    if not KERNELS_ON:
         return None
-    return load('fluxshard_kernels._engine', ENGINE_SIGNATURES,
-                'the engine runs its numpy / torch reference paths')
+    if not _ENGINE:
+        _ENGINE.append(load('fluxshard_kernels._engine', ENGINE_SIGNATURES,
+                            'the engine runs its numpy / torch reference paths'))
+    return _ENGINE[0]

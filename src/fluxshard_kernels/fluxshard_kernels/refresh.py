@@ -63,7 +63,7 @@ class Refresh:
                 raw = r._run(img, 'dense', None, r._full(), ex=shadow)
                 with r._lock:
                     if r.state is None or img.shape == r.state.shape:
-                        r.ex.caches, r.ex._warped = shadow.caches, {}
+                        r.ex.adopt(shadow.caches)
                         r.state = img
                         self.result = (raw, lb)
                         self.completed += 1

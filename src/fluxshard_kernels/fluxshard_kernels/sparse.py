@@ -410,6 +410,9 @@ def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor, idx=None) -> FMa
     elif not len(idx[0]):
         return dst
     r_idx, c_idx = idx
+    if compiled.serves(src.t) and compiled.serves(dst.t):
+        compiled.upsample2x_blocks(src.t, dst.t, MARGIN, dst.h, dst.w, r_idx, c_idx, src.b)
+        return dst
     dst.scatter(r_idx, c_idx, F.interpolate(src.gather(r_idx, c_idx), scale_factor=2.0,
                                             mode='nearest'))
     if not compiled.serves(dst.t):

@@ -4,14 +4,14 @@ channel slices; the moving-pixel cache warp on integer and sub-pixel motion; the
 warp and block paste; the per-frame plan's masks; and a whole engine step on real frames."""
 
 import contextlib
-import os
 
 import numpy as np
 from hypothesis import given, settings, strategies as st
+import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxshard_kernels import blocks, compiled, sparse as S
+from fluxshard_kernels import blocks, compiled, native, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.plan import FramePlan
 
@@ -25,11 +25,11 @@ def test_the_kernels_are_built():
 @contextlib.contextmanager
 def torch_path():
     """Inside it every kernel runs its torch reference."""
-    os.environ[compiled.ENV] = 'torch'
+    old = native.use_kernels(False)
     try:
         yield
     finally:
-        del os.environ[compiled.ENV]
+        native.use_kernels(old)
 
 
 def _maps(c, h, w, b, seed, extra=0):
@@ -124,6 +124,78 @@ def test_pointwise_and_upsample_equal_the_torch_path(h, w, b, frac, seed):
             S.sparse_upsample2x(a, up, mask)
         outs.append(up.t)
     assert torch.equal(outs[0], outs[1])
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(4, 30), w=st.integers(4, 30), b=st.sampled_from([1, 2, 4]),
+       frac=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
+def test_direct_block_ops_equal_the_torch_path(h, w, b, frac, seed):
+    """The executor's residual add and concat write straight between the maps (no gather /
+    scatter round trip): the same blocks as the torch reference, inputs of any channel
+    slice."""
+    a, g, rows, cols = _maps(3, h, w, b, seed)
+    bb, _, _, _ = _maps(3, h, w, b, seed + 1, extra=2)
+    mask = torch.rand(rows, cols, generator=g) < frac
+    r, c = [x.numpy() for x in torch.nonzero(mask, as_tuple=True)]
+    for kind, fn in (('add', torch.add), ('cat', lambda *t: torch.cat(t, 1))):
+        c_out = fn(a.valid, bb.valid).shape[1]
+        init = torch.randn(1, c_out, h, w, generator=g)
+        ref = S.FMap.from_dense(init, b, rows, cols)
+        with torch_path():
+            S.sparse_pointwise(fn, [a, bb], ref, mask)
+        out = S.FMap.from_dense(init, b, rows, cols)
+        if kind == 'add':
+            compiled.add_blocks(a.t, bb.t, out.t, S.MARGIN, h, w, r, c, b)
+        else:
+            compiled.copy_blocks(a.t, out.t, 0, S.MARGIN, h, w, r, c, b)
+            compiled.copy_blocks(bb.t, out.t, 3, S.MARGIN, h, w, r, c, b)
+        assert torch.equal(out.t, ref.t)
+
+
+@pytest.mark.parametrize('task', ['detect', 'pose'])
+def test_head_decoder_redoes_the_changed_anchors_only(task):
+    """The incremental head decode equals the dense decode, and decodes exactly the anchors
+    whose raw outputs changed."""
+    from fluxshard_kernels.head import HeadDecoder
+    from fluxshard_kernels.yolo import model as M
+    model = M.load(task, '', 'cpu')
+    head = model.model[23]
+    g = torch.Generator().manual_seed(1)
+
+    def level(c, h, w):
+        return torch.randn(1, c, h, w, generator=g).contiguous(
+            memory_format=torch.channels_last)
+    shapes = ((12, 16), (6, 8), (3, 4))
+    feats = {'det': [level(head.no, h, w) for h, w in shapes]}
+    if task == 'pose':
+        feats['extra'] = [level(head.nk, h, w) for h, w in shapes]
+    dec = HeadDecoder()
+    torch.testing.assert_close(dec(model, feats), model.head_outputs(feats))
+    assert dec.decoded == 12 * 16 + 6 * 8 + 3 * 4
+    feats['det'][0][:, :, 2:4, 5:8] += 1  # 6 anchors of level 0
+    (feats['extra'] if task == 'pose' else feats['det'])[2][:, 0, 1, 1] -= 1  # 1 of level 2
+    torch.testing.assert_close(dec(model, feats), model.head_outputs(feats))
+    assert dec.decoded == 7
+    torch.testing.assert_close(dec(model, feats), model.head_outputs(feats))
+    assert dec.decoded == 0
+
+
+def test_input_canvas_equals_the_letterbox():
+    """The engine's input written block by block from the uint8 canvas (changed blocks only)
+    equals the float letterbox of the whole frame, frame after frame."""
+    from fluxshard_kernels.incremental import IncrementalExecutor
+    from fluxshard_kernels.yolo.processing import letterbox_canvas, letterbox_hwc
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    ex = IncrementalExecutor(16)
+    for i in range(3):
+        if i:
+            y, x = rng.integers(0, 100), rng.integers(0, 180)
+            img[y:y + 20, x:x + 20] = rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)
+        canvas, lb = letterbox_canvas(img, 160)
+        fm = ex.input_canvas(canvas, 16, -(-lb.in_h // 16), -(-lb.in_w // 16))
+        ref, _ = letterbox_hwc(img, 160)
+        assert torch.equal(fm.valid[0].permute(1, 2, 0), torch.from_numpy(ref))
 
 
 @settings(max_examples=25, deadline=None)

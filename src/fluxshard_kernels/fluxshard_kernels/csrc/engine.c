@@ -163,6 +163,108 @@ void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
     fs_warp_write(t, rs, cs, C, margin, ys, xs, n, tmp);
 }
 
+/* The block-local ops of a layer without the gather / scatter round trip. For blocks
+ * (ri, ci) of b pixels at storage offset `margin`, inside the valid h x w region:
+ * fs_copy_blocks: dst channels [c_off, c_off + C) := src's C channels (one input of a concat);
+ * fs_add_blocks: dst := a + b (a residual add). Every map has its own row / pixel strides. */
+void fs_copy_blocks(const float *src, int64_t srs, int64_t scs, float *dst, int64_t drs,
+                    int64_t dcs, int C, int c_off, int margin, int h, int w, const int64_t *ri,
+                    const int64_t *ci, int n, int b) {
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * b, fx = (int)ci[i] * b;
+        const int bh = fy + b > h ? h - fy : b, bw = fx + b > w ? w - fx : b;
+        for (int py = 0; py < bh; ++py) {
+            const ptrdiff_t y = margin + fy + py;
+            const float *s = src + y * srs + (ptrdiff_t)(margin + fx) * scs;
+            float *d = dst + y * drs + (ptrdiff_t)(margin + fx) * dcs + c_off;
+            if (scs == C && dcs == C) {
+                memcpy(d, s, (size_t)bw * C * sizeof(float));
+                continue;
+            }
+            for (int px = 0; px < bw; ++px)
+                memcpy(d + (ptrdiff_t)px * dcs, s + (ptrdiff_t)px * scs, (size_t)C * sizeof(float));
+        }
+    }
+}
+
+void fs_add_blocks(const float *a, int64_t ars, int64_t acs, const float *bb, int64_t brs,
+                   int64_t bcs, float *dst, int64_t drs, int64_t dcs, int C, int margin, int h,
+                   int w, const int64_t *ri, const int64_t *ci, int n, int b) {
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * b, fx = (int)ci[i] * b;
+        const int bh = fy + b > h ? h - fy : b, bw = fx + b > w ? w - fx : b;
+        for (int py = 0; py < bh; ++py) {
+            const ptrdiff_t y = margin + fy + py, x0 = margin + fx;
+            for (int px = 0; px < bw; ++px) {
+                const float *pa = a + y * ars + (x0 + px) * acs;
+                const float *pb = bb + y * brs + (x0 + px) * bcs;
+                float *pd = dst + y * drs + (x0 + px) * dcs;
+                for (int k = 0; k < C; ++k) pd[k] = pa[k] + pb[k];
+            }
+        }
+    }
+}
+
+/* Nearest 2x upsampling of blocks: dst block (ri, ci) of 2b pixels := src block (ri, ci) of
+ * b pixels, each source pixel repeated 2 x 2 (valid dst region h x w only). */
+void fs_upsample2x_blocks(const float *src, int64_t srs, int64_t scs, float *dst, int64_t drs,
+                          int64_t dcs, int C, int margin, int h, int w, const int64_t *ri,
+                          const int64_t *ci, int n, int b) {
+    const int bo = 2 * b;
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * bo, fx = (int)ci[i] * bo;
+        const int bh = fy + bo > h ? h - fy : bo, bw = fx + bo > w ? w - fx : bo;
+        for (int py = 0; py < bh; ++py) {
+            const ptrdiff_t y = margin + fy + py, sy = margin + ((fy + py) >> 1);
+            for (int px = 0; px < bw; ++px)
+                memcpy(dst + y * drs + (ptrdiff_t)(margin + fx + px) * dcs,
+                       src + sy * srs + (ptrdiff_t)(margin + ((fx + px) >> 1)) * scs,
+                       (size_t)C * sizeof(float));
+        }
+    }
+}
+
+/* out[i] = 1 where row i (d floats) of a differs bitwise from row i of b, else 0; both
+ * (n, d) contiguous (the head decode redoes the changed anchors only). */
+void fs_diff_rows(const float *a, const float *b, int64_t n, int64_t d, uint8_t *out) {
+    const size_t rb = (size_t)d * sizeof(float);
+    for (int64_t i = 0; i < n; ++i) out[i] = memcmp(a + i * d, b + i * d, rb) != 0;
+}
+
+/* The network input from a letterboxed BGR uint8 canvas (H, W, 3), block by block: a block of
+ * bs x bs pixels that differs from `prev` (the canvas last written; all blocks when `force`)
+ * is written to the float32 storage `dst` (channels-last, 3 channels, valid region at storage
+ * offset `margin`) as RGB in [0, 1] (k / 255 in float32, as the numpy table) and copied into
+ * `prev`. */
+void fs_input_blocks(const uint8_t *canvas, uint8_t *prev, int H, int W, int bs, float *dst,
+                     int64_t rs, int64_t cs, int margin, int force) {
+    float unit[256];
+    for (int k = 0; k < 256; ++k) unit[k] = (float)k / 255.0f;
+    const size_t rowb = (size_t)W * 3;
+    for (int y0 = 0; y0 < H; y0 += bs) {
+        const int y1 = y0 + bs < H ? y0 + bs : H;
+        for (int x0 = 0; x0 < W; x0 += bs) {
+            const int x1 = x0 + bs < W ? x0 + bs : W;
+            const size_t nb = (size_t)(x1 - x0) * 3;
+            int dirty = force;
+            for (int y = y0; y < y1 && !dirty; ++y)
+                dirty = memcmp(canvas + y * rowb + (size_t)x0 * 3, prev + y * rowb + (size_t)x0 * 3,
+                               nb) != 0;
+            if (!dirty) continue;
+            for (int y = y0; y < y1; ++y) {
+                const uint8_t *s = canvas + y * rowb + (size_t)x0 * 3;
+                float *d = dst + (ptrdiff_t)(margin + y) * rs + (ptrdiff_t)(margin + x0) * cs;
+                for (int x = 0; x < x1 - x0; ++x, s += 3, d += cs) {
+                    d[0] = unit[s[2]];
+                    d[1] = unit[s[1]];
+                    d[2] = unit[s[0]];
+                }
+                memcpy(prev + y * rowb + (size_t)x0 * 3, canvas + y * rowb + (size_t)x0 * 3, nb);
+            }
+        }
+    }
+}
+
 /* dst = src warped by integer block MVs (source = destination + mv, clamped at the border),
  * H x W x C uint8, contiguous; blocks without motion are row copies. */
 void fs_warp_image(const uint8_t *src, uint8_t *dst, int H, int W, int C, int bs, int rows,

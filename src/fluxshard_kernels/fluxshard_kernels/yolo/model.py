@@ -255,6 +255,12 @@ class Detect(nn.Module):
         shapes = [f.shape[2:] for f in feats]
         x = torch.cat([f.reshape(1, self.no, -1) for f in feats], 2)
         anchors, strides = make_anchors(shapes, self.strides, x.device, x.dtype)
+        return self.decode_columns(x, anchors, strides)
+
+    def decode_columns(self, x: torch.Tensor, anchors: torch.Tensor, strides: torch.Tensor
+                       ) -> torch.Tensor:
+        """(1, no, n) raw columns at anchors (2, n) and strides (1, n) -> (1, 4 + nc, n) (each
+        column on its own: a subset of the anchors decodes to the same values)."""
         box, cls = x.split((self.reg_max * 4, self.nc), 1)
         b, _, a = box.shape
         dist = self.dfl(box.view(b, 4, self.reg_max, a).transpose(2, 1).softmax(1)).view(b, 4, a)
@@ -287,6 +293,11 @@ class Pose(Detect):
         shapes = [f.shape[2:] for f in kfeats]
         k = torch.cat([f.reshape(1, self.nk, -1) for f in kfeats], 2)
         anchors, strides = make_anchors(shapes, self.strides, k.device, k.dtype)
+        return self.decode_kpt_columns(k, anchors, strides)
+
+    def decode_kpt_columns(self, k: torch.Tensor, anchors: torch.Tensor,
+                           strides: torch.Tensor) -> torch.Tensor:
+        """(1, nk, n) raw keypoint columns -> (1, nk, n), as ``decode_columns``."""
         y = k.view(1, self.kpt_shape[0], 3, -1)
         a = (y[:, :, :2] * 2.0 + (anchors - 0.5)) * strides
         return torch.cat((a, y[:, :, 2:3].sigmoid()), 2).view(1, self.nk, -1)

@@ -55,10 +55,10 @@ def letterbox_geometry(src_h: int, src_w: int, size: int = 640, stride: int = 32
 _UNIT = np.arange(256, dtype=np.float32) / 255.0
 
 
-def letterbox_hwc(image_bgr: np.ndarray, size: int = 640, stride: int = 32,
-                  square: bool = False):
-    """BGR uint8 (H, W, 3) -> (in_h, in_w, 3) float32 RGB in [0, 1] (pixel-major: the
-    engine's channels-last storage takes it in one copy) and its Letterbox."""
+def letterbox_canvas(image_bgr: np.ndarray, size: int = 640, stride: int = 32,
+                     square: bool = False):
+    """BGR uint8 (H, W, 3) -> the letterboxed (in_h, in_w, 3) BGR uint8 canvas (grey 114
+    padding) and its Letterbox."""
     lb = letterbox_geometry(image_bgr.shape[0], image_bgr.shape[1], size, stride, square)
     nh, nw = int(round(lb.src_h * lb.scale)), int(round(lb.src_w * lb.scale))
     resized = image_bgr
@@ -66,6 +66,14 @@ def letterbox_hwc(image_bgr: np.ndarray, size: int = 640, stride: int = 32,
         resized = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     canvas = np.full((lb.in_h, lb.in_w, 3), 114, dtype=np.uint8)
     canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = resized
+    return canvas, lb
+
+
+def letterbox_hwc(image_bgr: np.ndarray, size: int = 640, stride: int = 32,
+                  square: bool = False):
+    """BGR uint8 (H, W, 3) -> (in_h, in_w, 3) float32 RGB in [0, 1] (pixel-major: the
+    engine's channels-last storage takes it in one copy) and its Letterbox."""
+    canvas, lb = letterbox_canvas(image_bgr, size, stride, square)
     return _UNIT[cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)], lb
 
 

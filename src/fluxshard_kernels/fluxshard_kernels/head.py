@@ -1,0 +1,70 @@
+"""The YOLO11 head decode, redone for the anchors whose raw outputs changed (incremental engine).
+
+A dense decode turns every anchor's raw head output (DFL box distribution, class logits, pose
+keypoints) into boxes and scores each frame: about 6,300 anchors at 640x480, a few ms on a CPU
+core. Between incremental steps most anchors' raw outputs are bit-identical (their features were
+neither recomputed nor warped), so ``HeadDecoder`` keeps the last raw rows (one per anchor) and
+their decoded columns, finds the rows that differ (one compiled pass), and decodes only those.
+Each anchor decodes on its own (``Detect.decode_columns``), so the result is the dense decode's.
+Segmentation models (mask coefficients and prototypes), CUDA tensors and a process without the
+compiled kernels decode densely (``YOLO11.head_outputs``).
+"""
+
+from typing import Optional
+
+import torch
+
+from fluxshard_kernels import compiled
+from fluxshard_kernels.yolo import model as M
+
+
+class HeadDecoder:
+    """One per executor (one stream of frames): the last raw rows and decoded output."""
+
+    def __init__(self):
+        self._rows: Optional[torch.Tensor] = None
+        self._out: Optional[torch.Tensor] = None
+        self._geom = None  # (level shapes, anchors, strides)
+        self.decoded = 0  # anchors decoded by the last call (diagnostics, tests)
+
+    def __call__(self, model: 'M.YOLO11', feats: dict) -> torch.Tensor:
+        det = feats['det']
+        if model.task == 'segment' or det[0].device.type != 'cpu' or \
+                not compiled.available():
+            return model.head_outputs(feats)
+        head = model.model[23]
+        extra = feats['extra'] if model.task == 'pose' else [None] * len(det)
+        shapes = [tuple(f.shape[2:]) for f in det]
+        width = head.no + (head.nk if model.task == 'pose' else 0)
+        rows = torch.empty((sum(h * w for h, w in shapes), width), dtype=det[0].dtype)
+        a0 = 0
+        for f, k, (h, w) in zip(det, extra, shapes):  # (h w, channels) per level, one copy
+            rows[a0:a0 + h * w, :head.no].view(h, w, head.no).copy_(f[0].permute(1, 2, 0))
+            if k is not None:
+                rows[a0:a0 + h * w, head.no:].view(h, w, head.nk).copy_(k[0].permute(1, 2, 0))
+            a0 += h * w
+        if self._geom is None or self._geom[0] != shapes or self._rows is None or \
+                self._rows.shape != rows.shape:
+            self._geom = (shapes, *M.make_anchors(shapes, head.strides, rows.device,
+                                                  rows.dtype))
+            out = self._decode(model, head, rows, self._geom[1], self._geom[2])
+            self.decoded = rows.shape[0]
+        else:
+            idx = compiled.diff_rows(rows, self._rows)
+            self.decoded = len(idx)
+            out = self._out.clone()
+            if len(idx):
+                sel = torch.from_numpy(idx)
+                out[:, :, sel] = self._decode(model, head, rows[sel], self._geom[1][:, sel],
+                                              self._geom[2][:, sel])
+        self._rows, self._out = rows, out
+        return out
+
+    @staticmethod
+    def _decode(model, head, rows, anchors, strides) -> torch.Tensor:
+        """(n, width) raw rows -> (1, 4 + nc [+ nk], n) decoded columns."""
+        x = rows.t()[None]
+        d = head.decode_columns(x[:, :head.no], anchors, strides)
+        if model.task == 'pose':
+            return torch.cat([d, head.decode_kpt_columns(x[:, head.no:], anchors, strides)], 1)
+        return d
