@@ -18,18 +18,23 @@ class OnnxYolo:
         path: .onnx file exported by Ultralytics (metadata gives task, names, input size).
         conf, iou: detection thresholds.
         threads: intra-op threads (0 = onnxruntime default).
+        spin: let the intra-op workers spin-wait after a run (onnxruntime's default). Off
+            here: a node shares its cores (DDS, codecs, motion estimation, the engine) and a
+            spinning pool takes them for a while after each run; ``bench`` measures what it
+            costs onnxruntime alone and what it costs the work that runs next.
         device: 'cpu' or 'cuda[:N]' (the CUDA execution provider; ValueError where this
             onnxruntime has none).
     """
 
     def __init__(self, path: str, conf: float = 0.25, iou: float = 0.45, threads: int = 0,
-                 device: str = 'cpu'):
+                 device: str = 'cpu', spin: bool = False):
         if not os.path.isfile(path):
             raise FileNotFoundError(f'model file not found: {path}')
         import onnxruntime as ort
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin else '0')
         providers = ['CPUExecutionProvider']
         if device.startswith('cuda'):
             if 'CUDAExecutionProvider' not in ort.get_available_providers():
