@@ -18,6 +18,11 @@ from fluxshard_kernels import compiled
 from fluxshard_kernels.yolo import model as M
 
 
+#: Share of changed anchors above which the whole head decodes at once (picking the columns
+#: out and back costs more than it saves there: a moving camera changes most anchors).
+FULL_ABOVE = 0.3
+
+
 class HeadDecoder:
     """One per executor (one stream of frames): the last raw rows and decoded output."""
 
@@ -52,6 +57,10 @@ class HeadDecoder:
         else:
             idx = compiled.diff_rows(rows, self._rows)
             self.decoded = len(idx)
+            if len(idx) > FULL_ABOVE * rows.shape[0]:  # most moved: one dense decode
+                out = self._decode(model, head, rows, self._geom[1], self._geom[2])
+                self._rows, self._out = rows, out
+                return out
             out = self._out.clone()
             if len(idx):
                 sel = torch.from_numpy(idx)

@@ -20,8 +20,8 @@ class OnnxYolo:
         threads: intra-op threads (0 = onnxruntime default).
         spin: let the intra-op workers spin-wait after a run (onnxruntime's default). Off
             here: a node shares its cores (DDS, codecs, motion estimation, the engine) and a
-            spinning pool takes them for a while after each run; ``bench`` measures what it
-            costs onnxruntime alone and what it costs the work that runs next.
+            spinning pool keeps them busy for a while after each run, slowing whatever runs
+            next (and any benchmark that interleaves onnxruntime with other work).
         device: 'cpu' or 'cuda[:N]' (the CUDA execution provider; ValueError where this
             onnxruntime has none).
     """
