@@ -30,9 +30,9 @@ MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdan
 #: FluxShard variants of --sweep: name -> (method, parameters).
 SWEEP = {f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
          for c in (18, 20, 23, 28)}
-SWEEP.update({f'fluxshard h264 recompute-tau {t:g}': ('fluxshard', {'codec': 'h264',
-                                                                      'recompute_tau': t})
-              for t in (0.0, 6.0, 10.0)})  # the server's own drift test (model.recompute_tau)
+# the server's own drift test (model.recompute_tau)
+SWEEP.update({f'fluxshard h264 recompute-tau {t:g}':
+              ('fluxshard', {'codec': 'h264', 'recompute_tau': t}) for t in (0.0, 6.0, 10.0)})
 SWEEP.update({f'fluxshard h264 roi{q:g}': ('fluxshard', {'codec': 'h264', 'roi_qoffset': q})
               for q in (0.0, 0.4)})
 # large objects coded coarser than small ones (issue 21)
