@@ -219,3 +219,19 @@ def input_blocks(canvas: np.ndarray, prev: np.ndarray, dst: torch.Tensor, margin
     h, w = canvas.shape[:2]
     _lib().fs_input_blocks(canvas.ctypes.data, prev.ctypes.data, h, w, bs, _ptr(dst),
                            dst.stride(2), dst.stride(3), margin, int(force))
+
+
+def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int,
+              out: torch.Tensor, c_off: int):
+    """Columns [c_off, c_off + C) of the (N * b * b, ld) rows ``out`` := the C channels of the
+    pixels of blocks (rows[i], cols[i]) of ``src`` (zeros outside its valid h x w): one input
+    of a concat, straight into the rows of the 1x1 convolution that reads it."""
+    rows, cols = _i64(rows), _i64(cols)
+    c, lib = src.shape[1], _lib()
+    ps, pr, pc, po, ld = _ptr(src), _ptr(rows), _ptr(cols), _ptr(out), out.shape[1]
+    per = b * b * ld * 4
+
+    def run(i0, i1):
+        lib.fs_rows_into(ps, src.stride(2), src.stride(3), c, margin, h, w, pr + 8 * i0,
+                         pc + 8 * i0, i1 - i0, b, po + per * i0, ld, c_off)
+    _halves(len(rows), len(rows) * b * b * c * 8, run)

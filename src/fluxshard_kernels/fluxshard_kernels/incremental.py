@@ -379,16 +379,15 @@ class IncrementalExecutor:
     def _windowed(self, name, x: SF, op, s, k, pad, c_out, macs_px, dense_fn, kind):
         self._tick()
         s_out = x.stride * s
-        xt = x.tensor()
-        ho = (xt.shape[2] + 2 * pad - k) // s + 1
-        wo = (xt.shape[3] + 2 * pad - k) // s + 1
+        ho = (x.fmap.h + 2 * pad - k) // s + 1
+        wo = (x.fmap.w + 2 * pad - k) // s + 1
         macs = macs_px * ho * wo
         if self.mode == 'dense':
             t0 = time.perf_counter()
-            c = self._store(name, dense_fn(xt), s_out)
+            c = self._store(name, dense_fn(x.tensor()), s_out)
             self._observe(name, 'dense', 0, t0)
             self._stat(name, kind, s_out, macs, 1.0, 'dense', macs)
-            return SF(c, torch.ones(ho, wo, dtype=torch.bool, device=xt.device), s_out)
+            return SF(c, torch.ones(ho, wo, dtype=torch.bool, device=x.mask.device), s_out)
         with S.STAGES('masks'):
             px = self._mask(lambda: grow(x.mask, k, s, pad), s_out, (ho, wo))
             cache = self.caches.get(name)
@@ -403,13 +402,20 @@ class IncrementalExecutor:
             self._stat(name, kind, s_out, macs, 0.0, 'skip', 0)
             return SF(cache, px, s_out)
         if sparse:
-            S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
+            if not isinstance(x.fmap, S.CatMap):
+                S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
+            elif k == 1 and s == 1 and 'wmat' in op and compiled.serves(cache.t) and all(
+                    compiled.serves(p.t) for p in x.fmap.parts):
+                S.sparse_conv1x1_parts(x.fmap, cache, bm.idx, op)
+            else:  # one tensor for the reference path (and any other reader of a concat)
+                S.sparse_windowed(x.fmap.materialize(), cache, bm.mask, op, self.layout,
+                                  idx=bm.idx)
             self._observe(name, 'sparse', bm.count, t0)
             done = bm.count * cache.b * cache.b * macs_px
             self._stat(name, kind, s_out, macs, frac, 'sparse', min(done, macs))
             return SF(cache, px, s_out)
         with S.STAGES('dense layers'):
-            c = self._store(name, dense_fn(xt), s_out)
+            c = self._store(name, dense_fn(x.tensor()), s_out)
         self._observe(name, 'dense', 0, t0)
         self._stat(name, kind, s_out, macs, frac, 'dense', macs)
         return SF(c, px, s_out)
@@ -502,12 +508,35 @@ class IncrementalExecutor:
                                lambda: fn(*[x.tensor() for x in xs]), kind)
 
     def add(self, name, a: SF, b: SF) -> SF:
-        return self._pointwise(name, [a, b], torch.add, 'add')
+        return self._pointwise(name, [self._real(a), self._real(b)], torch.add, 'add')
 
     def cat(self, name, xs: List[SF]) -> SF:
-        return self._pointwise(name, xs, lambda *t: torch.cat(t, 1), 'concat')
+        """A concat without a copy (``sparse.CatMap``): its readers take the parts' channels
+        from the parts' caches. Its changed pixels are the union of the parts'."""
+        def geometry(f):
+            return (f.b, f.rows, f.cols, f.h, f.w)
+        if any(isinstance(x.fmap, S.CatMap) or geometry(x.fmap) != geometry(xs[0].fmap)
+               for x in xs):
+            return self._pointwise(name, [self._real(x) for x in xs],
+                                   lambda *t: torch.cat(t, 1), 'concat')
+        self._tick()
+        px = xs[0].mask
+        if self.mode != 'dense':
+            with S.STAGES('masks'):
+                px = self._mask(lambda: torch.stack([x.mask for x in xs]).any(0), xs[0].stride,
+                                px.shape)
+        self._stat(name, 'concat', xs[0].stride, 0, 0.0, 'virtual', 0)
+        return SF(S.CatMap([x.fmap for x in xs]), px, xs[0].stride)
+
+    @staticmethod
+    def _real(x: SF) -> SF:
+        """``x`` with its map in block storage (a concat's parts copied into one)."""
+        if isinstance(x.fmap, S.CatMap):
+            return SF(x.fmap.materialize(), x.mask, x.stride)
+        return x
 
     def split(self, name, x: SF, sizes) -> List[SF]:
+        x = self._real(x)
         out, c0 = [], 0
         f = x.fmap
         for n in sizes:
@@ -526,6 +555,7 @@ class IncrementalExecutor:
             return self._mask(up, s_out, (2 * h, 2 * w))
 
     def upsample(self, name, x: SF) -> SF:
+        x = self._real(x)
         s_out = x.stride // 2
         px = self._up_mask(x, s_out)
 
@@ -538,6 +568,7 @@ class IncrementalExecutor:
             x.tensor(), scale_factor=2.0, mode='nearest'), 'upsample')
 
     def convtranspose(self, m: torch.nn.ConvTranspose2d, x: SF) -> SF:
+        x = self._real(x)
         s_out = x.stride // m.stride[0]
         px = self._up_mask(x, s_out)
         xt = x.tensor()

@@ -50,6 +50,8 @@ ENGINE_SIGNATURES = {
                              _VP, _INT, _INT],
     'fs_diff_rows': [_VP, _VP, _I64, _I64, _VP],
     'fs_input_blocks': [_VP, _VP, _INT, _INT, _INT, _VP, _I64, _I64, _INT, _INT],
+    'fs_rows_into': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _INT, _VP, _I64,
+                     _INT],
     'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
     'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
 }

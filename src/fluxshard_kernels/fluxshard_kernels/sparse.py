@@ -180,6 +180,71 @@ class FMap:
             self.t[:, :, :, MARGIN + self.w:MARGIN + e] = 0
 
 
+@dataclass
+class CatMap:
+    """Maps concatenated along channels without a copy: the engine's concat, whose readers (a
+    1x1 convolution, the head) take the parts' channels straight from the parts' caches, so
+    the concatenation has no cache of its own to warp or fill. ``valid`` (the dense view) and
+    ``materialize`` (block storage) copy, for the readers that need one tensor."""
+
+    parts: list
+
+    @property
+    def b(self) -> int:
+        return self.parts[0].b
+
+    @property
+    def rows(self) -> int:
+        return self.parts[0].rows
+
+    @property
+    def cols(self) -> int:
+        return self.parts[0].cols
+
+    @property
+    def h(self) -> int:
+        return self.parts[0].h
+
+    @property
+    def w(self) -> int:
+        return self.parts[0].w
+
+    @property
+    def channels(self) -> int:
+        return sum(p.channels for p in self.parts)
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return torch.cat([p.valid for p in self.parts], 1)
+
+    def materialize(self) -> FMap:
+        return FMap.from_dense(self.valid, self.b, self.rows, self.cols)
+
+
+def sparse_conv1x1_parts(src: CatMap, dst: FMap, idx, op: dict) -> FMap:
+    """Recompute blocks ``idx`` of dst = 1x1 conv (stride 1) of the concatenation ``src``:
+    each part's channels go straight into their columns of the im2col rows (compiled
+    kernels), then one matrix product."""
+    rows, cols = idx
+    if not len(rows):
+        return dst
+    b = dst.b
+    with STAGES('gather'):
+        a = torch.empty((len(rows) * b * b, src.channels), dtype=torch.float32)
+        c0 = 0
+        for p in src.parts:
+            compiled.rows_into(p.t, MARGIN, p.h, p.w, rows, cols, b, a, c0)
+            c0 += p.channels
+    with STAGES('conv'):
+        y = (torch.addmm(op['bias'], a, op['wmat']) if op.get('bias') is not None
+             else a @ op['wmat'])
+        if op.get('act') == 'silu':
+            F.silu(y, inplace=True)
+    with STAGES('scatter'):
+        dst.scatter(rows, cols, y)
+    return dst
+
+
 def _on(idx, t: torch.Tensor) -> torch.Tensor:
     """Block indices (numpy from the engine's plan, or a tensor) as a tensor on t's device."""
     if isinstance(idx, np.ndarray):

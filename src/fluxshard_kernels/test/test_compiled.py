@@ -152,6 +152,29 @@ def test_direct_block_ops_equal_the_torch_path(h, w, b, frac, seed):
         assert torch.equal(out.t, ref.t)
 
 
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(4, 30), w=st.integers(4, 30), b=st.sampled_from([1, 2, 4]),
+       frac=st.floats(0.0, 1.0), act=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_a_1x1_conv_reads_a_concat_from_its_parts(h, w, b, frac, act, seed):
+    """The engine's concat is never copied (``CatMap``): a 1x1 conv over it takes each part's
+    channels straight into its im2col columns, and equals the conv over the concatenated map
+    (the reference path, which copies it into one map first)."""
+    a, g, rows, cols = _maps(3, h, w, b, seed)
+    bb, _, _, _ = _maps(2, h, w, b, seed + 1, extra=3)
+    cat = S.CatMap([a, bb])
+    op = S.conv_op(torch.randn(4, 5, 1, 1, generator=g), torch.randn(4, generator=g), 1,
+                   act='silu' if act else None)
+    mask = torch.rand(rows, cols, generator=g) < frac
+    idx = [x.numpy() for x in torch.nonzero(mask, as_tuple=True)]
+    init = torch.randn(1, 4, h, w, generator=g)
+    got = S.FMap.from_dense(init, b, rows, cols)
+    S.sparse_conv1x1_parts(cat, got, idx, op)
+    ref = S.FMap.from_dense(init, b, rows, cols)
+    with torch_path():
+        S.sparse_windowed(cat.materialize(), ref, mask, op)
+    torch.testing.assert_close(got.t, ref.t, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('task', ['detect', 'pose'])
 def test_head_decoder_redoes_the_changed_anchors_only(task):
     """The incremental head decode equals the dense decode, and decodes exactly the anchors

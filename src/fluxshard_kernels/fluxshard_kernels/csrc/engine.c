@@ -265,6 +265,31 @@ void fs_input_blocks(const uint8_t *canvas, uint8_t *prev, int H, int W, int bs,
     }
 }
 
+/* One input of a concatenation straight into the rows of the 1x1 convolution that reads
+ * it: row (i, py, px) of `out` (row stride `ld` floats) gets, at columns [c_off, c_off + C),
+ * the C channels of pixel (ri * b + py, ci * b + px) of the map (valid h x w region at
+ * storage offset `margin`; zeros outside it). */
+void fs_rows_into(const float *src, int64_t rs, int64_t cs, int C, int margin, int h, int w,
+                  const int64_t *ri, const int64_t *ci, int n, int b, float *out, int64_t ld,
+                  int c_off) {
+    const size_t cb = (size_t)C * sizeof(float);
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * b, fx = (int)ci[i] * b;
+        for (int py = 0; py < b; ++py) {
+            const int y = fy + py;
+            for (int px = 0; px < b; ++px) {
+                const int x = fx + px;
+                float *o = out + (((int64_t)i * b + py) * b + px) * ld + c_off;
+                if (y >= h || x >= w) {
+                    memset(o, 0, cb);
+                } else {
+                    memcpy(o, src + (ptrdiff_t)(margin + y) * rs + (ptrdiff_t)(margin + x) * cs, cb);
+                }
+            }
+        }
+    }
+}
+
 /* dst = src warped by integer block MVs (source = destination + mv, clamped at the border),
  * H x W x C uint8, contiguous; blocks without motion are row copies. */
 void fs_warp_image(const uint8_t *src, uint8_t *dst, int H, int W, int C, int bs, int rows,
