@@ -160,20 +160,6 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
         pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
 
 
-def copy_blocks(src: torch.Tensor, dst: torch.Tensor, c_off: int, margin: int, h: int, w: int,
-                rows, cols, b: int):
-    """Channels [c_off, c_off + C) of blocks (rows[i], cols[i]) of ``dst`` := the C channels of
-    ``src`` (one input of a concat), inside the valid h x w region."""
-    rows, cols = _i64(rows), _i64(cols)
-    c, lib = src.shape[1], _lib()
-    ps, pd, pr, pc = _ptr(src), _ptr(dst), _ptr(rows), _ptr(cols)
-
-    def run(i0, i1):
-        lib.fs_copy_blocks(ps, src.stride(2), src.stride(3), pd, dst.stride(2), dst.stride(3),
-                           c, c_off, margin, h, w, pr + 8 * i0, pc + 8 * i0, i1 - i0, b)
-    _halves(len(rows), len(rows) * b * b * c * 8, run)
-
-
 def add_blocks(a: torch.Tensor, b_: torch.Tensor, dst: torch.Tensor, margin: int, h: int,
                w: int, rows, cols, b: int):
     """Blocks (rows[i], cols[i]) of ``dst`` := a + b_ (a residual add), inside the valid

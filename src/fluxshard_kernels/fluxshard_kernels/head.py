@@ -7,7 +7,8 @@ neither recomputed nor warped), so ``HeadDecoder`` keeps the last raw rows (one 
 their decoded columns, finds the rows that differ (one compiled pass), and decodes only those.
 Each anchor decodes on its own (``Detect.decode_columns``), so the result is the dense decode's.
 Segmentation models (mask coefficients and prototypes), CUDA tensors and a process without the
-compiled kernels decode densely (``YOLO11.head_outputs``).
+compiled kernels decode densely (``YOLO11.head_outputs``). The per-level inputs are tensors or
+the engine's values (``incremental.SF``), whose concats are read straight from their parts.
 """
 
 from typing import Optional
@@ -33,20 +34,25 @@ class HeadDecoder:
         self.decoded = 0  # anchors decoded by the last call (diagnostics, tests)
 
     def __call__(self, model: 'M.YOLO11', feats: dict) -> torch.Tensor:
-        det = feats['det']
-        if model.task == 'segment' or det[0].device.type != 'cpu' or \
+        det = [_parts(v) for v in feats['det']]
+        if model.task == 'segment' or det[0][0].device.type != 'cpu' or \
                 not compiled.available():
-            return model.head_outputs(feats)
+            return model.head_outputs({k: ([_tensor(v) for v in vals] if isinstance(vals, list)
+                                           else _tensor(vals)) for k, vals in feats.items()})
         head = model.model[23]
-        extra = feats['extra'] if model.task == 'pose' else [None] * len(det)
-        shapes = [tuple(f.shape[2:]) for f in det]
-        width = head.no + (head.nk if model.task == 'pose' else 0)
-        rows = torch.empty((sum(h * w for h, w in shapes), width), dtype=det[0].dtype)
+        levels = det
+        if model.task == 'pose':  # keypoint channels after the detection ones
+            levels = [d + _parts(k) for d, k in zip(det, feats['extra'])]
+        shapes = [tuple(d[0].shape[2:]) for d in det]
+        width = sum(t.shape[1] for t in levels[0])
+        rows = torch.empty((sum(h * w for h, w in shapes), width), dtype=det[0][0].dtype)
         a0 = 0
-        for f, k, (h, w) in zip(det, extra, shapes):  # (h w, channels) per level, one copy
-            rows[a0:a0 + h * w, :head.no].view(h, w, head.no).copy_(f[0].permute(1, 2, 0))
-            if k is not None:
-                rows[a0:a0 + h * w, head.no:].view(h, w, head.nk).copy_(k[0].permute(1, 2, 0))
+        for parts, (h, w) in zip(levels, shapes):  # (h w, channels) per level, one copy
+            c0 = 0
+            for t in parts:
+                c = t.shape[1]
+                rows[a0:a0 + h * w, c0:c0 + c].view(h, w, c).copy_(t[0].permute(1, 2, 0))
+                c0 += c
             a0 += h * w
         if self._geom is None or self._geom[0] != shapes or self._rows is None or \
                 self._rows.shape != rows.shape:
@@ -59,13 +65,12 @@ class HeadDecoder:
             self.decoded = len(idx)
             if len(idx) > FULL_ABOVE * rows.shape[0]:  # most moved: one dense decode
                 out = self._decode(model, head, rows, self._geom[1], self._geom[2])
-                self._rows, self._out = rows, out
-                return out
-            out = self._out.clone()
-            if len(idx):
-                sel = torch.from_numpy(idx)
-                out[:, :, sel] = self._decode(model, head, rows[sel], self._geom[1][:, sel],
-                                              self._geom[2][:, sel])
+            else:
+                out = self._out.clone()
+                if len(idx):
+                    sel = torch.from_numpy(idx)
+                    out[:, :, sel] = self._decode(model, head, rows[sel],
+                                                  self._geom[1][:, sel], self._geom[2][:, sel])
         self._rows, self._out = rows, out
         return out
 
@@ -77,3 +82,17 @@ class HeadDecoder:
         if model.task == 'pose':
             return torch.cat([d, head.decode_kpt_columns(x[:, head.no:], anchors, strides)], 1)
         return d
+
+
+def _parts(v) -> list:
+    """A level's input as channel parts, (1, C_i, h, w) each: a tensor, an engine value's map,
+    or a concat's parts (no copy)."""
+    if isinstance(v, torch.Tensor):
+        return [v]
+    fmap = v.fmap
+    return [p.valid for p in fmap.parts] if hasattr(fmap, 'parts') else [fmap.valid]
+
+
+def _tensor(v) -> torch.Tensor:
+    parts = _parts(v)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)

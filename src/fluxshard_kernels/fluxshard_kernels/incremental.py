@@ -1,16 +1,17 @@
 """Incremental (motion-aware sparse) execution of a YOLO11 network over a frame sequence
 (paper sections 4.3-4.4).
 
-Every primitive of the network (conv, add, concat, max-pool, upsample, the attention block) keeps
-its output from the previous frame as a cache. Each frame:
+Every primitive of the network (conv, add, max-pool, upsample, the attention block) keeps its
+output from the previous frame as a cache; a concat is a view of its inputs (``sparse.CatMap``),
+read straight from their caches. Each frame:
   1. the caches are warped by the frame's block MV field, scaled to each layer's stride (the
      "virtually wrapped" cache): by default bilinear, at the exact fractional position of the
      moving pixels (``warp='bilinear'``); ``warp='integer'`` is an index remap instead, each
      block's features read from the source position its motion rounds to at that stride with
      the sub-pixel remainder carried to the next frame, so a block whose motion rounds to zero
-     is not touched (measured, ``evaluate --warp integer``: 3 ms less per static-camera step,
-     7 points of retention lost on pets09-s2l1, where walkers move a few pixels a frame and
-     lag their boxes by up to half a feature pixel);
+     is not touched (fewer pixels warped on a static camera, but measured with ``evaluate
+     --warp integer`` 7 points of retention lost on pets09-s2l1, where walkers move a few
+     pixels a frame and lag their boxes by up to half a feature pixel);
   2. the changed (miss) blocks of the input are recomputed through the network: a layer's
      active set is its input's grown by the layer's halo; layers at strides up to
      ``max_sparse_stride`` run on the sparse engine, deeper ones (and anything above the
@@ -489,18 +490,11 @@ class IncrementalExecutor:
         def sparse(cache, bm):
             if any(x.fmap.b != cache.b or x.fmap.rows != cache.rows for x in xs):
                 return False
-            if kind in ('add', 'concat') and all(compiled.serves(t) for t in
-                                                 [cache.t] + [x.fmap.t for x in xs]):
-                with S.STAGES('pointwise'):  # straight between the maps, one call per input
-                    if kind == 'add':
-                        compiled.add_blocks(xs[0].fmap.t, xs[1].fmap.t, cache.t, S.MARGIN,
-                                            cache.h, cache.w, bm.rows, bm.cols, cache.b)
-                    else:
-                        c0 = 0
-                        for x in xs:
-                            compiled.copy_blocks(x.fmap.t, cache.t, c0, S.MARGIN, cache.h,
-                                                 cache.w, bm.rows, bm.cols, cache.b)
-                            c0 += x.fmap.channels
+            if kind == 'add' and all(compiled.serves(t) for t in
+                                     [cache.t] + [x.fmap.t for x in xs]):
+                with S.STAGES('pointwise'):  # straight between the maps, one call
+                    compiled.add_blocks(xs[0].fmap.t, xs[1].fmap.t, cache.t, S.MARGIN,
+                                        cache.h, cache.w, bm.rows, bm.cols, cache.b)
                 return True
             S.sparse_pointwise(fn, [x.fmap for x in xs], cache, bm.mask, idx=bm.idx)
             return True
@@ -739,12 +733,10 @@ class IncrementalYOLO:
         ex.stats.input_active = float(mask.float().mean())
         with torch.no_grad():
             feats = self.model.features(inp, ex)
-            dense = {k: ([v.tensor() for v in vals] if isinstance(vals, list) else vals.tensor())
-                     for k, vals in feats.items()}
             self.last_masks = {k: ([v.mask for v in vals] if isinstance(vals, list) else
                                    vals.mask) for k, vals in feats.items()}
             with S.STAGES('head'):  # the anchors whose raw outputs changed
-                raw = ex.head(self.model, dense)
+                raw = ex.head(self.model, feats)
         ex.stats.seconds = time.perf_counter() - t0
         return raw
 

@@ -42,8 +42,6 @@ ENGINE_SIGNATURES = {
     'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT, _VP],
     'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
     'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
-    'fs_copy_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _VP,
-                       _VP, _INT, _INT],
     'fs_add_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT,
                       _INT, _VP, _VP, _INT, _INT],
     'fs_upsample2x_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP,

@@ -189,25 +189,9 @@ class CatMap:
 
     parts: list
 
-    @property
-    def b(self) -> int:
-        return self.parts[0].b
-
-    @property
-    def rows(self) -> int:
-        return self.parts[0].rows
-
-    @property
-    def cols(self) -> int:
-        return self.parts[0].cols
-
-    @property
-    def h(self) -> int:
-        return self.parts[0].h
-
-    @property
-    def w(self) -> int:
-        return self.parts[0].w
+    def __post_init__(self):
+        p = self.parts[0]
+        self.b, self.rows, self.cols, self.h, self.w = p.b, p.rows, p.cols, p.h, p.w
 
     @property
     def channels(self) -> int:

@@ -163,30 +163,9 @@ void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
     fs_warp_write(t, rs, cs, C, margin, ys, xs, n, tmp);
 }
 
-/* The block-local ops of a layer without the gather / scatter round trip. For blocks
- * (ri, ci) of b pixels at storage offset `margin`, inside the valid h x w region:
- * fs_copy_blocks: dst channels [c_off, c_off + C) := src's C channels (one input of a concat);
- * fs_add_blocks: dst := a + b (a residual add). Every map has its own row / pixel strides. */
-void fs_copy_blocks(const float *src, int64_t srs, int64_t scs, float *dst, int64_t drs,
-                    int64_t dcs, int C, int c_off, int margin, int h, int w, const int64_t *ri,
-                    const int64_t *ci, int n, int b) {
-    for (int i = 0; i < n; ++i) {
-        const int fy = (int)ri[i] * b, fx = (int)ci[i] * b;
-        const int bh = fy + b > h ? h - fy : b, bw = fx + b > w ? w - fx : b;
-        for (int py = 0; py < bh; ++py) {
-            const ptrdiff_t y = margin + fy + py;
-            const float *s = src + y * srs + (ptrdiff_t)(margin + fx) * scs;
-            float *d = dst + y * drs + (ptrdiff_t)(margin + fx) * dcs + c_off;
-            if (scs == C && dcs == C) {
-                memcpy(d, s, (size_t)bw * C * sizeof(float));
-                continue;
-            }
-            for (int px = 0; px < bw; ++px)
-                memcpy(d + (ptrdiff_t)px * dcs, s + (ptrdiff_t)px * scs, (size_t)C * sizeof(float));
-        }
-    }
-}
-
+/* A residual add without the gather / scatter round trip: blocks (ri, ci) of b pixels of
+ * dst := a + b, at storage offset `margin`, inside the valid h x w region; every map has its
+ * own row / pixel strides. */
 void fs_add_blocks(const float *a, int64_t ars, int64_t acs, const float *bb, int64_t brs,
                    int64_t bcs, float *dst, int64_t drs, int64_t dcs, int C, int margin, int h,
                    int w, const int64_t *ri, const int64_t *ci, int n, int b) {
