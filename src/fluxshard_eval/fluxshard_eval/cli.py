@@ -33,6 +33,8 @@ SWEEP = {f'fluxshard h264 crf{c}': ('fluxshard', {'codec': 'h264', 'crf': c})
 # the server's own drift test (model.recompute_tau)
 SWEEP.update({f'fluxshard h264 recompute-tau {t:g}':
               ('fluxshard', {'codec': 'h264', 'recompute_tau': t}) for t in (0.0, 6.0, 10.0)})
+SWEEP.update({f'fluxshard h264 drift-{s}': ('fluxshard', {'codec': 'h264', 'drift_scope': s})
+              for s in ('objects', 'frame')})
 SWEEP.update({f'fluxshard h264 roi{q:g}': ('fluxshard', {'codec': 'h264', 'roi_qoffset': q})
               for q in (0.0, 0.4)})
 # large objects coded coarser than small ones (issue 21)

@@ -42,7 +42,7 @@ from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo.processing import Detections, letterbox
 from fluxshard_eval import sim
-from fluxshard_server.inference import EdgeModel, RECOMPUTE_TAU
+from fluxshard_server.inference import DRIFT_SCOPE, EdgeModel, RECOMPUTE_TAU
 from fluxshard_server.receive import receive_batch
 from fluxshard_server.session import EdgeSession
 
@@ -175,7 +175,7 @@ class _BlockServer:
     proxy apply) and an incremental model over the proxy state, as ``server_node`` runs them."""
 
     def __init__(self, model, edge_id, dense_times=False, recompute_tau=RECOMPUTE_TAU,
-                 profile=None):
+                 profile=None, drift_scope=DRIFT_SCOPE):
         self.prof = profile or sim.PAPER
         self.session = EdgeSession(edge_id)
         if dense_times:  # No-MS-Comp: dense inference on the proxy, for real
@@ -183,7 +183,7 @@ class _BlockServer:
             self.em.refresh = SyncRefresh(None)
         else:
             self.em = EdgeModel('incremental', model.task, model, refresh_interval=10,
-                                recompute_tau=recompute_tau)
+                                recompute_tau=recompute_tau, drift_scope=drift_scope)
             self.em.refresh = SyncRefresh(self.em.runner)
         self.dense_times = dense_times
         self.edge_id = edge_id
@@ -229,6 +229,7 @@ class FluxShard(Method):
                  block: int = 16, refresh: int = 10, quality: int = 90,
                  independent_px: float = 0.0, codec: str = EdgeConfig.codec,
                  crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU,
+                 drift_scope: str = DRIFT_SCOPE,
                  roi_qoffset: float = EdgeConfig.roi_qoffset,
                  roi_large_qoffset: float = EdgeConfig.roi_large_qoffset,
                  send_motion: bool = EdgeConfig.send_motion,
@@ -255,7 +256,7 @@ class FluxShard(Method):
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
         if self.pipe.quality is not None:  # reference passes inline, charged as background
             self.pipe.quality.sync = True
-        self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof)
+        self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof, drift_scope)
         self.dense = dense
         self._pending = None
 

@@ -258,10 +258,10 @@ def main(argv=None):
     p.add_argument('--threads', type=int, default=1, help='CPU threads (torch and OpenCV)')
     p.add_argument('--sections', nargs='+', default=list(SECTIONS), choices=list(SECTIONS),
                    help='which benchmarks to run (default all)')
-    p.add_argument('--zero-bias', type=float, default=0.0,
+    p.add_argument('--zero-bias', type=float, default=motion.ZERO_BIAS,
                    help='block matching keeps zero motion on blocks static up to noise unless '
                         'a match is better by more than this mean abs error (0 = off; '
-                        'motion.ZERO_BIAS)')
+                        'default: motion.ZERO_BIAS, %(default)s)')
     p.add_argument('--warp', choices=['integer', 'bilinear'], default='bilinear',
                    help='engine section: how cached features follow the block motion')
     p.add_argument('--device', default='cpu',

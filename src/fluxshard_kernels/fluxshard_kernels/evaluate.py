@@ -196,10 +196,10 @@ def main(argv=None):
     p.add_argument('--warp', choices=list(WARPS), default='bilinear',
                    help="how cached features follow the block motion: an index remap with the "
                         "remainder carried ('integer') or bilinear resampling")
-    p.add_argument('--zero-bias', type=float, default=0.0,
+    p.add_argument('--zero-bias', type=float, default=motion.ZERO_BIAS,
                    help='block matching keeps zero motion on blocks static up to noise unless '
                         'a match is better by more than this mean abs error (0 = off; '
-                        'motion.ZERO_BIAS)')
+                        'default: motion.ZERO_BIAS, %(default)s)')
     p.add_argument('--sub-block', type=int, default=0, choices=[0, 2, 4, 8],
                    help='D = the largest mean error over sub x sub sub-blocks (0 = the '
                         "block's mean, the paper's)")

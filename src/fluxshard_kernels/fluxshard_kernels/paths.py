@@ -19,6 +19,10 @@ class PathCosts:
     re-measure (``probe_every`` 0: never, for costs that are not measured), and each path runs
     until it has samples."""
 
+    #: the incremental samples' block counts must span this share of the largest before a
+    #: fit over them predicts other counts
+    SPAN = 0.5
+
     def __init__(self, window: int = 16, probe_every: int = PROBE_EVERY):
         self.inc = deque(maxlen=window)
         self.dense = deque(maxlen=window)
@@ -30,7 +34,10 @@ class PathCosts:
         if len(self.inc) < 2:
             return None
         ks, ts = zip(*self.inc)
-        if len(set(ks)) < 3:
+        if len(set(ks)) < 3 or max(ks) - min(ks) < self.SPAN * max(ks):
+            # samples of about one size say nothing of the slope: a quadratic through them
+            # extrapolates wildly (measured live: three steps of 27-36 blocks at ~120 ms
+            # predicted 2 s for 60 blocks, and the engine was never chosen again)
             return float(np.median(ts))
         from fluxshard_kernels.profile import fit_quadratic
         a, b, c = fit_quadratic(ks, ts)

@@ -111,4 +111,5 @@ def test_zero_bias_keeps_static_blocks_still_and_movers_moving():
     assert (inner == [-5, 0]).all(), inner
     # a changed block's D is never raised by more than the bias
     assert np.all(biased.dissimilarity <= plain.dissimilarity + 1.0 + 1e-4)
-    assert motion.estimate_motion(cur, ref, 16).mv.tolist() == plain.mv.tolist()  # off default
+    assert motion.ZERO_BIAS == 1.0  # on by default
+    assert motion.estimate_motion(cur, ref, 16).mv.tolist() == biased.mv.tolist()

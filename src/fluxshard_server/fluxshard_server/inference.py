@@ -18,6 +18,14 @@ from fluxshard_kernels.paths import PathCosts, PROBE_EVERY  # noqa: F401 - re-ex
 BACKENDS = ('auto', 'incremental', 'dense', 'onnxruntime', 'none')
 #: Default of EdgeModel.recompute_tau (server parameter model.recompute_tau), 8-bit levels.
 RECOMPUTE_TAU = 3.0
+#: Where the server's drift test looks (server parameter model.drift_scope): 'objects' = the
+#: blocks of the last step's candidate objects (every anchor scoring >= DRIFT_CONF, so an
+#: object near the confidence threshold stays in scope), moved by the batch's block motion and
+#: grown by a block (elsewhere a drifted block waits for the background refresh, at most
+#: refresh_interval batches); 'frame' = every block.
+DRIFT_SCOPES = ('objects', 'frame')
+DRIFT_SCOPE = 'objects'
+DRIFT_CONF = 0.1
 #: Share of changed blocks above which a frame runs dense (the sparse pass is slower there).
 DENSE_ABOVE = 0.5
 
@@ -41,13 +49,14 @@ class EdgeModel:
             batch's MVs) by a mean absolute error >= this (0 = only the named blocks). The
             proxy of an inter-coded payload changes a little everywhere; this is the server's
             own feature-reuse decision, apart from what the edge transmitted.
+        drift_scope: which blocks the drift test looks at (``DRIFT_SCOPES``).
     """
 
     def __init__(self, backend: str, task: str, model=None, path: str = '',
                  conf: float = 0.25, iou: float = 0.45, threads: int = 0,
                  refresh_interval: int = 10, cam_block: int = 16,
                  recompute_tau: float = RECOMPUTE_TAU, device: str = 'cpu',
-                 profile=None):
+                 profile=None, drift_scope: str = DRIFT_SCOPE):
         if backend not in BACKENDS:
             raise ValueError(f'unknown inference backend {backend!r} ({", ".join(BACKENDS)})')
         self.backend, self.task, self.conf, self.iou = backend, task, conf, iou
@@ -56,6 +65,11 @@ class EdgeModel:
         if recompute_tau < 0:
             raise ValueError(f'recompute_tau must be >= 0, got {recompute_tau}')
         self.recompute_tau = recompute_tau
+        if drift_scope not in DRIFT_SCOPES:
+            raise ValueError(f'unknown drift scope {drift_scope!r} ({", ".join(DRIFT_SCOPES)})')
+        self.drift_scope = drift_scope
+        self._last_boxes = np.zeros((0, 4), np.float32)  # the last incremental result's
+        self.last_drifted = 0
         self.names = {}
         self.model = model
         self.runner = self.refresh = None
@@ -201,8 +215,11 @@ class EdgeModel:
                 diff = np.abs(r.state.astype(np.int16) - img.astype(np.int16)).max(axis=2)
                 changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)))
             changed = np.asarray(changed, dtype=np.int64)
+            self.last_drifted = 0
             if consecutive and self.recompute_tau > 0:
-                changed = np.union1d(changed, self._drifted(r.state, img, mv, grid))
+                drifted = np.setdiff1d(self._drifted(r.state, img, mv, grid), changed)
+                self.last_drifted = int(drifted.size)
+                changed = np.union1d(changed, drifted)
             if changed.size > DENSE_ABOVE * grid.count:
                 # most blocks changed: one dense pass is cheaper than the sparse one, exact,
                 # and renews every cache
@@ -219,6 +236,7 @@ class EdgeModel:
                     self._measured_after_sync = False
         self._last_seq = seq
         det = self.model.decode(raw, lb, self.conf, self.iou)
+        self._last_boxes = self._candidates(raw, lb)  # kept in any scope: it is live
         self.last_seconds = time.perf_counter() - t0
         self._since_refresh += 1
         if self.refresh.running:
@@ -230,13 +248,56 @@ class EdgeModel:
         return det
 
     def _drifted(self, cached: np.ndarray, img: np.ndarray, mv, grid: BlockGrid) -> np.ndarray:
-        """Blocks where ``img`` differs from the caches' image ``cached`` moved by ``mv`` by a
-        mean absolute error >= recompute_tau."""
+        """Blocks (of ``drift_scope``) where ``img`` differs from the caches' image ``cached``
+        moved by ``mv`` by a mean absolute error >= recompute_tau."""
         from fluxshard_kernels.blocks import block_dissimilarity, warp_image_int
+        scope = None
+        if self.drift_scope == 'objects':
+            scope = self._object_blocks(mv, grid)
+            if not scope.any():
+                return np.zeros(0, np.int64)
         if mv is not None and np.any(mv):
             m = np.asarray(mv).reshape(-1, 2)
             cached = warp_image_int(cached, grid, m[:, 0], m[:, 1])
-        return np.flatnonzero(block_dissimilarity(img, cached, grid) >= self.recompute_tau)
+        drift = block_dissimilarity(img, cached, grid) >= self.recompute_tau
+        return np.flatnonzero(drift if scope is None else drift & scope)
+
+    def _candidates(self, raw, lb) -> np.ndarray:
+        """(n, 4) source-pixel boxes of every anchor whose best class scores >= DRIFT_CONF
+        in the raw head output (before NMS: only their union matters)."""
+        out = raw[0] if self.task == 'segment' else raw
+        out = out[0].cpu().numpy()
+        nc = len(self.names)
+        cand = out[:, out[4:4 + nc].max(0) >= min(DRIFT_CONF, self.conf)]
+        cx, cy, w, h = cand[0], cand[1], cand[2] / 2, cand[3] / 2
+        x1, y1 = lb.to_source(cx - w, cy - h)
+        x2, y2 = lb.to_source(cx + w, cy + h)
+        return np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+
+    def _object_blocks(self, mv, grid: BlockGrid) -> np.ndarray:
+        """(count,) bool: the blocks of the last step's candidate boxes grown by one block,
+        carried along ``mv`` (a block is in scope when the content it came from was)."""
+        bs = grid.block_size
+        diff = np.zeros((grid.rows + 1, grid.cols + 1), np.int32)  # 2-D difference array
+        b = self._last_boxes
+        r0 = np.clip(b[:, 1] // bs - 1, 0, grid.rows).astype(int)
+        r1 = np.clip(np.ceil(b[:, 3] / bs) + 1, 0, grid.rows).astype(int)
+        c0 = np.clip(b[:, 0] // bs - 1, 0, grid.cols).astype(int)
+        c1 = np.clip(np.ceil(b[:, 2] / bs) + 1, 0, grid.cols).astype(int)
+        for r, c, v in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+            np.add.at(diff, (r, c), v)
+        was = diff.cumsum(0).cumsum(1)[:-1, :-1] > 0
+        if mv is None or not np.any(mv):
+            return was.reshape(-1)
+        m = np.asarray(mv, np.float32).reshape(grid.rows, grid.cols, 2) / bs
+        rows, cols = np.mgrid[0:grid.rows, 0:grid.cols]
+        out = np.zeros_like(was)
+        for dy in (np.floor(m[..., 1]), np.ceil(m[..., 1])):  # the up to four source blocks
+            for dx in (np.floor(m[..., 0]), np.ceil(m[..., 0])):
+                r = np.clip(rows + dy.astype(int), 0, grid.rows - 1)
+                c = np.clip(cols + dx.astype(int), 0, grid.cols - 1)
+                out |= was[r, c]
+        return out.reshape(-1)
 
     def pause_background(self):
         """Hold this edge's refresh at its next layer boundary (another edge's critical job

@@ -22,7 +22,8 @@ from sensor_msgs.msg import Image
 
 from fluxshard_server.admission import Budget
 from fluxshard_kernels.profile import resolve_device
-from fluxshard_server.inference import BACKENDS, EdgeModel, load_model, RECOMPUTE_TAU
+from fluxshard_server.inference import (BACKENDS, DRIFT_SCOPE, DRIFT_SCOPES, EdgeModel, load_model,
+                                        RECOMPUTE_TAU)
 from fluxshard_server.runtime import ServerRuntime
 
 PURPOSE = """fluxshard_server server_node: the GPU-host side of FluxShard. Serves the robots
@@ -86,6 +87,11 @@ PARAMS = [
           'block whose proxy pixels differ from the image its cached features describe (moved '
           'by the batch MVs) by at least this mean absolute error (0 = only the blocks a batch '
           'names); the server\'s own feature-reuse decision', lo=0.0, hi=255.0, live=True),
+    Param('model.drift_scope', DRIFT_SCOPE, 'incremental backend: where that drift test looks. '
+          'objects: the blocks of the last step\'s candidate objects (anchors scoring >= 0.1), '
+          'moved by the batch MVs and grown by a block; elsewhere drift waits for the '
+          'background refresh (refresh.interval). frame: every block', choices=list(DRIFT_SCOPES),
+          live=True),
     Param('security.mode', 'mac', 'mac: every link message carries a keyed BLAKE2b tag; only '
           'edges with a key in security.key_file are served. none: no authentication (lab '
           'only)', choices=list(auth.MODES)),
@@ -177,7 +183,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                 return EdgeModel(backend, self.task, shared, path, p['model.conf'],
                                  p['model.iou'], p['model.threads'], p['refresh.interval'],
                                  recompute_tau=p['model.recompute_tau'],
-                                 device=self.device, profile=prof)
+                                 device=self.device, profile=prof,
+                                 drift_scope=p['model.drift_scope'])
             self.runtime = ServerRuntime(self.edge_ids, make_model, keys, budget,
                                          p['security.max_age_s'])
             if p['model.warm_up']:
@@ -360,6 +367,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             m.iou = changes.get('model.iou', m.iou)
             m.refresh_interval = changes.get('refresh.interval', m.refresh_interval)
             m.recompute_tau = changes.get('model.recompute_tau', m.recompute_tau)
+            m.drift_scope = changes.get('model.drift_scope', m.drift_scope)
             if m.onnx is not None:  # the onnxruntime path decodes with its own thresholds
                 m.onnx.conf, m.onnx.iou = m.conf, m.iou
 

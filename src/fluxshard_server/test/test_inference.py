@@ -94,6 +94,21 @@ def test_path_costs_choose_the_faster_path_and_re_measure_the_other():
     assert c2.choose(20) == 'incremental' and c2.choose(2000) == 'onnxruntime'
 
 
+def test_path_costs_do_not_extrapolate_samples_of_one_size():
+    """Three steps of nearly the same size (as a live static camera gives) predict their
+    median for any size, not a quadratic's wild extrapolation; a wide spread is fitted."""
+    from fluxshard_server.inference import PathCosts
+    c = PathCosts()
+    for k, t in ((36, 0.119), (27, 0.126), (28, 0.120)):  # measured live, pets09-s2l1
+        c.observe_incremental(k, t)
+    assert c.predict_incremental(60) == pytest.approx(0.120)
+    c.observe_dense(0.150)
+    assert c.choose(60) == 'incremental'
+    for k, t in ((200, 0.3), (400, 0.5)):
+        c.observe_incremental(k, t)
+    assert c.predict_incremental(800) > 0.5  # now fitted over 27-400 blocks
+
+
 def test_auto_backend_serves_every_frame_by_the_cheaper_measured_path():
     """Over real proxy states: each frame's detections come from one of the two paths, both
     are measured, and the path chosen after warm-up is the one measured faster here; the
@@ -151,3 +166,28 @@ def test_a_probe_after_onnxruntime_frames_measures_a_real_step():
     for a, b in probes:
         assert sum(samples[a:b]) >= 1, (paths, samples)
     assert sum(em.costs.chosen.values()) == len(stream)
+
+
+@pytest.mark.parametrize('scope', ['objects', 'frame'])
+def test_the_drift_test_looks_where_model_drift_scope_says(scope):
+    """A proxy that drifted (codec noise the batch does not name) in one block on an object
+    and one far from every object: 'frame' recomputes both, 'objects' only the one on the
+    object; the other waits for the refresh."""
+    stream, grid = _proxy_stream(2)
+    em = EdgeModel('incremental', 'detect', load_model('detect'), refresh_interval=1000,
+                   drift_scope=scope)
+    em(stream[0][0], 1, None, None, 16)
+    state, mv, changed = stream[1]
+    near = em._object_blocks(mv, grid)
+    assert 0 < near.sum() < grid.count
+    free = np.setdiff1d(np.arange(grid.count), changed)
+    inside, outside = free[near[free]][0], free[~near[free]][-1]
+    drifted = state.copy()
+    for i in (inside, outside):
+        r, c = divmod(int(i), grid.cols)
+        patch = drifted[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16].astype(np.int16)
+        drifted[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] = np.clip(patch + 12, 0, 255)
+    em(drifted, 2, mv, 1, 16, changed)
+    assert em.last_drifted == (1 if scope == 'objects' else 2)
+    assert em.last_blocks == len(changed) + em.last_drifted
+    em.close()
