@@ -185,6 +185,11 @@ def main(argv=None):
     robots = [f'robot{i + 1}' for i in range(a.robots)]
     py = sys.executable
     srv_params = list(a.server_param)
+    if not any(p.startswith('model.threads:=') for p in srv_params):
+        # the robots and the server share this machine's cores: the server takes half of
+        # them (torch's default, every core, oversubscribes them; measured on 2 cores, the
+        # incremental engine suffers more from it than onnxruntime)
+        srv_params.append(f'model.threads:={max(1, (os.cpu_count() or 2) // 2)}')
     if a.task:
         srv_params.append(f'model.task:={a.task}')
     procs = []

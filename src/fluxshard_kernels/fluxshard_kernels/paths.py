@@ -29,6 +29,7 @@ class PathCosts:
         self.probe_every = probe_every
         self.since = {'incremental': 0, 'onnxruntime': 0}
         self.chosen = {'incremental': 0, 'onnxruntime': 0}
+        self._seeded = set()  # paths whose samples are still a profile's seeds
 
     def predict_incremental(self, k: float) -> Optional[float]:
         if len(self.inc) < 2:
@@ -74,14 +75,22 @@ class PathCosts:
     def seed(self, role, blocks: int):
         """Start from a measured device profile's role (``profile.RoleProfile``: the
         incremental pass as a k^2 + b k + c over ``blocks`` camera blocks, onnxruntime dense
-        ``dense_s``) instead of probing both paths on the first frames; real samples replace
-        the seeds as they come."""
+        ``dense_s``) instead of probing both paths on the first frames. The first real sample
+        of a path replaces that path's seeds: a profile measured apart from the running nodes
+        (other threads, no other process beside it) only says which path to try first."""
         for k in (0, blocks // 8, blocks // 4):
             self.inc.append((float(k), role.a * k * k + role.b * k + role.c))
         self.dense.append(float(role.dense_s))
+        self._seeded = {'inc', 'dense'}
 
     def observe_incremental(self, k: int, seconds: float):
+        if 'inc' in self._seeded:
+            self._seeded.discard('inc')
+            self.inc.clear()
         self.inc.append((float(k), float(seconds)))
 
     def observe_dense(self, seconds: float):
+        if 'dense' in self._seeded:
+            self._seeded.discard('dense')
+            self.dense.clear()
         self.dense.append(float(seconds))

@@ -191,3 +191,20 @@ def test_the_drift_test_looks_where_model_drift_scope_says(scope):
     assert em.last_drifted == (1 if scope == 'objects' else 2)
     assert em.last_blocks == len(changed) + em.last_drifted
     em.close()
+
+
+def test_a_profile_seeds_the_choice_until_the_first_real_sample_of_each_path():
+    """A device profile measured apart from the nodes says onnxruntime is faster; the nodes'
+    first real samples say otherwise, and from then on they alone decide."""
+    from types import SimpleNamespace
+    from fluxshard_server.inference import PathCosts
+    c = PathCosts(probe_every=5)
+    c.seed(SimpleNamespace(a=0.0, b=1e-4, c=0.075, dense_s=0.040), 1600)
+    assert c.choose(40) == 'onnxruntime'
+    c.observe_dense(0.070)  # the real onnxruntime pass, beside the other processes
+    assert list(c.dense) == [0.070]
+    c.observe_incremental(40, 0.055)  # a probe
+    assert list(c.inc) == [(40.0, 0.055)]
+    assert c.choose(40) == 'incremental'  # one real sample: measure another
+    c.observe_incremental(60, 0.058)
+    assert c.choose(50) == 'incremental' and len(c.inc) == 2
