@@ -116,10 +116,11 @@ PARAMS = [
           lo=0.0, hi=1.0),
     Param('payload.probe_interval', 10, 'Offloaded frames between two quality probes (one '
           'dense pass on the robot each, in the background)', lo=1, hi=100000),
-    Param('payload.send_motion', True, 'h264 payloads: send the block motion field (about '
-          "2 KB a frame on a moving camera); false: the server's engine takes the motion from "
-          "the unit's own vectors (fewer bytes, less accurate warps on complex motion; other "
-          'codecs always send it: their proxy needs it)', live=True),
+    Param('payload.send_motion', False, 'h264 payloads: send the block motion field (about '
+          '2 KB a frame on a moving camera); false: the server block-matches its proxy states '
+          'before and after the unit itself (fewer bytes, and a field that explains the proxy '
+          'the server holds, so fewer blocks drift; other codecs always send it: their proxy '
+          'needs it)', live=True),
     Param('payload.pack_motion', True, 'zlib-pack the motion field of each BlockBatch (false: '
           'plain mv_x / mv_y arrays, readable with ros2 topic echo)', live=True),
     Param('key_interval', 0, 'Key batch every N frames (0 = on demand)', lo=0, hi=100000,

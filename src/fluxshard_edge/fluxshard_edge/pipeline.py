@@ -58,7 +58,7 @@ class EdgeConfig:
     roi_large_qoffset: float = 0.0
     target_retention: float = 0.0
     probe_interval: int = 10
-    send_motion: bool = True
+    send_motion: bool = False
     key_interval: int = 0
     motion: bool = True
     local_inference: bool = True

@@ -47,6 +47,7 @@ SWEEP.update({f'fluxshard h264 target{t}':
               for t in (95, 97, 99)})
 # the unit's own motion instead of the sent block field (issue 21)
 SWEEP['fluxshard h264 no-motion-field'] = ('fluxshard', {'codec': 'h264', 'send_motion': False})
+SWEEP['fluxshard h264 motion-field'] = ('fluxshard', {'codec': 'h264', 'send_motion': True})
 SWEEP.update({f'fluxshard jpeg q{q} tau{t:g}':
               ('fluxshard', {'codec': 'jpeg', 'quality': q, 'tau': t})
               for q, t in ((90, 10.0), (75, 10.0), (90, 20.0), (50, 30.0))})

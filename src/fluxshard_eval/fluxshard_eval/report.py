@@ -346,4 +346,11 @@ def payload_table(res: dict, link: str = 'medium') -> str:
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines += ['', 'Median bytes over the comparator: ' + '; '.join(
         f'{name(m)} {sorted(v)[len(v) // 2]:.2f}x' for m, v in ratios.items() if v)]
+    lines += ['', 'Blocks the server recomputes, per frame (%; a frame run dense counts whole):',
+              '', '| clip | ' + ' | '.join(name(m) for m in ours) + ' |',
+              '|' + '---|' * (len(ours) + 1)]
+    for s in seqs:
+        lines.append(f'| {s} | ' + ' | '.join(
+            f"{100 * by[(m, s)]['server_dense_equiv_per_frame']:.1f}" if (m, s) in by else '-'
+            for m in ours) + ' |')
     return '\n'.join(lines)
