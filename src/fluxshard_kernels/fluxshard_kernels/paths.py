@@ -19,6 +19,10 @@ class PathCosts:
     re-measure (``probe_every`` 0: never, for costs that are not measured), and each path runs
     until it has samples."""
 
+    #: the first re-measure of the path not chosen comes after this many frames, each next one
+    #: after twice as many, up to ``probe_every`` (a few slow first samples - a cold cache, a
+    #: busy machine - are soon corrected instead of deciding the next ``probe_every`` frames)
+    PROBE_FIRST = 4
     #: the incremental samples' block counts must span this share of the largest before a
     #: fit over them predicts other counts
     SPAN = 0.5
@@ -29,6 +33,7 @@ class PathCosts:
         self.probe_every = probe_every
         self.since = {'incremental': 0, 'onnxruntime': 0}
         self.chosen = {'incremental': 0, 'onnxruntime': 0}
+        self.probes = {'incremental': 0, 'onnxruntime': 0}  # re-measures so far
         self._seeded = set()  # paths whose samples are still a profile's seeds
 
     def predict_incremental(self, k: float) -> Optional[float]:
@@ -61,8 +66,10 @@ class PathCosts:
         else:
             path = 'incremental' if t_inc < float(np.median(self.dense)) else 'onnxruntime'
             other = 'onnxruntime' if path == 'incremental' else 'incremental'
-            if self.probe_every and self.since[other] >= self.probe_every:
+            if self.probe_every and self.since[other] >= min(
+                    self.probe_every, self.PROBE_FIRST << self.probes[other]):
                 path = other
+                self.probes[other] += 1
         self.note(path)
         return path
 

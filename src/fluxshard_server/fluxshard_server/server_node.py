@@ -88,7 +88,7 @@ PARAMS = [
           'by the batch MVs) by at least this mean absolute error (0 = only the blocks a batch '
           'names); the server\'s own feature-reuse decision', lo=0.0, hi=255.0, live=True),
     Param('model.drift_scope', DRIFT_SCOPE, 'incremental backend: where that drift test looks. '
-          'objects: the blocks of the last step\'s candidate objects (anchors scoring >= 0.1), '
+          'objects: the blocks of the last step\'s candidate objects (anchors scoring >= 0.02), '
           'moved by the batch MVs and grown by a block; elsewhere drift waits for the '
           'background refresh (refresh.interval). frame: every block', choices=list(DRIFT_SCOPES),
           live=True),
