@@ -15,9 +15,9 @@ class PathCosts:
     """Measured per-frame cost of the two paths of the ``auto`` backend: the incremental pass
     as ``a k^2 + b k + c`` of the blocks it recomputes (least squares over its last samples),
     onnxruntime dense as the median of its last times. ``choose(k)`` is the path predicted
-    faster for k blocks, except that a path not run for PROBE_EVERY frames runs once to
-    re-measure (``probe_every`` 0: never, for costs that are not measured), and each path runs
-    until it has samples."""
+    faster for k blocks, except that a path not run for a while runs once to re-measure
+    (after PROBE_FIRST frames, then twice as many each time, up to ``probe_every``; 0: never,
+    for costs that are not measured), and each path runs until it has samples."""
 
     #: the first re-measure of the path not chosen comes after this many frames, each next one
     #: after twice as many, up to ``probe_every`` (a few slow first samples - a cold cache, a

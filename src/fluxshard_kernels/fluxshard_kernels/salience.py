@@ -37,6 +37,33 @@ def salience_map(boxes: np.ndarray, scores: np.ndarray, grid: BlockGrid,
     return sal.reshape(-1)
 
 
+def object_blocks(boxes: np.ndarray, grid: BlockGrid, mv=None, grow: int = 1) -> np.ndarray:
+    """(count,) bool: the blocks the (n, 4) xyxy ``boxes`` of the previous frame cover, grown
+    by ``grow`` blocks, carried along the block field ``mv`` to the current frame (a block is
+    in when any of the up to four blocks its content came from was). Vectorised: ``boxes``
+    may be thousands of candidate anchors."""
+    bs = grid.block_size
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    diff = np.zeros((grid.rows + 1, grid.cols + 1), np.int32)  # 2-D difference array
+    r0 = np.clip(b[:, 1] // bs - grow, 0, grid.rows).astype(int)
+    r1 = np.clip(np.ceil(b[:, 3] / bs) + grow, 0, grid.rows).astype(int)
+    c0 = np.clip(b[:, 0] // bs - grow, 0, grid.cols).astype(int)
+    c1 = np.clip(np.ceil(b[:, 2] / bs) + grow, 0, grid.cols).astype(int)
+    for r, c, v in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
+        np.add.at(diff, (r, c), v)
+    was = diff.cumsum(0).cumsum(1)[:-1, :-1] > 0
+    if mv is None or not np.any(mv):
+        return was.reshape(-1)
+    m = np.asarray(mv, np.float32).reshape(grid.rows, grid.cols, 2) / bs
+    rows, cols = np.mgrid[0:grid.rows, 0:grid.cols]
+    out = np.zeros_like(was)
+    for dy in (np.floor(m[..., 1]), np.ceil(m[..., 1])):
+        for dx in (np.floor(m[..., 0]), np.ceil(m[..., 0])):
+            out |= was[np.clip(rows + dy.astype(int), 0, grid.rows - 1),
+                       np.clip(cols + dx.astype(int), 0, grid.cols - 1)]
+    return out.reshape(-1)
+
+
 def rank_misses(dissimilarity: np.ndarray, tau: float, salience=None, k=None,
                 extra=None) -> np.ndarray:
     """Miss blocks (D >= tau, or ``extra`` True) ordered by D x salience, best first; the first

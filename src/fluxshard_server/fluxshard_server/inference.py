@@ -71,7 +71,9 @@ class EdgeModel:
         if drift_scope not in DRIFT_SCOPES:
             raise ValueError(f'unknown drift scope {drift_scope!r} ({", ".join(DRIFT_SCOPES)})')
         self.drift_scope = drift_scope
-        self._last_boxes = np.zeros((0, 4), np.float32)  # the last incremental result's
+        # candidate objects of the last step (drift_scope objects; none yet after a switch to
+        # it, so one frame tests no drift)
+        self._last_boxes = np.zeros((0, 4), np.float32)
         self.last_drifted = 0
         self.names = {}
         self.model = model
@@ -194,7 +196,7 @@ class EdgeModel:
         return det
 
     def _incremental(self, img, seq, mv, prev_seq, block_size, changed, t0):
-        self.last_stepped = False
+        self.last_stepped, self.last_drifted = False, 0
         if self.refresh.running:
             self.refresh.pause()
         if self._refresh_from is not None and self.refresh.completed > self._refresh_from[1]:
@@ -218,7 +220,6 @@ class EdgeModel:
                 diff = np.abs(r.state.astype(np.int16) - img.astype(np.int16)).max(axis=2)
                 changed = np.flatnonzero(grid.block_view(grid.pad(diff)).max(axis=(1, 3)))
             changed = np.asarray(changed, dtype=np.int64)
-            self.last_drifted = 0
             if consecutive and self.recompute_tau > 0:
                 drifted = np.setdiff1d(self._drifted(r.state, img, mv, grid), changed)
                 self.last_drifted = int(drifted.size)
@@ -239,7 +240,13 @@ class EdgeModel:
                     self._measured_after_sync = False
         self._last_seq = seq
         det = self.model.decode(raw, lb, self.conf, self.iou)
-        self._last_boxes = self._candidates(raw, lb)  # kept in any scope: it is live
+        if self.drift_scope == 'objects':  # where the next drift test looks
+            from fluxshard_kernels.yolo.processing import candidate_boxes
+            out = (raw[0] if self.task == 'segment' else raw)[0].cpu().numpy()
+            self._last_boxes = candidate_boxes(out, lb, len(self.names),
+                                               min(DRIFT_CONF, self.conf))
+        else:
+            self._last_boxes = self._last_boxes[:0]
         self.last_seconds = time.perf_counter() - t0
         self._since_refresh += 1
         if self.refresh.running:
@@ -254,9 +261,10 @@ class EdgeModel:
         """Blocks (of ``drift_scope``) where ``img`` differs from the caches' image ``cached``
         moved by ``mv`` by a mean absolute error >= recompute_tau."""
         from fluxshard_kernels.blocks import block_dissimilarity, warp_image_int
+        from fluxshard_kernels.salience import object_blocks
         scope = None
         if self.drift_scope == 'objects':
-            scope = self._object_blocks(mv, grid)
+            scope = object_blocks(self._last_boxes, grid, mv)
             if not scope.any():
                 return np.zeros(0, np.int64)
         if mv is not None and np.any(mv):
@@ -264,43 +272,6 @@ class EdgeModel:
             cached = warp_image_int(cached, grid, m[:, 0], m[:, 1])
         drift = block_dissimilarity(img, cached, grid) >= self.recompute_tau
         return np.flatnonzero(drift if scope is None else drift & scope)
-
-    def _candidates(self, raw, lb) -> np.ndarray:
-        """(n, 4) source-pixel boxes of every anchor whose best class scores >= DRIFT_CONF
-        in the raw head output (before NMS: only their union matters)."""
-        out = raw[0] if self.task == 'segment' else raw
-        out = out[0].cpu().numpy()
-        nc = len(self.names)
-        cand = out[:, out[4:4 + nc].max(0) >= min(DRIFT_CONF, self.conf)]
-        cx, cy, w, h = cand[0], cand[1], cand[2] / 2, cand[3] / 2
-        x1, y1 = lb.to_source(cx - w, cy - h)
-        x2, y2 = lb.to_source(cx + w, cy + h)
-        return np.stack([x1, y1, x2, y2], 1).astype(np.float32)
-
-    def _object_blocks(self, mv, grid: BlockGrid) -> np.ndarray:
-        """(count,) bool: the blocks of the last step's candidate boxes grown by one block,
-        carried along ``mv`` (a block is in scope when the content it came from was)."""
-        bs = grid.block_size
-        diff = np.zeros((grid.rows + 1, grid.cols + 1), np.int32)  # 2-D difference array
-        b = self._last_boxes
-        r0 = np.clip(b[:, 1] // bs - 1, 0, grid.rows).astype(int)
-        r1 = np.clip(np.ceil(b[:, 3] / bs) + 1, 0, grid.rows).astype(int)
-        c0 = np.clip(b[:, 0] // bs - 1, 0, grid.cols).astype(int)
-        c1 = np.clip(np.ceil(b[:, 2] / bs) + 1, 0, grid.cols).astype(int)
-        for r, c, v in ((r0, c0, 1), (r0, c1, -1), (r1, c0, -1), (r1, c1, 1)):
-            np.add.at(diff, (r, c), v)
-        was = diff.cumsum(0).cumsum(1)[:-1, :-1] > 0
-        if mv is None or not np.any(mv):
-            return was.reshape(-1)
-        m = np.asarray(mv, np.float32).reshape(grid.rows, grid.cols, 2) / bs
-        rows, cols = np.mgrid[0:grid.rows, 0:grid.cols]
-        out = np.zeros_like(was)
-        for dy in (np.floor(m[..., 1]), np.ceil(m[..., 1])):  # the up to four source blocks
-            for dx in (np.floor(m[..., 0]), np.ceil(m[..., 0])):
-                r = np.clip(rows + dy.astype(int), 0, grid.rows - 1)
-                c = np.clip(cols + dx.astype(int), 0, grid.cols - 1)
-                out |= was[r, c]
-        return out.reshape(-1)
 
     def pause_background(self):
         """Hold this edge's refresh at its next layer boundary (another edge's critical job

@@ -177,10 +177,12 @@ def test_the_drift_test_looks_where_model_drift_scope_says(scope):
     object; the other waits for the refresh."""
     stream, grid = _proxy_stream(2)
     em = EdgeModel('incremental', 'detect', load_model('detect'), refresh_interval=1000,
-                   drift_scope=scope)
+                   drift_scope='objects')
     em(stream[0][0], 1, None, None, 16)
+    em.drift_scope = scope  # as the live parameter sets it
     state, mv, changed = stream[1]
-    near = em._object_blocks(mv, grid)
+    from fluxshard_kernels.salience import object_blocks
+    near = object_blocks(em._last_boxes, grid, mv)
     assert 0 < near.sum() < grid.count
     free = np.setdiff1d(np.arange(grid.count), changed)
     inside, outside = free[near[free]][0], free[~near[free]][-1]

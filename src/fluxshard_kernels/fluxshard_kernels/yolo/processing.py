@@ -170,6 +170,17 @@ def decode(output: np.ndarray, lb: Letterbox, num_classes: int, conf: float = 0.
     return det
 
 
+def candidate_boxes(output: np.ndarray, lb: Letterbox, num_classes: int,
+                    conf: float) -> np.ndarray:
+    """(n, 4) source-pixel xyxy boxes of every anchor of a raw head output (as ``decode``
+    takes it) whose best class scores >= ``conf``, without NMS: where objects may be."""
+    cand = output[:, output[4:4 + num_classes].max(0) >= conf]
+    cx, cy, w, h = cand[0], cand[1], cand[2] / 2, cand[3] / 2
+    x1, y1 = lb.to_source(cx - w, cy - h)
+    x2, y2 = lb.to_source(cx + w, cy + h)
+    return np.stack([x1, y1, x2, y2], 1).astype(np.float32)
+
+
 def assemble_masks(protos: np.ndarray, coeffs: np.ndarray, boxes_net: np.ndarray,
                    lb: Letterbox) -> np.ndarray:
     """Instance masks in source pixels from prototypes and per-instance coefficients."""
