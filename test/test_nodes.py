@@ -297,3 +297,44 @@ def test_overlapped_local_inference_accounts_for_every_frame(ros):
     stamps = [(r.header.stamp.sec, r.header.stamp.nanosec) for r in results]
     assert stamps == sorted(stamps) and all(r.computed_by == 'edge' for r in results)
     assert 'failed' not in ros.log(edge), ros.log(edge)
+
+
+def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path):
+    """payload.skip_target: once moved results measured against the server's agree, frames of
+    a near-static camera are not sent; each still gets a result, published by the edge with
+    its own stamp and computed_by 'motion', in stamp order with the server's, every frame
+    accounted for and the counters saying how many."""
+    results = []
+    diag = ros.watch_diagnostics()
+    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
+                                 RESULT_QOS)
+    server = ros.spawn('fluxshard_server.server_node',
+                       params=["edges:=['robot1']", 'model.backend:=onnxruntime'])
+    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
+                     params=['model.local_inference:=false', 'scheduler.force_strategy:=cloud',
+                             'payload.skip_target:=0.5', 'payload.skip_max:=2',
+                             'camera.depth:=10'])
+    assert ros.wait_for(lambda: {'fluxshard/server/robot1', 'fluxshard/edge/robot1'} <= set(diag),
+                        60), (ros.log(edge), ros.log(server))
+    n, log = 14, tmp_path / 'stamps.txt'
+    ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
+              params=['source:=sam2-bedroom', f'count:={n}', 'rate_hz:=3.0',
+                      'wait_for_subscribers:=1', 'start_delay_s:=1.0', f'stamp_log:={log}'])
+
+    def served():
+        e = diag.get('fluxshard/edge/robot1', {})
+        return int(e.get('frames_in', 0)) == n and len({
+            (r.header.stamp.sec, r.header.stamp.nanosec) for r in results}) == n
+    assert ros.wait_for(served, 120), (diag.get('fluxshard/edge/robot1'), ros.log(edge),
+                                       ros.log(server))
+    stamps = [r.header.stamp.sec * 10**9 + r.header.stamp.nanosec for r in results]
+    published = {int(line.split()[1]) for line in log.read_text().split('\n') if line}
+    assert stamps == sorted(stamps) and set(stamps) == published
+    by = [r.computed_by for r in results]
+    assert set(by) <= {'server', 'motion'} and 'motion' in by, by
+    e = diag['fluxshard/edge/robot1']
+    assert ros.wait_for(lambda: int(diag['fluxshard/edge/robot1'].get('results_motion', 0))
+                        == by.count('motion'), 10), e
+    e = diag['fluxshard/edge/robot1']
+    assert int(e['frames_skipped']) == by.count('motion') == n - int(e['batches_sent'])
+    assert 'failed' not in ros.log(edge), ros.log(edge)

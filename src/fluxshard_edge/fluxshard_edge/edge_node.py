@@ -63,6 +63,7 @@ FIELDS = {
     'payload.roi_large_qoffset': 'roi_large_qoffset',
     'payload.send_motion': 'send_motion', 'payload.target_retention': 'target_retention',
     'payload.probe_interval': 'probe_interval',
+    'payload.skip_target': 'skip_target', 'payload.skip_max': 'skip_max',
     'key_interval': 'key_interval',
     'model.local_inference': 'local_inference', 'model.task': 'task',
     'model.path': 'model_path', 'model.device': 'device', 'model.conf': 'conf',
@@ -121,6 +122,14 @@ PARAMS = [
           'before and after the unit itself (fewer bytes, and a field that explains the proxy '
           'the server holds, so fewer blocks drift; other codecs always send it: their proxy '
           'needs it)', live=True),
+    Param('payload.skip_target', 0.0, 'detect: frames the server does not need are not '
+          "sent: a frame whose change since the proxy frame moves no result gets the proxy "
+          "frame's result moved by the block motion field (computed_by motion), while such "
+          'moved results, checked against the results of the frames sent, keep this object '
+          'F1 at its distance in frames, and no change appears outside the objects (0 = off)',
+          lo=0.0, hi=1.0, live=True),
+    Param('payload.skip_max', 2, 'Most frames in a row not sent (payload.skip_target)',
+          lo=0, hi=100, live=True),
     Param('payload.pack_motion', True, 'zlib-pack the motion field of each BlockBatch (false: '
           'plain mv_x / mv_y arrays, readable with ros2 topic echo)', live=True),
     Param('key_interval', 0, 'Key batch every N frames (0 = on demand)', lo=0, hi=100000,
@@ -475,8 +484,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         if topic == 'detections' and self.runtime is not None:
             from fluxshard_kernels.yolo.processing import Detections
             boxes, scores, cls = conversions.boxes_from_msg(msg)
-            self.runtime.on_server_result(Detections(boxes, scores, cls),
-                                          int(msg.frame_index))
+            for frame, det in self.runtime.on_server_result(Detections(boxes, scores, cls),
+                                                            int(msg.frame_index)):
+                self._publish_local(det, frame, by='motion')  # a frame not sent, waiting
 
     def _back(self, fn, *args):
         """A message from the server: handled after the emulated one-way delay (the delay
@@ -598,12 +608,16 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         if not self.link.send(len(step.payload), lambda m=msg: self.batch_pub.publish(m)):
             self.counters['injected_drops'] += 1  # lost on the emulated link
 
-    def _publish_local(self, det, frame: Frame, step=None):
+    def _publish_local(self, det, frame: Frame, step=None, by: str = ''):
+        if step is not None and step.skipped:
+            by = 'motion'  # not sent: the proxy frame's result moved by the block field
         with self._publish_lock:
             if det is not None and self.results.publish(
                     det, frame.header, frame.index, frame.image.shape, frame.image,
-                    None if step is None else step.block_map, self.config.block_size):
+                    None if step is None else step.block_map, self.config.block_size, by):
                 self.counters['results_local'] += 1
+                if by == 'motion':
+                    self.counters['results_motion'] += 1
 
     def _run_local(self, frame: Frame, step):
         try:

@@ -22,6 +22,7 @@ import numpy as np
 
 from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel, PROFILES,
                                       Scheduler)
+from fluxshard_edge.skip import SkipGate
 from fluxshard_kernels import metrics, motion, proxy, salience
 from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F401 (re-export)
 from fluxshard_kernels.codec_mv import RoiMap
@@ -59,6 +60,8 @@ class EdgeConfig:
     target_retention: float = 0.0
     probe_interval: int = 10
     send_motion: bool = False
+    skip_target: float = 0.0
+    skip_max: int = 2
     key_interval: int = 0
     motion: bool = True
     local_inference: bool = True
@@ -104,6 +107,10 @@ class EdgeConfig:
             raise ValueError(f'target_retention must be in 0..1, got {self.target_retention}')
         if self.probe_interval < 1:
             raise ValueError(f'probe_interval must be >= 1, got {self.probe_interval}')
+        if not 0 <= self.skip_target <= 1:
+            raise ValueError(f'skip_target must be in 0..1, got {self.skip_target}')
+        if self.skip_max < 0:
+            raise ValueError(f'skip_max must be >= 0, got {self.skip_max}')
         for p in (self.edge_profile, self.cloud_profile):
             if p not in PROFILES:
                 raise ValueError(f'unknown latency profile {p!r}; one of {sorted(PROFILES)}')
@@ -157,6 +164,11 @@ class EdgeStep:
     #: runs the background refresh step); ``local_eta_s``: its predicted duration
     local_job: Optional[Callable[[], float]] = None
     local_eta_s: float = 0.0
+    #: not sent (``payload.skip_target``): ``local_result`` is the proxy frame's result moved
+    #: by the block field; None while that result is on its way, then the pipeline's
+    #: ``skip.result`` hands it over with ``skip_token``
+    skipped: bool = False
+    skip_token: int = 0
 
     @property
     def sends(self) -> bool:
@@ -177,6 +189,8 @@ class EdgePipeline:
         self._prev_mv_proxy = None
         self._prev_mv_local = None
         self.last_result = None  # latest Detections (local or server), for salience and ROI
+        #: frames the server does not need are not sent (skip.py; ``skip_target`` > 0)
+        self.skip = SkipGate(config.skip_target, config.skip_max)
         self.last_roi = None  # the RoiMap of the last H.264 payload (roi_qoffset > 0)
         self.cloud_available = True
         bw = BandwidthEstimator(config.bandwidth_mbps * 1e6 / 8)
@@ -280,13 +294,16 @@ class EdgePipeline:
         s.lam, s.acc_e, s.acc_c = cfg.lam, cfg.accuracy_edge, cfg.accuracy_cloud
         if 'bandwidth_mbps' in changes:
             s.bw.bps = cfg.bandwidth_mbps * 1e6 / 8
+        self.skip.configure(cfg.skip_target, cfg.skip_max)
         if self.quality is not None and {'crf', 'max_crf'} & set(changes):
             self.quality.bounds(cfg.crf, max(cfg.crf, cfg.max_crf))
 
-    def observe_server_result(self, seq: int, det):
-        """The server's result for the batch ``seq`` (the payload quality's probes)."""
+    def observe_server_result(self, seq: int, det) -> list:
+        """The server's result for the batch ``seq`` (the payload quality's probes, the skip
+        gate's calibration). Returns (token, result) of the skipped frames that waited for it."""
         if self.quality is not None:
             self.quality.observe(int(seq), det)
+        return self.skip.result(int(seq), det)
 
     def compute_locally(self, frame: np.ndarray):
         """A dense local result for ``frame`` (an offloaded frame whose server went away)."""
@@ -360,6 +377,9 @@ class EdgePipeline:
             mv_c, d_c = None, np.full(grid.count, 255.0, np.float32)
         else:
             mv_c, d_c = self._motion(frame, self.proxy, grid, 'proxy')
+            if self._may_skip(busy, frame) and self.skip.decide(
+                    self.frames, mv_c, d_c, cfg.tau, grid, self.last_result):
+                return self._skipped(t, mv_c, d_c, grid)
         sal = self._salience(mv_c, grid)
         cobs = salience.rank_misses(d_c, cfg.tau, sal, extra=self._independent(mv_c))
         labs, mv_l = np.zeros(0, np.int64), None
@@ -471,6 +491,28 @@ class EdgePipeline:
             out.timings['local_ms'] = 1e3 * local_s
             self._background(frame)
         return local_s
+
+    def _may_skip(self, busy: bool, frame) -> bool:
+        cfg = self.config
+        # detect only: the node learns the server's boxes, not its masks or keypoints
+        return (self.skip.enabled and not busy and self.cloud_available
+                and cfg.task == 'detect' and cfg.force_strategy not in ('edge', 'offline')
+                and self.proxy is not None and self.proxy.shape == frame.shape)
+
+    def _skipped(self, t, mv, d, grid) -> EdgeStep:
+        """A frame not sent (``skip``): the proxy frame's result moved by ``mv``."""
+        s = self.scheduler
+        out = EdgeStep(decision=Decision('skip', 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0, s.bw.bps,
+                                         s.bytes_per_block),
+                       hit_ratio=float(np.mean(d < self.config.tau)), skipped=True)
+        out.local_result, out.skip_token = self.skip.skip(mv, grid)
+        out.block_map = np.zeros(grid.count, np.uint8)
+        if self.refresh is not None and self.refresh.running:
+            self.refresh.resume()  # paused at the start of the frame
+        t['end'] = time.perf_counter()
+        out.timings = {'extract_ms': 1e3 * (t['end'] - t['pause']),
+                       'total_ms': 1e3 * (t['end'] - t['t0'])}
+        return out
 
     def _deferred(self, t, dec: Optional[Decision] = None) -> EdgeStep:
         t['end'] = time.perf_counter()
@@ -609,6 +651,7 @@ class EdgePipeline:
                 frame.shape[2] == 3:
             self.quality.offer(self.seq + 1, frame, self.crf)  # this batch's seq
         self.seq += 1
+        self.skip.sent(self.seq, self.frames, mv, grid, infer, key)
         out.seq, out.update, out.payload = self.seq, upd, payload
         out.dissimilarity = np.asarray(d, np.float32)[np.asarray(idx, np.int64)]
         out.digest = proxy.digest(new_state)

@@ -63,6 +63,7 @@ class EdgeRuntime:
         self.last_frame: Optional[Frame] = None
         self.last: dict = {}
         self._awaiting = OrderedDict()  # seq -> Frame offloaded for inference, no result yet
+        self._skipped = {}  # skip token -> Frame not sent, waiting for its proxy frame's result
         self._prev_stamp = None         # (frame index, stamp s) of the last frame processed
         self.ack_timeout_s = ack_timeout_s
         # the server batches are addressed to ('' = any server of this edge: static); with
@@ -127,7 +128,16 @@ class EdgeRuntime:
             frames = list(self._awaiting.values())
             self._awaiting.clear()
             self.counters['lost_offloaded'] += max(len(frames) - 1, 0)
+            self._expire_skips()
             return frames[-1] if frames else None
+
+    def _expire_skips(self):
+        """The frames not sent that wait for results which will not come now: counted
+        ``skipped_lost`` (their proxy frame was offloaded to a server that is gone)."""
+        gate = self.pipeline.skip
+        for tok in gate.expire([w[0] for w in gate.waiting]):
+            if self._skipped.pop(tok, None) is not None:
+                self.counters['skipped_lost'] += 1
 
     def offload_latency_s(self) -> Optional[float]:
         """Median send -> inference-done time of the last offloads to this server (None
@@ -152,16 +162,25 @@ class EdgeRuntime:
                 self.pipeline.scheduler.cloud.observe(int(blocks), float(compute_s),
                                                       dense=n > 0 and int(blocks) >= n)
 
-    def on_server_result(self, det, frame_index: Optional[int] = None):
-        """The server's result (for the camera frame ``frame_index`` when known)."""
+    def on_server_result(self, det, frame_index: Optional[int] = None) -> list:
+        """The server's result (for the camera frame ``frame_index`` when known). Returns
+        (frame, result) of the frames not sent that waited for it, to publish now."""
         with self.lock:
             self.pipeline.last_result = det
             self.counters['server_results'] += 1
             seq = self._seq_of_index.get(frame_index)
+            if seq is None:
+                return []
+            ready = self.pipeline.observe_server_result(seq, det)
             q = self.pipeline.quality
-            if seq is not None and q is not None:
-                self.pipeline.observe_server_result(seq, det)
+            if q is not None:
                 self.counters['quality_probes'] = q.samples  # probes with both results in
+            out = []
+            for tok, moved in ready:
+                frame = self._skipped.pop(tok, None)
+                if frame is not None:
+                    out.append((frame, moved))
+            return out
 
     # -- critical path (worker) ---------------------------------------------------------------
     def process(self, frame: Frame, now: Optional[float] = None) -> Processed:
@@ -234,6 +253,7 @@ class EdgeRuntime:
             sch.frame_interval_s = dt if old is None else 0.8 * old + 0.2 * dt
 
     def _recover(self):
+        self._expire_skips()
         if not self._awaiting:
             return []
         frames = list(self._awaiting.values())
@@ -251,7 +271,11 @@ class EdgeRuntime:
     def _account(self, step: EdgeStep, frame: Frame, t0: float, now: float):
         dec, c = step.decision, self.counters
         c[f'decision_{dec.strategy}'] += 1
-        if step.sends and self.no_server:
+        if step.skipped:  # not sent: the proxy frame's result moved (now or when it comes)
+            c['frames_skipped'] += 1
+            if step.local_result is None:
+                self._skipped[step.skip_token] = frame
+        elif step.sends and self.no_server:
             c['batches_no_server'] += 1  # fleet mode with no server to address: not sent
         elif step.sends:
             # sent now: the frame's processing time is not transfer time
@@ -281,7 +305,8 @@ class EdgeRuntime:
                          bandwidth_mbps=round(dec.bandwidth_bps * 8 / 1e6, 2),
                          link_latency_ms=round(1e3 * p.scheduler.bw.latency_s, 1),
                          hit_ratio=round(step.hit_ratio, 3),
-                         frames_since_refresh=p._since_refresh, payload_crf=p.crf)
+                         frames_since_refresh=p._since_refresh, payload_crf=p.crf,
+                         skip=p.skip.last_reason)
         if p.quality is not None:  # the CRF floor from the results (payload.target_retention)
             self.last.update(quality_floor_crf=p.quality.crf,
                              quality_retention=round(p.quality.last_retention, 3))

@@ -48,6 +48,10 @@ SWEEP.update({f'fluxshard h264 target{t}':
 # the unit's own motion instead of the sent block field (issue 21)
 SWEEP['fluxshard h264 no-motion-field'] = ('fluxshard', {'codec': 'h264', 'send_motion': False})
 SWEEP['fluxshard h264 motion-field'] = ('fluxshard', {'codec': 'h264', 'send_motion': True})
+# frames the server does not need are not sent (issue 21): agreement target, skipped run
+SWEEP.update({f'fluxshard h264 skip{t}': ('fluxshard', {'codec': 'h264', 'skip_target': t / 100})
+              for t in (90, 95, 97)})
+SWEEP['fluxshard h264 no-skip'] = ('fluxshard', {'codec': 'h264', 'skip_target': 0.0})
 SWEEP.update({f'fluxshard jpeg q{q} tau{t:g}':
               ('fluxshard', {'codec': 'jpeg', 'quality': q, 'tau': t})
               for q, t in ((90, 10.0), (75, 10.0), (90, 20.0), (50, 30.0))})

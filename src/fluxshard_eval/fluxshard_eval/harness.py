@@ -162,8 +162,9 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
                 gpu.background(t_done, srv.background_s)
             rec.latency = t_done + net.back(srv.result_bytes) - rec.arrival
             rec.computed_by, result = 'server', srv.result
+            m.delivered(j, rec.arrival + rec.latency)
         elif w.result is not None:
-            rec.latency = t_e - rec.arrival
+            rec.latency = max(t_e, w.ready_at) - rec.arrival
             rec.computed_by, result = w.computed_by, w.result
         else:
             rec.lost, result = True, None

@@ -100,6 +100,7 @@ class EdgeWork:
     edge_s: float = 0.0                      # modelled critical-path edge time
     device_s: float = 0.0                    # of which local inference (overlap: the device)
     deferred: bool = False                   # overlap: the frame waits for the busy device
+    ready_at: float = 0.0                    # the edge's result waits for this (modelled) time
     background_s: float = 0.0                # modelled background edge work after the frame
     messages: List[bytes] = field(default_factory=list)        # critical-path uplink
     async_messages: List[bytes] = field(default_factory=list)  # uplink not waited for
@@ -156,6 +157,9 @@ class Method:
 
     def camera(self, interval_s: float):
         """The camera's frame interval (what a node measures from the image stamps)."""
+
+    def delivered(self, index: int, t: float):
+        """The server's result for camera frame ``index`` reaches the robot at time ``t``."""
 
     def edge(self, frame: np.ndarray, index: int) -> EdgeWork:
         raise NotImplementedError
@@ -234,6 +238,8 @@ class FluxShard(Method):
                  roi_large_qoffset: float = EdgeConfig.roi_large_qoffset,
                  send_motion: bool = EdgeConfig.send_motion,
                  target_retention: float = EdgeConfig.target_retention,
+                 skip_target: float = EdgeConfig.skip_target,
+                 skip_max: int = EdgeConfig.skip_max,
                  overlap: Optional[bool] = None):
         super().__init__(model, edge_id, link, profile)
         # the edge node's scheduler.overlap_local 'auto': local inference beside the critical
@@ -245,6 +251,7 @@ class FluxShard(Method):
                          roi_qoffset=roi_qoffset, roi_large_qoffset=roi_large_qoffset,
                          send_motion=send_motion, quality=quality,
                          target_retention=target_retention,
+                         skip_target=skip_target, skip_max=skip_max,
                          task=model.task, bandwidth_mbps=link.mbps,
                          refresh_interval=refresh, fit_latency=False,
                          backend='incremental' if dense else 'auto',
@@ -259,6 +266,8 @@ class FluxShard(Method):
         self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof, drift_scope)
         self.dense = dense
         self._pending = None
+        self._arrive = {}  # batch seq -> (modelled) time its result reaches the robot
+        self._seq_of = {}  # camera frame index -> batch seq
 
     def observe_link(self, nbytes, seconds):
         self.pipe.scheduler.bw.observe(nbytes, seconds)
@@ -286,6 +295,12 @@ class FluxShard(Method):
         dec = st.decision
         n = BlockGrid(frame.shape[0], frame.shape[1], p.config.block_size).count
         w.edge_s = 0.0 if st.motion_skipped else self.prof.edge_overhead_s
+        if st.skipped:  # not sent: the proxy frame's result moved, once the edge holds it
+            w.result, w.computed_by = st.local_result, 'motion'
+            w.ready_at = self._arrive.get(p.skip.proxy_seq, 0.0)
+            w.info = {'strategy': 'skip', 'k_edge': 0, 'k_cloud': 0, 'key': False,
+                      'crf': p.crf}
+            return w
         if st.local_result is not None:
             k = min(dec.k_edge, dec.n_edge) if ready else n
             w.result, w.computed_by = st.local_result, 'edge' if k else 'cache'
@@ -312,8 +327,17 @@ class FluxShard(Method):
                 st.dissimilarity, st.sparse_inference_requested, st.digest))
             (w.messages if st.sparse_inference_requested else w.async_messages).append(raw)
         self._pending, self._pending_seq = index, st.seq
+        if st.sends:
+            self._seq_of[index] = st.seq
         self._count(w)
         return w
+
+    def delivered(self, index, t):
+        seq = self._seq_of.pop(index, None)
+        if seq is not None:
+            self._arrive[seq] = t
+            while len(self._arrive) > 64:
+                self._arrive.pop(next(iter(self._arrive)))
 
     def server(self, work, delivered):
         out = ServerWork()

@@ -512,6 +512,10 @@ def _summary(mon, robots, a, wall_s, logdir):
         v['dropped_already_served'] = (int(edge.get('dropped_already_served', 0))
                                        + int(srv.get('dropped_already_served', 0)))
         v['lost_offloaded'] = int(edge.get('lost_offloaded', 0))
+        # frames not sent (payload.skip_target): served by motion, or lost with their proxy
+        v['frames_skipped'] = int(edge.get('frames_skipped', 0))
+        v['results_motion'] = int(edge.get('results_motion', 0))
+        v['skipped_lost'] = int(edge.get('skipped_lost', 0))
         v['dds_dropped'] = (v['published'] - v['edge_frames_in']
                             if v['published'] is not None else None)
         # a frame whose batch was rejected can still be served by its resync key batch, so
@@ -520,7 +524,7 @@ def _summary(mon, robots, a, wall_s, logdir):
             len({x['stamp_ns'] for x in res}) + v['edge_dropped_superseded'] +
             v['edge_rejected'] + v['server_dropped_superseded'] + v['server_rejected'] +
             v['no_result_no_batch'] + v['injected_drops'] + v['dropped_out_of_order'] +
-            v['lost_offloaded']))
+            v['lost_offloaded'] + v['skipped_lost']))
     out['server'] = mon.diag.get('fluxshard/server', {})
     return out
 

@@ -52,30 +52,31 @@ class ResultPublisher:
         self.newest = max(self.newest, _ns(msg.header.stamp))
 
     def publish(self, det, header, frame_index: int, shape, image=None, block_map=None,
-                block_size: int = 16) -> bool:
+                block_size: int = 16, computed_by: str = '') -> bool:
         """Publish ``det`` (fluxshard_kernels Detections) for the frame with ``header``; False
         (counted) when a result for this frame or a newer one is already on the topic.
         ``image`` (the pixels the result was computed from) and ``block_map`` feed the
-        annotated picture."""
+        annotated picture; ``computed_by`` overrides this publisher's side (the edge's frames
+        not sent: ``motion``)."""
         stamp = _ns(header.stamp)
         if stamp <= self.newest:
             self.counters['dropped_out_of_order' if stamp < self.newest
                           else 'dropped_already_served'] += 1
             return False
         self.newest = stamp
-        self._publish(det, header, frame_index, shape)
+        self._publish(det, header, frame_index, shape, computed_by or self.by)
         if self.annotated is not None and self.annotated.publish(
                 image, det, header, self.names, block_map, block_size):
             self.counters['annotated_published'] += 1
         return True
 
-    def _publish(self, det, header, frame_index, shape):
+    def _publish(self, det, header, frame_index, shape, by):
         if self.task == 'pose':
-            self.pub.publish(conversions.keypoints_to_msg(det, header, self.edge_id, self.by,
+            self.pub.publish(conversions.keypoints_to_msg(det, header, self.edge_id, by,
                                                           frame_index))
             return
         seg = self.task == 'segment'
-        self.pub.publish(conversions.detections_to_msg(det, header, self.edge_id, self.by,
+        self.pub.publish(conversions.detections_to_msg(det, header, self.edge_id, by,
                                                        frame_index, seg))
         if seg:
             from fluxshard_kernels.yolo.processing import label_image
