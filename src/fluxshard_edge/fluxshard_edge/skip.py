@@ -8,10 +8,11 @@ published with ``computed_by`` ``motion``. Whether that holds is measured, not g
 
 * **Agreement by gap.** Every frame sent for inference is also predicted that way from the
   proxy frame's result; when its own result arrives, the prediction's object F1 against it
-  (``metrics.agreement``) is a sample for its gap (frames since the proxy frame). A frame at
-  gap g is skipped only while the measured agreement at g (or, unmeasured, at a larger gap; or
-  at g - 1, which explores one frame further) reaches ``target``. A skipped run ends with a
-  send, whose result measures the run's gap.
+  (``metrics.agreement`` at IoU ``IOU``) is a sample for its gap (frames since the proxy
+  frame). A frame at gap g is skipped only while the agreement at g reaches ``target``:
+  measured recently at g, else interpolated between the measured gaps around it, else that of
+  g - 1 (exploring one frame further). A skipped run ends with a send, whose result measures
+  the run's gap; a gap not measured for ``STALE`` sends is measured again.
 * **A change where no object was.** Misses (D >= tau against the proxy) outside the objects'
   blocks (the proxy result's boxes carried along the field, grown by a block) above twice their
   usual count at gap 1, plus ``SLACK`` blocks, end a skipped run: a new object entering.
@@ -92,12 +93,19 @@ class SkipGate:
     SLACK = 2
     #: results and sends kept for calibration
     KEEP = 32
+    #: a gap's agreement counts while it was measured within this many sends (then a frame at
+    #: that gap is sent again, and measures it)
+    STALE = 8
+    #: IoU at which a moved object matches the result (stricter than the 0.5 of AP@0.5: a
+    #: moved box that only just matches the server's may not match the dense one)
+    IOU = 0.7
 
     def __init__(self, target: float = 0.0, max_run: int = 2):
         self.configure(target, max_run)
         self.results: 'OrderedDict[int, object]' = OrderedDict()
         self._sent: 'OrderedDict[int, _Sent]' = OrderedDict()
-        self.acc = {}  # gap -> [agreement EMA, samples]
+        self.acc = {}  # gap -> [agreement EMA, samples, send count at the last sample]
+        self._sends = 0
         self.run = 0
         self.baseline: Optional[float] = None  # misses outside the objects at gap 1 (EMA)
         self.waiting: List[Tuple[int, int, object, BlockGrid]] = []  # (seq, token, mv, grid)
@@ -123,16 +131,23 @@ class SkipGate:
         self.proxy_seq, self.run = None, 0
 
     def agreement(self, gap: int) -> Optional[float]:
-        """The agreement a moved result at ``gap`` is expected to have (None: not known)."""
-        a = self.acc.get(gap)
-        if a is not None and a[1] >= self.MIN_SAMPLES:
-            return a[0]
-        larger = [v[0] for g, v in self.acc.items() if g > gap and v[1] >= self.MIN_SAMPLES]
-        if larger and max(larger) >= self.target:
-            return max(larger)
-        prev = self.acc.get(gap - 1)
-        if prev is not None and prev[1] >= self.MIN_SAMPLES:
-            return prev[0]
+        """The agreement a moved result at ``gap`` is expected to have (None: not known).
+        A gap measured recently (``MIN_SAMPLES`` samples, the last within ``STALE`` sends)
+        has its own; one between two measured gaps their linear interpolation; beyond the
+        largest measured one, that one's when it is the next gap (exploring one further) and
+        nothing otherwise; below the smallest, the smallest's."""
+        fresh = {g: v[0] for g, v in self.acc.items()
+                 if v[1] >= self.MIN_SAMPLES and self._sends - v[2] <= self.STALE}
+        if gap in fresh:
+            return fresh[gap]
+        lo = max((g for g in fresh if g < gap), default=None)
+        hi = min((g for g in fresh if g > gap), default=None)
+        if lo is not None and hi is not None:
+            return fresh[lo] + (fresh[hi] - fresh[lo]) * (gap - lo) / (hi - lo)
+        if hi is not None:
+            return fresh[hi]
+        if lo is not None and gap == lo + 1:
+            return fresh[lo]
         return None
 
     def decide(self, frame_no: int, mv, d: np.ndarray, tau: float, grid: BlockGrid,
@@ -185,6 +200,7 @@ class SkipGate:
         """A batch went out for camera frame ``frame_no``: the proxy now holds that frame;
         ``infer``: its result will come back."""
         self.run = 0
+        self._sends += 1
         prev = self.proxy_seq
         if infer and not key and prev is not None:
             self._sent[seq] = _Sent(mv, grid, frame_no - self.proxy_frame, prev)
@@ -202,10 +218,11 @@ class SkipGate:
         for s, e in list(self._sent.items()):
             ref, base = self.results.get(s), self.results.get(e.proxy_seq)
             if ref is not None and base is not None:
-                a = metrics.agreement(move_detections(base, e.mv, e.grid), ref)
-                v = self.acc.setdefault(e.gap, [a, 0])
+                a = metrics.agreement(move_detections(base, e.mv, e.grid), ref, self.IOU)
+                v = self.acc.setdefault(e.gap, [a, 0, 0])
                 v[0] = a if v[1] == 0 else (1 - self.GAIN) * v[0] + self.GAIN * a
                 v[1] += 1
+                v[2] = self._sends
                 del self._sent[s]
         out = [(tok, move_detections(det, mv, g)) for s, tok, mv, g in self.waiting if s == seq]
         self.waiting = [w for w in self.waiting if w[0] != seq]

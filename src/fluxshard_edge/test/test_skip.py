@@ -132,7 +132,8 @@ def test_skip_bookkeeping_holds_under_any_order_of_events(events, max_run):
     and lost ones: runs never exceed the bound, a frame is skipped only while the proxy frame
     will have a result, and every waiting frame is handed over or expired exactly once."""
     g = SkipGate(0.5, max_run)
-    g.acc[1] = [1.0, 5]
+    g.acc[1] = [1.0, 5, 0]
+    g.STALE = 10**9
     g.baseline = 0.0
     frame, seq, pending, handed = 0, 0, [], []
     tokens, expired = set(), []

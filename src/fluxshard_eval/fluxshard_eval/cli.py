@@ -50,7 +50,7 @@ SWEEP['fluxshard h264 no-motion-field'] = ('fluxshard', {'codec': 'h264', 'send_
 SWEEP['fluxshard h264 motion-field'] = ('fluxshard', {'codec': 'h264', 'send_motion': True})
 # frames the server does not need are not sent (issue 21): agreement target, skipped run
 SWEEP.update({f'fluxshard h264 skip{t}': ('fluxshard', {'codec': 'h264', 'skip_target': t / 100})
-              for t in (90, 95, 97)})
+              for t in (90, 95, 97, 99)})
 SWEEP['fluxshard h264 no-skip'] = ('fluxshard', {'codec': 'h264', 'skip_target': 0.0})
 SWEEP.update({f'fluxshard jpeg q{q} tau{t:g}':
               ('fluxshard', {'codec': 'jpeg', 'quality': q, 'tau': t})
