@@ -199,18 +199,8 @@ def test_every_block_size_from_edge_to_incremental_server(ros, block, codec):
     """Block sizes 8 and 32 (16, the default, runs in every other DDS test), and the
     inter-coded H.264 payload, from edge to the incremental server: every batch applied with
     equal digests (no rejection, no resync), results served."""
-    results = []
-    diag = ros.watch_diagnostics()
-    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
-                                 RESULT_QOS)
-    server = ros.spawn('fluxshard_server.server_node',
-                       params=["edges:=['robot1']", 'model.backend:=incremental'])
-    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
-                     params=[f'motion.block_size:={block}', 'model.local_inference:=false',
-                             'scheduler.force_strategy:=cloud', 'camera.depth:=10',
-                             f'payload.codec:={codec}'])
-    assert ros.wait_for(lambda: {'fluxshard/server/robot1', 'fluxshard/edge/robot1'} <= set(diag),
-                        60), (ros.log(edge), ros.log(server))
+    results, diag, server, edge = offloading_robot(
+        ros, 'incremental', [f'motion.block_size:={block}', f'payload.codec:={codec}'])
     ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
               params=['source:=davis-parkour', f'count:={N}', 'rate_hz:=1.0',
                       'wait_for_subscribers:=1', 'start_delay_s:=1.0'])
@@ -304,18 +294,8 @@ def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path):
     a near-static camera are not sent; each still gets a result, published by the edge with
     its own stamp and computed_by 'motion', in stamp order with the server's, every frame
     accounted for and the counters saying how many."""
-    results = []
-    diag = ros.watch_diagnostics()
-    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
-                                 RESULT_QOS)
-    server = ros.spawn('fluxshard_server.server_node',
-                       params=["edges:=['robot1']", 'model.backend:=onnxruntime'])
-    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
-                     params=['model.local_inference:=false', 'scheduler.force_strategy:=cloud',
-                             'payload.skip_target:=0.5', 'payload.skip_max:=2',
-                             'camera.depth:=10'])
-    assert ros.wait_for(lambda: {'fluxshard/server/robot1', 'fluxshard/edge/robot1'} <= set(diag),
-                        60), (ros.log(edge), ros.log(server))
+    results, diag, server, edge = offloading_robot(
+        ros, 'onnxruntime', ['payload.skip_target:=0.5', 'payload.skip_max:=2'])
     n, log = 14, tmp_path / 'stamps.txt'
     ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
               params=['source:=sam2-bedroom', f'count:={n}', 'rate_hz:=3.0',
@@ -338,3 +318,20 @@ def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path):
     e = diag['fluxshard/edge/robot1']
     assert int(e['frames_skipped']) == by.count('motion') == n - int(e['batches_sent'])
     assert 'failed' not in ros.log(edge), ros.log(edge)
+
+
+def offloading_robot(ros, backend, edge_params):
+    """A server (``model.backend``) and robot1's edge offloading every frame (no local model),
+    both up; returns (results on /robot1/detections, diagnostics, server, edge)."""
+    results = []
+    diag = ros.watch_diagnostics()
+    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
+                                 RESULT_QOS)
+    server = ros.spawn('fluxshard_server.server_node',
+                       params=["edges:=['robot1']", f'model.backend:={backend}'])
+    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
+                     params=['model.local_inference:=false', 'scheduler.force_strategy:=cloud',
+                             'camera.depth:=10', *edge_params])
+    assert ros.wait_for(lambda: {'fluxshard/server/robot1', 'fluxshard/edge/robot1'} <= set(diag),
+                        60), (ros.log(edge), ros.log(server))
+    return results, diag, server, edge
