@@ -21,7 +21,7 @@ published with ``computed_by`` ``motion``. Whether that holds is measured, not g
 A skipped frame whose proxy result is still on its way waits for it (``waiting``); its result
 is then published right after the proxy frame's, newer than it, so results stay in stamp order.
 Nothing is predicted across a key batch or a batch sent without inference (the proxy frame then
-has no result to move): ``sent`` and ``reset`` say so.
+has no result to move): ``sent`` says so.
 """
 
 from collections import OrderedDict
@@ -125,10 +125,6 @@ class SkipGate:
     @property
     def enabled(self) -> bool:
         return self.target > 0 and self.max_run > 0
-
-    def reset(self):
-        """Nothing predicts across this point (a key batch, a new frame size)."""
-        self.proxy_seq, self.run = None, 0
 
     def agreement(self, gap: int) -> Optional[float]:
         """The agreement a moved result at ``gap`` is expected to have (None: not known).

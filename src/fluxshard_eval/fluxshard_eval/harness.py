@@ -124,6 +124,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         s['dropped'] += j - s['next']
         m = s['m']
         m.link_queue(net.backlog(start))  # what the edge's transport still has to send
+        m.now = start
         if m.overlap:  # local inference on its own device: the frame may go to the cloud
             w = m.edge(frames[j], j, max(0.0, s['dev_until'] - start))
             if w.deferred:  # it waits for the device (a newer frame then wins)

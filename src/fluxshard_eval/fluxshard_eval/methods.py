@@ -28,6 +28,7 @@ serialisation (CDR bytes are what the link carries and what the byte counts coun
 
 from dataclasses import dataclass, field
 import dataclasses
+import math
 import time
 from typing import List, Optional
 
@@ -140,6 +141,8 @@ class Method:
     #: local inference runs on its own device beside the critical path (``edge`` gets the
     #: device's remaining busy time; ``EdgeWork.device_s`` is its share of ``edge_s``)
     overlap = False
+    #: the (modelled) time the edge takes the next frame, set by the replay before ``edge``
+    now = 0.0
 
     def __init__(self, model, edge_id: str, link: sim.LinkSpec, profile=None):
         self.model, self.edge_id, self.task = model, edge_id, model.task
@@ -268,6 +271,7 @@ class FluxShard(Method):
         self._pending = None
         self._arrive = {}  # batch seq -> (modelled) time its result reaches the robot
         self._seq_of = {}  # camera frame index -> batch seq
+        self._results = {}  # batch seq -> the server's result, not yet handed to the edge
 
     def observe_link(self, nbytes, seconds):
         self.pipe.scheduler.bw.observe(nbytes, seconds)
@@ -284,6 +288,7 @@ class FluxShard(Method):
         ready = p.runner.state is not None and p.runner.state.shape == frame.shape
         refreshes = p.refresh.completed
         probes = p.quality.started if p.quality is not None else 0
+        self._deliver(self.now)
         t0 = time.perf_counter()
         st = p.step(frame, device_busy_s=device_busy_s)
         if st.local_job is not None:  # the device's part (the harness times it below)
@@ -297,7 +302,11 @@ class FluxShard(Method):
         w.edge_s = 0.0 if st.motion_skipped else self.prof.edge_overhead_s
         if st.skipped:  # not sent: the proxy frame's result moved, once the edge holds it
             w.result, w.computed_by = st.local_result, 'motion'
-            w.ready_at = self._arrive.get(p.skip.proxy_seq, 0.0)
+            if w.result is None:  # it waits for the proxy frame's result, as the node does
+                seq = p.skip.proxy_seq
+                w.ready_at = self._arrive.get(seq, 0.0)
+                w.result = next((d for tok, d in self._deliver(w.ready_at, seq)
+                                 if tok == st.skip_token), None)
             w.info = {'strategy': 'skip', 'k_edge': 0, 'k_cloud': 0, 'key': False,
                       'crf': p.crf}
             return w
@@ -339,6 +348,16 @@ class FluxShard(Method):
             while len(self._arrive) > 64:
                 self._arrive.pop(next(iter(self._arrive)))
 
+    def _deliver(self, now: float, upto: Optional[int] = None) -> list:
+        """Hand the edge the server results that reached it by ``now`` (and those of batches
+        up to ``upto``, which a waiting frame takes when they arrive), in batch order, as the
+        node's feedback does; returns the waiting frames they release."""
+        out = []
+        for seq in sorted(self._results):
+            if self._arrive.get(seq, math.inf) <= now or (upto is not None and seq <= upto):
+                out += self.pipe.observe_server_result(seq, self._results.pop(seq))
+        return out
+
     def server(self, work, delivered):
         out = ServerWork()
         for raw, ok in zip(work.messages + work.async_messages, delivered):
@@ -349,7 +368,8 @@ class FluxShard(Method):
             if s.result is not None:
                 out = s
                 self.pipe.last_result = s.result  # as the node's runtime: salience, ROI
-                self.pipe.observe_server_result(self._pending_seq, s.result)
+                # the edge learns from it when it arrives (``delivered``, then ``_deliver``)
+                self._results[self._pending_seq] = s.result
             else:
                 out.cpu_ms += s.cpu_ms
         if self.srv.resync is not None:
