@@ -1,4 +1,5 @@
-"""The incremental engine's compiled CPU kernels (``csrc/engine.c``, loaded through ctypes).
+"""The incremental engine's compiled CPU kernels (``csrc/engine.c``: the per-layer ones as
+the ``_engine`` module's fast-call functions, the per-frame ones through ctypes).
 
 One call per layer instead of a storm of small torch ops: gather the active blocks' windows
 (or a convolution's im2col rows, so the conv is one matrix product), scatter results, warp
@@ -30,7 +31,8 @@ def available() -> bool:
 
 def serves(t: torch.Tensor) -> bool:
     """``t`` (1, C, H, W) can go through the kernels: CPU float32 with contiguous channels."""
-    return (t.device.type == 'cpu' and t.dtype == torch.float32 and t.stride(1) == 1
+    # the cheapest tests first: the engine asks this a few hundred times a frame
+    return (native.KERNELS_ON and t.is_cpu and t.dtype == torch.float32 and t.stride(1) == 1
             and available())
 
 
@@ -54,7 +56,7 @@ _POOL = []
 def _halves(n: int, nbytes: int, run):
     """run(i0, i1) over [0, n): in two halves on two threads (this one and a worker) when the
     call is big and the engine may use two threads, else at once."""
-    if n < 2 or nbytes < SPLIT_BYTES or torch.get_num_threads() < 2:
+    if not _split(n, nbytes):
         run(0, n)
         return
     if not _POOL:
@@ -87,6 +89,23 @@ def _i64(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+def _fx():
+    """The engine module's METH_FASTCALL kernel functions (``csrc/engine.c``, the end): the
+    same library as ``_lib()``, without ctypes' per-argument cost."""
+    if not _FX:
+        from fluxshard_kernels import _engine
+        _FX.append(_engine)
+    return _FX[0]
+
+
+_FX: list = []
+
+
+def _split(n: int, nbytes: int) -> bool:
+    """Whether a call over n items moving nbytes runs in two halves (``_halves``)."""
+    return n >= 2 and nbytes >= SPLIT_BYTES and torch.get_num_threads() >= 2
+
+
 def gather(t: torch.Tensor, rows, cols, off: int, step: int, p: int, valid, fill: float = 0.0
            ) -> torch.Tensor:
     """(N, C, p, p) channels-last copy of the p x p windows at storage (off + r * step,
@@ -95,13 +114,14 @@ def gather(t: torch.Tensor, rows, cols, off: int, step: int, p: int, valid, fill
     rows, cols = _i64(rows), _i64(cols)
     n, c = len(rows), t.shape[1]
     out = torch.empty((n, p, p, c), dtype=torch.float32)
-    f, pt, pr, pc, po, per = _lib().fs_gather, _ptr(t), _ptr(rows), _ptr(cols), _ptr(out), \
-        p * p * c * 4
-
-    def run(i0, i1):
-        f(pt, t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2], valid[3], fill,
-          pr + 8 * i0, pc + 8 * i0, i1 - i0, off, step, p, po + per * i0)
-    _halves(n, n * per, run)
+    f, pt, pr, pc, po, per = _fx().gather, t.data_ptr(), _ptr(rows), _ptr(cols), \
+        out.data_ptr(), p * p * c * 4
+    head = (pt, t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2], valid[3], float(fill))
+    if not _split(n, n * per):
+        f(*head, pr, pc, n, off, step, p, po)
+    else:
+        _halves(n, n * per, lambda i0, i1: f(*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, off,
+                                             step, p, po + per * i0))
     return out.permute(0, 3, 1, 2)
 
 
@@ -113,14 +133,15 @@ def scatter(t: torch.Tensor, margin: int, h: int, w: int, y: torch.Tensor, rows,
         y = y.permute(0, 2, 3, 1)
     if not y.is_contiguous() or y.dtype != torch.float32:
         y = y.to(torch.float32).contiguous()
-    c = t.shape[1]
-    f, pt, py, pr, pc, per = _lib().fs_scatter, _ptr(t), _ptr(y), _ptr(rows), _ptr(cols), \
-        b * b * c * 4
-
-    def run(i0, i1):
-        f(pt, t.stride(2), t.stride(3), c, margin, h, w, py + per * i0, pr + 8 * i0,
-          pc + 8 * i0, i1 - i0, b)
-    _halves(len(rows), len(rows) * per, run)
+    c, n = t.shape[1], len(rows)
+    f, pt, py, pr, pc, per = _fx().scatter, t.data_ptr(), y.data_ptr(), _ptr(rows), \
+        _ptr(cols), b * b * c * 4
+    rs, cs = t.stride(2), t.stride(3)
+    if not _split(n, n * per):
+        f(pt, rs, cs, c, margin, h, w, py, pr, pc, n, b)
+    else:
+        _halves(n, n * per, lambda i0, i1: f(pt, rs, cs, c, margin, h, w, py + per * i0,
+                                             pr + 8 * i0, pc + 8 * i0, i1 - i0, b))
 
 
 def im2col(t: torch.Tensor, rows, cols, off: int, k: int, s: int, bo: int, valid,
@@ -131,13 +152,14 @@ def im2col(t: torch.Tensor, rows, cols, off: int, k: int, s: int, bo: int, valid
     rows, cols = _i64(rows), _i64(cols)
     n, c = len(rows), t.shape[1]
     out = torch.empty((n * bo * bo, k * k * c), dtype=torch.float32)
-    f, pt, pr, pc, po, per = _lib().fs_im2col, _ptr(t), _ptr(rows), _ptr(cols), _ptr(out), \
-        bo * bo * k * k * c * 4
-
-    def run(i0, i1):
-        f(pt, t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2], valid[3], fill,
-          pr + 8 * i0, pc + 8 * i0, i1 - i0, off, k, s, bo, po + per * i0)
-    _halves(n, n * per, run)
+    f, pt, pr, pc, po, per = _fx().im2col, t.data_ptr(), _ptr(rows), _ptr(cols), \
+        out.data_ptr(), bo * bo * k * k * c * 4
+    head = (pt, t.stride(2), t.stride(3), c, valid[0], valid[1], valid[2], valid[3], float(fill))
+    if not _split(n, n * per):
+        f(*head, pr, pc, n, off, k, s, bo, po)
+    else:
+        _halves(n, n * per, lambda i0, i1: f(*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, off, k,
+                                             s, bo, po + per * i0))
     return out
 
 
@@ -146,17 +168,17 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
     """Pixels (ys, xs) of the h x w map := bilinear samples at (sy, sx) (clamped to the map),
     all read before any is written."""
     n, c = len(ys), t.shape[1]
-    lib, pt, rs, cs = _lib(), _ptr(t), t.stride(2), t.stride(3)
-    if n * c * 16 < SPLIT_BYTES or torch.get_num_threads() < 2:
+    fx, pt, rs, cs = _fx(), t.data_ptr(), t.stride(2), t.stride(3)
+    if not _split(n, n * c * 16):
         tmp = _scratch(n * c)
-        lib.fs_warp(pt, rs, cs, c, margin, h, w, _ptr(ys), _ptr(xs), _ptr(sy), _ptr(sx), n,
-                    _ptr(tmp))
+        fx.warp(pt, rs, cs, c, margin, h, w, _ptr(ys), _ptr(xs), _ptr(sy), _ptr(sx), n,
+                _ptr(tmp))
         return
     tmp = np.empty(n * c, np.float32)  # read by both threads, then written by both
     pys, pxs, psy, psx, ptmp = _ptr(ys), _ptr(xs), _ptr(sy), _ptr(sx), _ptr(tmp)
-    _halves(n, n * c * 16, lambda i0, i1: lib.fs_warp_read(
+    _halves(n, n * c * 16, lambda i0, i1: fx.warp_read(
         pt, rs, cs, c, margin, h, w, psy + 4 * i0, psx + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
-    _halves(n, n * c * 16, lambda i0, i1: lib.fs_warp_write(
+    _halves(n, n * c * 16, lambda i0, i1: fx.warp_write(
         pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
 
 
@@ -165,14 +187,15 @@ def add_blocks(a: torch.Tensor, b_: torch.Tensor, dst: torch.Tensor, margin: int
     """Blocks (rows[i], cols[i]) of ``dst`` := a + b_ (a residual add), inside the valid
     h x w region."""
     rows, cols = _i64(rows), _i64(cols)
-    c, lib = dst.shape[1], _lib()
-    pa, pb, pd, pr, pc = _ptr(a), _ptr(b_), _ptr(dst), _ptr(rows), _ptr(cols)
-
-    def run(i0, i1):
-        lib.fs_add_blocks(pa, a.stride(2), a.stride(3), pb, b_.stride(2), b_.stride(3), pd,
-                          dst.stride(2), dst.stride(3), c, margin, h, w, pr + 8 * i0,
-                          pc + 8 * i0, i1 - i0, b)
-    _halves(len(rows), len(rows) * b * b * c * 12, run)
+    c, f, n = dst.shape[1], _fx().add_blocks, len(rows)
+    head = (a.data_ptr(), a.stride(2), a.stride(3), b_.data_ptr(), b_.stride(2), b_.stride(3),
+            dst.data_ptr(), dst.stride(2), dst.stride(3), c, margin, h, w)
+    pr, pc = _ptr(rows), _ptr(cols)
+    if not _split(n, n * b * b * c * 12):
+        f(*head, pr, pc, n, b)
+    else:
+        _halves(n, n * b * b * c * 12,
+                lambda i0, i1: f(*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, b))
 
 
 def upsample2x_blocks(src: torch.Tensor, dst: torch.Tensor, margin: int, h: int, w: int, rows,
@@ -180,14 +203,15 @@ def upsample2x_blocks(src: torch.Tensor, dst: torch.Tensor, margin: int, h: int,
     """Blocks (rows[i], cols[i]) of 2b pixels of ``dst`` (valid h x w) := the same blocks of b
     pixels of ``src``, nearest 2x upsampled."""
     rows, cols = _i64(rows), _i64(cols)
-    c, lib = src.shape[1], _lib()
-    ps, pd, pr, pc = _ptr(src), _ptr(dst), _ptr(rows), _ptr(cols)
-
-    def run(i0, i1):
-        lib.fs_upsample2x_blocks(ps, src.stride(2), src.stride(3), pd, dst.stride(2),
-                                 dst.stride(3), c, margin, h, w, pr + 8 * i0, pc + 8 * i0,
-                                 i1 - i0, b)
-    _halves(len(rows), len(rows) * 4 * b * b * c * 8, run)
+    c, f, n = src.shape[1], _fx().upsample2x_blocks, len(rows)
+    head = (src.data_ptr(), src.stride(2), src.stride(3), dst.data_ptr(), dst.stride(2),
+            dst.stride(3), c, margin, h, w)
+    pr, pc = _ptr(rows), _ptr(cols)
+    if not _split(n, n * 4 * b * b * c * 8):
+        f(*head, pr, pc, n, b)
+    else:
+        _halves(n, n * 4 * b * b * c * 8,
+                lambda i0, i1: f(*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, b))
 
 
 def diff_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
@@ -213,11 +237,13 @@ def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int
     pixels of blocks (rows[i], cols[i]) of ``src`` (zeros outside its valid h x w): one input
     of a concat, straight into the rows of the 1x1 convolution that reads it."""
     rows, cols = _i64(rows), _i64(cols)
-    c, lib = src.shape[1], _lib()
-    ps, pr, pc, po, ld = _ptr(src), _ptr(rows), _ptr(cols), _ptr(out), out.shape[1]
+    c, f, n = src.shape[1], _fx().rows_into, len(rows)
+    ps, pr, pc, po, ld = src.data_ptr(), _ptr(rows), _ptr(cols), out.data_ptr(), out.shape[1]
     per = b * b * ld * 4
-
-    def run(i0, i1):
-        lib.fs_rows_into(ps, src.stride(2), src.stride(3), c, margin, h, w, pr + 8 * i0,
-                         pc + 8 * i0, i1 - i0, b, po + per * i0, ld, c_off)
-    _halves(len(rows), len(rows) * b * b * c * 8, run)
+    rs, cs = src.stride(2), src.stride(3)
+    if not _split(n, n * b * b * c * 8):
+        f(ps, rs, cs, c, margin, h, w, pr, pc, n, b, po, ld, c_off)
+    else:
+        _halves(n, n * b * b * c * 8, lambda i0, i1: f(
+            ps, rs, cs, c, margin, h, w, pr + 8 * i0, pc + 8 * i0, i1 - i0, b, po + per * i0,
+            ld, c_off))

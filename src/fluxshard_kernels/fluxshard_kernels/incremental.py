@@ -554,9 +554,10 @@ class IncrementalExecutor:
         px = self._up_mask(x, s_out)
 
         def sparse(cache, bm):
-            if cache.b != 2 * x.fmap.b or cache.rows != x.fmap.rows:
+            f = x.fmap
+            if not ((cache.b == 2 * f.b and cache.rows == f.rows) or cache.b == f.b):
                 return False
-            S.sparse_upsample2x(x.fmap, cache, bm.mask, idx=bm.idx)
+            S.sparse_upsample2x(f, cache, bm.mask, idx=bm.idx)
             return True
         return self._blockwise(name, [x], px, s_out, sparse, lambda: F.interpolate(
             x.tensor(), scale_factor=2.0, mode='nearest'), 'upsample')
@@ -578,15 +579,42 @@ class IncrementalExecutor:
         return self._blockwise(m._fs_name, [x], px, s_out, sparse, lambda: m(xt),
                                'convtranspose', macs)
 
-    def global_op(self, name, fn, x: SF, stride) -> SF:
+    def global_op(self, name, fn, x: SF, stride, rows=None) -> SF:
+        """An op with global reach (attention). ``rows(x, sel)``, where given, evaluates its
+        output at some flat pixel indices only: the changed pixels are then recomputed (their
+        queries against every pixel's keys and values) and the others keep their warped
+        cache, as the layers after it treat them as unchanged."""
         if self.mode == 'dense' or self.exact_global:
             px = torch.ones_like(x.mask) if x.mask.any() else x.mask
         else:
             # approximation: the attention's global reach is left to the background refresh;
             # its output is treated as changed next to the changed input only
             px = self._mask(lambda: grow(x.mask, 3, 1, 1), x.stride, x.mask.shape)
-        return self._blockwise(name, [x], px, x.stride, lambda c, b: False,
-                               lambda: fn(x.tensor()), 'attention')
+
+        def sparse(cache, bm):
+            if rows is None:
+                return False
+            ys, xs = block_pixels(bm.rows, bm.cols, cache.b, cache.h, cache.w)
+            sel = torch.from_numpy(ys * cache.w + xs).to(cache.t.device)
+            y = rows(x.tensor(), sel)[0]  # (C, P)
+            cache.t[0][:, torch.from_numpy(ys + S.MARGIN).to(cache.t.device),
+                       torch.from_numpy(xs + S.MARGIN).to(cache.t.device)] = y
+            return True
+        return self._blockwise(name, [x], px, x.stride, sparse, lambda: fn(x.tensor()),
+                               'attention')
+
+
+def block_pixels(rows, cols, b: int, h: int, w: int):
+    """(ys, xs) int64 of the pixels of blocks (rows[i], cols[i]) of ``b`` pixels inside an
+    h x w map."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    if b == 1:
+        return rows, cols
+    yy = (rows[:, None] * b + np.arange(b)).reshape(-1, b, 1)
+    xx = (cols[:, None] * b + np.arange(b)).reshape(-1, 1, b)
+    yy, xx = np.broadcast_arrays(yy, xx)
+    keep = (yy < h) & (xx < w)
+    return yy[keep], xx[keep]
 
 
 def _warp_plan(mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int, device, dtype,

@@ -448,10 +448,12 @@ def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor, idx=None) -> FMa
 
 
 def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor, idx=None) -> FMap:
-    """Nearest 2x upsampling of the ``mask`` blocks (dst.b == 2 * src.b); ``idx`` as in
-    ``sparse_windowed``."""
-    if dst.b != 2 * src.b:
-        raise ValueError('upsample2x needs dst.b == 2 * src.b')
+    """Nearest 2x upsampling of the ``mask`` blocks of ``dst``; ``idx`` as in
+    ``sparse_windowed``. Blocks of ``dst`` twice the size of ``src``'s (the same grid), or of
+    the same size (deep strides, where a block is one feature pixel): output block (r, c) then
+    lies inside the upsampled input block (r // 2, c // 2), which is written whole."""
+    if dst.b not in (src.b, 2 * src.b):
+        raise ValueError('upsample2x needs dst.b == 2 * src.b or dst.b == src.b')
     if idx is None:
         if not mask.any():
             return dst
@@ -459,11 +461,22 @@ def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor, idx=None) -> FMa
     elif not len(idx[0]):
         return dst
     r_idx, c_idx = idx
-    if compiled.serves(src.t) and compiled.serves(dst.t):
+    fast = compiled.serves(src.t) and compiled.serves(dst.t)
+    if dst.b == src.b:
+        if fast:
+            flat = np.unique((np.asarray(r_idx) // 2) * src.cols + np.asarray(c_idx) // 2)
+            compiled.upsample2x_blocks(src.t, dst.t, MARGIN, dst.h, dst.w, flat // src.cols,
+                                       flat % src.cols, src.b)
+            return dst
+        up = FMap.from_dense(F.interpolate(src.valid, scale_factor=2.0, mode='nearest'),
+                             dst.b, dst.rows, dst.cols)
+        dst.scatter(r_idx, c_idx, up.gather(r_idx, c_idx))
+    elif fast:
         compiled.upsample2x_blocks(src.t, dst.t, MARGIN, dst.h, dst.w, r_idx, c_idx, src.b)
         return dst
-    dst.scatter(r_idx, c_idx, F.interpolate(src.gather(r_idx, c_idx), scale_factor=2.0,
-                                            mode='nearest'))
+    else:
+        dst.scatter(r_idx, c_idx, F.interpolate(src.gather(r_idx, c_idx), scale_factor=2.0,
+                                                mode='nearest'))
     if not compiled.serves(dst.t):
         dst.clear_padding()
     return dst

@@ -116,3 +116,27 @@ def test_cuda_path_matches_cpu(layout):
         S.sparse_windowed(src1, out, S.dilate(mask.to(dev), 1), opd, layout)
         outs.append(out.valid.cpu())
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('kernels', [True, False])
+def test_upsample_between_equal_block_sizes(kernels):
+    """Deep strides: a block is one feature pixel (or the same size) on both sides of a 2x
+    upsample; the changed output blocks are exact, the rest keep the cache."""
+    from fluxshard_kernels import native
+    old = native.use_kernels(kernels)
+    try:
+        for b in (1, 2):
+            g = torch.Generator().manual_seed(b)
+            x0 = torch.rand(1, 8, 7, 10, generator=g)
+            x1 = x0.clone()
+            x1[..., 2:4, 5:7] += 1  # the input changed in a few pixels
+            rows, cols = -(-7 // b), -(-10 // b)
+            src = S.FMap.from_dense(x1, b, rows, cols)
+            up = torch.nn.functional.interpolate
+            dst = S.FMap.from_dense(up(x0, scale_factor=2), b, -(-14 // b), -(-20 // b))
+            mask = torch.zeros(dst.rows, dst.cols, dtype=torch.bool)
+            mask[4 // b:8 // b, 10 // b:14 // b] = True  # the changed output pixels' blocks
+            S.sparse_upsample2x(src, dst, mask)
+            torch.testing.assert_close(dst.valid, up(x1, scale_factor=2))
+    finally:
+        native.use_kernels(old)

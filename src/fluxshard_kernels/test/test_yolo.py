@@ -170,3 +170,18 @@ def test_each_layer_runs_on_its_measured_faster_path(det_model):
     assert modes[0][first] == 'sparse' and modes[1][first] == 'dense'
     assert all(m[n] in ('sparse', 'skip') for m in modes for n in deep)
     assert any(m[n] == 'sparse' for m in modes for n in deep)
+
+
+def test_attention_rows_equal_the_dense_block_at_those_pixels(det_model):
+    """The engine recomputes the attention block's changed pixels only: their queries against
+    every pixel's keys and values equal the dense block's outputs there."""
+    psa = next(m for m in det_model.modules() if isinstance(m, M.C2PSA))
+    blk = psa.m[0]
+    x = torch.randn(1, psa.c, 15, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = blk.dense(x).reshape(1, psa.c, -1)
+        for sel in (torch.tensor([0, 5, 77, 150, 299]), torch.arange(300)):
+            torch.testing.assert_close(blk.rows(x, sel), ref[..., sel], rtol=1e-4, atol=1e-4)
+    ys, xs = inc.block_pixels([0, 3], [1, 9], 2, 7, 19)  # blocks of 2 px, the last one clipped
+    assert sorted(zip(ys.tolist(), xs.tolist())) == [
+        (0, 2), (0, 3), (1, 2), (1, 3), (6, 18)]

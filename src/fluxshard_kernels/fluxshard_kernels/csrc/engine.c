@@ -7,7 +7,8 @@
  * cs may exceed C for a channel slice of a wider map). Every function is a plain loop over
  * the blocks or pixels it is given, so its cost follows the number of active blocks.
  * The torch code in sparse.py / incremental.py is the reference; tests compare them.
- * Loaded through ctypes (fluxshard_kernels.compiled), which releases the GIL for the call.
+ * The per-layer kernels are this module's METH_FASTCALL functions (the end of this file); the
+ * per-frame ones are loaded through ctypes (fluxshard_kernels.native). Both release the GIL.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -314,5 +315,84 @@ void fs_paste_blocks(const uint8_t *src, uint8_t *dst, int H, int W, int C, int 
     }
 }
 
-static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, NULL};
+/* ---- Python entry points of the per-layer kernels ---------------------------------------
+ * The engine calls these a few hundred times a frame: as METH_FASTCALL functions of this
+ * module their arguments cost ~30 ns each, against ~300 ns through ctypes. Each takes the
+ * C function's arguments in order, pointers as Python ints (``tensor.data_ptr()``), the
+ * `fill` value as a float, and releases the GIL for the call (two threads may split one). */
+
+/* v[i] := int(args[i]) (a float for i == fidx, into *f); -1 with a Python error set. */
+static int fs_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long long *v,
+                   Py_ssize_t fidx, double *f, const char *name) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", name, want, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; ++i) {
+        if (i == fidx) {
+            *f = PyFloat_AsDouble(args[i]);
+            if (*f == -1.0 && PyErr_Occurred()) return -1;
+            v[i] = 0;
+            continue;
+        }
+        v[i] = PyLong_AsLongLong(args[i]);
+        if (v[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+#define PTR(T, i) ((T)(intptr_t)v[i])
+#define I(i) ((int)v[i])
+#define FS_ENTRY(pyname, nargs_, fidx, call)                                                  \
+    static PyObject *py_##pyname(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {   \
+        long long v[nargs_];                                                                  \
+        double f = 0.0;                                                                       \
+        (void)self;                                                                           \
+        if (fs_args(args, nargs, nargs_, v, fidx, &f, #pyname) < 0) return NULL;              \
+        Py_BEGIN_ALLOW_THREADS call;                                                          \
+        Py_END_ALLOW_THREADS Py_RETURN_NONE;                                                  \
+    }
+
+FS_ENTRY(gather, 16, 8,
+         fs_gather(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7), (float)f,
+                   PTR(const int64_t *, 9), PTR(const int64_t *, 10), I(11), I(12), I(13),
+                   I(14), PTR(float *, 15)))
+FS_ENTRY(scatter, 12, -1,
+         fs_scatter(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), PTR(const float *, 7),
+                    PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11)))
+FS_ENTRY(im2col, 17, 8,
+         fs_im2col(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7), (float)f,
+                   PTR(const int64_t *, 9), PTR(const int64_t *, 10), I(11), I(12), I(13),
+                   I(14), I(15), PTR(float *, 16)))
+FS_ENTRY(warp, 13, -1,
+         fs_warp(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), PTR(const int32_t *, 7),
+                 PTR(const int32_t *, 8), PTR(const float *, 9), PTR(const float *, 10), I(11),
+                 PTR(float *, 12)))
+FS_ENTRY(warp_read, 11, -1,
+         fs_warp_read(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
+                      PTR(const float *, 7), PTR(const float *, 8), I(9), PTR(float *, 10)))
+FS_ENTRY(warp_write, 9, -1,
+         fs_warp_write(PTR(float *, 0), v[1], v[2], I(3), I(4), PTR(const int32_t *, 5),
+                       PTR(const int32_t *, 6), I(7), PTR(const float *, 8)))
+FS_ENTRY(add_blocks, 17, -1,
+         fs_add_blocks(PTR(const float *, 0), v[1], v[2], PTR(const float *, 3), v[4], v[5],
+                       PTR(float *, 6), v[7], v[8], I(9), I(10), I(11), I(12),
+                       PTR(const int64_t *, 13), PTR(const int64_t *, 14), I(15), I(16)))
+FS_ENTRY(upsample2x_blocks, 14, -1,
+         fs_upsample2x_blocks(PTR(const float *, 0), v[1], v[2], PTR(float *, 3), v[4], v[5],
+                              I(6), I(7), I(8), I(9), PTR(const int64_t *, 10),
+                              PTR(const int64_t *, 11), I(12), I(13)))
+FS_ENTRY(rows_into, 14, -1,
+         fs_rows_into(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
+                      PTR(const int64_t *, 7), PTR(const int64_t *, 8), I(9), I(10),
+                      PTR(float *, 11), v[12], I(13)))
+
+#define FS_DEF(name) {#name, (PyCFunction)(void (*)(void))py_##name, METH_FASTCALL, NULL}
+static PyMethodDef fs_methods[] = {
+    FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
+    FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
+    FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};
 PyMODINIT_FUNC PyInit__engine(void) { return PyModule_Create(&fs_module); }

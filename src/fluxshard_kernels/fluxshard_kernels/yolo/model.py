@@ -39,7 +39,7 @@ class DenseExecutor:
     def upsample(self, name, x):
         return F.interpolate(x, scale_factor=2.0, mode='nearest')
 
-    def global_op(self, name, fn, x, stride):
+    def global_op(self, name, fn, x, stride, rows=None):
         return fn(x)
 
     def convtranspose(self, m: nn.ConvTranspose2d, x):
@@ -177,6 +177,23 @@ class PSABlock(nn.Module):
         y = self.ffn[1].dense(self.ffn[0].dense(x))
         return x + y if self.add else y
 
+    def rows(self, x, sel):
+        """(1, C, P) outputs of ``dense(x)`` at the flat pixel indices ``sel`` (P): the
+        queries of those pixels only, against the keys and values of every pixel."""
+        a = self.attn
+        b, c, h, w = x.shape
+        n = h * w
+        q, k, v = a.qkv.dense(x).view(b, a.num_heads, a.key_dim * 2 + a.head_dim, n).split(
+            [a.key_dim, a.key_dim, a.head_dim], dim=2)
+        attn = ((q[..., sel].transpose(-2, -1) @ k) * a.scale).softmax(dim=-1)  # (b, H, P, n)
+        y = (v @ attn.transpose(-2, -1)).reshape(b, c, -1)  # (b, C, P)
+        y = y + a.pe.dense(v.reshape(b, c, h, w)).reshape(b, c, n)[..., sel]
+        y = a.proj.dense(y[..., None])[..., 0]  # 1x1 convs on the P pixels as a P x 1 image
+        xs = x.reshape(b, c, n)[..., sel]
+        x1 = xs + y if self.add else y
+        z = self.ffn[1].dense(self.ffn[0].dense(x1[..., None]))[..., 0]
+        return x1 + z if self.add else z
+
 
 class C2PSA(nn.Module):
     def __init__(self, c1, c2, n=1, e=0.5):
@@ -194,7 +211,9 @@ class C2PSA(nn.Module):
             for blk in self.m:
                 t = blk.dense(t)
             return t
-        b = ex.global_op(self._fs_name + '.psa', psa, b, 32)  # attention: global reach
+        # attention: global reach; one block can also be evaluated at some pixels only
+        b = ex.global_op(self._fs_name + '.psa', psa, b, 32,
+                         rows=self.m[0].rows if len(self.m) == 1 else None)
         return self.cv2(ex.cat(self._fs_name + '.cat', [a, b]), ex)
 
 
