@@ -39,6 +39,7 @@ import torch
 from fluxshard_msgs_py import conversions
 from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipeline
 from fluxshard_edge.scheduler import BandwidthEstimator
+from fluxshard_edge.skip import move_detections
 from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo.processing import Detections, letterbox
@@ -305,8 +306,7 @@ class FluxShard(Method):
             if w.result is None:  # it waits for the proxy frame's result, as the node does
                 seq = p.skip.proxy_seq
                 w.ready_at = self._arrive.get(seq, 0.0)
-                w.result = next((d for tok, d in self._deliver(w.ready_at, seq)
-                                 if tok == st.skip_token), None)
+                w.result = self._moved(seq, st.skip_token)
             w.info = {'strategy': 'skip', 'k_edge': 0, 'k_cloud': 0, 'key': False,
                       'crf': p.crf}
             return w
@@ -348,13 +348,22 @@ class FluxShard(Method):
             while len(self._arrive) > 64:
                 self._arrive.pop(next(iter(self._arrive)))
 
-    def _deliver(self, now: float, upto: Optional[int] = None) -> list:
-        """Hand the edge the server results that reached it by ``now`` (and those of batches
-        up to ``upto``, which a waiting frame takes when they arrive), in batch order, as the
+    def _moved(self, seq: int, token: int):
+        """The result of the skipped frame ``token``, which waits for batch ``seq``'s: that
+        result (modelled, not yet at the robot) moved by the frame's field. The edge itself
+        learns it only when it arrives (``_deliver``), so later frames cannot use it early."""
+        det = self._results.get(seq)
+        for s, tok, mv, grid in self.pipe.skip.waiting:
+            if tok == token and s == seq and det is not None:
+                return move_detections(det, mv, grid)
+        return None
+
+    def _deliver(self, now: float) -> list:
+        """Hand the edge the server results that reached it by ``now``, in batch order, as the
         node's feedback does; returns the waiting frames they release."""
         out = []
         for seq in sorted(self._results):
-            if self._arrive.get(seq, math.inf) <= now or (upto is not None and seq <= upto):
+            if self._arrive.get(seq, math.inf) <= now:
                 out += self.pipe.observe_server_result(seq, self._results.pop(seq))
         return out
 

@@ -289,3 +289,27 @@ def test_overlapped_local_inference_serves_the_frames_a_busy_edge_skipped():
     assert runs[True]['served'] > runs[False]['served']
     by = [p['computed_by'] for p in runs[True]['per_frame']]
     assert 'edge' in by and 'server' in by, by
+
+
+def test_skipped_frames_wait_for_their_proxy_result_over_a_long_round_trip():
+    """payload.skip_target over a 50 ms each-way link: a frame not sent is served when the
+    proxy frame's result reaches the robot (moved by its field), never before it, so no later
+    frame takes that result early and no server result is dropped as out of order."""
+    from fluxshard_eval import harness
+    from fluxshard_server.inference import load_model
+    link = sim.LinkSpec.parse('6', 50.0)
+    torch_model = load_model('detect')
+    frames = list(data.iter_frames('davis-blackswan', limit=20))
+    ref = harness.Reference(torch_model, frames)
+    r = harness.replay(lambda e: M.FluxShard(torch_model, e, link, skip_target=0.99), frames,
+                       24.0, link, ref)
+    by = [p['computed_by'] for p in r['per_frame']]
+    assert by.count('motion') >= 3 and 'server' in by, by
+    # (the first frame's dense pass on the robot may land after the first server result)
+    assert not [p['index'] for p in r['per_frame']
+                if p['computed_by'] in ('motion', 'server') and p['extra'].get('dropped')]
+    assert r['results_out_of_order'] == 0
+    assert r['served'] + r['lost_on_link'] + r['dropped_out_of_order'] == r['processed']
+    done = [(p['arrival'] + p['latency'], p['index'], p['computed_by'])
+            for p in r['per_frame'] if p['latency'] == p['latency']]
+    assert [i for _, i, _ in sorted(done)] == sorted(i for _, i, _ in done)
