@@ -145,22 +145,6 @@ def test_detections_to_msg_center_size():
     assert np.allclose(boxes, det.boxes)
 
 
-def test_keypoints_round_trip_and_a_bad_count_is_named():
-    rng = np.random.default_rng(3)
-    kpt = rng.uniform(0, 100, (2, 17, 3)).astype(np.float32)
-    det = Detections(np.array([[10, 20, 50, 100], [0, 0, 8, 8]], np.float32),
-                     np.array([0.9, 0.4], np.float32), np.array([0, 0]), keypoints=kpt)
-    m = conversions.keypoints_to_msg(det, Header(frame_id='c'), 'e', 'server', 3)
-    boxes, scores, k = conversions.keypoints_from_msg(m)
-    assert np.allclose(boxes, det.boxes) and np.allclose(scores, det.scores)
-    assert np.array_equal(k, kpt)
-    m.keypoint_x = m.keypoint_x[:-1]
-    m.keypoint_y = m.keypoint_y[:-1]
-    m.keypoint_scores = m.keypoint_scores[:-1]
-    with pytest.raises(ValueError, match='33 keypoints for 2 people'):
-        conversions.keypoints_from_msg(m)
-
-
 def test_compressed_images_decode_and_bad_ones_are_rejected(frame):
     import cv2
     from sensor_msgs.msg import CompressedImage

@@ -6,7 +6,7 @@ edge to server over DDS."""
 import subprocess
 import sys
 
-from fluxshard_msgs.msg import DetectionArray, KeypointArray
+from fluxshard_msgs.msg import DetectionArray
 from fluxshard_msgs_py.node import RESULT_QOS
 import pytest
 
@@ -289,15 +289,13 @@ def test_overlapped_local_inference_accounts_for_every_frame(ros):
     assert 'failed' not in ros.log(edge), ros.log(edge)
 
 
-@pytest.mark.parametrize('task', ['detect', 'pose'])
-def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path, task):
+def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path):
     """payload.skip_target: once moved results measured against the server's agree, frames of
-    a near-static camera are not sent; each still gets a result (people's keypoints moved with
-    their boxes for pose), published by the edge with its own stamp and computed_by 'motion',
-    in stamp order with the server's, every frame accounted for and the counters saying how
-    many."""
+    a near-static camera are not sent; each still gets a result, published by the edge with
+    its own stamp and computed_by 'motion', in stamp order with the server's, every frame
+    accounted for and the counters saying how many."""
     results, diag, server, edge = offloading_robot(
-        ros, 'onnxruntime', ['payload.skip_target:=0.5', 'payload.skip_max:=2'], task)
+        ros, 'onnxruntime', ['payload.skip_target:=0.5', 'payload.skip_max:=2'])
     n, log = 14, tmp_path / 'stamps.txt'
     ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
               params=['source:=sam2-bedroom', f'count:={n}', 'rate_hz:=3.0',
@@ -314,10 +312,6 @@ def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path, 
     assert stamps == sorted(stamps) and set(stamps) == published
     by = [r.computed_by for r in results]
     assert set(by) <= {'server', 'motion'} and 'motion' in by, by
-    if task == 'pose':  # the people's keypoints travel with the moved boxes
-        moved = [r for r in results if r.computed_by == 'motion']
-        assert any(len(r.scores) for r in moved)
-        assert all(len(r.keypoint_x) == 17 * len(r.scores) for r in moved)
     e = diag['fluxshard/edge/robot1']
     assert ros.wait_for(lambda: int(diag['fluxshard/edge/robot1'].get('results_motion', 0))
                         == by.count('motion'), 10), e
@@ -326,24 +320,18 @@ def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path, 
     assert 'failed' not in ros.log(edge), ros.log(edge)
 
 
-def offloading_robot(ros, backend, edge_params, task='detect'):
+def offloading_robot(ros, backend, edge_params):
     """A server (``model.backend``) and robot1's edge offloading every frame (no local model),
-    both up, running ``task``; returns (results on /robot1/detections, or /robot1/keypoints for
-    pose, diagnostics, server, edge)."""
+    both up; returns (results on /robot1/detections, diagnostics, server, edge)."""
     results = []
     diag = ros.watch_diagnostics()
-    if task == 'pose':
-        ros.node.create_subscription(KeypointArray, '/robot1/keypoints', results.append,
-                                     RESULT_QOS)
-    else:
-        ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
-                                     RESULT_QOS)
+    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
+                                 RESULT_QOS)
     server = ros.spawn('fluxshard_server.server_node',
-                       params=["edges:=['robot1']", f'model.backend:={backend}',
-                               f'model.task:={task}'])
+                       params=["edges:=['robot1']", f'model.backend:={backend}'])
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=['model.local_inference:=false', 'scheduler.force_strategy:=cloud',
-                             'camera.depth:=10', f'model.task:={task}', *edge_params])
+                             'camera.depth:=10', *edge_params])
     assert ros.wait_for(lambda: {'fluxshard/server/robot1', 'fluxshard/edge/robot1'} <= set(diag),
                         60), (ros.log(edge), ros.log(server))
     return results, diag, server, edge

@@ -6,8 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 import threading
 import time
 
-import numpy as np
-
 from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, LabelMap,
                                 ProxyDelta, ServerStatus)
 from fluxshard_msgs_py import annotate, auth, conversions
@@ -124,7 +122,7 @@ PARAMS = [
           'before and after the unit itself (fewer bytes, and a field that explains the proxy '
           'the server holds, so fewer blocks drift; other codecs always send it: their proxy '
           'needs it)', live=True),
-    Param('payload.skip_target', 0.0, 'detect and pose: frames the server does not need are not '
+    Param('payload.skip_target', 0.0, 'detect: frames the server does not need are not '
           "sent: a frame whose change since the proxy frame moves no result gets the proxy "
           "frame's result moved by the block motion field (computed_by motion), while such "
           'moved results, checked against the results of the frames sent, keep this object '
@@ -483,21 +481,12 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                               f'but model.task is {self.config.task!r} here: edge and server '
                               'must run the same model.task')
             return
-        if self.runtime is None or topic not in ('detections', 'keypoints'):
-            return
-        from fluxshard_kernels.yolo.processing import Detections
-        if topic == 'keypoints':
-            try:
-                boxes, scores, kpt = conversions.keypoints_from_msg(msg)
-            except ValueError as e:
-                self.rejects['bad_result'] += 1
-                self.errors.error('bad_result', f'server keypoints ignored: {e}')
-                return
-            det = Detections(boxes, scores, np.zeros(len(boxes), np.int64), keypoints=kpt)
-        else:
-            det = Detections(*conversions.boxes_from_msg(msg))
-        for frame, moved in self.runtime.on_server_result(det, int(msg.frame_index)):
-            self._publish_local(moved, frame, by='motion')  # a frame not sent, waiting
+        if topic == 'detections' and self.runtime is not None:
+            from fluxshard_kernels.yolo.processing import Detections
+            boxes, scores, cls = conversions.boxes_from_msg(msg)
+            for frame, det in self.runtime.on_server_result(Detections(boxes, scores, cls),
+                                                            int(msg.frame_index)):
+                self._publish_local(det, frame, by='motion')  # a frame not sent, waiting
 
     def _back(self, fn, *args):
         """A message from the server: handled after the emulated one-way delay (the delay

@@ -494,10 +494,9 @@ class EdgePipeline:
 
     def _may_skip(self, busy: bool, frame) -> bool:
         cfg = self.config
-        # detect and pose: the node learns the server's boxes and keypoints, not its masks
+        # detect only: the node learns the server's boxes, not its masks or keypoints
         return (self.skip.enabled and not busy and self.cloud_available
-                and cfg.task in ('detect', 'pose')
-                and cfg.force_strategy not in ('edge', 'offline')
+                and cfg.task == 'detect' and cfg.force_strategy not in ('edge', 'offline')
                 and self.proxy is not None and self.proxy.shape == frame.shape)
 
     def _skipped(self, t, mv, d, grid) -> EdgeStep:

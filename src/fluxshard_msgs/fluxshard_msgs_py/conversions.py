@@ -406,16 +406,3 @@ def boxes_from_msg(m: DetectionArray) -> Tuple[np.ndarray, np.ndarray, np.ndarra
     boxes = np.stack([cx - sx / 2, cy - sy / 2, cx + sx / 2, cy + sy / 2], 1)
     return boxes.astype(np.float32), np.asarray(m.scores), np.asarray(
         [int(c) for c in m.class_ids], dtype=np.int64)
-
-
-def keypoints_from_msg(m: KeypointArray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """KeypointArray -> (boxes xyxy (n, 4), scores (n,), keypoints (n, 17, 3) x, y, score)."""
-    cx, cy = np.asarray(m.center_x), np.asarray(m.center_y)
-    sx, sy = np.asarray(m.size_x), np.asarray(m.size_y)
-    boxes = np.stack([cx - sx / 2, cy - sy / 2, cx + sx / 2, cy + sy / 2], 1).reshape(-1, 4)
-    n = len(boxes)
-    k = np.stack([np.asarray(m.keypoint_x), np.asarray(m.keypoint_y),
-                  np.asarray(m.keypoint_scores)], 1).astype(np.float32)
-    if len(k) != 17 * n:
-        raise ValueError(f'{len(k)} keypoints for {n} people: 17 per person expected')
-    return boxes.astype(np.float32), np.asarray(m.scores, np.float32), k.reshape(n, 17, 3)
