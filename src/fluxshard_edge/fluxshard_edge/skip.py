@@ -192,6 +192,15 @@ class SkipGate:
         self.waiting.append((self.proxy_seq, self._token, mv, grid))
         return None, self._token
 
+    def moved(self, token: int, det):
+        """The result the waiting frame ``token`` will be handed when ``det``, its proxy
+        frame's result, arrives (``result``); None when no such frame waits. The gate is not
+        changed: a replay that knows the result before it reaches the robot asks this."""
+        for _, tok, mv, grid in self.waiting:
+            if tok == token:
+                return None if det is None else move_detections(det, mv, grid)
+        return None
+
     def sent(self, seq: int, frame_no: int, mv, grid: BlockGrid, infer: bool, key: bool):
         """A batch went out for camera frame ``frame_no``: the proxy now holds that frame;
         ``infer``: its result will come back."""

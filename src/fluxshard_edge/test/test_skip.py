@@ -86,6 +86,9 @@ def test_a_skipped_frame_waits_for_the_proxy_result_and_gets_it_moved():
     assert g.decide(6, field(-16, 0), NO_CHANGE, 10.0, GRID, hint=dets((10, 10, 40, 40)))
     det, token = g.skip(field(-16, 0), GRID)
     assert det is None and token > 0
+    # a replay that knows the result early may ask what the frame will get: nothing changes
+    np.testing.assert_allclose(g.moved(token, dets((10, 10, 40, 40))).boxes, [[26, 10, 56, 40]])
+    assert g.moved(token + 1, dets((10, 10, 40, 40))) is None and 9 not in g.results
     out = g.result(9, dets((10, 10, 40, 40)))
     assert [t for t, _ in out] == [token]
     np.testing.assert_allclose(out[0][1].boxes, [[26, 10, 56, 40]])  # content moved right

@@ -39,7 +39,6 @@ import torch
 from fluxshard_msgs_py import conversions
 from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipeline
 from fluxshard_edge.scheduler import BandwidthEstimator
-from fluxshard_edge.skip import move_detections
 from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.yolo.processing import Detections, letterbox
@@ -306,7 +305,8 @@ class FluxShard(Method):
             if w.result is None:  # it waits for the proxy frame's result, as the node does
                 seq = p.skip.proxy_seq
                 w.ready_at = self._arrive.get(seq, 0.0)
-                w.result = self._moved(seq, st.skip_token)
+                # that result moved, without handing it to the edge before it arrives
+                w.result = p.skip.moved(st.skip_token, self._results.get(seq))
             w.info = {'strategy': 'skip', 'k_edge': 0, 'k_cloud': 0, 'key': False,
                       'crf': p.crf}
             return w
@@ -347,16 +347,6 @@ class FluxShard(Method):
             self._arrive[seq] = t
             while len(self._arrive) > 64:
                 self._arrive.pop(next(iter(self._arrive)))
-
-    def _moved(self, seq: int, token: int):
-        """The result of the skipped frame ``token``, which waits for batch ``seq``'s: that
-        result (modelled, not yet at the robot) moved by the frame's field. The edge itself
-        learns it only when it arrives (``_deliver``), so later frames cannot use it early."""
-        det = self._results.get(seq)
-        for s, tok, mv, grid in self.pipe.skip.waiting:
-            if tok == token and s == seq and det is not None:
-                return move_detections(det, mv, grid)
-        return None
 
     def _deliver(self, now: float) -> list:
         """Hand the edge the server results that reached it by ``now``, in batch order, as the
