@@ -15,8 +15,11 @@ setup(
     # incremental engine's per-layer loops (fluxshard_kernels.compiled)
     ext_modules=[Extension('fluxshard_kernels._motion', ['fluxshard_kernels/csrc/motion.c'],
                            extra_compile_args=['-O3', '-fno-strict-aliasing']),
+                 # no FP traps or errno (as torch is built): the SiLU loop vectorises
                  Extension('fluxshard_kernels._engine', ['fluxshard_kernels/csrc/engine.c'],
-                           extra_compile_args=['-O3', '-fno-strict-aliasing'])],
+                           extra_compile_args=['-O3', '-fno-strict-aliasing',
+                                               '-fno-trapping-math', '-fno-math-errno'],
+                           libraries=['m'])],
     zip_safe=False,
     maintainer='FluxShard developers',
     maintainer_email='dev@fluxshard.org',

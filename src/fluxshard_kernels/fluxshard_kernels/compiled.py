@@ -12,6 +12,7 @@ CUDA, or when the kernel is not built); tests compare the two.
 """
 
 import threading
+from typing import Optional
 
 import numpy as np
 import torch
@@ -229,6 +230,50 @@ def input_blocks(canvas: np.ndarray, prev: np.ndarray, dst: torch.Tensor, margin
     h, w = canvas.shape[:2]
     _lib().fs_input_blocks(canvas.ctypes.data, prev.ctypes.data, h, w, bs, _ptr(dst),
                            dst.stride(2), dst.stride(3), margin, int(force))
+
+
+_BLAS: list = []
+
+
+def fused() -> bool:
+    """Whether one convolution layer runs as one call (``conv_blocks``): the kernels are on
+    and torch's own BLAS ``sgemm_`` (MKL in torch's x86 wheels) was found and handed to them,
+    once per process. Without it the layer runs as im2col, addmm, SiLU and scatter calls."""
+    if not _BLAS:
+        ok = False
+        if available() and torch.backends.mkl.is_available():
+            import ctypes
+            import os
+            try:
+                lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), 'lib',
+                                               'libtorch_cpu.so'))
+                sgemm = ctypes.cast(lib.sgemm_, ctypes.c_void_p).value
+                threads = getattr(lib, 'MKL_Set_Num_Threads_Local', None)  # (int), by value
+                _fx().set_blas(sgemm, ctypes.cast(threads, ctypes.c_void_p).value
+                               if threads is not None else 0)
+                ok = True
+            except (OSError, AttributeError):
+                ok = False
+        _BLAS.append(ok)
+    return _BLAS[0] and native.KERNELS_ON
+
+
+def conv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
+                a: Optional[torch.Tensor], wmat: torch.Tensor, bias: Optional[torch.Tensor],
+                act: bool, dst: torch.Tensor, margin: int, h: int, w: int, bo: int):
+    """Blocks (rows[i], cols[i]) of bo pixels of ``dst`` (valid h x w) := act(A wmat + bias),
+    A the rows of ``im2col(src, rows, cols, off, k, s, bo, valid)`` (or ``a``, rows already
+    made), in one call: the matrix product is torch's own sgemm (see ``fused``)."""
+    rows, cols = _i64(rows), _i64(cols)
+    c = src.shape[1] if src is not None else 0
+    ps, rs, cs = (src.data_ptr(), src.stride(2), src.stride(3)) if src is not None else \
+        (0, 0, 0)
+    _fx().conv_blocks(ps, rs, cs, c, valid[0], valid[1], valid[2], valid[3], _ptr(rows),
+                      _ptr(cols), len(rows), off, k, s, bo,
+                      a.data_ptr() if a is not None else 0, wmat.shape[0], wmat.data_ptr(),
+                      bias.data_ptr() if bias is not None else 0, wmat.shape[1], int(act),
+                      torch.get_num_threads(), dst.data_ptr(), dst.stride(2), dst.stride(3),
+                      margin, h, w)
 
 
 def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int,

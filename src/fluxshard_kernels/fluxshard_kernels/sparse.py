@@ -220,6 +220,11 @@ def sparse_conv1x1_parts(src: CatMap, dst: FMap, idx, op: dict) -> FMap:
             compiled.rows_into(p.t, MARGIN, p.h, p.w, rows, cols, b, a, c0)
             c0 += p.channels
     with STAGES('conv'):
+        if compiled.fused() and not compiled._split(len(rows), a.numel() * 4):
+            compiled.conv_blocks(None, rows, cols, 0, 1, 1, (0, 0, 0, 0), a, op['wmat'],
+                                 op.get('bias'), op.get('act') == 'silu', dst.t, MARGIN, dst.h,
+                                 dst.w, b)
+            return dst
         y = (torch.addmm(op['bias'], a, op['wmat']) if op.get('bias') is not None
              else a @ op['wmat'])
         if op.get('act') == 'silu':
@@ -327,6 +332,14 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
             idx = [a.numpy() for a in torch.nonzero(mask.cpu(), as_tuple=True)]
         p_len, step, off = _window_geometry(src, k, s, pad, dst.b, dst.rows, dst.cols)
         if not len(idx[0]):
+            return dst
+        n = len(idx[0])
+        if 'wmat' in op and compiled.fused() and not compiled._split(
+                n, n * dst.b * dst.b * k * k * src.channels * 4):
+            with STAGES('conv'):  # im2col, product, bias, SiLU and scatter in one call
+                compiled.conv_blocks(src.t, idx[0], idx[1], off, k, s, src.valid_box, None,
+                                     op['wmat'], op.get('bias'), op.get('act') == 'silu',
+                                     dst.t, MARGIN, dst.h, dst.w, dst.b)
             return dst
         if 'wmat' in op:  # a convolution as one matrix product over the im2col rows
             with STAGES('gather'):

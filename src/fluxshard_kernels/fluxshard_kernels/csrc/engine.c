@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* out (n, P, P, C) contiguous = the P x P window of each block (ri, ci): storage rows
@@ -315,6 +316,123 @@ void fs_paste_blocks(const uint8_t *src, uint8_t *dst, int H, int W, int C, int 
     }
 }
 
+/* ---- One convolution layer in one call: im2col, matrix product, bias, SiLU, scatter ----
+ * The matrix product is the BLAS sgemm that torch itself uses (its Fortran `sgemm_`, found
+ * in torch's library at run time and handed over by fs_set_blas), called as torch's addmm
+ * calls it (column-major, the weight matrix first), so the products equal addmm's. */
+typedef void (*fs_sgemm_t)(const char *, const char *, const int *, const int *, const int *,
+                           const float *, const float *, const int *, const float *,
+                           const int *, const float *, float *, const int *);
+typedef int (*fs_threads_t)(int);
+static fs_sgemm_t fs_sgemm_fn = NULL;
+static fs_threads_t fs_threads_fn = NULL;
+
+static void fs_pick_silu(void);
+
+void fs_set_blas(void *sgemm, void *threads) {
+    fs_pick_silu(); /* once, from Python, before any layer runs */
+    fs_sgemm_fn = (fs_sgemm_t)sgemm;
+    fs_threads_fn = (fs_threads_t)threads;
+}
+
+/* Per-thread work buffers (the im2col rows and the product), grown on demand. */
+static __thread float *fs_buf[2] = {NULL, NULL};
+static __thread size_t fs_cap[2] = {0, 0};
+
+static float *fs_scratch(int i, size_t n) {
+    if (fs_cap[i] < n) {
+        free(fs_buf[i]);
+        fs_buf[i] = (float *)malloc(n * sizeof(float));
+        fs_cap[i] = fs_buf[i] ? n : 0;
+    }
+    return fs_buf[i];
+}
+
+/* exp(x) for the SiLU: Cephes' single-precision polynomial (about 2 ulp), branch-free so
+ * that the loops calling it vectorise. Finite math here only (min/max as vector
+ * instructions); a NaN input is not something the folded convolutions produce. */
+#pragma GCC push_options
+#pragma GCC optimize("finite-math-only")
+static inline __attribute__((always_inline)) float fs_expf(float x) {
+    x = fminf(fmaxf(x, -87.0f), 88.0f);
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round */
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t e = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &e, sizeof scale);
+    return p * scale;
+}
+
+/* o = SiLU(x) over n values: AVX2 + FMA where the CPU has them (chosen once), else SSE2. */
+__attribute__((target("avx2,fma"))) static void fs_silu_avx2(float *restrict o,
+                                                             const float *restrict x, int n) {
+    for (int j = 0; j < n; ++j) o[j] = x[j] / (1.0f + fs_expf(-x[j]));
+}
+
+static void fs_silu_base(float *restrict o, const float *restrict x, int n) {
+    for (int j = 0; j < n; ++j) o[j] = x[j] / (1.0f + fs_expf(-x[j]));
+}
+#pragma GCC pop_options
+
+static void (*fs_silu_row)(float *restrict, const float *restrict, int) = NULL;
+
+static void fs_pick_silu(void) {
+    __builtin_cpu_init();
+    fs_silu_row = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                      ? fs_silu_avx2 : fs_silu_base;
+}
+
+/* dst blocks (ri, ci) of bo pixels := act(A W + bias), A the (n * bo * bo, K) im2col rows of
+ * the output pixels (computed here from src when `a` is NULL, as fs_im2col), W (K, N)
+ * row-major, bias (N) or NULL, act 1 = SiLU; written inside dst's valid h x w region only.
+ * `threads`: the BLAS threads for the product (torch's setting). Returns -1 when no BLAS was
+ * set or a buffer could not be had (nothing written), else 0. */
+int fs_conv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1, int vx0,
+                   int vx1, const int64_t *ri, const int64_t *ci, int n, int off, int k, int s,
+                   int bo, const float *a, int K, const float *W, const float *bias, int N,
+                   int act, int threads, float *dst, int64_t drs, int64_t dcs, int margin,
+                   int h, int w) {
+    if (fs_sgemm_fn == NULL || n <= 0) return n <= 0 ? 0 : -1;
+    const int M = n * bo * bo;
+    if (a == NULL) {
+        float *rows = fs_scratch(0, (size_t)M * K);
+        if (rows == NULL) return -1;
+        fs_im2col(src, rs, cs, C, vy0, vy1, vx0, vx1, 0.0f, ri, ci, n, off, k, s, bo, rows);
+        a = rows;
+    }
+    float *y = fs_scratch(1, (size_t)M * N);
+    if (y == NULL) return -1;
+    if (bias != NULL)
+        for (int m = 0; m < M; ++m) memcpy(y + (size_t)m * N, bias, (size_t)N * sizeof(float));
+    const float one = 1.0f, beta = bias != NULL ? 1.0f : 0.0f;
+    if (fs_threads_fn != NULL) fs_threads_fn(threads);
+    fs_sgemm_fn("N", "N", &N, &M, &K, &one, W, &N, a, &K, &beta, y, &N);
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * bo, fx = (int)ci[i] * bo;
+        const int bh = fy + bo > h ? h - fy : bo, bw = fx + bo > w ? w - fx : bo;
+        for (int py = 0; py < bh; ++py) {
+            float *drow = dst + (ptrdiff_t)(margin + fy + py) * drs;
+            const float *yrow = y + ((size_t)i * bo + py) * bo * N;
+            for (int px = 0; px < bw; ++px) {
+                float *o = drow + (ptrdiff_t)(margin + fx + px) * dcs;
+                if (act)
+                    fs_silu_row(o, yrow + (size_t)px * N, N);
+                else
+                    memcpy(o, yrow + (size_t)px * N, (size_t)N * sizeof(float));
+            }
+        }
+    }
+    return 0;
+}
+
 /* ---- Python entry points of the per-layer kernels ---------------------------------------
  * The engine calls these a few hundred times a frame: as METH_FASTCALL functions of this
  * module their arguments cost ~30 ns each, against ~300 ns through ctypes. Each takes the
@@ -382,6 +500,35 @@ FS_ENTRY(upsample2x_blocks, 14, -1,
          fs_upsample2x_blocks(PTR(const float *, 0), v[1], v[2], PTR(float *, 3), v[4], v[5],
                               I(6), I(7), I(8), I(9), PTR(const int64_t *, 10),
                               PTR(const int64_t *, 11), I(12), I(13)))
+/* conv_blocks returns nothing and raises RuntimeError when the kernel could not run. */
+static PyObject *py_conv_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long v[28];
+    double f = 0.0;
+    int rc;
+    (void)self;
+    if (fs_args(args, nargs, 28, v, -1, &f, "conv_blocks") < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS rc = fs_conv_blocks(
+        PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
+        PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11), I(12), I(13), I(14),
+        PTR(const float *, 15), I(16), PTR(const float *, 17), PTR(const float *, 18), I(19),
+        I(20), I(21), PTR(float *, 22), v[23], v[24], I(25), I(26), I(27));
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "conv_blocks: no BLAS set or out of memory");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_set_blas(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long v[2];
+    double f = 0.0;
+    (void)self;
+    if (fs_args(args, nargs, 2, v, -1, &f, "set_blas") < 0) return NULL;
+    fs_set_blas(PTR(void *, 0), PTR(void *, 1));
+    Py_RETURN_NONE;
+}
+
 FS_ENTRY(rows_into, 14, -1,
          fs_rows_into(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
                       PTR(const int64_t *, 7), PTR(const int64_t *, 8), I(9), I(10),
@@ -392,6 +539,7 @@ static PyMethodDef fs_methods[] = {
     FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
     FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
     FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
+    FS_DEF(conv_blocks), FS_DEF(set_blas),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};
