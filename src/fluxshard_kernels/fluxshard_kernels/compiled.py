@@ -276,6 +276,19 @@ def conv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
                       margin, h, w)
 
 
+def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
+                  wdw: torch.Tensor, bias: Optional[torch.Tensor], act: bool,
+                  dst: torch.Tensor, margin: int, h: int, w: int, bo: int):
+    """A depthwise k x k convolution of ``src`` (weights ``wdw`` (k * k, C)) into blocks
+    (rows[i], cols[i]) of bo pixels of ``dst`` (valid h x w), with bias and SiLU, read
+    straight from the storage (windows as ``im2col``'s) in one call."""
+    rows, cols = _i64(rows), _i64(cols)
+    _fx().dwconv_blocks(src.data_ptr(), src.stride(2), src.stride(3), src.shape[1], valid[0],
+                        valid[1], valid[2], valid[3], _ptr(rows), _ptr(cols), len(rows), off,
+                        k, s, bo, wdw.data_ptr(), bias.data_ptr() if bias is not None else 0,
+                        int(act), dst.data_ptr(), dst.stride(2), dst.stride(3), margin, h, w)
+
+
 def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int,
               out: torch.Tensor, c_off: int):
     """Columns [c_off, c_off + C) of the (N * b * b, ld) rows ``out`` := the C channels of the

@@ -107,6 +107,7 @@ class FramePlan:
         self.halo_px = halo_px
         self.device = device
         self._px: Dict[tuple, torch.Tensor] = {}
+        self._pool: Dict[int, np.ndarray] = {1: input_mask}
         self._np: Dict[int, np.ndarray] = {}  # id(pixel tensor) -> its numpy twin
         self._blocks: Dict[tuple, ActiveBlocks] = {}
         self._keep = []  # tensors whose id() keys the dicts stay alive for the frame
@@ -119,11 +120,24 @@ class FramePlan:
         px = self._px.get(key)
         if px is None:
             h, w = shape
-            m = fit(pool_any(self.input_mask, stride), h, w)
+            m = fit(self._pooled(stride), h, w)
             m = dilate(np.ascontiguousarray(m), int(round(self.halo_px / stride)))
             px = self._px[key] = torch.from_numpy(m).to(self.device)
             self._np[id(px)] = m
         return px
+
+    def _pooled(self, stride: int) -> np.ndarray:
+        """The input's changed pixels pooled to ``stride`` (any pixel of each cell), before
+        the halo: a power-of-two stride from the half stride's (ceil(ceil(h / 2) / 2) =
+        ceil(h / 4): the same cells), each once per frame."""
+        m = self._pool.get(stride)
+        if m is None:
+            if stride > 1 and stride % 2 == 0 and stride & (stride - 1) == 0:
+                m = pool_any(self._pooled(stride // 2), 2)
+            else:
+                m = pool_any(self.input_mask, stride)
+            self._pool[stride] = m
+        return m
 
     def blocks(self, px: torch.Tensor, b: int, rows: int, cols: int) -> ActiveBlocks:
         """The blocks of ``b`` feature pixels on a rows x cols grid holding a pixel of ``px``
@@ -151,24 +165,36 @@ class FramePlan:
         key = (stride, h, w, None if skip is None else id(skip.mask), b)
         if key in self.warps:
             return self.warps[key]
-        rows = np.minimum((np.arange(h) * stride) // grid.block_size, grid.rows - 1)
-        cols = np.minimum((np.arange(w) * stride) // grid.block_size, grid.cols - 1)
+        base = self._moving(mv, grid, stride, h, w)
+        plan = base
+        if base is not None and skip is not None:
+            sk = skip.array  # feature pixel (i, j) lies in skip block (i // b, j // b)
+            keep = ~sk[np.minimum(base.ys // b, sk.shape[0] - 1),
+                       np.minimum(base.xs // b, sk.shape[1] - 1)]
+            plan = None if not keep.any() else base if keep.all() else WarpPlan(
+                base.ys[keep], base.xs[keep], base.sy[keep], base.sx[keep])
+        self.warps[key] = plan
+        return plan
+
+    def _moving(self, mv: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int
+                ) -> Optional[WarpPlan]:
+        """Every moving pixel of an h x w map at ``stride`` (no blocks skipped): once per
+        stride and frame, shared by that stride's layers, which drop their own skip blocks
+        from it."""
+        key = ('all', stride, h, w)
+        if key in self.warps:
+            return self.warps[key]
         field = np.asarray(mv, np.float32).reshape(grid.rows, grid.cols, 2)
         moving_blocks = np.any(field != 0, axis=2)
-        if skip is not None:
-            sk = skip.array
-            # feature pixel (i, j) lies in skip block (i // b, j // b)
-            br = np.minimum(np.arange(h) // b, sk.shape[0] - 1)
-            bc = np.minimum(np.arange(w) // b, sk.shape[1] - 1)
-            moving_px = moving_blocks[rows][:, cols] & ~sk[br][:, bc]
-        else:
-            moving_px = moving_blocks[rows][:, cols]
-        ys, xs = np.nonzero(moving_px)
-        if not len(ys):
-            self.warps[key] = None
-            return None
-        f = field[rows[ys], cols[xs]] / np.float32(stride)
-        sy = np.clip(ys.astype(np.float32) + f[:, 1], 0, h - 1).astype(np.float32)
-        sx = np.clip(xs.astype(np.float32) + f[:, 0], 0, w - 1).astype(np.float32)
-        plan = self.warps[key] = WarpPlan(ys.astype(np.int32), xs.astype(np.int32), sy, sx)
+        plan = None
+        if moving_blocks.any():
+            rows = np.minimum((np.arange(h) * stride) // grid.block_size, grid.rows - 1)
+            cols = np.minimum((np.arange(w) * stride) // grid.block_size, grid.cols - 1)
+            ys, xs = np.nonzero(moving_blocks[rows][:, cols])
+            if len(ys):
+                f = field[rows[ys], cols[xs]] / np.float32(stride)
+                sy = np.clip(ys.astype(np.float32) + f[:, 1], 0, h - 1).astype(np.float32)
+                sx = np.clip(xs.astype(np.float32) + f[:, 0], 0, w - 1).astype(np.float32)
+                plan = WarpPlan(ys.astype(np.int32), xs.astype(np.int32), sy, sx)
+        self.warps[key] = plan
         return plan

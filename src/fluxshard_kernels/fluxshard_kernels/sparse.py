@@ -334,12 +334,18 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         if not len(idx[0]):
             return dst
         n = len(idx[0])
-        if 'wmat' in op and compiled.fused() and not compiled._split(
-                n, n * dst.b * dst.b * k * k * src.channels * 4):
+        per = dst.b * dst.b * k * k * src.channels * 4  # bytes of one block's windows
+        if 'wmat' in op and compiled.fused() and not compiled._split(n, n * per):
             with STAGES('conv'):  # im2col, product, bias, SiLU and scatter in one call
                 compiled.conv_blocks(src.t, idx[0], idx[1], off, k, s, src.valid_box, None,
                                      op['wmat'], op.get('bias'), op.get('act') == 'silu',
                                      dst.t, MARGIN, dst.h, dst.w, dst.b)
+            return dst
+        if 'wdw' in op and not compiled._split(n, n * per):
+            with STAGES('conv'):  # depthwise: straight from the storage, one call
+                compiled.dwconv_blocks(src.t, idx[0], idx[1], off, k, s, src.valid_box,
+                                       op['wdw'], op.get('bias'), op.get('act') == 'silu',
+                                       dst.t, MARGIN, dst.h, dst.w, dst.b)
             return dst
         if 'wmat' in op:  # a convolution as one matrix product over the im2col rows
             with STAGES('gather'):
@@ -515,4 +521,7 @@ def conv_op(weight: torch.Tensor, bias: Optional[torch.Tensor], stride: int = 1,
     if groups == 1 and weight.device.type == 'cpu' and weight.dtype == torch.float32:
         # (k * k * C_in, C_out), rows ordered as compiled.im2col's columns (ky, kx, c)
         op['wmat'] = weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+    elif groups == weight.shape[0] and weight.shape[1] == 1 and weight.device.type == 'cpu' \
+            and weight.dtype == torch.float32:  # depthwise: (k * k, C), taps by channel
+        op['wdw'] = weight.reshape(weight.shape[0], -1).t().contiguous()
     return op

@@ -17,7 +17,10 @@ def test_engine_breakdown_and_ratios_side_by_side(tmp_path, capsys):
                 'letterbox', 'state image', 'other (glue)'} <= set(st), st
         assert sum(st.values()) <= r['step_ms'] * 1.5  # medians of parts vs median of wholes
         assert r['step_over_onnxruntime'] > 0 and r['torch_over_onnxruntime'] > 0
-        assert r['step_ops'] > r['dense_ops'] > 100 and r['dense_syncs'] == 0
+        # op counts measured (a fused layer is one call: a step may use fewer torch ops than
+        # the dense pass), and at most one host sync in a step (the head's), none in dense
+        assert r['step_ops'] > 0 and r['dense_ops'] > 100 and r['dense_syncs'] == 0
+        assert r['step_syncs'] <= 1
         assert 0 < r['miss_fraction'] < 1
     text = capsys.readouterr().out
     assert 'step / ort' in text and 'Where one incremental step goes' in text

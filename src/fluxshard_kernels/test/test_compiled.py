@@ -91,18 +91,27 @@ def test_sparse_conv_kernels_equal_the_torch_path(c, c_out, h, w, b, k, s, frac,
 @settings(max_examples=25, deadline=None)
 @given(c=st.integers(1, 8), h=st.integers(5, 33), w=st.integers(5, 33),
        b=st.sampled_from([2, 4, 8]), frac=st.floats(0.0, 1.0), pool=st.booleans(),
+       s=st.sampled_from([1, 2]), act=st.booleans(), extra=st.sampled_from([0, 3]),
        seed=st.integers(0, 2 ** 16))
-def test_maxpool_and_depthwise_equal_the_torch_path(c, h, w, b, frac, pool, seed):
-    src, g, rows, cols = _maps(c, h, w, b, seed)
+def test_maxpool_and_depthwise_equal_the_torch_path(c, h, w, b, frac, pool, s, act, extra,
+                                                    seed):
+    """Max-pools, and depthwise convs (``compiled.dwconv_blocks``: any stride, with or
+    without SiLU, reading a channel slice) equal the torch path."""
+    src, g, rows, cols = _maps(c, h, w, b, seed, extra)
     if pool:
+        s = 1
         op = {'kind': 'maxpool', 'kernel': 5, 'stride': 1, 'padding': 2}
     else:
-        op = S.conv_op(torch.randn(c, 1, 3, 3, generator=g), torch.randn(c, generator=g), 1,
-                       groups=c)
+        op = S.conv_op(torch.randn(c, 1, 3, 3, generator=g), torch.randn(c, generator=g), s,
+                       act='silu' if act else None, groups=c)
+    if b % s:
+        return
     mask = torch.rand(rows, cols, generator=g) < frac
+    ho, wo = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
     outs = []
     for ref in (False, True):
-        dst = S.FMap.from_dense(torch.zeros(1, c, h, w), b, rows, cols)
+        dst = S.FMap.from_dense(torch.zeros(1, c, ho, wo) if not pool else
+                                torch.zeros(1, c, h, w), b // s, rows, cols)
         if ref:
             with torch_path():
                 S.sparse_windowed(src, dst, mask, op)

@@ -433,6 +433,52 @@ int fs_conv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int
     return 0;
 }
 
+/* The same for a depthwise convolution (groups = C): dst pixel (oy, ox) of block (ri, ci),
+ * channel c := act(bias[c] + sum over the k x k window at storage (off + ri * bo * s +
+ * oy * s, ...) of w[(ky * k + kx) * C + c] * src), the window's pixels outside the valid
+ * storage rectangle counting as zero (the dense zero padding). No BLAS; -1 when the work
+ * buffer could not be had. */
+int fs_dwconv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1,
+                     int vx0, int vx1, const int64_t *ri, const int64_t *ci, int n, int off,
+                     int k, int s, int bo, const float *W, const float *bias, int act,
+                     float *dst, int64_t drs, int64_t dcs, int margin, int h, int w) {
+    float *acc = fs_scratch(0, (size_t)C);
+    if (acc == NULL && C > 0) return -1;
+    if (fs_silu_row == NULL) fs_pick_silu();
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * bo, fx = (int)ci[i] * bo;
+        const int bh = fy + bo > h ? h - fy : bo, bw = fx + bo > w ? w - fx : bo;
+        const int by = off + (int)ri[i] * bo * s, bx = off + (int)ci[i] * bo * s;
+        for (int oy = 0; oy < bh; ++oy) {
+            for (int ox = 0; ox < bw; ++ox) {
+                if (bias != NULL)
+                    memcpy(acc, bias, (size_t)C * sizeof(float));
+                else
+                    memset(acc, 0, (size_t)C * sizeof(float));
+                for (int ky = 0; ky < k; ++ky) {
+                    const int y = by + oy * s + ky;
+                    if (y < vy0 || y >= vy1) continue;
+                    for (int kx = 0; kx < k; ++kx) {
+                        const int x = bx + ox * s + kx;
+                        if (x < vx0 || x >= vx1) continue;
+                        const float *restrict sp = src + (ptrdiff_t)y * rs + (ptrdiff_t)x * cs;
+                        const float *restrict wp = W + (size_t)(ky * k + kx) * C;
+                        float *restrict ap = acc;
+                        for (int c = 0; c < C; ++c) ap[c] += wp[c] * sp[c];
+                    }
+                }
+                float *o = dst + (ptrdiff_t)(margin + fy + oy) * drs +
+                           (ptrdiff_t)(margin + fx + ox) * dcs;
+                if (act)
+                    fs_silu_row(o, acc, C);
+                else
+                    memcpy(o, acc, (size_t)C * sizeof(float));
+            }
+        }
+    }
+    return 0;
+}
+
 /* ---- Python entry points of the per-layer kernels ---------------------------------------
  * The engine calls these a few hundred times a frame: as METH_FASTCALL functions of this
  * module their arguments cost ~30 ns each, against ~300 ns through ctypes. Each takes the
@@ -520,6 +566,25 @@ static PyObject *py_conv_blocks(PyObject *self, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+static PyObject *py_dwconv_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long v[24];
+    double f = 0.0;
+    int rc;
+    (void)self;
+    if (fs_args(args, nargs, 24, v, -1, &f, "dwconv_blocks") < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS rc = fs_dwconv_blocks(
+        PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
+        PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11), I(12), I(13), I(14),
+        PTR(const float *, 15), PTR(const float *, 16), I(17), PTR(float *, 18), v[19], v[20],
+        I(21), I(22), I(23));
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "dwconv_blocks: out of memory");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_blas(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long v[2];
     double f = 0.0;
@@ -539,7 +604,7 @@ static PyMethodDef fs_methods[] = {
     FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
     FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
     FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
-    FS_DEF(conv_blocks), FS_DEF(set_blas),
+    FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};

@@ -137,12 +137,14 @@ def decode(output: np.ndarray, lb: Letterbox, num_classes: int, conf: float = 0.
         nkpt: keypoints per instance (17 for pose), 0 otherwise.
         protos: (32, mh, mw) mask prototypes for segmentation, or None.
     """
-    pred = output.T
-    cls_scores = pred[:, 4:4 + num_classes]
-    cls = cls_scores.argmax(1)
-    score = cls_scores[np.arange(pred.shape[0]), cls]
-    sel = score > conf
-    pred, cls, score = pred[sel], cls[sel], score[sel]
+    # the best score of every anchor from the class rows (a reduction over whole rows, fast
+    # on the (classes, anchors) layout); the class itself for the anchors above conf only
+    cls_rows = output[4:4 + num_classes]
+    sel = cls_rows.max(0) > conf
+    kept = cls_rows[:, sel]
+    cls = kept.argmax(0)
+    score = kept[cls, np.arange(kept.shape[1])]
+    pred = output[:, sel].T
     if pred.shape[0] == 0:
         det = Detections()
         if nkpt:
