@@ -223,6 +223,22 @@ def diff_rows(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.flatnonzero(out)
 
 
+def rows_update(parts, shapes, rows: torch.Tensor) -> np.ndarray:
+    """The head's raw rows kept in place: level l's parts (``parts[l]``, (1, C_i, h, w)
+    channels-last maps) go into their columns of the rows of that level's anchors; returns
+    the indices of the rows that changed (bitwise)."""
+    changed = np.zeros(rows.shape[0], np.uint8)
+    f, pr, ld, pc = _fx().rows_update, rows.data_ptr(), rows.shape[1], _ptr(changed)
+    a0 = 0
+    for level, (h, w) in zip(parts, shapes):
+        c0 = 0
+        for t in level:
+            f(t.data_ptr(), t.stride(2), t.stride(3), t.shape[1], h, w, pr, ld, c0, a0, pc)
+            c0 += t.shape[1]
+        a0 += h * w
+    return np.flatnonzero(changed)
+
+
 def input_blocks(canvas: np.ndarray, prev: np.ndarray, dst: torch.Tensor, margin: int, bs: int,
                  force: bool):
     """The blocks of the BGR uint8 ``canvas`` that differ from ``prev`` (all when ``force``)

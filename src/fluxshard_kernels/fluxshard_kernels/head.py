@@ -45,7 +45,15 @@ class HeadDecoder:
             levels = [d + _parts(k) for d, k in zip(det, feats['extra'])]
         shapes = [tuple(d[0].shape[2:]) for d in det]
         width = sum(t.shape[1] for t in levels[0])
-        rows = torch.empty((sum(h * w for h, w in shapes), width), dtype=det[0][0].dtype)
+        n = sum(h * w for h, w in shapes)
+        if self._geom is not None and self._geom[0] == shapes and self._rows is not None and \
+                self._rows.shape == (n, width) and all(compiled.serves(t) for lv in levels
+                                                       for t in lv):
+            # the kept rows updated in place, the changed ones found in the same pass
+            idx = compiled.rows_update(levels, shapes, self._rows)
+            self.decoded = len(idx)
+            return self._redo(model, head, self._rows, idx)
+        rows = torch.empty((n, width), dtype=det[0][0].dtype)
         a0 = 0
         for parts, (h, w) in zip(levels, shapes):  # (h w, channels) per level, one copy
             c0 = 0
@@ -63,15 +71,23 @@ class HeadDecoder:
         else:
             idx = compiled.diff_rows(rows, self._rows)
             self.decoded = len(idx)
-            if len(idx) > FULL_ABOVE * rows.shape[0]:  # most moved: one dense decode
-                out = self._decode(model, head, rows, self._geom[1], self._geom[2])
-            else:
-                out = self._out.clone()
-                if len(idx):
-                    sel = torch.from_numpy(idx)
-                    out[:, :, sel] = self._decode(model, head, rows[sel],
-                                                  self._geom[1][:, sel], self._geom[2][:, sel])
+            self._rows = rows
+            return self._redo(model, head, rows, idx)
         self._rows, self._out = rows, out
+        return out
+
+    def _redo(self, model, head, rows, idx) -> torch.Tensor:
+        """The last output with the anchors ``idx`` decoded anew from ``rows`` (a new
+        tensor: the caller may keep the last one)."""
+        if len(idx) > FULL_ABOVE * rows.shape[0]:  # most moved: one dense decode
+            out = self._decode(model, head, rows, self._geom[1], self._geom[2])
+        else:
+            out = self._out.clone()
+            if len(idx):
+                sel = torch.from_numpy(idx)
+                out[:, :, sel] = self._decode(model, head, rows[sel], self._geom[1][:, sel],
+                                              self._geom[2][:, sel])
+        self._out = out
         return out
 
     @staticmethod

@@ -235,7 +235,9 @@ def test_head_decoder_redoes_the_changed_anchors_only(task):
     if task == 'pose':
         feats['extra'] = [level(head.nk, h, w) for h, w in shapes]
     dec = HeadDecoder()
-    torch.testing.assert_close(dec(model, feats), model.head_outputs(feats))
+    first = dec(model, feats)
+    kept = first.clone()
+    torch.testing.assert_close(first, model.head_outputs(feats))
     assert dec.decoded == 12 * 16 + 6 * 8 + 3 * 4
     feats['det'][0][:, :, 2:4, 5:8] += 1  # 6 anchors of level 0
     (feats['extra'] if task == 'pose' else feats['det'])[2][:, 0, 1, 1] -= 1  # 1 of level 2
@@ -243,6 +245,7 @@ def test_head_decoder_redoes_the_changed_anchors_only(task):
     assert dec.decoded == 7
     torch.testing.assert_close(dec(model, feats), model.head_outputs(feats))
     assert dec.decoded == 0
+    assert torch.equal(first, kept)  # an output handed out is never changed afterwards
 
 
 def test_input_canvas_equals_the_letterbox():

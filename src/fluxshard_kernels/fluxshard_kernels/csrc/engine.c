@@ -212,6 +212,26 @@ void fs_diff_rows(const float *a, const float *b, int64_t n, int64_t d, uint8_t 
     for (int64_t i = 0; i < n; ++i) out[i] = memcmp(a + i * d, b + i * d, rb) != 0;
 }
 
+/* Columns [c_off, c_off + C) of rows a0 + y * w + x of the (n, ld) rows := the C channels
+ * of pixel (y, x) of an h x w map (channels-last: pixel (y, x) at src + y * rs + x * cs),
+ * marking changed[row] = 1 where they differ bitwise from what the rows held (the head's
+ * raw outputs, kept from frame to frame: one pass instead of a copy and a comparison). */
+void fs_rows_update(const float *src, int64_t rs, int64_t cs, int C, int h, int w,
+                    float *rows, int64_t ld, int c_off, int64_t a0, uint8_t *changed) {
+    const size_t cb = (size_t)C * sizeof(float);
+    for (int y = 0; y < h; ++y) {
+        for (int x = 0; x < w; ++x) {
+            const int64_t r = a0 + (int64_t)y * w + x;
+            float *o = rows + r * ld + c_off;
+            const float *sp = src + (ptrdiff_t)y * rs + (ptrdiff_t)x * cs;
+            if (memcmp(o, sp, cb) != 0) {
+                memcpy(o, sp, cb);
+                changed[r] = 1;
+            }
+        }
+    }
+}
+
 /* The network input from a letterboxed BGR uint8 canvas (H, W, 3), block by block: a block of
  * bs x bs pixels that differs from `prev` (the canvas last written; all blocks when `force`)
  * is written to the float32 storage `dst` (channels-last, 3 channels, valid region at storage
@@ -594,6 +614,9 @@ static PyObject *py_set_blas(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_RETURN_NONE;
 }
 
+FS_ENTRY(rows_update, 11, -1,
+         fs_rows_update(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), PTR(float *, 6),
+                        v[7], I(8), v[9], PTR(uint8_t *, 10)))
 FS_ENTRY(rows_into, 14, -1,
          fs_rows_into(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
                       PTR(const int64_t *, 7), PTR(const int64_t *, 8), I(9), I(10),
@@ -604,7 +627,7 @@ static PyMethodDef fs_methods[] = {
     FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
     FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
     FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
-    FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas),
+    FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};
