@@ -185,14 +185,30 @@ class FramePlan:
         if key in self.warps:
             return self.warps[key]
         field = np.asarray(mv, np.float32).reshape(grid.rows, grid.cols, 2)
-        moving_blocks = np.any(field != 0, axis=2)
+        br, bc = np.nonzero(np.any(field != 0, axis=2))
         plan = None
-        if moving_blocks.any():
-            rows = np.minimum((np.arange(h) * stride) // grid.block_size, grid.rows - 1)
-            cols = np.minimum((np.arange(w) * stride) // grid.block_size, grid.cols - 1)
-            ys, xs = np.nonzero(moving_blocks[rows][:, cols])
-            if len(ys):
-                f = field[rows[ys], cols[xs]] / np.float32(stride)
+        if len(br):
+            # the feature rows holding image block row r are one run: r = min(i * stride //
+            # block, rows - 1) is monotonic in i (likewise columns); each moving block is a
+            # rectangle of feature pixels, generated without scanning the map
+            bs = grid.block_size
+            r_start = np.searchsorted((np.arange(h) * stride) // bs, np.arange(grid.rows + 1))
+            r_start[grid.rows] = h  # rows beyond the grid take its last block row
+            r_start = np.minimum(r_start, h)
+            c_start = np.searchsorted((np.arange(w) * stride) // bs, np.arange(grid.cols + 1))
+            c_start[grid.cols] = w
+            c_start = np.minimum(c_start, w)
+            y0, x0 = r_start[br], c_start[bc]
+            hh = r_start[np.minimum(br + 1, grid.rows)] - y0
+            ww = c_start[np.minimum(bc + 1, grid.cols)] - x0
+            count = hh * ww
+            total = int(count.sum())
+            if total:
+                k = np.repeat(np.arange(len(br)), count)
+                off = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+                ys = y0[k] + off // ww[k]
+                xs = x0[k] + off % ww[k]
+                f = field[br[k], bc[k]] / np.float32(stride)
                 sy = np.clip(ys.astype(np.float32) + f[:, 1], 0, h - 1).astype(np.float32)
                 sx = np.clip(xs.astype(np.float32) + f[:, 0], 0, w - 1).astype(np.float32)
                 plan = WarpPlan(ys.astype(np.int32), xs.astype(np.int32), sy, sx)

@@ -267,14 +267,16 @@ def test_input_canvas_equals_the_letterbox():
 
 
 @settings(max_examples=25, deadline=None)
-@given(h=st.integers(6, 40), w=st.integers(6, 40), stride=st.sampled_from([1, 2, 4, 8]),
+@given(h=st.integers(6, 40), w=st.integers(6, 40),
+       stride=st.sampled_from([1, 2, 4, 8, 16, 32]), slack=st.integers(0, 20),
        integer=st.booleans(), moving=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
-def test_cache_warp_equals_grid_sample(h, w, stride, integer, moving, seed):
+def test_cache_warp_equals_grid_sample(h, w, stride, slack, integer, moving, seed):
     """The C warp of the moving pixels equals the torch reference (grid_sample, bilinear,
-    border) on sub-pixel and integer motion; pixels that do not move are untouched."""
+    border) on sub-pixel and integer motion; pixels that do not move are untouched. Strides
+    above the block size, and maps reaching past the block grid (``slack``), included."""
     from fluxshard_kernels.incremental import warp_moving
     rng = np.random.default_rng(seed)
-    grid = BlockGrid(h * stride, w * stride, 16)
+    grid = BlockGrid(max(16, h * stride - slack), max(16, w * stride - slack), 16)
     mv = rng.integers(-9, 10, (grid.rows, grid.cols, 2)).astype(np.float32)
     if not integer:
         mv += rng.random((grid.rows, grid.cols, 2)).astype(np.float32)
