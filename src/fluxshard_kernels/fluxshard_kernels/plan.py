@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from fluxshard_kernels import compiled
 from fluxshard_kernels.blocks import BlockGrid
 
 
@@ -185,32 +186,52 @@ class FramePlan:
         if key in self.warps:
             return self.warps[key]
         field = np.asarray(mv, np.float32).reshape(grid.rows, grid.cols, 2)
-        br, bc = np.nonzero(np.any(field != 0, axis=2))
-        plan = None
-        if len(br):
-            # the feature rows holding image block row r are one run: r = min(i * stride //
-            # block, rows - 1) is monotonic in i (likewise columns); each moving block is a
-            # rectangle of feature pixels, generated without scanning the map
-            bs = grid.block_size
-            r_start = np.searchsorted((np.arange(h) * stride) // bs, np.arange(grid.rows + 1))
-            r_start[grid.rows] = h  # rows beyond the grid take its last block row
-            r_start = np.minimum(r_start, h)
-            c_start = np.searchsorted((np.arange(w) * stride) // bs, np.arange(grid.cols + 1))
-            c_start[grid.cols] = w
-            c_start = np.minimum(c_start, w)
-            y0, x0 = r_start[br], c_start[bc]
-            hh = r_start[np.minimum(br + 1, grid.rows)] - y0
-            ww = c_start[np.minimum(bc + 1, grid.cols)] - x0
-            count = hh * ww
-            total = int(count.sum())
-            if total:
-                k = np.repeat(np.arange(len(br)), count)
-                off = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-                ys = y0[k] + off // ww[k]
-                xs = x0[k] + off % ww[k]
-                f = field[br[k], bc[k]] / np.float32(stride)
-                sy = np.clip(ys.astype(np.float32) + f[:, 1], 0, h - 1).astype(np.float32)
-                sx = np.clip(xs.astype(np.float32) + f[:, 0], 0, w - 1).astype(np.float32)
-                plan = WarpPlan(ys.astype(np.int32), xs.astype(np.int32), sy, sx)
+        if compiled.available():  # one pass in C over the moving blocks
+            plan = _moving_c(field, grid, stride, h, w)
+        else:
+            plan = _moving_np(field, grid, stride, h, w)
         self.warps[key] = plan
         return plan
+
+
+def _moving_c(field: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int
+              ) -> Optional[WarpPlan]:
+    field = np.ascontiguousarray(field, np.float32)
+    ys, xs = np.empty(h * w, np.int32), np.empty(h * w, np.int32)
+    sy, sx = np.empty(h * w, np.float32), np.empty(h * w, np.float32)
+    n = compiled._fx().warp_plan(field.ctypes.data, grid.rows, grid.cols, grid.block_size,
+                                 stride, h, w, ys.ctypes.data, xs.ctypes.data, sy.ctypes.data,
+                                 sx.ctypes.data)
+    return WarpPlan(ys[:n], xs[:n], sy[:n], sx[:n]) if n else None
+
+
+def _moving_np(field: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int
+               ) -> Optional[WarpPlan]:
+    """The reference of ``_moving_c`` (numpy; the same pixels in the same order)."""
+    br, bc = np.nonzero(np.any(field != 0, axis=2))
+    if not len(br):
+        return None
+    # the feature rows holding image block row r are one run: r = min(i * stride // block,
+    # rows - 1) is monotonic in i (likewise columns); each moving block is a rectangle
+    bs = grid.block_size
+    r_start = np.minimum(np.searchsorted((np.arange(h) * stride) // bs,
+                                         np.arange(grid.rows + 1)), h)
+    r_start[grid.rows] = h  # rows beyond the grid take its last block row
+    c_start = np.minimum(np.searchsorted((np.arange(w) * stride) // bs,
+                                         np.arange(grid.cols + 1)), w)
+    c_start[grid.cols] = w
+    y0, x0 = r_start[br], c_start[bc]
+    hh = r_start[br + 1] - y0
+    ww = c_start[bc + 1] - x0
+    count = hh * ww
+    total = int(count.sum())
+    if not total:
+        return None
+    k = np.repeat(np.arange(len(br)), count)
+    off = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+    ys = y0[k] + off // ww[k]
+    xs = x0[k] + off % ww[k]
+    f = field[br[k], bc[k]] / np.float32(stride)
+    sy = np.clip(ys.astype(np.float32) + f[:, 1], 0, h - 1).astype(np.float32)
+    sx = np.clip(xs.astype(np.float32) + f[:, 0], 0, w - 1).astype(np.float32)
+    return WarpPlan(ys.astype(np.int32), xs.astype(np.int32), sy, sx)

@@ -292,6 +292,27 @@ def test_cache_warp_equals_grid_sample(h, w, stride, slack, integer, moving, see
     torch.testing.assert_close(got.t, ref.t, rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 50), w=st.integers(1, 50),
+       stride=st.sampled_from([1, 2, 4, 8, 16, 32]), slack=st.integers(-20, 20),
+       moving=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
+def test_moving_pixels_in_c_equal_numpy(h, w, stride, slack, moving, seed):
+    """The moving pixels of a map, generated in C from the moving blocks, equal the numpy
+    reference: the same pixels, order and source coordinates, on grids smaller or larger
+    than the map."""
+    from fluxshard_kernels.plan import _moving_c, _moving_np
+    rng = np.random.default_rng(seed)
+    grid = BlockGrid(max(1, h * stride + slack), max(1, w * stride + slack), 16)
+    field = (rng.integers(-9, 10, (grid.rows, grid.cols, 2)) +
+             rng.random((grid.rows, grid.cols, 2))).astype(np.float32)
+    field[rng.random((grid.rows, grid.cols)) > moving] = 0
+    a, b = _moving_c(field, grid, stride, h, w), _moving_np(field, grid, stride, h, w)
+    assert (a is None) == (b is None)
+    if a is not None:
+        for x, y in ((a.ys, b.ys), (a.xs, b.xs), (a.sy, b.sy), (a.sx, b.sx)):
+            assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
 @settings(max_examples=30, deadline=None)
 @given(h=st.integers(1, 70), w=st.integers(1, 70), c=st.sampled_from([1, 3]),
        block=st.sampled_from([8, 16]), seed=st.integers(0, 2 ** 16))

@@ -212,6 +212,48 @@ void fs_diff_rows(const float *a, const float *b, int64_t n, int64_t d, uint8_t 
     for (int64_t i = 0; i < n; ++i) out[i] = memcmp(a + i * d, b + i * d, rb) != 0;
 }
 
+/* The moving pixels of an h x w feature map at `stride` (FramePlan._moving): for each image
+ * block (r, c) of `bs` pixels (R x Cc grid, row-major) whose MV (field[(r * Cc + c) * 2 +
+ * {0: x, 1: y}], input px) is not zero, the feature pixels (i, j) it holds, i.e. those with
+ * min(i * stride / bs, R - 1) = r (a run of rows: the last block row takes the rest of the
+ * map) and likewise j: destination (ys, xs) and the clamped source (sy, sx) = (i + mv_y /
+ * stride, j + mv_x / stride). Writes at most h * w entries; returns how many. */
+int64_t fs_warp_plan(const float *field, int R, int Cc, int bs, int stride, int h, int w,
+                     int32_t *ys, int32_t *xs, float *sy, float *sx) {
+    int64_t n = 0;
+    const float fs = (float)stride, ymax = (float)(h - 1), xmax = (float)(w - 1);
+    for (int r = 0; r < R; ++r) {
+        int i0 = (r * bs + stride - 1) / stride;
+        int i1 = r == R - 1 ? h : ((r + 1) * bs + stride - 1) / stride;
+        if (i0 > h) i0 = h;
+        if (i1 > h) i1 = h;
+        if (i0 >= i1) continue;
+        for (int c = 0; c < Cc; ++c) {
+            const float mx = field[((size_t)r * Cc + c) * 2], my = field[((size_t)r * Cc + c) * 2 + 1];
+            if (mx == 0.0f && my == 0.0f) continue;
+            int j0 = (c * bs + stride - 1) / stride;
+            int j1 = c == Cc - 1 ? w : ((c + 1) * bs + stride - 1) / stride;
+            if (j0 > w) j0 = w;
+            if (j1 > w) j1 = w;
+            const float fy = my / fs, fx = mx / fs;
+            for (int i = i0; i < i1; ++i) {
+                float y = (float)i + fy;
+                y = y < 0.0f ? 0.0f : (y > ymax ? ymax : y);
+                for (int j = j0; j < j1; ++j) {
+                    float x = (float)j + fx;
+                    x = x < 0.0f ? 0.0f : (x > xmax ? xmax : x);
+                    ys[n] = i;
+                    xs[n] = j;
+                    sy[n] = y;
+                    sx[n] = x;
+                    ++n;
+                }
+            }
+        }
+    }
+    return n;
+}
+
 /* Columns [c_off, c_off + C) of rows a0 + y * w + x of the (n, ld) rows := the C channels
  * of pixel (y, x) of an h x w map (channels-last: pixel (y, x) at src + y * rs + x * cs),
  * marking changed[row] = 1 where they differ bitwise from what the rows held (the head's
@@ -605,6 +647,19 @@ static PyObject *py_dwconv_blocks(PyObject *self, PyObject *const *args, Py_ssiz
     Py_RETURN_NONE;
 }
 
+static PyObject *py_warp_plan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long v[11];
+    double f = 0.0;
+    int64_t n;
+    (void)self;
+    if (fs_args(args, nargs, 11, v, -1, &f, "warp_plan") < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS n = fs_warp_plan(PTR(const float *, 0), I(1), I(2), I(3), I(4), I(5),
+                                            I(6), PTR(int32_t *, 7), PTR(int32_t *, 8),
+                                            PTR(float *, 9), PTR(float *, 10));
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLongLong((long long)n);
+}
+
 static PyObject *py_set_blas(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long v[2];
     double f = 0.0;
@@ -628,6 +683,7 @@ static PyMethodDef fs_methods[] = {
     FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
     FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
     FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
+    FS_DEF(warp_plan),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};
