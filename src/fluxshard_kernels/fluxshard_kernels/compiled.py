@@ -274,22 +274,25 @@ def fused() -> bool:
     return _BLAS[0] and native.KERNELS_ON
 
 
-def conv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
-                a: Optional[torch.Tensor], wmat: torch.Tensor, bias: Optional[torch.Tensor],
-                act: bool, dst: torch.Tensor, margin: int, h: int, w: int, bo: int):
-    """Blocks (rows[i], cols[i]) of bo pixels of ``dst`` (valid h x w) := act(A wmat + bias),
+def conv_blocks(src, rows, cols, off: int, k: int, s: int, valid, a: Optional[torch.Tensor],
+                op: dict, dst, margin: int, h: int, w: int, bo: int):
+    """Blocks (rows[i], cols[i]) of bo pixels of ``dst`` (valid h x w) := act(A W + bias)
+    for the convolution ``op`` (``sparse.conv_op``: its (K, N) matrix ``wmat``, bias, act),
     A the rows of ``im2col(src, rows, cols, off, k, s, bo, valid)`` (or ``a``, rows already
-    made), in one call: the matrix product is torch's own sgemm (see ``fused``)."""
+    made), in one call: the matrix product is torch's own sgemm (see ``fused``). ``src`` and
+    ``dst`` are storage descriptors (``sparse.FMap.cd()``; src None with ``a``)."""
     rows, cols = _i64(rows), _i64(cols)
-    c = src.shape[1] if src is not None else 0
-    ps, rs, cs = (src.data_ptr(), src.stride(2), src.stride(3)) if src is not None else \
-        (0, 0, 0)
-    _fx().conv_blocks(ps, rs, cs, c, valid[0], valid[1], valid[2], valid[3], _ptr(rows),
+    ca = op.get('cargs')
+    if ca is None:
+        wmat, bias = op['wmat'], op.get('bias')
+        ca = op['cargs'] = (wmat.shape[0], wmat.data_ptr(),
+                            bias.data_ptr() if bias is not None else 0, wmat.shape[1],
+                            int(op.get('act') == 'silu'))
+    sp, rs, cs, c = src[:4] if src is not None else (0, 0, 0, 0)
+    _fx().conv_blocks(sp, rs, cs, c, valid[0], valid[1], valid[2], valid[3], _ptr(rows),
                       _ptr(cols), len(rows), off, k, s, bo,
-                      a.data_ptr() if a is not None else 0, wmat.shape[0], wmat.data_ptr(),
-                      bias.data_ptr() if bias is not None else 0, wmat.shape[1], int(act),
-                      torch.get_num_threads(), dst.data_ptr(), dst.stride(2), dst.stride(3),
-                      margin, h, w)
+                      a.data_ptr() if a is not None else 0, ca[0], ca[1], ca[2], ca[3], ca[4],
+                      torch.get_num_threads(), dst[0], dst[1], dst[2], margin, h, w)
 
 
 def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,

@@ -286,7 +286,7 @@ class IncrementalExecutor:
                 field = self._field(stride)
                 if field is None:
                     pass
-                elif compiled.serves(c.t):  # the moving pixels only, one C call
+                elif c.serves():  # the moving pixels only, one C call
                     wp = self.plan.warp(field, self.grid, stride, c.h, c.w, skip, c.b)
                     if wp is not None:
                         compiled.warp(c.t, S.MARGIN, c.h, c.w, wp.ys, wp.xs, wp.sy, wp.sx)
@@ -405,8 +405,8 @@ class IncrementalExecutor:
         if sparse:
             if not isinstance(x.fmap, S.CatMap):
                 S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
-            elif k == 1 and s == 1 and 'wmat' in op and compiled.serves(cache.t) and all(
-                    compiled.serves(p.t) for p in x.fmap.parts):
+            elif k == 1 and s == 1 and 'wmat' in op and cache.serves() and all(
+                    p.serves() for p in x.fmap.parts):
                 S.sparse_conv1x1_parts(x.fmap, cache, bm.idx, op)
             else:  # one tensor for the reference path (and any other reader of a concat)
                 S.sparse_windowed(x.fmap.materialize(), cache, bm.mask, op, self.layout,
@@ -490,8 +490,7 @@ class IncrementalExecutor:
         def sparse(cache, bm):
             if any(x.fmap.b != cache.b or x.fmap.rows != cache.rows for x in xs):
                 return False
-            if kind == 'add' and all(compiled.serves(t) for t in
-                                     [cache.t] + [x.fmap.t for x in xs]):
+            if kind == 'add' and cache.serves() and all(x.fmap.serves() for x in xs):
                 with S.STAGES('pointwise'):  # straight between the maps, one call
                     compiled.add_blocks(xs[0].fmap.t, xs[1].fmap.t, cache.t, S.MARGIN,
                                         cache.h, cache.w, bm.rows, bm.cols, cache.b)
@@ -573,7 +572,7 @@ class IncrementalExecutor:
             if cache.b != 2 * x.fmap.b or cache.rows != x.fmap.rows:
                 return False
             cache.scatter(bm.rows, bm.cols, m(x.fmap.gather(bm.rows, bm.cols)))
-            if not compiled.serves(cache.t):
+            if not cache.serves():
                 cache.clear_padding()
             return True
         return self._blockwise(m._fs_name, [x], px, s_out, sparse, lambda: m(xt),

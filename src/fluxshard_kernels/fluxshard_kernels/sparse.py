@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxshard_kernels import compiled, cuda
+from fluxshard_kernels import compiled, cuda, native
 
 
 def _cuda_kernels(t: torch.Tensor) -> bool:
@@ -103,6 +103,22 @@ class FMap:
     h: int
     w: int
 
+    def cd(self):
+        """(data pointer, row stride, column stride, channels, fits the compiled kernels) of
+        the storage, found once (a map keeps its storage): the kernels' arguments."""
+        d = self.__dict__.get('_cd')
+        if d is None:
+            t = self.t
+            d = self.__dict__['_cd'] = (t.data_ptr(), t.stride(2), t.stride(3), t.shape[1],
+                                        t.is_cpu and t.dtype == torch.float32 and
+                                        t.stride(1) == 1)
+        return d
+
+    def serves(self) -> bool:
+        """The compiled kernels can run on this map now (``compiled.serves`` of its
+        storage, the storage's part of it found once)."""
+        return self.cd()[4] and native.KERNELS_ON and compiled.available()
+
     @staticmethod
     def empty(c: int, b: int, rows: int, cols: int, h: int, w: int, like: torch.Tensor):
         # channels-last storage: a block's window is C-contiguous runs (fast gathers), and
@@ -146,7 +162,7 @@ class FMap:
 
     def gather(self, r_idx, c_idx) -> torch.Tensor:
         """(N, C, b, b) copy of the blocks (r_idx, c_idx), channels-last."""
-        if compiled.serves(self.t):
+        if self.serves():
             return compiled.gather(self.t, r_idx, c_idx, MARGIN, self.b, self.b,
                                    self.valid_box)
         r_idx, c_idx = _on(r_idx, self.t), _on(c_idx, self.t)
@@ -156,7 +172,7 @@ class FMap:
         """Write (N, C, b, b) block values into the blocks (r_idx, c_idx). The compiled
         kernels write the valid region only (the padding stays zero); the torch path writes
         whole blocks (``clear_padding`` after it)."""
-        if compiled.serves(self.t):
+        if self.serves():
             compiled.scatter(self.t, MARGIN, self.h, self.w, y, r_idx, c_idx, self.b)
             return
         r_idx, c_idx = _on(r_idx, self.t), _on(c_idx, self.t)
@@ -221,9 +237,8 @@ def sparse_conv1x1_parts(src: CatMap, dst: FMap, idx, op: dict) -> FMap:
             c0 += p.channels
     with STAGES('conv'):
         if compiled.fused() and not compiled._split(len(rows), a.numel() * 4):
-            compiled.conv_blocks(None, rows, cols, 0, 1, 1, (0, 0, 0, 0), a, op['wmat'],
-                                 op.get('bias'), op.get('act') == 'silu', dst.t, MARGIN, dst.h,
-                                 dst.w, b)
+            compiled.conv_blocks(None, rows, cols, 0, 1, 1, (0, 0, 0, 0), a, op, dst.cd(),
+                                 MARGIN, dst.h, dst.w, b)
             return dst
         y = (torch.addmm(op['bias'], a, op['wmat']) if op.get('bias') is not None
              else a @ op['wmat'])
@@ -255,10 +270,22 @@ def halo_blocks(kernel: int, padding: int, b_in: int) -> int:
     return -(-halo // b_in) if halo else 0
 
 
+_GEOMETRY: dict = {}
+
+
 def _window_geometry(src: FMap, kernel: int, stride: int, padding: int, b_out: int, rows: int,
                      cols: int):
     """(window edge P, step between blocks, storage offset of block 0's window) of a
     windowed op; ValueError where the storage cannot hold the windows."""
+    key = (src.t.shape[2], src.t.shape[3], kernel, stride, padding, b_out, rows, cols)
+    g = _GEOMETRY.get(key)
+    if g is None:
+        g = _GEOMETRY[key] = _geometry(src, kernel, stride, padding, b_out, rows, cols)
+    return g
+
+
+def _geometry(src: FMap, kernel: int, stride: int, padding: int, b_out: int, rows: int,
+              cols: int):
     p_len = (b_out - 1) * stride + kernel
     step = b_out * stride
     off = MARGIN - padding
@@ -327,7 +354,7 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
     k = op['weight'].shape[-1] if op['kind'] == 'conv' else op['kernel']
     s, pad = op['stride'], op['padding']
     pool = op['kind'] == 'maxpool'
-    if layout == 'batch' and compiled.serves(src.t) and compiled.serves(dst.t):
+    if layout == 'batch' and src.serves() and dst.serves():
         if idx is None:
             idx = [a.numpy() for a in torch.nonzero(mask.cpu(), as_tuple=True)]
         p_len, step, off = _window_geometry(src, k, s, pad, dst.b, dst.rows, dst.cols)
@@ -337,9 +364,8 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         per = dst.b * dst.b * k * k * src.channels * 4  # bytes of one block's windows
         if 'wmat' in op and compiled.fused() and not compiled._split(n, n * per):
             with STAGES('conv'):  # im2col, product, bias, SiLU and scatter in one call
-                compiled.conv_blocks(src.t, idx[0], idx[1], off, k, s, src.valid_box, None,
-                                     op['wmat'], op.get('bias'), op.get('act') == 'silu',
-                                     dst.t, MARGIN, dst.h, dst.w, dst.b)
+                compiled.conv_blocks(src.cd(), idx[0], idx[1], off, k, s, src.valid_box, None,
+                                     op, dst.cd(), MARGIN, dst.h, dst.w, dst.b)
             return dst
         if 'wdw' in op and not compiled._split(n, n * per):
             with STAGES('conv'):  # depthwise: straight from the storage, one call
@@ -461,7 +487,7 @@ def sparse_pointwise(fn, inputs, dst: FMap, mask: torch.Tensor, idx=None) -> FMa
         y = fn(*xs)
     with STAGES('scatter'):
         dst.scatter(r_idx, c_idx, y)
-        if not compiled.serves(dst.t):
+        if not dst.serves():
             dst.clear_padding()
     return dst
 
@@ -480,7 +506,7 @@ def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor, idx=None) -> FMa
     elif not len(idx[0]):
         return dst
     r_idx, c_idx = idx
-    fast = compiled.serves(src.t) and compiled.serves(dst.t)
+    fast = src.serves() and dst.serves()
     if dst.b == src.b:
         if fast:
             flat = np.unique((np.asarray(r_idx) // 2) * src.cols + np.asarray(c_idx) // 2)
@@ -496,7 +522,7 @@ def sparse_upsample2x(src: FMap, dst: FMap, mask: torch.Tensor, idx=None) -> FMa
     else:
         dst.scatter(r_idx, c_idx, F.interpolate(src.gather(r_idx, c_idx), scale_factor=2.0,
                                                 mode='nearest'))
-    if not compiled.serves(dst.t):
+    if not dst.serves():
         dst.clear_padding()
     return dst
 
