@@ -183,6 +183,19 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
         pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
 
 
+def warp_skip(cd, margin: int, h: int, w: int, wp, skip: np.ndarray, b: int):
+    """``warp`` of the moving pixels of plan ``wp`` (``plan.WarpPlan``) of the map with
+    storage descriptor ``cd`` (``sparse.FMap.cd()``), less those in the ``skip`` blocks (bool
+    (rows, cols), blocks of b pixels): one call, no per-layer filtering of the plan."""
+    n, c = len(wp.ys), cd[3]
+    skip = np.ascontiguousarray(skip)
+    p = wp.__dict__.get('_p')
+    if p is None:
+        p = wp.__dict__['_p'] = (_ptr(wp.ys), _ptr(wp.xs), _ptr(wp.sy), _ptr(wp.sx))
+    _fx().warp_skip(cd[0], cd[1], cd[2], c, margin, h, w, p[0], p[1], p[2], p[3], n,
+                    _ptr(_scratch(n * c)), _ptr(skip), skip.shape[0], skip.shape[1], b)
+
+
 def add_blocks(a: torch.Tensor, b_: torch.Tensor, dst: torch.Tensor, margin: int, h: int,
                w: int, rows, cols, b: int):
     """Blocks (rows[i], cols[i]) of ``dst`` := a + b_ (a residual add), inside the valid

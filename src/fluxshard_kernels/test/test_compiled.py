@@ -292,6 +292,34 @@ def test_cache_warp_equals_grid_sample(h, w, stride, slack, integer, moving, see
     torch.testing.assert_close(got.t, ref.t, rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(6, 40), w=st.integers(6, 40), stride=st.sampled_from([1, 2, 4, 8, 16]),
+       frac=st.floats(0.0, 1.0), seed=st.integers(0, 2 ** 16))
+def test_warp_less_skip_blocks_in_one_call(h, w, stride, frac, seed):
+    """The warp that leaves the skip blocks alone inside the kernel (``warp_skip``) equals
+    the warp of the plan filtered by the skip blocks, bit for bit."""
+    rng = np.random.default_rng(seed)
+    grid = BlockGrid(h * stride, w * stride, 16)
+    mv = (rng.integers(-6, 7, (grid.rows, grid.cols, 2)) +
+          rng.random((grid.rows, grid.cols, 2))).astype(np.float32)
+    b = max(1, 16 // stride)
+    rows, cols = -(-h // b), -(-w // b)
+    x = torch.from_numpy(rng.standard_normal((1, 6, h, w)).astype(np.float32))
+    plan = FramePlan(np.zeros((h, w), bool), 8, 'cpu')
+    skip_px = torch.from_numpy(rng.random((h, w)) < frac * 0.2)
+    plan._np[id(skip_px)] = skip_px.numpy()
+    skip = plan.blocks(skip_px, b, rows, cols)
+    got, ref = S.FMap.from_dense(x, b, rows, cols), S.FMap.from_dense(x, b, rows, cols)
+    base = plan.warp(mv, grid, stride, h, w, None, b)
+    filtered = plan.warp(mv, grid, stride, h, w, skip, b)
+    compiled.warp_skip(got.cd(), S.MARGIN, h, w, base, skip.array, b)
+    if filtered is not None:
+        compiled.warp(ref.t, S.MARGIN, h, w, filtered.ys, filtered.xs, filtered.sy, filtered.sx)
+    assert torch.equal(got.t, ref.t)
+    if filtered is not None:  # and it did move pixels
+        assert not torch.equal(got.t, S.FMap.from_dense(x, b, rows, cols).t)
+
+
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(1, 50), w=st.integers(1, 50),
        stride=st.sampled_from([1, 2, 4, 8, 16, 32]), slack=st.integers(-20, 20),

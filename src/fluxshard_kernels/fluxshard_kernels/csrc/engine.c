@@ -122,28 +122,55 @@ static inline void bilinear(float *restrict o, const float *restrict a, const fl
     for (int k = 0; k < C; ++k) o[k] = wa * a[k] + wb * b[k] + wc * c[k] + wd * d[k];
 }
 
-/* The read half of the in-place bilinear warp: tmp (n * C) := the bilinear samples of an
- * h x w map (valid region at storage offset `margin`) at (sy[i], sx[i]) (already clamped),
- * as grid_sample(bilinear, border, align_corners=True) takes them. */
+/* One bilinear sample o (C) of an h x w map (base: its pixel (0, 0)) at (y, x) (already
+ * clamped), as grid_sample(bilinear, border, align_corners=True) takes it. */
+static inline void warp_sample(const float *base, int64_t rs, int64_t cs, int C, int h,
+                               int w, float y, float x, float *o) {
+    const int y0 = (int)floorf(y), x0 = (int)floorf(x);
+    const float wy = y - (float)y0, wx = x - (float)x0;
+    const int y1 = y0 + 1 < h ? y0 + 1 : h - 1, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
+    const float *a = base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x0 * cs;
+    if (wy == 0.0f && wx == 0.0f) {
+        memcpy(o, a, (size_t)C * sizeof(float));
+        return;
+    }
+    const float wa = (1.0f - wx) * (1.0f - wy), wb = wx * (1.0f - wy);
+    const float wc = (1.0f - wx) * wy, wd = wx * wy;
+    bilinear(o, a, base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x1 * cs,
+             base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x0 * cs,
+             base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x1 * cs, wa, wb, wc, wd, C);
+}
+
+/* The read half of the in-place bilinear warp: tmp (n * C) := the samples at (sy[i], sx[i])
+ * of the map whose valid region starts at storage offset `margin`. */
 void fs_warp_read(const float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
                   const float *sy, const float *sx, int n, float *tmp) {
     const float *base = t + (ptrdiff_t)margin * rs + (ptrdiff_t)margin * cs;
+    for (int i = 0; i < n; ++i) warp_sample(base, rs, cs, C, h, w, sy[i], sx[i], tmp + (size_t)i * C);
+}
+
+/* fs_warp less the pixels in `skip` blocks (uint8 srows x scols, blocks of b pixels; a pixel
+ * beyond the grid counts in its last row / column): those are recomputed right after. */
+void fs_warp_skip(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
+                  const int32_t *ys, const int32_t *xs, const float *sy, const float *sx, int n,
+                  float *tmp, const uint8_t *skip, int srows, int scols, int b) {
+    const float *base = t + (ptrdiff_t)margin * rs + (ptrdiff_t)margin * cs;
+    int m = 0;
     for (int i = 0; i < n; ++i) {
-        const float y = sy[i], x = sx[i];
-        const int y0 = (int)floorf(y), x0 = (int)floorf(x);
-        const float wy = y - (float)y0, wx = x - (float)x0;
-        const int y1 = y0 + 1 < h ? y0 + 1 : h - 1, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
-        const float *a = base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x0 * cs;
-        float *o = tmp + (size_t)i * C;
-        if (wy == 0.0f && wx == 0.0f) {
-            memcpy(o, a, (size_t)C * sizeof(float));
-            continue;
-        }
-        const float wa = (1.0f - wx) * (1.0f - wy), wb = wx * (1.0f - wy);
-        const float wc = (1.0f - wx) * wy, wd = wx * wy;
-        bilinear(o, a, base + (ptrdiff_t)y0 * rs + (ptrdiff_t)x1 * cs,
-                 base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x0 * cs,
-                 base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x1 * cs, wa, wb, wc, wd, C);
+        const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
+        const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
+        if (skip[(size_t)r * scols + c]) continue;
+        warp_sample(base, rs, cs, C, h, w, sy[i], sx[i], tmp + (size_t)m * C);
+        ++m;
+    }
+    m = 0;
+    for (int i = 0; i < n; ++i) {
+        const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
+        const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
+        if (skip[(size_t)r * scols + c]) continue;
+        memcpy(t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs,
+               tmp + (size_t)m * C, (size_t)C * sizeof(float));
+        ++m;
     }
 }
 
@@ -594,6 +621,11 @@ FS_ENTRY(warp, 13, -1,
          fs_warp(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), PTR(const int32_t *, 7),
                  PTR(const int32_t *, 8), PTR(const float *, 9), PTR(const float *, 10), I(11),
                  PTR(float *, 12)))
+FS_ENTRY(warp_skip, 17, -1,
+         fs_warp_skip(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
+                      PTR(const int32_t *, 7), PTR(const int32_t *, 8), PTR(const float *, 9),
+                      PTR(const float *, 10), I(11), PTR(float *, 12),
+                      PTR(const uint8_t *, 13), I(14), I(15), I(16)))
 FS_ENTRY(warp_read, 11, -1,
          fs_warp_read(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
                       PTR(const float *, 7), PTR(const float *, 8), I(9), PTR(float *, 10)))
@@ -683,7 +715,7 @@ static PyMethodDef fs_methods[] = {
     FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
     FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
     FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
-    FS_DEF(warp_plan),
+    FS_DEF(warp_plan), FS_DEF(warp_skip),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};
