@@ -365,8 +365,25 @@ def test_image_warp_and_paste_equal_numpy(h, w, c, block, seed):
     assert np.array_equal(got, ref)
 
 
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), s=st.integers(1, 33),
+       dh=st.integers(-3, 3), dw=st.integers(-3, 3), frac=st.floats(0.0, 0.5),
+       seed=st.integers(0, 2 ** 16))
+def test_pool_any_in_c_equals_numpy(h, w, s, dh, dw, frac, seed):
+    """The mask pooling (any pixel per s x s cell) in C equals numpy's, on output grids
+    smaller or larger than ceil(h / s) x ceil(w / s)."""
+    from fluxshard_kernels.plan import pool_any
+    m = np.random.default_rng(seed).random((h, w)) < frac
+    hh, ww = max(1, -(-h // s) + dh), max(1, -(-w // s) + dw)
+    got = pool_any(m, s, hh, ww)
+    with torch_path():
+        ref = pool_any(m, s, hh, ww)
+    assert got.dtype == ref.dtype == bool and np.array_equal(got, ref)
+
+
 @settings(max_examples=30, deadline=None)
-@given(h=st.integers(8, 64), w=st.integers(8, 64), stride=st.sampled_from([1, 2, 4, 8, 16]),
+@given(h=st.integers(8, 64), w=st.integers(8, 64),
+       stride=st.sampled_from([1, 2, 4, 8, 16, 32]),
        halo=st.sampled_from([0, 4, 8]), frac=st.floats(0.0, 0.3), seed=st.integers(0, 2 ** 16))
 def test_plan_masks_equal_the_torch_pooling(h, w, stride, halo, frac, seed):
     """The plan's changed pixels at a stride: the input mask max-pooled to the stride (ceil),

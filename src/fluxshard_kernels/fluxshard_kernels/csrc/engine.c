@@ -281,6 +281,40 @@ int64_t fs_warp_plan(const float *field, int R, int Cc, int bs, int stride, int 
     return n;
 }
 
+/* out (hh, ww) := any pixel of each s x s cell of the (h, w) 0/1 byte mask m (cells beyond
+ * the mask are empty; rows beyond hh * s or columns beyond ww * s are not read). */
+static float *fs_scratch(int i, size_t n);
+
+void fs_pool_any(const uint8_t *m, int h, int w, int s, uint8_t *out, int hh, int ww) {
+    const int hm = h < hh * s ? h : hh * s, wm = w < ww * s ? w : ww * s;
+    uint8_t *acc = (uint8_t *)fs_scratch(0, (size_t)wm / sizeof(float) + 1);
+    memset(out, 0, (size_t)hh * ww);
+    if (acc == NULL) return;
+    for (int oy = 0; oy * s < hm; ++oy) {
+        /* OR the cell's rows together (a vectorised byte loop), then any per cell */
+        const int y1 = oy * s + s < hm ? oy * s + s : hm;
+        memcpy(acc, m + (size_t)oy * s * w, (size_t)wm);
+        for (int y = oy * s + 1; y < y1; ++y) {
+            const uint8_t *restrict row = m + (size_t)y * w;
+            uint8_t *restrict a = acc;
+            for (int x = 0; x < wm; ++x) a[x] |= row[x];
+        }
+        uint8_t *restrict o = out + (size_t)oy * ww;
+        if (s == 2) { /* the common step (each stride from the half stride's) */
+            const int full = wm / 2;
+            for (int ox = 0; ox < full; ++ox) o[ox] = (acc[2 * ox] | acc[2 * ox + 1]) != 0;
+            if (wm & 1) o[full] = acc[wm - 1] != 0;
+            continue;
+        }
+        for (int ox = 0, x0 = 0; x0 < wm; ++ox, x0 += s) {
+            const int x1 = x0 + s < wm ? x0 + s : wm;
+            uint8_t any = 0;
+            for (int x = x0; x < x1; ++x) any |= acc[x];
+            o[ox] = any != 0;
+        }
+    }
+}
+
 /* Columns [c_off, c_off + C) of rows a0 + y * w + x of the (n, ld) rows := the C channels
  * of pixel (y, x) of an h x w map (channels-last: pixel (y, x) at src + y * rs + x * cs),
  * marking changed[row] = 1 where they differ bitwise from what the rows held (the head's
@@ -692,6 +726,15 @@ static PyObject *py_warp_plan(PyObject *self, PyObject *const *args, Py_ssize_t 
     return PyLong_FromLongLong((long long)n);
 }
 
+static PyObject *py_pool_any(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long v[7];
+    double f = 0.0;
+    (void)self;
+    if (fs_args(args, nargs, 7, v, -1, &f, "pool_any") < 0) return NULL;
+    fs_pool_any(PTR(const uint8_t *, 0), I(1), I(2), I(3), PTR(uint8_t *, 4), I(5), I(6));
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_blas(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long v[2];
     double f = 0.0;
@@ -715,7 +758,7 @@ static PyMethodDef fs_methods[] = {
     FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
     FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
     FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
-    FS_DEF(warp_plan), FS_DEF(warp_skip),
+    FS_DEF(warp_plan), FS_DEF(warp_skip), FS_DEF(pool_any),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};
