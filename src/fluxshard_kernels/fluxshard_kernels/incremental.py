@@ -603,9 +603,10 @@ class IncrementalExecutor:
                 return False
             ys, xs = block_pixels(bm.rows, bm.cols, cache.b, cache.h, cache.w)
             sel = torch.from_numpy(ys * cache.w + xs).to(cache.t.device)
-            y = rows(x.tensor(), sel)[0]  # (C, P)
-            cache.t[0][:, torch.from_numpy(ys + S.MARGIN).to(cache.t.device),
-                       torch.from_numpy(xs + S.MARGIN).to(cache.t.device)] = y
+            with S.STAGES('attention'):
+                y = rows(x.tensor(), sel)[0]  # (C, P)
+                cache.t[0][:, torch.from_numpy(ys + S.MARGIN).to(cache.t.device),
+                           torch.from_numpy(xs + S.MARGIN).to(cache.t.device)] = y
             return True
         return self._blockwise(name, [x], px, x.stride, sparse, lambda: fn(x.tensor()),
                                'attention')

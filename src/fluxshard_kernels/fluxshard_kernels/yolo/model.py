@@ -179,20 +179,30 @@ class PSABlock(nn.Module):
 
     def rows(self, x, sel):
         """(1, C, P) outputs of ``dense(x)`` at the flat pixel indices ``sel`` (P): the
-        queries of those pixels only, against the keys and values of every pixel."""
+        queries of those pixels only, against the keys and values of every pixel. The 1x1
+        convs run as matrix products over (pixels, channels) rows (no conv dispatch; the
+        channels-last input is already in that layout)."""
         a = self.attn
         b, c, h, w = x.shape
-        n = h * w
-        q, k, v = a.qkv.dense(x).view(b, a.num_heads, a.key_dim * 2 + a.head_dim, n).split(
-            [a.key_dim, a.key_dim, a.head_dim], dim=2)
-        attn = ((q[..., sel].transpose(-2, -1) @ k) * a.scale).softmax(dim=-1)  # (b, H, P, n)
-        y = (v @ attn.transpose(-2, -1)).reshape(b, c, -1)  # (b, C, P)
-        y = y + a.pe.dense(v.reshape(b, c, h, w)).reshape(b, c, n)[..., sel]
-        y = a.proj.dense(y[..., None])[..., 0]  # 1x1 convs on the P pixels as a P x 1 image
-        xs = x.reshape(b, c, n)[..., sel]
-        x1 = xs + y if self.add else y
-        z = self.ffn[1].dense(self.ffn[0].dense(x1[..., None]))[..., 0]
-        return x1 + z if self.add else z
+        n, nh, kd, hd = h * w, a.num_heads, a.key_dim, a.head_dim
+        rows = x[0].permute(1, 2, 0).reshape(n, c)  # (n, C): a view when channels-last
+        qkv = _rows_1x1(a.qkv, rows).view(n, nh, 2 * kd + hd)
+        q, k, v = qkv[sel, :, :kd], qkv[:, :, kd:2 * kd], qkv[:, :, 2 * kd:]
+        attn = (torch.einsum('phd,nhd->hpn', q, k) * a.scale).softmax(dim=-1)  # (H, P, n)
+        y = torch.einsum('hpn,nhd->phd', attn, v).reshape(-1, c)  # (P, C), channel h*hd+d
+        vimg = v.reshape(h, w, c).permute(2, 0, 1)[None]  # (1, C, h, w) channels-last view
+        y = y + a.pe.dense(vimg).reshape(c, n)[:, sel].t()
+        x1 = rows[sel] + _rows_1x1(a.proj, y) if self.add else _rows_1x1(a.proj, y)
+        z = _rows_1x1(self.ffn[1], _rows_1x1(self.ffn[0], x1))
+        out = x1 + z if self.add else z
+        return out.t()[None]
+
+
+def _rows_1x1(m: 'Conv', rows: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ``Conv`` over (pixels, channels) rows: one matrix product (+ SiLU)."""
+    wt = m.conv.weight.view(m.conv.out_channels, -1)
+    y = torch.addmm(m.conv.bias, rows, wt.t()) if m.conv.bias is not None else rows @ wt.t()
+    return F.silu(y) if m.act else y
 
 
 class C2PSA(nn.Module):
