@@ -25,9 +25,16 @@ def _lib():
     return native.engine()
 
 
+_BUILT: list = []  # [whether the module was found], once per process
+
+
 def available() -> bool:
     """The C kernels are built and not switched off (``FLUXSHARD_ENGINE_KERNELS=torch``)."""
-    return _lib() is not None
+    if not native.KERNELS_ON:
+        return False
+    if not _BUILT:
+        _BUILT.append(_lib() is not None)
+    return _BUILT[0]
 
 
 def serves(t: torch.Tensor) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxshard_kernels import compiled, cuda, native
+from fluxshard_kernels import compiled, cuda
 
 
 def _cuda_kernels(t: torch.Tensor) -> bool:
@@ -117,7 +117,8 @@ class FMap:
     def serves(self) -> bool:
         """The compiled kernels can run on this map now (``compiled.serves`` of its
         storage, the storage's part of it found once)."""
-        return self.cd()[4] and native.KERNELS_ON and compiled.available()
+        d = self.__dict__.get('_cd') or self.cd()
+        return d[4] and compiled.available()
 
     @staticmethod
     def empty(c: int, b: int, rows: int, cols: int, h: int, w: int, like: torch.Tensor):
