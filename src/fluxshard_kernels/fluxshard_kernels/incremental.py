@@ -766,7 +766,9 @@ class IncrementalYOLO:
                 fm = ex.input_map(torch.from_numpy(x).permute(2, 0, 1)[None].to(self.device),
                                   self.block, self.net_grid.rows, self.net_grid.cols)
         inp = SF(fm, mask, 1)
-        ex.stats.input_active = float(mask.float().mean())
+        m = ex.plan.input_mask  # the frame's mask on the host (a count, not a float copy)
+        ex.stats.input_active = (np.count_nonzero(m) / max(m.size, 1) if m is not None
+                                 else float(mask.float().mean()))
         with torch.no_grad():
             feats = self.model.features(inp, ex)
             self.last_masks = {k: ([v.mask for v in vals] if isinstance(vals, list) else

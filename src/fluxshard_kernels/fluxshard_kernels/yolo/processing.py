@@ -61,11 +61,14 @@ def letterbox_canvas(image_bgr: np.ndarray, size: int = 640, stride: int = 32,
     padding) and its Letterbox."""
     lb = letterbox_geometry(image_bgr.shape[0], image_bgr.shape[1], size, stride, square)
     nh, nw = int(round(lb.src_h * lb.scale)), int(round(lb.src_w * lb.scale))
-    resized = image_bgr
-    if (nh, nw) != image_bgr.shape[:2]:
-        resized = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     canvas = np.full((lb.in_h, lb.in_w, 3), 114, dtype=np.uint8)
-    canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = resized
+    view = canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw]
+    if (nh, nw) == image_bgr.shape[:2]:
+        view[...] = image_bgr
+    elif view.flags.c_contiguous:  # full-width rows: resized straight into the canvas
+        cv2.resize(image_bgr, (nw, nh), dst=view, interpolation=cv2.INTER_LINEAR)
+    else:
+        view[...] = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     return canvas, lb
 
 
