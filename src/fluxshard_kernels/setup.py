@@ -18,8 +18,10 @@ setup(
                  # no FP traps or errno (as torch is built): the SiLU loop vectorises
                  Extension('fluxshard_kernels._engine', ['fluxshard_kernels/csrc/engine.c'],
                            extra_compile_args=['-O3', '-fno-strict-aliasing',
-                                               '-fno-trapping-math', '-fno-math-errno'],
-                           libraries=['m'])],
+                                               '-fno-trapping-math', '-fno-math-errno',
+                                               '-fopenmp'],
+                           # OpenMP: the same libgomp.so.1 torch loads (one thread pool)
+                           extra_link_args=['-fopenmp'], libraries=['m'])],
     zip_safe=False,
     maintainer='FluxShard developers',
     maintainer_email='dev@fluxshard.org',

@@ -29,6 +29,10 @@ from fluxshard_kernels import blocks, codec_mv, data, motion, sparse as S
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00)
 SECTIONS = ('motion', 'codec', 'sparse', 'engine')
+#: the stages of a step the table always lists (a layer fused into one call, gather + product
+#: + scatter, counts as 'conv'; 'gather' and 'scatter' are then the unfused layers' own)
+STAGE_NAMES = ('state image', 'letterbox', 'masks', 'warp', 'gather', 'conv', 'scatter',
+               'pointwise', 'dense layers', 'attention', 'head', 'decode + NMS')
 
 
 def _interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
@@ -244,7 +248,8 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
                      'step_over_onnxruntime': med['step'] / med['onnxruntime'],
                      'torch_over_onnxruntime': med['torch'] / med['onnxruntime'],
                      'engine_dense_over_onnxruntime': med['engine_dense'] / med['onnxruntime'],
-                     'stages_ms': {k: 1e3 * float(np.median(v)) for k, v in stages.items()},
+                     'stages_ms': {**{k: 0.0 for k in STAGE_NAMES},  # a stage not run: 0
+                                   **{k: 1e3 * float(np.median(v)) for k, v in stages.items()}},
                      'step_ops': counts[0], 'step_syncs': counts[1],
                      'dense_ops': c.ops, 'dense_syncs': c.syncs})
     return rows

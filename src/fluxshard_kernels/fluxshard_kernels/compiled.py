@@ -190,17 +190,23 @@ def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.nd
         pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
 
 
-def warp_skip(cd, margin: int, h: int, w: int, wp, skip: np.ndarray, b: int):
+def warp_skip(cd, margin: int, h: int, w: int, wp, skip: Optional[np.ndarray], b: int):
     """``warp`` of the moving pixels of plan ``wp`` (``plan.WarpPlan``) of the map with
     storage descriptor ``cd`` (``sparse.FMap.cd()``), less those in the ``skip`` blocks (bool
-    (rows, cols), blocks of b pixels): one call, no per-layer filtering of the plan."""
+    (rows, cols), blocks of b pixels; None: none): one call, no per-layer filtering of the
+    plan; a big warp splits over the threads inside it."""
     n, c = len(wp.ys), cd[3]
-    skip = np.ascontiguousarray(skip)
     p = wp.__dict__.get('_p')
     if p is None:
         p = wp.__dict__['_p'] = (_ptr(wp.ys), _ptr(wp.xs), _ptr(wp.sy), _ptr(wp.sx))
+    if skip is not None:
+        skip = np.ascontiguousarray(skip)
+        ps, sr, sc = _ptr(skip), skip.shape[0], skip.shape[1]
+    else:
+        ps, sr, sc = 0, 1, 1
+    threads = torch.get_num_threads() if _split(n, n * c * 16) else 1
     _fx().warp_skip(cd[0], cd[1], cd[2], c, margin, h, w, p[0], p[1], p[2], p[3], n,
-                    _ptr(_scratch(n * c)), _ptr(skip), skip.shape[0], skip.shape[1], b)
+                    _ptr(_scratch(n * c)), ps, sr, sc, b, threads)
 
 
 def add_blocks(a: torch.Tensor, b_: torch.Tensor, dst: torch.Tensor, margin: int, h: int,
@@ -309,10 +315,13 @@ def conv_blocks(src, rows, cols, off: int, k: int, s: int, valid, a: Optional[to
                             bias.data_ptr() if bias is not None else 0, wmat.shape[1],
                             int(op.get('act') == 'silu'))
     sp, rs, cs, c = src[:4] if src is not None else (0, 0, 0, 0)
+    n = len(rows)
+    # a big layer: its blocks split over the threads inside the call (OpenMP), else one
+    threads = torch.get_num_threads() if _split(n, n * bo * bo * ca[0] * 4) else 1
     _fx().conv_blocks(sp, rs, cs, c, valid[0], valid[1], valid[2], valid[3], _ptr(rows),
-                      _ptr(cols), len(rows), off, k, s, bo,
-                      a.data_ptr() if a is not None else 0, ca[0], ca[1], ca[2], ca[3], ca[4],
-                      torch.get_num_threads(), dst[0], dst[1], dst[2], margin, h, w)
+                      _ptr(cols), n, off, k, s, bo, a.data_ptr() if a is not None else 0,
+                      ca[0], ca[1], ca[2], ca[3], ca[4], threads, dst[0], dst[1], dst[2],
+                      margin, h, w)
 
 
 def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
@@ -322,10 +331,13 @@ def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid
     (rows[i], cols[i]) of bo pixels of ``dst`` (valid h x w), with bias and SiLU, read
     straight from the storage (windows as ``im2col``'s) in one call."""
     rows, cols = _i64(rows), _i64(cols)
+    n = len(rows)
+    threads = torch.get_num_threads() if _split(n, n * bo * bo * k * k * src.shape[1] * 4) \
+        else 1
     _fx().dwconv_blocks(src.data_ptr(), src.stride(2), src.stride(3), src.shape[1], valid[0],
-                        valid[1], valid[2], valid[3], _ptr(rows), _ptr(cols), len(rows), off,
-                        k, s, bo, wdw.data_ptr(), bias.data_ptr() if bias is not None else 0,
-                        int(act), dst.data_ptr(), dst.stride(2), dst.stride(3), margin, h, w)
+                        valid[1], valid[2], valid[3], _ptr(rows), _ptr(cols), n, off, k, s, bo,
+                        wdw.data_ptr(), bias.data_ptr() if bias is not None else 0, int(act),
+                        dst.data_ptr(), dst.stride(2), dst.stride(3), margin, h, w, threads)
 
 
 def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int,

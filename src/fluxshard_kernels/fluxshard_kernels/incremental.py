@@ -288,16 +288,9 @@ class IncrementalExecutor:
                     pass
                 elif c.serves():  # the moving pixels only, one C call
                     wp = self.plan.warp(field, self.grid, stride, c.h, c.w, None, c.b)
-                    if wp is None:
-                        pass
-                    elif skip is not None and not compiled._split(wp.count,
-                                                                  wp.count * c.channels * 16):
-                        compiled.warp_skip(c.cd(), S.MARGIN, c.h, c.w, wp, skip.array, c.b)
-                    else:
-                        if skip is not None:
-                            wp = self.plan.warp(field, self.grid, stride, c.h, c.w, skip, c.b)
-                        if wp is not None:
-                            compiled.warp(c.t, S.MARGIN, c.h, c.w, wp.ys, wp.xs, wp.sy, wp.sx)
+                    if wp is not None:
+                        compiled.warp_skip(c.cd(), S.MARGIN, c.h, c.w, wp,
+                                           None if skip is None else skip.array, c.b)
                 else:
                     warp_moving(c, field, self.grid, stride, self._plans,
                                 None if skip is None else skip.mask)

@@ -237,7 +237,7 @@ def sparse_conv1x1_parts(src: CatMap, dst: FMap, idx, op: dict) -> FMap:
             compiled.rows_into(p.t, MARGIN, p.h, p.w, rows, cols, b, a, c0)
             c0 += p.channels
     with STAGES('conv'):
-        if compiled.fused() and not compiled._split(len(rows), a.numel() * 4):
+        if compiled.fused():
             compiled.conv_blocks(None, rows, cols, 0, 1, 1, (0, 0, 0, 0), a, op, dst.cd(),
                                  MARGIN, dst.h, dst.w, b)
             return dst
@@ -361,14 +361,12 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         p_len, step, off = _window_geometry(src, k, s, pad, dst.b, dst.rows, dst.cols)
         if not len(idx[0]):
             return dst
-        n = len(idx[0])
-        per = dst.b * dst.b * k * k * src.channels * 4  # bytes of one block's windows
-        if 'wmat' in op and compiled.fused() and not compiled._split(n, n * per):
+        if 'wmat' in op and compiled.fused():
             with STAGES('conv'):  # im2col, product, bias, SiLU and scatter in one call
                 compiled.conv_blocks(src.cd(), idx[0], idx[1], off, k, s, src.valid_box, None,
                                      op, dst.cd(), MARGIN, dst.h, dst.w, dst.b)
             return dst
-        if 'wdw' in op and not compiled._split(n, n * per):
+        if 'wdw' in op:
             with STAGES('conv'):  # depthwise: straight from the storage, one call
                 compiled.dwconv_blocks(src.t, idx[0], idx[1], off, k, s, src.valid_box,
                                        op['wdw'], op.get('bias'), op.get('act') == 'silu',

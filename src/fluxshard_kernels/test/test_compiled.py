@@ -436,6 +436,48 @@ def test_engine_step_equals_the_torch_path():
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-3, atol=1e-3)
 
 
+def test_fused_calls_split_over_threads_inside_c_give_the_same_results(monkeypatch):
+    """The fused conv, the depthwise conv and the skip-aware warp split big calls over
+    OpenMP threads inside the C call: the same results as one thread (the warp and the
+    depthwise conv bit for bit; the conv within float rounding, the BLAS may block rows
+    differently)."""
+    if not compiled.fused():
+        pytest.skip('torch has no BLAS to hand to the kernels here')
+    threads = torch.get_num_threads()
+    try:
+        src, g, rows, cols = _maps(8, 40, 48, 4, 11, extra=3)
+        mask = torch.rand(rows, cols, generator=g) < 0.6
+        ops = [S.conv_op(torch.randn(6, 8, 3, 3, generator=g), torch.randn(6, generator=g), 1),
+               S.conv_op(torch.randn(8, 1, 3, 3, generator=g), torch.randn(8, generator=g), 1,
+                         groups=8)]
+        rng = np.random.default_rng(5)
+        grid = BlockGrid(40, 48, 16)
+        mv = (rng.integers(-5, 6, (grid.rows, grid.cols, 2)) + 0.5).astype(np.float32)
+        plan = FramePlan(np.zeros((40, 48), bool), 8, 'cpu')
+        wp = plan.warp(mv, grid, 1, 40, 48, None, 4)
+        skip = np.asarray(mask.numpy())
+        outs = []
+        for split in (False, True):
+            torch.set_num_threads(2 if split else 1)
+            monkeypatch.setattr(compiled, 'SPLIT_BYTES', 0 if split else 1 << 40)
+            got = []
+            for op in ops:
+                dst = S.FMap.from_dense(torch.zeros(1, op['weight'].shape[0], 40, 48), 4,
+                                        rows, cols)
+                S.sparse_windowed(src, dst, mask, op)
+                got.append(dst.t.clone())
+            wmap = S.FMap.from_dense(src.valid.clone(), 4, rows, cols)
+            compiled.warp_skip(wmap.cd(), S.MARGIN, 40, 48, wp, skip, 4)
+            got.append(wmap.t)
+            outs.append(got)
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+        assert torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][2], outs[1][2])
+        assert not torch.equal(outs[1][2], S.FMap.from_dense(src.valid.clone(), 4, rows,
+                                                             cols).t)  # the warp moved
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_big_calls_split_over_two_threads_give_the_same_results(monkeypatch):
     """Calls above SPLIT_BYTES run in two halves on two threads: im2col, gather, scatter and
     the two phases of the warp give exactly what one call gives (the same calls: the layer

@@ -13,6 +13,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <omp.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -150,27 +151,35 @@ void fs_warp_read(const float *t, int64_t rs, int64_t cs, int C, int margin, int
 }
 
 /* fs_warp less the pixels in `skip` blocks (uint8 srows x scols, blocks of b pixels; a pixel
- * beyond the grid counts in its last row / column): those are recomputed right after. */
+ * beyond the grid counts in its last row / column; NULL: none): those are recomputed right
+ * after. tmp holds n * C values (sample i at i * C); `threads` > 1 splits both phases over
+ * OpenMP threads (every sample is read before any pixel is written). */
 void fs_warp_skip(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
                   const int32_t *ys, const int32_t *xs, const float *sy, const float *sx, int n,
-                  float *tmp, const uint8_t *skip, int srows, int scols, int b) {
+                  float *tmp, const uint8_t *skip, int srows, int scols, int b, int threads) {
     const float *base = t + (ptrdiff_t)margin * rs + (ptrdiff_t)margin * cs;
-    int m = 0;
-    for (int i = 0; i < n; ++i) {
-        const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
-        const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
-        if (skip[(size_t)r * scols + c]) continue;
-        warp_sample(base, rs, cs, C, h, w, sy[i], sx[i], tmp + (size_t)m * C);
-        ++m;
-    }
-    m = 0;
-    for (int i = 0; i < n; ++i) {
-        const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
-        const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
-        if (skip[(size_t)r * scols + c]) continue;
-        memcpy(t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs,
-               tmp + (size_t)m * C, (size_t)C * sizeof(float));
-        ++m;
+    if (threads < 1) threads = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; ++i) {
+            if (skip != NULL) {
+                const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
+                const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
+                if (skip[(size_t)r * scols + c]) continue;
+            }
+            warp_sample(base, rs, cs, C, h, w, sy[i], sx[i], tmp + (size_t)i * C);
+        }
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; ++i) {
+            if (skip != NULL) {
+                const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
+                const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
+                if (skip[(size_t)r * scols + c]) continue;
+            }
+            memcpy(t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs,
+                   tmp + (size_t)i * C, (size_t)C * sizeof(float));
+        }
     }
 }
 
@@ -518,12 +527,12 @@ static void fs_pick_silu(void) {
  * row-major, bias (N) or NULL, act 1 = SiLU; written inside dst's valid h x w region only.
  * `threads`: the BLAS threads for the product (torch's setting). Returns -1 when no BLAS was
  * set or a buffer could not be had (nothing written), else 0. */
-int fs_conv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1, int vx0,
-                   int vx1, const int64_t *ri, const int64_t *ci, int n, int off, int k, int s,
-                   int bo, const float *a, int K, const float *W, const float *bias, int N,
-                   int act, int threads, float *dst, int64_t drs, int64_t dcs, int margin,
-                   int h, int w) {
-    if (fs_sgemm_fn == NULL || n <= 0) return n <= 0 ? 0 : -1;
+static int conv_part(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1,
+                     int vx0, int vx1, const int64_t *ri, const int64_t *ci, int n, int off,
+                     int k, int s, int bo, const float *a, int K, const float *W,
+                     const float *bias, int N, int act, float *dst, int64_t drs, int64_t dcs,
+                     int margin, int h, int w) {
+    if (n <= 0) return 0;
     const int M = n * bo * bo;
     if (a == NULL) {
         float *rows = fs_scratch(0, (size_t)M * K);
@@ -536,7 +545,7 @@ int fs_conv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int
     if (bias != NULL)
         for (int m = 0; m < M; ++m) memcpy(y + (size_t)m * N, bias, (size_t)N * sizeof(float));
     const float one = 1.0f, beta = bias != NULL ? 1.0f : 0.0f;
-    if (fs_threads_fn != NULL) fs_threads_fn(threads);
+    if (fs_threads_fn != NULL) fs_threads_fn(1); /* the threads split the blocks instead */
     fs_sgemm_fn("N", "N", &N, &M, &K, &one, W, &N, a, &K, &beta, y, &N);
     for (int i = 0; i < n; ++i) {
         const int fy = (int)ri[i] * bo, fx = (int)ci[i] * bo;
@@ -556,18 +565,68 @@ int fs_conv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int
     return 0;
 }
 
+/* `threads` > 1: the blocks split evenly over that many OpenMP threads, each with its own
+ * work buffers and one BLAS thread (a fork costs microseconds, against tens for a Python
+ * thread handoff). */
+int fs_conv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1, int vx0,
+                   int vx1, const int64_t *ri, const int64_t *ci, int n, int off, int k, int s,
+                   int bo, const float *a, int K, const float *W, const float *bias, int N,
+                   int act, int threads, float *dst, int64_t drs, int64_t dcs, int margin,
+                   int h, int w) {
+    if (fs_sgemm_fn == NULL && n > 0) return -1;
+    if (threads > n) threads = n;
+    if (threads <= 1)
+        return conv_part(src, rs, cs, C, vy0, vy1, vx0, vx1, ri, ci, n, off, k, s, bo, a, K, W,
+                         bias, N, act, dst, drs, dcs, margin, h, w);
+    int rc = 0;
+#pragma omp parallel num_threads(threads) reduction(| : rc)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int i0 = (int)((int64_t)n * t / T), i1 = (int)((int64_t)n * (t + 1) / T);
+        rc |= conv_part(src, rs, cs, C, vy0, vy1, vx0, vx1, ri + i0, ci + i0, i1 - i0, off, k,
+                        s, bo, a != NULL ? a + (size_t)i0 * bo * bo * K : NULL, K, W, bias, N,
+                        act, dst, drs, dcs, margin, h, w) != 0;
+    }
+    return rc ? -1 : 0;
+}
+
 /* The same for a depthwise convolution (groups = C): dst pixel (oy, ox) of block (ri, ci),
  * channel c := act(bias[c] + sum over the k x k window at storage (off + ri * bo * s +
  * oy * s, ...) of w[(ky * k + kx) * C + c] * src), the window's pixels outside the valid
  * storage rectangle counting as zero (the dense zero padding). No BLAS; -1 when the work
  * buffer could not be had. */
+static int dw_part(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1,
+                   int vx0, int vx1, const int64_t *ri, const int64_t *ci, int n, int off,
+                   int k, int s, int bo, const float *W, const float *bias, int act,
+                   float *dst, int64_t drs, int64_t dcs, int margin, int h, int w);
+
 int fs_dwconv_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1,
                      int vx0, int vx1, const int64_t *ri, const int64_t *ci, int n, int off,
                      int k, int s, int bo, const float *W, const float *bias, int act,
-                     float *dst, int64_t drs, int64_t dcs, int margin, int h, int w) {
+                     float *dst, int64_t drs, int64_t dcs, int margin, int h, int w,
+                     int threads) {
+    if (fs_silu_row == NULL) fs_pick_silu();
+    if (threads > n) threads = n;
+    if (threads <= 1)
+        return dw_part(src, rs, cs, C, vy0, vy1, vx0, vx1, ri, ci, n, off, k, s, bo, W, bias,
+                       act, dst, drs, dcs, margin, h, w);
+    int rc = 0;
+#pragma omp parallel num_threads(threads) reduction(| : rc)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int i0 = (int)((int64_t)n * t / T), i1 = (int)((int64_t)n * (t + 1) / T);
+        rc |= dw_part(src, rs, cs, C, vy0, vy1, vx0, vx1, ri + i0, ci + i0, i1 - i0, off, k, s,
+                      bo, W, bias, act, dst, drs, dcs, margin, h, w) != 0;
+    }
+    return rc ? -1 : 0;
+}
+
+static int dw_part(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1,
+                   int vx0, int vx1, const int64_t *ri, const int64_t *ci, int n, int off,
+                   int k, int s, int bo, const float *W, const float *bias, int act,
+                   float *dst, int64_t drs, int64_t dcs, int margin, int h, int w) {
     float *acc = fs_scratch(0, (size_t)C);
     if (acc == NULL && C > 0) return -1;
-    if (fs_silu_row == NULL) fs_pick_silu();
     for (int i = 0; i < n; ++i) {
         const int fy = (int)ri[i] * bo, fx = (int)ci[i] * bo;
         const int bh = fy + bo > h ? h - fy : bo, bw = fx + bo > w ? w - fx : bo;
@@ -655,11 +714,11 @@ FS_ENTRY(warp, 13, -1,
          fs_warp(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), PTR(const int32_t *, 7),
                  PTR(const int32_t *, 8), PTR(const float *, 9), PTR(const float *, 10), I(11),
                  PTR(float *, 12)))
-FS_ENTRY(warp_skip, 17, -1,
+FS_ENTRY(warp_skip, 18, -1,
          fs_warp_skip(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
                       PTR(const int32_t *, 7), PTR(const int32_t *, 8), PTR(const float *, 9),
                       PTR(const float *, 10), I(11), PTR(float *, 12),
-                      PTR(const uint8_t *, 13), I(14), I(15), I(16)))
+                      PTR(const uint8_t *, 13), I(14), I(15), I(16), I(17)))
 FS_ENTRY(warp_read, 11, -1,
          fs_warp_read(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
                       PTR(const float *, 7), PTR(const float *, 8), I(9), PTR(float *, 10)))
@@ -695,16 +754,16 @@ static PyObject *py_conv_blocks(PyObject *self, PyObject *const *args, Py_ssize_
 }
 
 static PyObject *py_dwconv_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long v[24];
+    long long v[25];
     double f = 0.0;
     int rc;
     (void)self;
-    if (fs_args(args, nargs, 24, v, -1, &f, "dwconv_blocks") < 0) return NULL;
+    if (fs_args(args, nargs, 25, v, -1, &f, "dwconv_blocks") < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS rc = fs_dwconv_blocks(
         PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
         PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11), I(12), I(13), I(14),
         PTR(const float *, 15), PTR(const float *, 16), I(17), PTR(float *, 18), v[19], v[20],
-        I(21), I(22), I(23));
+        I(21), I(22), I(23), I(24));
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         PyErr_SetString(PyExc_RuntimeError, "dwconv_blocks: out of memory");
