@@ -10,6 +10,7 @@ upsampled coarse MV and the previous field. The kernel is C (``csrc/motion.c``, 
 
 from dataclasses import dataclass
 import ctypes
+import functools
 from typing import Optional
 
 import cv2
@@ -150,6 +151,30 @@ def _search_reference(cur, ref_pad, pad, bsz, rows, cols, preds, limit):
     return mv, sad
 
 
+@functools.lru_cache(maxsize=16)
+def _block_area(h: int, w: int, block_size: int) -> np.ndarray:
+    """Pixels of each block inside an h x w frame (float32, flat; read-only, shared)."""
+    grid = BlockGrid(h, w, block_size)
+    ones = np.zeros(grid.padded_shape, np.float32)
+    ones[:h, :w] = 1
+    area = grid.block_view(ones).sum(axis=(1, 3)).reshape(-1)
+    area.flags.writeable = False
+    return area
+
+
+def _block_sums(d: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """Sum of the uint8 (h, w) map ``d`` over each block of the map padded to whole blocks
+    by edge replication (``BlockGrid.pad``), float32, flat, exact: the rows of a block row
+    added first (contiguous), then each block's columns."""
+    h, w = d.shape
+    ph, pw = grid.padded_shape
+    if (ph, pw) != (h, w):
+        d = cv2.copyMakeBorder(d, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
+    bs = grid.block_size
+    rows = d.reshape(grid.rows, bs, pw).sum(axis=1, dtype=np.uint32)
+    return rows.reshape(grid.rows, grid.cols, bs).sum(axis=2).reshape(-1).astype(np.float32)
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) BGR or (H, W[, 1]) -> (H, W) uint8 luma."""
     if image.ndim == 3 and image.shape[2] == 3:
@@ -218,13 +243,10 @@ def estimate_motion(cur: np.ndarray, ref: np.ndarray, block_size: int = 16,
         preds.append(prev_mv.reshape(n, 1, 2).astype(np.int32))
     mv, sad = _search(cur, ref_pad, pad, block_size, rows, cols, np.concatenate(preds, 1),
                       limit, use_c)
-    ones = np.zeros(grid.padded_shape, np.float32)
-    ones[:h, :w] = 1
-    area = grid.block_view(ones).sum(axis=(1, 3)).reshape(-1)
+    area = _block_area(h, w, block_size)
     zero_bias = ZERO_BIAS if zero_bias is None else zero_bias
     if zero_bias > 0:
-        diff = cv2.absdiff(cur, ref).astype(np.float32)
-        sad0 = grid.block_view(grid.pad(diff)).sum(axis=(1, 3)).reshape(-1)
+        sad0 = _block_sums(cv2.absdiff(cur, ref), grid)
         keep = (sad0 <= sad.reshape(-1) + zero_bias * area) & (sad0 <= STATIC_D * area)
         mv = mv.reshape(n, 2).copy()
         mv[keep] = 0

@@ -2,6 +2,7 @@
 quality against DIS optical flow averaged per block on real sequences."""
 
 import cv2
+from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
@@ -113,3 +114,20 @@ def test_zero_bias_keeps_static_blocks_still_and_movers_moving():
     assert np.all(biased.dissimilarity <= plain.dissimilarity + 1.0 + 1e-4)
     assert motion.ZERO_BIAS == 1.0  # on by default
     assert motion.estimate_motion(cur, ref, 16).mv.tolist() == biased.mv.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 70), w=st.integers(1, 70), bs=st.sampled_from([8, 16, 32]),
+       seed=st.integers(0, 2 ** 16))
+def test_block_sums_equal_the_padded_block_view(h, w, bs, seed):
+    """The zero-motion SAD's block sums (rows first, integers) equal the sums over the
+    frame padded to whole blocks by edge replication, and the block areas count the pixels
+    inside the frame."""
+    from fluxshard_kernels.motion import _block_area, _block_sums
+    d = np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+    grid = blocks.BlockGrid(h, w, bs)
+    ref = grid.block_view(grid.pad(d.astype(np.float32))).sum(axis=(1, 3)).reshape(-1)
+    got = _block_sums(d, grid)
+    assert got.dtype == np.float32 and np.array_equal(got, ref)
+    area = _block_area(h, w, bs)
+    assert area.sum() == h * w and area.max() <= bs * bs
