@@ -219,6 +219,10 @@ class EdgePipeline:
         self.n_blocks = 0  # camera blocks of the last frame
         self.runner = self.refresh = None
         self.onnx = self.paths = None  # onnxruntime dense and the auto choice (local path)
+        #: seconds of a full step's front end (block motion against the proxy and the local
+        #: state): what the engine's path costs and the dense runtime's does not (the
+        #: profile's edge overhead, then measured when ``fit_latency``)
+        self.front_s = 0.0
         self.last_path = ''
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
         self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
@@ -392,6 +396,9 @@ class EdgePipeline:
         else:
             out.hit_ratio = float(np.mean(d_c < cfg.tau))
         t['extract'] = time.perf_counter()
+        if cfg.fit_latency and local_ready:
+            front = t['extract'] - t['pause']
+            self.front_s = front if self.front_s == 0.0 else 0.7 * self.front_s + 0.3 * front
         # step 3: schedule
         self._learn_accuracy()
         # a local path without state runs its dense pass: all blocks; a busy device's LABs are
@@ -581,6 +588,7 @@ class EdgePipeline:
             if profile is not None:  # start from this machine's measured costs
                 self.paths.seed(profile.edge, BlockGrid(profile.frame[0], profile.frame[1],
                                                         profile.block).count)
+                self.front_s = profile.edge_overhead_s
 
     def _local(self, frame, mv, labs, ready, dense_runtime: bool = False):
         """Local detections for ``frame``: the engine's step on ``labs`` (``ready``: its state
@@ -718,7 +726,8 @@ class EdgePipeline:
 
     def _dense_wins(self, frame, wait_s: float = 0.0) -> bool:
         """Skip block motion and the decision: the last full step computed this camera's frame
-        locally with the dense runtime (onnxruntime), predicted faster than the cloud by
+        locally where the dense runtime (onnxruntime) is predicted faster than the engine with
+        the block motion it needs (``front_s``), and faster than the cloud by
         ``DENSE_MARGIN``, fewer than ``_full_every`` frames ago, and nothing asks for a key or
         pins a side. Motion estimation would then only cost time (a robot whose link is bad
         and whose dense runtime beats the engine). ``wait_s``: the busy device's remaining
@@ -727,7 +736,7 @@ class EdgePipeline:
         dense_faster = self.onnx is not None and (
             self.config.backend == 'onnxruntime' or (  # predicted, not a probe's choice
                 self.paths is not None and d is not None
-                and self.paths.faster(d.k_edge) == 'onnxruntime'))
+                and self.paths.faster(d.k_edge, self.front_s) == 'onnxruntime'))
         return (d is not None and d.strategy == 'edge' and dense_faster
                 and not self.config.force_strategy and self._key_reason == ''
                 and frame.shape[2] == 3

@@ -150,6 +150,22 @@ def test_when_the_dense_runtime_wins_by_far_motion_is_skipped_between_full_steps
             assert max(gaps) > pipe.FULL_EVERY, full
 
 
+def test_the_engine_pays_its_block_motion_against_the_dense_runtime():
+    """The engine alone slightly faster than onnxruntime, but not with the block motion it
+    needs (the profile's edge overhead): the edge serves with onnxruntime and skips the
+    motion between full steps; without that overhead it keeps the engine's full steps."""
+    from fluxshard_kernels.profile import DeviceProfile, RoleProfile
+    frames = list(data.iter_frames('pets09-s2l1', 25))
+    skipped = {}
+    for overhead in (0.005, 0.0):
+        role = RoleProfile(0.0, 0.0, 0.030, 0.033, 0.055)
+        prof = DeviceProfile('measured', 'test', role, role, edge_overhead_s=overhead)
+        pipe = EdgePipeline(EdgeConfig(bandwidth_mbps=0.1, fit_latency=False), profile=prof)
+        skipped[overhead] = [pipe.step(f).motion_skipped for f in frames]
+    assert sum(skipped[0.005]) >= 15, skipped[0.005]
+    assert not any(skipped[0.0]), skipped[0.0]
+
+
 def test_large_objects_are_coded_coarser_than_small_ones():
     """payload.roi_large_qoffset: a box covering >= LARGE_AREA of the frame gets that offset
     (never more than the background's), a small one keeps the CRF."""

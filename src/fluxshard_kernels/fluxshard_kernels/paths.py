@@ -49,13 +49,16 @@ class PathCosts:
         a, b, c = fit_quadratic(ks, ts)
         return a * k * k + b * k + c
 
-    def faster(self, k: Optional[float]) -> Optional[str]:
+    def faster(self, k: Optional[float], extra_s: float = 0.0) -> Optional[str]:
         """The path predicted faster for k blocks (no probing, no bookkeeping); None until
-        both have samples."""
+        both have samples. ``extra_s``: what the incremental path costs beyond the step
+        itself and the dense one does not (the block motion that finds the k blocks, when
+        that is still to be paid)."""
         t_inc = self.predict_incremental(k if k is not None else 0)
         if t_inc is None or not self.dense:
             return None
-        return 'incremental' if t_inc < float(np.median(self.dense)) else 'onnxruntime'
+        return ('incremental' if t_inc + extra_s < float(np.median(self.dense))
+                else 'onnxruntime')
 
     def choose(self, k: Optional[float]) -> str:
         t_inc = self.predict_incremental(k if k is not None else 0)

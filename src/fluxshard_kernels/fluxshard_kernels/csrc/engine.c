@@ -733,44 +733,34 @@ FS_ENTRY(upsample2x_blocks, 14, -1,
          fs_upsample2x_blocks(PTR(const float *, 0), v[1], v[2], PTR(float *, 3), v[4], v[5],
                               I(6), I(7), I(8), I(9), PTR(const int64_t *, 10),
                               PTR(const int64_t *, 11), I(12), I(13)))
-/* conv_blocks returns nothing and raises RuntimeError when the kernel could not run. */
-static PyObject *py_conv_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long v[28];
-    double f = 0.0;
-    int rc;
-    (void)self;
-    if (fs_args(args, nargs, 28, v, -1, &f, "conv_blocks") < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS rc = fs_conv_blocks(
-        PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
-        PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11), I(12), I(13), I(14),
-        PTR(const float *, 15), I(16), PTR(const float *, 17), PTR(const float *, 18), I(19),
-        I(20), I(21), PTR(float *, 22), v[23], v[24], I(25), I(26), I(27));
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "conv_blocks: no BLAS set or out of memory");
-        return NULL;
+/* An entry whose C function returns < 0 when it could not run: RuntimeError(msg) then. */
+#define FS_ENTRY_RC(pyname, nargs_, msg, call)                                                \
+    static PyObject *py_##pyname(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {   \
+        long long v[nargs_];                                                                  \
+        double f = 0.0;                                                                       \
+        int rc;                                                                               \
+        (void)self;                                                                           \
+        if (fs_args(args, nargs, nargs_, v, -1, &f, #pyname) < 0) return NULL;                \
+        Py_BEGIN_ALLOW_THREADS rc = call;                                                     \
+        Py_END_ALLOW_THREADS if (rc < 0) {                                                    \
+            PyErr_SetString(PyExc_RuntimeError, #pyname ": " msg);                            \
+            return NULL;                                                                      \
+        }                                                                                     \
+        Py_RETURN_NONE;                                                                       \
     }
-    Py_RETURN_NONE;
-}
 
-static PyObject *py_dwconv_blocks(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long v[25];
-    double f = 0.0;
-    int rc;
-    (void)self;
-    if (fs_args(args, nargs, 25, v, -1, &f, "dwconv_blocks") < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS rc = fs_dwconv_blocks(
-        PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
-        PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11), I(12), I(13), I(14),
-        PTR(const float *, 15), PTR(const float *, 16), I(17), PTR(float *, 18), v[19], v[20],
-        I(21), I(22), I(23), I(24));
-    Py_END_ALLOW_THREADS
-    if (rc < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "dwconv_blocks: out of memory");
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
+FS_ENTRY_RC(conv_blocks, 28, "no BLAS set or out of memory",
+            fs_conv_blocks(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
+                           PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11),
+                           I(12), I(13), I(14), PTR(const float *, 15), I(16),
+                           PTR(const float *, 17), PTR(const float *, 18), I(19), I(20), I(21),
+                           PTR(float *, 22), v[23], v[24], I(25), I(26), I(27)))
+FS_ENTRY_RC(dwconv_blocks, 25, "out of memory",
+            fs_dwconv_blocks(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
+                             PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11),
+                             I(12), I(13), I(14), PTR(const float *, 15),
+                             PTR(const float *, 16), I(17), PTR(float *, 18), v[19], v[20],
+                             I(21), I(22), I(23), I(24)))
 
 static PyObject *py_warp_plan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     long long v[11];
