@@ -150,6 +150,14 @@ void fs_warp_read(const float *t, int64_t rs, int64_t cs, int C, int margin, int
     for (int i = 0; i < n; ++i) warp_sample(base, rs, cs, C, h, w, sy[i], sx[i], tmp + (size_t)i * C);
 }
 
+/* Pixel (y, x) lies in a `skip` block (uint8 srows x scols, blocks of b pixels; beyond the
+ * grid counts as its last row / column; NULL: no block is skipped). */
+static inline int in_skip(const uint8_t *skip, int srows, int scols, int b, int y, int x) {
+    if (skip == NULL) return 0;
+    const int r = y / b < srows ? y / b : srows - 1, c = x / b < scols ? x / b : scols - 1;
+    return skip[(size_t)r * scols + c] != 0;
+}
+
 /* fs_warp less the pixels in `skip` blocks (uint8 srows x scols, blocks of b pixels; a pixel
  * beyond the grid counts in its last row / column; NULL: none): those are recomputed right
  * after. tmp holds n * C values (sample i at i * C); `threads` > 1 splits both phases over
@@ -163,20 +171,12 @@ void fs_warp_skip(float *t, int64_t rs, int64_t cs, int C, int margin, int h, in
     {
 #pragma omp for schedule(static)
         for (int i = 0; i < n; ++i) {
-            if (skip != NULL) {
-                const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
-                const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
-                if (skip[(size_t)r * scols + c]) continue;
-            }
+            if (in_skip(skip, srows, scols, b, ys[i], xs[i])) continue;
             warp_sample(base, rs, cs, C, h, w, sy[i], sx[i], tmp + (size_t)i * C);
         }
 #pragma omp for schedule(static)
         for (int i = 0; i < n; ++i) {
-            if (skip != NULL) {
-                const int r = ys[i] / b < srows ? ys[i] / b : srows - 1;
-                const int c = xs[i] / b < scols ? xs[i] / b : scols - 1;
-                if (skip[(size_t)r * scols + c]) continue;
-            }
+            if (in_skip(skip, srows, scols, b, ys[i], xs[i])) continue;
             memcpy(t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs,
                    tmp + (size_t)i * C, (size_t)C * sizeof(float));
         }
