@@ -219,9 +219,10 @@ class EdgePipeline:
         self.n_blocks = 0  # camera blocks of the last frame
         self.runner = self.refresh = None
         self.onnx = self.paths = None  # onnxruntime dense and the auto choice (local path)
-        #: seconds of a full step's front end (block motion against the proxy and the local
-        #: state): what the engine's path costs and the dense runtime's does not (the
-        #: profile's edge overhead, then measured when ``fit_latency``)
+        #: seconds a full step costs beside its local inference (block motion against the
+        #: proxy and the local state, the decision, opportunistic uploads): what the engine's
+        #: path costs and a dense-only step does not (the profile's edge overhead, then
+        #: measured when ``fit_latency``)
         self.front_s = 0.0
         self.last_path = ''
         self._inter = None          # proxy.InterEncoder of CODEC_H264 payloads
@@ -396,9 +397,6 @@ class EdgePipeline:
         else:
             out.hit_ratio = float(np.mean(d_c < cfg.tau))
         t['extract'] = time.perf_counter()
-        if cfg.fit_latency and local_ready:
-            front = t['extract'] - t['pause']
-            self.front_s = front if self.front_s == 0.0 else 0.7 * self.front_s + 0.3 * front
         # step 3: schedule
         self._learn_accuracy()
         # a local path without state runs its dense pass: all blocks; a busy device's LABs are
@@ -473,6 +471,11 @@ class EdgePipeline:
         if not busy and out.local_job is None:
             self._background(frame)
         t['end'] = time.perf_counter()
+        if cfg.fit_latency and local_ready and dec.strategy == 'edge' and not busy:
+            # what this full step cost beside its local inference (block motion, the
+            # decision, opportunistic uploads): all of it is saved by a dense-only step
+            front = (t['end'] - t['t0']) - (t['local'] - t['schedule'])
+            self.front_s = front if self.front_s == 0.0 else 0.7 * self.front_s + 0.3 * front
         out.timings = {
             'extract_ms': 1e3 * (t['extract'] - t['pause']),
             'schedule_ms': 1e3 * (t['schedule'] - t['extract']),
