@@ -174,20 +174,13 @@ def im2col(t: torch.Tensor, rows, cols, off: int, k: int, s: int, bo: int, valid
 def warp(t: torch.Tensor, margin: int, h: int, w: int, ys: np.ndarray, xs: np.ndarray,
          sy: np.ndarray, sx: np.ndarray):
     """Pixels (ys, xs) of the h x w map := bilinear samples at (sy, sx) (clamped to the map),
-    all read before any is written."""
+    all read before any is written (``warp_skip``'s kernel with no block skipped; a big warp
+    splits over the threads inside it)."""
     n, c = len(ys), t.shape[1]
-    fx, pt, rs, cs = _fx(), t.data_ptr(), t.stride(2), t.stride(3)
-    if not _split(n, n * c * 16):
-        tmp = _scratch(n * c)
-        fx.warp(pt, rs, cs, c, margin, h, w, _ptr(ys), _ptr(xs), _ptr(sy), _ptr(sx), n,
-                _ptr(tmp))
-        return
-    tmp = np.empty(n * c, np.float32)  # read by both threads, then written by both
-    pys, pxs, psy, psx, ptmp = _ptr(ys), _ptr(xs), _ptr(sy), _ptr(sx), _ptr(tmp)
-    _halves(n, n * c * 16, lambda i0, i1: fx.warp_read(
-        pt, rs, cs, c, margin, h, w, psy + 4 * i0, psx + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
-    _halves(n, n * c * 16, lambda i0, i1: fx.warp_write(
-        pt, rs, cs, c, margin, pys + 4 * i0, pxs + 4 * i0, i1 - i0, ptmp + 4 * c * i0))
+    threads = torch.get_num_threads() if _split(n, n * c * 16) else 1
+    _fx().warp_skip(t.data_ptr(), t.stride(2), t.stride(3), c, margin, h, w, _ptr(ys),
+                    _ptr(xs), _ptr(sy), _ptr(sx), n, _ptr(_scratch(n * c)), 0, 1, 1, 1,
+                    threads)
 
 
 def warp_skip(cd, margin: int, h: int, w: int, wp, skip: Optional[np.ndarray], b: int):

@@ -33,23 +33,11 @@ _VP, _I64, _INT, _F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_
 #: ``FLUXSHARD_ENGINE_KERNELS=torch`` switches the engine's C kernels off: every caller runs
 #: its reference path (numpy / torch; benchmarks, tests).
 ENV = 'FLUXSHARD_ENGINE_KERNELS'
+#: the per-frame kernels called through ctypes (the per-layer ones are the module's fast-call
+#: functions: ``compiled._fx``)
 ENGINE_SIGNATURES = {
-    'fs_gather': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
-                  _INT, _INT, _VP],
-    'fs_scatter': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _INT, _INT],
-    'fs_im2col': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _INT, _F32, _VP, _VP, _INT, _INT,
-                  _INT, _INT, _INT, _VP],
-    'fs_warp': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _VP, _VP, _INT, _VP],
-    'fs_warp_read': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _VP],
-    'fs_warp_write': [_VP, _I64, _I64, _INT, _INT, _VP, _VP, _INT, _VP],
-    'fs_add_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT,
-                      _INT, _VP, _VP, _INT, _INT],
-    'fs_upsample2x_blocks': [_VP, _I64, _I64, _VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP,
-                             _VP, _INT, _INT],
     'fs_diff_rows': [_VP, _VP, _I64, _I64, _VP],
     'fs_input_blocks': [_VP, _VP, _INT, _INT, _INT, _VP, _I64, _I64, _INT, _INT],
-    'fs_rows_into': [_VP, _I64, _I64, _INT, _INT, _INT, _INT, _VP, _VP, _INT, _INT, _VP, _I64,
-                     _INT],
     'fs_warp_image': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _INT, _VP, _VP],
     'fs_paste_blocks': [_VP, _VP, _INT, _INT, _INT, _INT, _INT, _VP, _INT],
 }

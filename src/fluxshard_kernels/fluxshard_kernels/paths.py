@@ -52,8 +52,8 @@ class PathCosts:
     def faster(self, k: Optional[float], extra_s: float = 0.0) -> Optional[str]:
         """The path predicted faster for k blocks (no probing, no bookkeeping); None until
         both have samples. ``extra_s``: what the incremental path costs beyond the step
-        itself and the dense one does not (the block motion that finds the k blocks, when
-        that is still to be paid)."""
+        itself and a dense-only step does not (the edge's full step: block motion, the
+        decision, uploads), when that is still to be paid."""
         t_inc = self.predict_incremental(k if k is not None else 0)
         if t_inc is None or not self.dense:
             return None

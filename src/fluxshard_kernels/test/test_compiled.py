@@ -479,9 +479,10 @@ def test_fused_calls_split_over_threads_inside_c_give_the_same_results(monkeypat
 
 
 def test_big_calls_split_over_two_threads_give_the_same_results(monkeypatch):
-    """Calls above SPLIT_BYTES run in two halves on two threads: im2col, gather, scatter and
-    the two phases of the warp give exactly what one call gives (the same calls: the layer
-    fused into one call, whose SiLU differs from torch's in the last bits, is tested below)."""
+    """Calls above SPLIT_BYTES run in two halves on two threads (im2col, gather, scatter) or
+    over two OpenMP threads inside the C call (the warp): exactly what one call gives (the
+    same calls: the layer fused into one call, whose SiLU differs from torch's in the last
+    bits, is tested below)."""
     monkeypatch.setattr(compiled, '_BLAS', [False])
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

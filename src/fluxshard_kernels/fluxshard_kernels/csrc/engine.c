@@ -142,14 +142,6 @@ static inline void warp_sample(const float *base, int64_t rs, int64_t cs, int C,
              base + (ptrdiff_t)y1 * rs + (ptrdiff_t)x1 * cs, wa, wb, wc, wd, C);
 }
 
-/* The read half of the in-place bilinear warp: tmp (n * C) := the samples at (sy[i], sx[i])
- * of the map whose valid region starts at storage offset `margin`. */
-void fs_warp_read(const float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
-                  const float *sy, const float *sx, int n, float *tmp) {
-    const float *base = t + (ptrdiff_t)margin * rs + (ptrdiff_t)margin * cs;
-    for (int i = 0; i < n; ++i) warp_sample(base, rs, cs, C, h, w, sy[i], sx[i], tmp + (size_t)i * C);
-}
-
 /* Pixel (y, x) lies in a `skip` block (uint8 srows x scols, blocks of b pixels; beyond the
  * grid counts as its last row / column; NULL: no block is skipped). */
 static inline int in_skip(const uint8_t *skip, int srows, int scols, int b, int y, int x) {
@@ -181,24 +173,6 @@ void fs_warp_skip(float *t, int64_t rs, int64_t cs, int C, int margin, int h, in
                    tmp + (size_t)i * C, (size_t)C * sizeof(float));
         }
     }
-}
-
-/* The write half: pixels (ys[i], xs[i]) := tmp[i]. */
-void fs_warp_write(float *t, int64_t rs, int64_t cs, int C, int margin, const int32_t *ys,
-                   const int32_t *xs, int n, const float *tmp) {
-    for (int i = 0; i < n; ++i) {
-        float *dp = t + (ptrdiff_t)(margin + ys[i]) * rs + (ptrdiff_t)(margin + xs[i]) * cs;
-        memcpy(dp, tmp + (size_t)i * C, (size_t)C * sizeof(float));
-    }
-}
-
-/* In-place bilinear warp of the n pixels (ys, xs): every sample is read (into tmp, n * C)
- * before any is written, so the result does not depend on the order. */
-void fs_warp(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
-             const int32_t *ys, const int32_t *xs, const float *sy, const float *sx, int n,
-             float *tmp) {
-    fs_warp_read(t, rs, cs, C, margin, h, w, sy, sx, n, tmp);
-    fs_warp_write(t, rs, cs, C, margin, ys, xs, n, tmp);
 }
 
 /* A residual add without the gather / scatter round trip: blocks (ri, ci) of b pixels of
@@ -710,21 +684,11 @@ FS_ENTRY(im2col, 17, 8,
          fs_im2col(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7), (float)f,
                    PTR(const int64_t *, 9), PTR(const int64_t *, 10), I(11), I(12), I(13),
                    I(14), I(15), PTR(float *, 16)))
-FS_ENTRY(warp, 13, -1,
-         fs_warp(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), PTR(const int32_t *, 7),
-                 PTR(const int32_t *, 8), PTR(const float *, 9), PTR(const float *, 10), I(11),
-                 PTR(float *, 12)))
 FS_ENTRY(warp_skip, 18, -1,
          fs_warp_skip(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
                       PTR(const int32_t *, 7), PTR(const int32_t *, 8), PTR(const float *, 9),
                       PTR(const float *, 10), I(11), PTR(float *, 12),
                       PTR(const uint8_t *, 13), I(14), I(15), I(16), I(17)))
-FS_ENTRY(warp_read, 11, -1,
-         fs_warp_read(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
-                      PTR(const float *, 7), PTR(const float *, 8), I(9), PTR(float *, 10)))
-FS_ENTRY(warp_write, 9, -1,
-         fs_warp_write(PTR(float *, 0), v[1], v[2], I(3), I(4), PTR(const int32_t *, 5),
-                       PTR(const int32_t *, 6), I(7), PTR(const float *, 8)))
 FS_ENTRY(add_blocks, 17, -1,
          fs_add_blocks(PTR(const float *, 0), v[1], v[2], PTR(const float *, 3), v[4], v[5],
                        PTR(float *, 6), v[7], v[8], I(9), I(10), I(11), I(12),
@@ -804,7 +768,6 @@ FS_ENTRY(rows_into, 14, -1,
 #define FS_DEF(name) {#name, (PyCFunction)(void (*)(void))py_##name, METH_FASTCALL, NULL}
 static PyMethodDef fs_methods[] = {
     FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
-    FS_DEF(warp),       FS_DEF(warp_read),  FS_DEF(warp_write),
     FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
     FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
     FS_DEF(warp_plan), FS_DEF(warp_skip), FS_DEF(pool_any),
