@@ -189,7 +189,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
         runner.warm_up([imgs[0].shape[:2]])  # as the nodes do: each layer's path measured
         runner.dense(imgs[0])
         t = {k: [] for k in ('step', 'onnxruntime', 'torch', 'engine_dense')}
-        stages, misses, macs, prev_mv = {}, [], [], None
+        stages, misses, macs, prev_mv = [], [], [], None  # stages: a dict per frame
         counts = None
         for i, img in enumerate(imgs[1:]):
             f = motion.estimate_motion(img, runner.state, block, prev_mv)
@@ -212,8 +212,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
             if not timed:
                 continue
             stage_s['other (glue)'] = max(dt - sum(stage_s.values()), 0.0)
-            for k, v in stage_s.items():
-                stages.setdefault(k, []).append(v)
+            stages.append(stage_s)
             t['step'].append(dt)
             misses.append(len(miss) / d.size)
             macs.append(st.mac_ratio)
@@ -248,8 +247,11 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
                      'step_over_onnxruntime': med['step'] / med['onnxruntime'],
                      'torch_over_onnxruntime': med['torch'] / med['onnxruntime'],
                      'engine_dense_over_onnxruntime': med['engine_dense'] / med['onnxruntime'],
-                     'stages_ms': {**{k: 0.0 for k in STAGE_NAMES},  # a stage not run: 0
-                                   **{k: 1e3 * float(np.median(v)) for k, v in stages.items()}},
+                     # the median over every timed frame, a frame that did not run a stage
+                     # counting 0 there (a stage of a few frames does not count whole)
+                     'stages_ms': {k: 1e3 * float(np.median([f.get(k, 0.0) for f in stages]))
+                                   for k in dict.fromkeys(
+                                       [*STAGE_NAMES, *(k for f in stages for k in f)])},
                      'step_ops': counts[0], 'step_syncs': counts[1],
                      'dense_ops': c.ops, 'dense_syncs': c.syncs})
     return rows
