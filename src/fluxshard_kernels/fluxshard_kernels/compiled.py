@@ -317,6 +317,32 @@ def conv_blocks(src, rows, cols, off: int, k: int, s: int, valid, a: Optional[to
                       margin, h, w)
 
 
+class ConvCall:
+    """``conv_blocks`` of one layer between two maps with its fixed arguments found once (the
+    storages, windows, weights and output geometry): a frame hands it only the active blocks.
+    ``src`` / ``dst``: the maps it was made for (a new map needs a new call)."""
+
+    __slots__ = ('src', 'dst', 'pre', 'mid', 'post', 'work', '_keep')
+
+    def __init__(self, src, dst, src_cd, valid, off: int, k: int, s: int, op: dict, dst_cd,
+                 margin: int, h: int, w: int, bo: int):
+        wmat, bias = op['wmat'], op.get('bias')
+        self.src, self.dst = src, dst
+        self.pre = (src_cd[0], src_cd[1], src_cd[2], src_cd[3], valid[0], valid[1], valid[2],
+                    valid[3])
+        self.mid = (off, k, s, bo, 0, wmat.shape[0], wmat.data_ptr(),
+                    bias.data_ptr() if bias is not None else 0, wmat.shape[1],
+                    int(op.get('act') == 'silu'))
+        self.post = (dst_cd[0], dst_cd[1], dst_cd[2], margin, h, w)
+        self.work = bo * bo * wmat.shape[0] * 4
+        self._keep = (wmat, bias)  # the pointers stay valid while the call lives
+
+    def __call__(self, rows_ptr: int, cols_ptr: int, n: int):
+        """Blocks (rows[i], cols[i]), i < n (int64 arrays at the given addresses)."""
+        threads = torch.get_num_threads() if _split(n, n * self.work) else 1
+        _fx().conv_blocks(*self.pre, rows_ptr, cols_ptr, n, *self.mid, threads, *self.post)
+
+
 def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
                   wdw: torch.Tensor, bias: Optional[torch.Tensor], act: bool,
                   dst: torch.Tensor, margin: int, h: int, w: int, bo: int):

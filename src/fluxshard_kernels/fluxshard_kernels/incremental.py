@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from fluxshard_kernels import blocks, compiled, cuda, sparse as S
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.head import HeadDecoder
-from fluxshard_kernels.plan import ActiveBlocks, FramePlan
+from fluxshard_kernels.plan import ActiveBlocks, CameraToNet, FramePlan
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import (Letterbox, letterbox_canvas, letterbox_geometry,
                                                letterbox_hwc)
@@ -207,6 +207,8 @@ class IncrementalExecutor:
         self._input: Optional[S.FMap] = None
         self._canvas: Optional[np.ndarray] = None  # the canvas _input holds (input_canvas)
         self._warped: Dict[str, int] = {}
+        #: per layer, (input map, cache, its prepared fused call or None): see _windowed
+        self._calls: Dict[str, tuple] = {}
         self.frame = 0
         self.mode = 'dense'
         self.mv: Optional[np.ndarray] = None
@@ -405,7 +407,15 @@ class IncrementalExecutor:
             return SF(cache, px, s_out)
         if sparse:
             if not isinstance(x.fmap, S.CatMap):
-                S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
+                call = self._calls.get(name)
+                if call is None or call[0] is not x.fmap or call[1] is not cache:
+                    call = self._calls[name] = (x.fmap, cache, S.prepare_windowed(
+                        x.fmap, cache, op, self.layout))
+                if call[2] is not None and compiled.fused():  # one call, arguments kept
+                    with S.STAGES('conv'):
+                        call[2](*bm.ptrs())
+                else:
+                    S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
             elif k == 1 and s == 1 and 'wmat' in op and cache.serves() and all(
                     p.serves() for p in x.fmap.parts):
                 S.sparse_conv1x1_parts(x.fmap, cache, bm.idx, op)
@@ -703,6 +713,7 @@ class IncrementalYOLO:
         self.layer_costs: Dict[tuple, LayerCosts] = {}  # per network input shape
         self.state: Optional[np.ndarray] = None
         self.lb: Optional[Letterbox] = None
+        self._cam_to_net: Optional[CameraToNet] = None
         self._lock = threading.Lock()
 
     # -- geometry -------------------------------------------------------------------------------
@@ -717,30 +728,12 @@ class IncrementalYOLO:
                 self.ex.costs = self.layer_costs.setdefault((lb.in_h, lb.in_w), LayerCosts())
 
     def _to_net(self, cam_grid: BlockGrid, mv_cam: Optional[np.ndarray], miss_cam):
-        """Camera-grid MVs and misses -> network-grid MVs (input px) and miss mask."""
-        lb, ng = self.lb, self.net_grid
-        # centre of each net block in camera pixels -> camera block
-        cy = ((np.arange(ng.rows) + 0.5) * ng.block_size - lb.pad_y) / lb.scale
-        cx = ((np.arange(ng.cols) + 0.5) * ng.block_size - lb.pad_x) / lb.scale
-        br = np.clip(cy // cam_grid.block_size, 0, cam_grid.rows - 1).astype(int)
-        bc = np.clip(cx // cam_grid.block_size, 0, cam_grid.cols - 1).astype(int)
-        mv_net = None
-        if mv_cam is not None and np.any(mv_cam):
-            mv_net = np.rint(np.asarray(mv_cam).reshape(cam_grid.rows, cam_grid.cols, 2)
-                             [br][:, bc] * lb.scale).astype(np.int32)
-        # miss pixels in camera space, letterboxed, then any() per net block
-        miss = np.zeros(cam_grid.count, np.uint8)
-        miss[np.asarray(miss_cam, dtype=np.int64)] = 1
-        pix = cam_grid.expand(miss)
-        nh, nw = int(round(lb.src_h * lb.scale)), int(round(lb.src_w * lb.scale))
-        import cv2
-        small = cv2.resize(pix, (nw, nh), interpolation=cv2.INTER_NEAREST)
-        canvas = np.zeros(ng.padded_shape, np.uint8)
-        canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw] = small
-        # a camera block shrunk below one net pixel must not vanish: dilate by the rounding
-        canvas = cv2.dilate(canvas, np.ones((3, 3), np.uint8))
-        mask = torch.from_numpy(canvas[:lb.in_h, :lb.in_w] > 0).to(self.device)
-        return mv_net, mask
+        """Camera-grid MVs and misses -> network-grid MVs (input px) and miss mask (the
+        mapping is built once per geometry, ``plan.CameraToNet``)."""
+        m = self._cam_to_net
+        if m is None or (m.cam_grid, m.lb, m.net_grid) != (cam_grid, self.lb, self.net_grid):
+            m = self._cam_to_net = CameraToNet(cam_grid, self.lb, self.net_grid)
+        return m.mv(mv_cam), torch.from_numpy(m.miss_mask(miss_cam)).to(self.device)
 
     def _full(self) -> torch.Tensor:
         return torch.ones(self.lb.in_h, self.lb.in_w, dtype=torch.bool, device=self.device)

@@ -43,6 +43,16 @@ class ActiveBlocks:
     def idx(self):
         return self.rows, self.cols
 
+    def ptrs(self):
+        """(address of rows, address of cols, count): the kernels' arguments, found once."""
+        p = self.__dict__.get('_ptrs')
+        if p is None:
+            rows = self.rows = np.ascontiguousarray(self.rows, np.int64)
+            cols = self.cols = np.ascontiguousarray(self.cols, np.int64)
+            p = self.__dict__['_ptrs'] = (rows.__array_interface__['data'][0],
+                                          cols.__array_interface__['data'][0], len(rows))
+        return p
+
 
 @dataclass
 class WarpPlan:
@@ -239,3 +249,85 @@ def _moving_np(field: np.ndarray, grid: BlockGrid, stride: int, h: int, w: int
     sy = np.clip(ys.astype(np.float32) + f[:, 1], 0, h - 1).astype(np.float32)
     sx = np.clip(xs.astype(np.float32) + f[:, 0], 0, w - 1).astype(np.float32)
     return WarpPlan(ys.astype(np.int32), xs.astype(np.int32), sy, sx)
+
+
+class CameraToNet:
+    """Camera-grid block motion and misses -> the network input's MVs and changed-pixel mask
+    for one geometry (camera grid, letterbox, network grid), built once and reused every frame.
+
+    The mask is the miss blocks expanded to camera pixels, letterboxed with nearest-neighbour
+    resampling and dilated by one pixel (a camera block shrunk below one network pixel must not
+    vanish): ``miss_mask_reference`` does exactly that on the whole image; ``miss_mask`` gets the
+    same pixels from the block grid through three column and three row lookups (a nearest
+    resize is separable, and so is a 3 x 3 dilation) on the few distinct rows, then one row
+    gather into the full mask.
+    """
+
+    def __init__(self, cam_grid: BlockGrid, lb, net_grid: BlockGrid):
+        self.cam_grid, self.lb, self.net_grid = cam_grid, lb, net_grid
+        bs = cam_grid.block_size
+        # centre of each net block in camera pixels -> camera block (the MV of a net block)
+        cy = ((np.arange(net_grid.rows) + 0.5) * net_grid.block_size - lb.pad_y) / lb.scale
+        cx = ((np.arange(net_grid.cols) + 0.5) * net_grid.block_size - lb.pad_x) / lb.scale
+        self._br = np.clip(cy // bs, 0, cam_grid.rows - 1).astype(np.int64)
+        self._bc = np.clip(cx // bs, 0, cam_grid.cols - 1).astype(np.int64)
+        self.nh = int(round(lb.src_h * lb.scale))
+        self.nw = int(round(lb.src_w * lb.scale))
+        # the source row / column OpenCV's nearest resize reads for each resized one
+        src_r = cv2.resize(np.arange(lb.src_h, dtype=np.float32)[:, None], (1, self.nh),
+                           interpolation=cv2.INTER_NEAREST).reshape(-1).astype(np.int64)
+        src_c = cv2.resize(np.arange(lb.src_w, dtype=np.float32)[None, :], (self.nw, 1),
+                           interpolation=cv2.INTER_NEAREST).reshape(-1).astype(np.int64)
+        # per network row / column and offset -1, 0, +1: the camera block it reads, or the
+        # index of an all-zero row / column (outside the resized image)
+        rows = np.stack(self._lookups(src_r // bs, lb.pad_y, lb.in_h, cam_grid.rows), 1)
+        self._cols = self._lookups(src_c // bs, lb.pad_x, lb.in_w, cam_grid.cols)
+        # network rows repeat a few patterns (one per distinct triple of camera block rows)
+        sets, row_of = np.unique(rows, axis=0, return_inverse=True)
+        self._row_sets = [np.ascontiguousarray(sets[:, i]) for i in range(3)]
+        self._row_of = np.ascontiguousarray(row_of.reshape(-1))
+
+    @staticmethod
+    def _lookups(blk: np.ndarray, pad: int, size: int, none: int):
+        out = []
+        for d in (-1, 0, 1):
+            i = np.arange(size) + d - pad  # resized index read by the dilation at offset d
+            ok = (i >= 0) & (i < len(blk))
+            out.append(np.ascontiguousarray(np.where(ok, blk[np.clip(i, 0, len(blk) - 1)],
+                                                     none)))
+        return out
+
+    def mv(self, mv_cam: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """(net rows, net cols, 2) int32 input-px MVs, or None when nothing moves."""
+        if mv_cam is None or not np.any(mv_cam):
+            return None
+        g = self.cam_grid
+        mv = np.asarray(mv_cam).reshape(g.rows, g.cols, 2)
+        return np.rint(mv[self._br][:, self._bc] * self.lb.scale).astype(np.int32)
+
+    def miss_mask(self, miss_cam) -> np.ndarray:
+        """(in_h, in_w) bool: the network pixels the camera blocks ``miss_cam`` change."""
+        g = self.cam_grid
+        grid = np.zeros((g.rows + 1, g.cols + 1), bool)  # + an all-zero row and column
+        grid.reshape(-1)[_padded_index(np.asarray(miss_cam, np.int64), g.cols)] = True
+        c = [np.take(grid, i, axis=1) for i in self._cols]
+        cols = c[0] | c[1] | c[2]
+        r = [np.take(cols, i, axis=0) for i in self._row_sets]
+        return np.take(r[0] | r[1] | r[2], self._row_of, axis=0)
+
+    def miss_mask_reference(self, miss_cam) -> np.ndarray:
+        """``miss_mask`` on full images (the reference the tests compare with)."""
+        g, lb, ng = self.cam_grid, self.lb, self.net_grid
+        miss = np.zeros(g.count, np.uint8)
+        miss[np.asarray(miss_cam, dtype=np.int64)] = 1
+        small = cv2.resize(g.expand(miss), (self.nw, self.nh), interpolation=cv2.INTER_NEAREST)
+        canvas = np.zeros(ng.padded_shape, np.uint8)
+        canvas[lb.pad_y:lb.pad_y + self.nh, lb.pad_x:lb.pad_x + self.nw] = small
+        canvas = cv2.dilate(canvas, np.ones((3, 3), np.uint8))
+        return canvas[:lb.in_h, :lb.in_w] > 0
+
+
+def _padded_index(idx: np.ndarray, cols: int) -> np.ndarray:
+    """Row-major block indices of a grid with ``cols`` columns -> the same blocks in the grid
+    with one more column."""
+    return idx + idx // cols

@@ -333,6 +333,21 @@ def _apply_op(x: torch.Tensor, op: dict) -> torch.Tensor:
     raise ValueError(f'unknown op {kind!r}')
 
 
+def prepare_windowed(src: FMap, dst: FMap, op: dict, layout: str = 'batch'
+                     ) -> Optional['compiled.ConvCall']:
+    """The one call that ``sparse_windowed`` makes for a convolution ``op`` from ``src`` into
+    ``dst`` on the fused path, its fixed arguments found once (``compiled.ConvCall``: the
+    engine keeps it per layer and hands it each frame's active blocks), or None where
+    ``sparse_windowed`` takes another path."""
+    if layout != 'batch' or op['kind'] != 'conv' or 'wmat' not in op or not (
+            src.serves() and dst.serves() and compiled.fused()):
+        return None
+    k, s, pad = op['weight'].shape[-1], op['stride'], op['padding']
+    _, _, off = _window_geometry(src, k, s, pad, dst.b, dst.rows, dst.cols)
+    return compiled.ConvCall(src, dst, src.cd(), src.valid_box, off, k, s, op, dst.cd(),
+                             MARGIN, dst.h, dst.w, dst.b)
+
+
 def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
                     layout: str = 'batch', idx=None) -> FMap:
     """Recompute the ``mask`` blocks of ``dst`` = op(src) in place.

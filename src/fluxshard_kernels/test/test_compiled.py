@@ -350,9 +350,12 @@ def test_image_warp_and_paste_equal_numpy(h, w, c, block, seed):
     shape = (h, w, c) if c > 1 else (h, w)
     img = rng.integers(0, 256, shape, dtype=np.uint8)
     grid = BlockGrid(h, w, block)
-    mvx = rng.integers(-20, 21, grid.count)
-    mvy = rng.integers(-20, 21, grid.count)
+    reach = int(rng.choice([20, 100]))  # 100: sources wholly outside small frames
+    mvx = rng.integers(-reach, reach + 1, grid.count)
+    mvy = rng.integers(-reach, reach + 1, grid.count)
     mvx[rng.random(grid.count) < 0.3] = 0
+    still = rng.random(grid.count) < 0.4  # runs of blocks without motion (copied per row)
+    mvx[still], mvy[still] = 0, 0
     assert np.array_equal(blocks.warp_image_int(img, grid, mvx, mvy),
                           blocks._warp_image_int_numpy(img, grid, mvx, mvy))
     new = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -408,6 +411,27 @@ def test_plan_masks_equal_the_torch_pooling(h, w, stride, halo, frac, seed):
     assert torch.equal(ab.mask, ref)
     assert ab.count == int(ref.sum()) and list(zip(ab.rows, ab.cols)) == [
         tuple(x) for x in torch.nonzero(ref).tolist()]
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 1300), w=st.integers(1, 1300), block=st.sampled_from([8, 16, 32]),
+       net_block=st.sampled_from([16, 32]), frac=st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]),
+       seed=st.integers(0, 2 ** 16))
+def test_camera_misses_map_to_the_network_input_as_on_full_images(h, w, block, net_block,
+                                                                  frac, seed):
+    """The network's changed pixels from the camera's miss blocks, found on the block grid
+    (``CameraToNet.miss_mask``), equal the full-image way: blocks expanded to pixels,
+    letterboxed with a nearest resize, dilated by one pixel."""
+    from fluxshard_kernels.plan import CameraToNet
+    from fluxshard_kernels.yolo.processing import letterbox_geometry
+    rng = np.random.default_rng(seed)
+    lb = letterbox_geometry(h, w, 640, square=False)
+    cam = BlockGrid(h, w, block)
+    m = CameraToNet(cam, lb, BlockGrid(lb.in_h, lb.in_w, net_block))
+    miss = rng.choice(cam.count, int(round(frac * cam.count)), replace=False)
+    got, ref = m.miss_mask(miss), m.miss_mask_reference(miss)
+    assert got.shape == (lb.in_h, lb.in_w) and got.flags.c_contiguous
+    assert np.array_equal(got, ref)
 
 
 def test_engine_step_equals_the_torch_path():

@@ -381,26 +381,39 @@ void fs_rows_into(const float *src, int64_t rs, int64_t cs, int C, int margin, i
  * H x W x C uint8, contiguous; blocks without motion are row copies. */
 void fs_warp_image(const uint8_t *src, uint8_t *dst, int H, int W, int C, int bs, int rows,
                    int cols, const int32_t *mvx, const int32_t *mvy) {
+    /* row by row: a run of blocks without motion is one copy of the row's bytes; a moving
+     * block is one copy of its in-frame source span plus the clamped pixels at its ends */
     const size_t rowb = (size_t)W * C;
     for (int r = 0; r < rows; ++r) {
-        for (int c = 0; c < cols; ++c) {
-            const int b = r * cols + c, dx = mvx[b], dy = mvy[b];
-            const int y0 = r * bs, x0 = c * bs;
-            const int y1 = y0 + bs < H ? y0 + bs : H, x1 = x0 + bs < W ? x0 + bs : W;
-            for (int y = y0; y < y1; ++y) {
-                int sy = y + dy;
-                sy = sy < 0 ? 0 : (sy >= H ? H - 1 : sy);
-                uint8_t *d = dst + (size_t)y * rowb;
-                const uint8_t *s = src + (size_t)sy * rowb;
-                if (dx == 0) {
-                    memcpy(d + (size_t)x0 * C, s + (size_t)x0 * C, (size_t)(x1 - x0) * C);
+        const int y0 = r * bs, y1 = y0 + bs < H ? y0 + bs : H;
+        const int32_t *bx = mvx + (size_t)r * cols, *by = mvy + (size_t)r * cols;
+        for (int y = y0; y < y1; ++y) {
+            uint8_t *d = dst + (size_t)y * rowb;
+            for (int c = 0; c < cols;) {
+                const int x0 = c * bs;
+                if (bx[c] == 0 && by[c] == 0) {
+                    int c2 = c + 1;
+                    while (c2 < cols && bx[c2] == 0 && by[c2] == 0) ++c2;
+                    const int x1 = c2 * bs < W ? c2 * bs : W;
+                    memcpy(d + (size_t)x0 * C, src + (size_t)y * rowb + (size_t)x0 * C,
+                           (size_t)(x1 - x0) * C);
+                    c = c2;
                     continue;
                 }
-                for (int x = x0; x < x1; ++x) {
-                    int sx = x + dx;
-                    sx = sx < 0 ? 0 : (sx >= W ? W - 1 : sx);
-                    memcpy(d + (size_t)x * C, s + (size_t)sx * C, (size_t)C);
-                }
+                const int dx = bx[c], x1 = x0 + bs < W ? x0 + bs : W;
+                int sy = y + by[c];
+                sy = sy < 0 ? 0 : (sy >= H ? H - 1 : sy);
+                const uint8_t *s = src + (size_t)sy * rowb;
+                /* destination x whose source x + dx lies inside [0, W) */
+                int a = x0 + dx < 0 ? -dx : x0, e = x1 + dx > W ? W - dx : x1;
+                if (a > x1) a = x1;
+                if (e < a) e = a;
+                for (int x = x0; x < a; ++x) memcpy(d + (size_t)x * C, s, (size_t)C);
+                if (e > a)
+                    memcpy(d + (size_t)a * C, s + (size_t)(a + dx) * C, (size_t)(e - a) * C);
+                for (int x = e; x < x1; ++x)
+                    memcpy(d + (size_t)x * C, s + (size_t)(W - 1) * C, (size_t)C);
+                ++c;
             }
         }
     }
