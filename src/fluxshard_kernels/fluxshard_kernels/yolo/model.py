@@ -49,7 +49,17 @@ class DenseExecutor:
 DENSE = DenseExecutor()
 
 
-class Conv(nn.Module):
+class Block(nn.Module):
+    """A YOLO11 building block: an ``nn.Module`` whose call is its ``forward`` (no hook
+    dispatch). The incremental engine calls about a hundred of these a frame, and
+    ``Module.__call__``'s checks cost more than a small layer's sparse work; hooks on these
+    blocks are not supported (torch's own layers inside them keep theirs)."""
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+
+class Conv(Block):
     """Conv2d with folded BN (bias) and optional SiLU (Ultralytics ``Conv`` after fusing)."""
 
     def __init__(self, c1, c2, k=1, s=1, g=1, act=True):
@@ -71,7 +81,7 @@ def DWConv(c1, c2, k=1, s=1, act=True):  # noqa: N802 - Ultralytics name
     return Conv(c1, c2, k, s, g=math.gcd(c1, c2), act=act)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Block):
     def __init__(self, c1, c2, shortcut=True, g=1, k=(3, 3), e=0.5):
         super().__init__()
         c_ = int(c2 * e)
@@ -84,7 +94,7 @@ class Bottleneck(nn.Module):
         return ex.add(self._fs_name + '.add', x, y) if self.add else y
 
 
-class C3(nn.Module):
+class C3(Block):
     def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
         super().__init__()
         c_ = int(c2 * e)
@@ -109,7 +119,7 @@ class C3k(C3):
                                  for _ in range(n)))
 
 
-class C3k2(nn.Module):
+class C3k2(Block):
     """Ultralytics C3k2 (a C2f whose blocks are Bottleneck or C3k)."""
 
     def __init__(self, c1, c2, n=1, c3k=False, e=0.5, g=1, shortcut=True):
@@ -127,7 +137,7 @@ class C3k2(nn.Module):
         return self.cv2(ex.cat(self._fs_name + '.cat', y), ex)
 
 
-class SPPF(nn.Module):
+class SPPF(Block):
     def __init__(self, c1, c2, k=5):
         super().__init__()
         c_ = c1 // 2
@@ -142,7 +152,7 @@ class SPPF(nn.Module):
         return self.cv2(ex.cat(self._fs_name + '.cat', y), ex)
 
 
-class Attention(nn.Module):
+class Attention(Block):
     def __init__(self, dim, num_heads=8, attn_ratio=0.5):
         super().__init__()
         self.num_heads = num_heads
@@ -165,7 +175,7 @@ class Attention(nn.Module):
         return self.proj.dense(y)
 
 
-class PSABlock(nn.Module):
+class PSABlock(Block):
     def __init__(self, c, attn_ratio=0.5, num_heads=4, shortcut=True):
         super().__init__()
         self.attn = Attention(c, attn_ratio=attn_ratio, num_heads=num_heads)
@@ -205,7 +215,7 @@ def _rows_1x1(m: 'Conv', rows: torch.Tensor) -> torch.Tensor:
     return F.silu(y) if m.act else y
 
 
-class C2PSA(nn.Module):
+class C2PSA(Block):
     def __init__(self, c1, c2, n=1, e=0.5):
         super().__init__()
         self.c = int(c1 * e)
@@ -227,7 +237,7 @@ class C2PSA(nn.Module):
         return self.cv2(ex.cat(self._fs_name + '.cat', [a, b]), ex)
 
 
-class Proto(nn.Module):
+class Proto(Block):
     def __init__(self, c1, c_=256, c2=32):
         super().__init__()
         self.cv1 = Conv(c1, c_, 3)
@@ -258,7 +268,7 @@ def make_anchors(shapes, strides, device, dtype, offset=0.5):
     return torch.cat(anchors).transpose(0, 1), torch.cat(stride_t).transpose(0, 1)
 
 
-class Detect(nn.Module):
+class Detect(Block):
     strides = (8, 16, 32)
 
     def __init__(self, nc=80, ch=()):
