@@ -35,9 +35,8 @@ def test_c_kernel_equals_python_reference(parkour, bs):
 @given(h=st.integers(1, 80), w=st.integers(1, 80), bsz=st.sampled_from([4, 8, 12, 16, 32]),
        limit=st.integers(0, 20), seed=st.integers(0, 2 ** 16))
 def test_block_search_kernel_equals_the_reference_on_any_block_width(h, w, bsz, limit, seed):
-    """The C search (its SAD vectorised 16 and 8 pixels at a time on x86) finds the same MVs
-    and SADs as the Python reference for any block and frame size (partial blocks of every
-    width), from random predictors."""
+    """The C search finds the same MVs and SADs as the Python reference for any block and
+    frame size (partial blocks of every width), from random predictors."""
     rng = np.random.default_rng(seed)
     cur = rng.integers(0, 256, (h, w), dtype=np.uint8)
     ref = np.clip(np.roll(cur, (1, -2), (0, 1)).astype(int) + rng.integers(-9, 10, (h, w)),

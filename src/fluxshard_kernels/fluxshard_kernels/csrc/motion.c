@@ -15,38 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
-/* Sum of absolute differences of an h x w block of a (row stride as) and b (row stride
- * bstride). With SSE2 (every x86-64 CPU) 16 and 8 pixels of a row at a time (psadbw), the
- * rest pixel by pixel: the same integer sum as the plain loop. */
 static inline uint32_t sad_block(const uint8_t *a, int as, const uint8_t *b, int bstride,
                                  int h, int w) {
     uint32_t s = 0;
-#if defined(__SSE2__)
-    __m128i acc = _mm_setzero_si128();
-    const int w16 = w & ~15, w8 = w & ~7;
-    for (int y = 0; y < h; ++y) {
-        const uint8_t *p = a + (ptrdiff_t)y * as;
-        const uint8_t *q = b + (ptrdiff_t)y * bstride;
-        int x = 0;
-        for (; x < w16; x += 16)
-            acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadu_si128((const __m128i *)(p + x)),
-                                                  _mm_loadu_si128((const __m128i *)(q + x))));
-        if (x < w8) {
-            acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadl_epi64((const __m128i *)(p + x)),
-                                                  _mm_loadl_epi64((const __m128i *)(q + x))));
-            x += 8;
-        }
-        for (; x < w; ++x) {
-            int d = (int)p[x] - (int)q[x];
-            s += (uint32_t)(d < 0 ? -d : d);
-        }
-    }
-    s += (uint32_t)_mm_cvtsi128_si32(acc) + (uint32_t)_mm_cvtsi128_si32(_mm_srli_si128(acc, 8));
-#else
     for (int y = 0; y < h; ++y) {
         const uint8_t *p = a + (ptrdiff_t)y * as;
         const uint8_t *q = b + (ptrdiff_t)y * bstride;
@@ -57,7 +28,6 @@ static inline uint32_t sad_block(const uint8_t *a, int as, const uint8_t *b, int
         }
         s += r;
     }
-#endif
     return s;
 }
 
