@@ -225,6 +225,19 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
                 model.decode(model(xt.to(device)), lb)
             sync()
             t['torch'].append(time.perf_counter() - t0)
+        # the memory floor of a warp that moves every cached pixel: one copy of every cache
+        maps = [c.valid for c in runner.ex.caches.values()]  # the valid pixels, no padding
+        spare = [torch.empty_like(m, memory_format=torch.channels_last) for m in maps]
+        copies = []
+        for _ in range(5):
+            sync()
+            t0 = time.perf_counter()
+            for d, m in zip(spare, maps):
+                d.copy_(m)
+            sync()
+            copies.append(time.perf_counter() - t0)
+        cache_mb = sum(m.numel() * m.element_size() for m in maps) / 2 ** 20
+        del spare
         # op counts of one more step, outside the timed ones
         probe = IncrementalYOLO(model, block, warp=warp)
         probe.dense(imgs[-2])
@@ -252,6 +265,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
                      'stages_ms': {k: 1e3 * float(np.median([f.get(k, 0.0) for f in stages]))
                                    for k in dict.fromkeys(
                                        [*STAGE_NAMES, *(k for f in stages for k in f)])},
+                     'cache_mb': cache_mb, 'cache_copy_ms': 1e3 * float(np.median(copies)),
                      'step_ops': counts[0], 'step_syncs': counts[1],
                      'dense_ops': c.ops, 'dense_syncs': c.syncs})
     return rows
@@ -376,6 +390,11 @@ def render_engine(rows) -> str:
     for k in names:
         cells = [f"{r['stages_ms'].get(k, 0.0):.1f}" for r in rows]
         out.append(f'| {k} | ' + ' | '.join(cells) + ' |')
+    if all('cache_copy_ms' in r for r in rows):
+        out += ['', 'Copying every cached map once (the memory a warp that moves every pixel '
+                'reads and writes at least): ' + ', '.join(
+                    f"{r['sequence']} {r['cache_copy_ms']:.1f} ms ({r['cache_mb']:.0f} MB)"
+                    for r in rows) + '.']
     return '\n'.join(out) + '\n'
 
 

@@ -22,6 +22,8 @@ def test_engine_breakdown_and_ratios_side_by_side(tmp_path, capsys):
         assert r['step_ops'] > 0 and r['dense_ops'] > 100 and r['dense_syncs'] == 0
         assert r['step_syncs'] <= 1
         assert 0 < r['miss_fraction'] < 1
+        assert r['cache_mb'] > 1 and r['cache_copy_ms'] > 0  # the warp's memory floor
     text = capsys.readouterr().out
     assert 'step / ort' in text and 'Where one incremental step goes' in text
+    assert 'Copying every cached map once' in text
     assert bench.render(res) in text
