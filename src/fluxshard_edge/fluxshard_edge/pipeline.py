@@ -15,6 +15,7 @@ The node (``edge_node.py``) feeds frames in and publishes what comes out.
 from dataclasses import dataclass, field
 from functools import partial
 import math
+import os
 import time
 from typing import Callable, Optional
 
@@ -37,6 +38,9 @@ LOCAL_BACKENDS = ('auto', 'incremental', 'onnxruntime')
 FORCE_STRATEGIES = ('', 'edge', 'cloud', 'offline')
 #: ``overlap_local``: local inference beside the critical path ('auto': where it runs on CUDA)
 OVERLAP_MODES = ('auto', 'always', 'never')
+#: The local block search runs on a worker thread beside the proxy's where the process may use
+#: more than one core (the same fields either way; tests switch it off to compare).
+MOTION_THREAD = True
 
 
 def _on_cuda(device: str) -> bool:
@@ -188,6 +192,7 @@ class EdgePipeline:
         self._key_reason = 'first frame'
         self._prev_mv_proxy = None
         self._prev_mv_local = None
+        self._pool = None  # the motion thread (_motion_pool)
         self.last_result = None  # latest Detections (local or server), for salience and ROI
         #: frames the server does not need are not sent (skip.py; ``skip_target`` > 0)
         self.skip = SkipGate(config.skip_target, config.skip_max)
@@ -326,6 +331,9 @@ class EdgePipeline:
     def close(self):
         if self.refresh is not None:
             self.refresh.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self.quality is not None:
             self.quality.close()
 
@@ -377,21 +385,28 @@ class EdgePipeline:
             # an H.264 stream continues only from its own last unit at the same size and CRF
             key, self._key_reason = True, 'H.264 stream (re)starts'
         out = EdgeStep()
-        # step 2: motion blocks against the proxy (COBs) and the local state (LABs)
+        # step 2: motion blocks against the proxy (COBs) and the local state (LABs); the two
+        # searches are independent, so the local one runs on a second core where there is one
+        local_ready = (not busy and self.runner is not None and self.runner.state is not None
+                       and self.runner.state.shape == frame.shape and frame.shape[2] == 3)
+        local = None
+        if local_ready and not key and self._motion_pool() is not None:
+            local = self._motion_pool().submit(self._field, frame, self.runner.state, grid,
+                                               'local')
         if key:
             mv_c, d_c = None, np.full(grid.count, 255.0, np.float32)
         else:
             mv_c, d_c = self._motion(frame, self.proxy, grid, 'proxy')
             if self._may_skip(busy, frame) and self.skip.decide(
                     self.frames, mv_c, d_c, cfg.tau, grid, self.last_result):
+                if local is not None:
+                    local.result()  # not used (the local predictor stays as it was)
                 return self._skipped(t, mv_c, d_c, grid)
         sal = self._salience(mv_c, grid)
         cobs = salience.rank_misses(d_c, cfg.tau, sal, extra=self._independent(mv_c))
         labs, mv_l = np.zeros(0, np.int64), None
-        local_ready = (not busy and self.runner is not None and self.runner.state is not None
-                       and self.runner.state.shape == frame.shape and frame.shape[2] == 3)
         if local_ready:
-            mv_l, d_l = self._motion(frame, self.runner.state, grid, 'local')
+            mv_l, d_l = self._motion(frame, self.runner.state, grid, 'local', local)
             labs = salience.rank_misses(d_l, cfg.tau, sal, extra=self._independent(mv_l))
             out.hit_ratio = float(np.mean(d_l < cfg.tau))
         else:
@@ -529,11 +544,24 @@ class EdgePipeline:
         return EdgeStep(decision=dec or self.last_decision_full, deferred=True,
                         timings={'total_ms': 1e3 * (t['end'] - t['t0'])})
 
-    def _motion(self, frame, ref, grid, which):
+    def _motion(self, frame, ref, grid, which, pending=None):
+        """(block MVs or None, D per block) of ``frame`` against ``ref`` ('proxy' or 'local':
+        whose previous field predicts this one, and keeps it); ``pending``: the same search
+        already submitted to the motion thread."""
+        mv, d = pending.result() if pending is not None else self._field(frame, ref, grid,
+                                                                         which)
+        if mv is not None:
+            if which == 'proxy':
+                self._prev_mv_proxy = mv
+            else:
+                self._prev_mv_local = mv
+        return mv, d
+
+    def _field(self, frame, ref, grid, which):
+        """The search of ``_motion`` without its bookkeeping (safe on the motion thread)."""
         cfg = self.config
         if not cfg.motion:
-            d = block_dissimilarity(frame, ref, grid)
-            return None, d
+            return None, block_dissimilarity(frame, ref, grid)
         prev = self._prev_mv_proxy if which == 'proxy' else self._prev_mv_local
         if getattr(self, '_codec_mvs', None) is not None:
             # codec MVs point at the previous decoded frame; D is measured against the real
@@ -542,11 +570,15 @@ class EdgePipeline:
             f = field_from_codec(self._codec_mvs, frame, ref, cfg.block_size)
         else:
             f = motion.estimate_motion(frame, ref, cfg.block_size, prev)
-        if which == 'proxy':
-            self._prev_mv_proxy = f.mv
-        else:
-            self._prev_mv_local = f.mv
         return f.mv, f.dissimilarity.reshape(-1)
+
+    def _motion_pool(self):
+        """One worker thread for the local block search beside the proxy's (the searches
+        release the GIL in C and OpenCV), or None on a single core."""
+        if self._pool is None and MOTION_THREAD and len(os.sched_getaffinity(0)) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix='fluxshard-motion')
+        return self._pool
 
     def _independent(self, mv):
         if not self.config.independent_px or mv is None:

@@ -80,6 +80,37 @@ def test_the_local_path_is_the_faster_runtime_by_measured_cost():
     assert ort.last_path == 'onnxruntime'
 
 
+def test_the_local_block_search_beside_the_proxy_one_finds_the_same_fields(monkeypatch):
+    """With the local path ready, the local block search runs on the motion thread beside the
+    proxy's: every step sends the same blocks, sees the same hit ratio and keeps the same
+    fields as the two searches one after the other (a path without measured timings, so that
+    only the thread can make them differ)."""
+    import os
+    from fluxshard_edge import pipeline
+    frames = list(data.iter_frames('davis-parkour', 6))
+    runs = []
+    for threaded in (True, False):
+        monkeypatch.setattr(pipeline, 'MOTION_THREAD', threaded)
+        # no timing in the path: fixed dense/incremental choice, no background refresh
+        pipe = EdgePipeline(EdgeConfig(force_strategy='edge', codec='raw',
+                                       backend='incremental', fit_latency=False))
+        pipe.refresh.cancel()
+        pipe.refresh = None
+        steps = []
+        for f in frames:
+            out = pipe.step(f)
+            sent = None if out.update is None else out.update.block_indices.tolist()
+            steps.append((sent, out.hit_ratio, None if pipe._prev_mv_proxy is None else
+                          pipe._prev_mv_proxy.tolist(), None if pipe._prev_mv_local is None
+                          else pipe._prev_mv_local.tolist()))
+        assert (pipe._pool is not None) == (threaded and len(os.sched_getaffinity(0)) > 1)
+        assert steps[-1][3] is not None  # the local search ran
+        pipe.close()
+        assert pipe._pool is None
+        runs.append(steps)
+    assert runs[0] == runs[1]
+
+
 def test_offline_computes_every_frame_on_the_robot_and_sends_nothing():
     """force_strategy 'offline' (Edge-only): no server needed, nothing sent, every frame a
     local result."""
