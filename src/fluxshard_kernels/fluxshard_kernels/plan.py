@@ -271,8 +271,7 @@ class CameraToNet:
         cx = ((np.arange(net_grid.cols) + 0.5) * net_grid.block_size - lb.pad_x) / lb.scale
         self._br = np.clip(cy // bs, 0, cam_grid.rows - 1).astype(np.int64)
         self._bc = np.clip(cx // bs, 0, cam_grid.cols - 1).astype(np.int64)
-        self.nh = int(round(lb.src_h * lb.scale))
-        self.nw = int(round(lb.src_w * lb.scale))
+        self.nh, self.nw = lb.resized
         # the source row / column OpenCV's nearest resize reads for each resized one
         src_r = cv2.resize(np.arange(lb.src_h, dtype=np.float32)[:, None], (1, self.nh),
                            interpolation=cv2.INTER_NEAREST).reshape(-1).astype(np.int64)

@@ -30,6 +30,11 @@ class Letterbox:
     src_h: int
     src_w: int
 
+    @property
+    def resized(self):
+        """(rows, cols) the source image takes in the network input (at least one each)."""
+        return _resized(self.src_h, self.src_w, self.scale)
+
     def to_source(self, x: np.ndarray, y: np.ndarray):
         """Network-input coordinates -> source-image pixels (clipped to the image)."""
         sx = np.clip((x - self.pad_x) / self.scale, 0, self.src_w)
@@ -37,12 +42,17 @@ class Letterbox:
         return sx, sy
 
 
+def _resized(src_h: int, src_w: int, scale: float):
+    # a side that rounds to nothing (a 1-pixel-high strip) keeps one row / column
+    return max(1, int(round(src_h * scale))), max(1, int(round(src_w * scale)))
+
+
 def letterbox_geometry(src_h: int, src_w: int, size: int = 640, stride: int = 32,
                        square: bool = False) -> Letterbox:
     """Fit the long side to ``size``; pad the short side to a multiple of ``stride``
     (or to a square)."""
     scale = min(size / src_h, size / src_w)
-    nh, nw = int(round(src_h * scale)), int(round(src_w * scale))
+    nh, nw = _resized(src_h, src_w, scale)
     if square:
         in_h = in_w = size
     else:
@@ -60,7 +70,7 @@ def letterbox_canvas(image_bgr: np.ndarray, size: int = 640, stride: int = 32,
     """BGR uint8 (H, W, 3) -> the letterboxed (in_h, in_w, 3) BGR uint8 canvas (grey 114
     padding) and its Letterbox."""
     lb = letterbox_geometry(image_bgr.shape[0], image_bgr.shape[1], size, stride, square)
-    nh, nw = int(round(lb.src_h * lb.scale)), int(round(lb.src_w * lb.scale))
+    nh, nw = lb.resized
     canvas = np.full((lb.in_h, lb.in_w, 3), 114, dtype=np.uint8)
     view = canvas[lb.pad_y:lb.pad_y + nh, lb.pad_x:lb.pad_x + nw]
     if (nh, nw) == image_bgr.shape[:2]:
@@ -193,7 +203,7 @@ def assemble_masks(protos: np.ndarray, coeffs: np.ndarray, boxes_net: np.ndarray
     m = 1.0 / (1.0 + np.exp(-(coeffs @ protos.reshape(c, -1)))).reshape(-1, mh, mw)
     out = np.zeros((m.shape[0], lb.src_h, lb.src_w), dtype=bool)
     sx, sy = mw / lb.in_w, mh / lb.in_h
-    nh, nw = int(round(lb.src_h * lb.scale)), int(round(lb.src_w * lb.scale))
+    nh, nw = lb.resized
     y0, x0 = int(round(lb.pad_y * sy)), int(round(lb.pad_x * sx))
     y1, x1 = int(round((lb.pad_y + nh) * sy)), int(round((lb.pad_x + nw) * sx))
     bx1, by1 = lb.to_source(boxes_net[:, 0], boxes_net[:, 1])
