@@ -230,11 +230,12 @@ def apply(state: Optional[np.ndarray], update: ProxyUpdate) -> np.ndarray:
 
 
 def digest(state: np.ndarray) -> bytes:
-    """blake2b-128 of the state's shape and bytes (16 bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(np.asarray(state.shape, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(state).tobytes())
-    return h.digest()
+    """SHA-256 of the state's shape and bytes, its first 16 bytes. Both sides hash every proxy
+    image (a megabyte a frame): OpenSSL's SHA-256 runs on the SHA instructions of x86 and
+    ARMv8 CPUs, about twice as fast here as the blake2b it replaced."""
+    h = hashlib.sha256(np.asarray(state.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(state).reshape(-1).view(np.uint8))  # no copy
+    return h.digest()[:16]
 
 
 def build_update(image: np.ndarray, grid: BlockGrid, indices: np.ndarray, codec: int,
