@@ -43,6 +43,13 @@ OVERLAP_MODES = ('auto', 'always', 'never')
 MOTION_THREAD = True
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS reports one)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _on_cuda(device: str) -> bool:
     return str(resolve_device(device)).startswith('cuda')
 
@@ -575,7 +582,7 @@ class EdgePipeline:
     def _motion_pool(self):
         """One worker thread for the local block search beside the proxy's (the searches
         release the GIL in C and OpenCV), or None on a single core."""
-        if self._pool is None and MOTION_THREAD and len(os.sched_getaffinity(0)) > 1:
+        if self._pool is None and MOTION_THREAD and usable_cores() > 1:
             from concurrent.futures import ThreadPoolExecutor
             self._pool = ThreadPoolExecutor(1, thread_name_prefix='fluxshard-motion')
         return self._pool

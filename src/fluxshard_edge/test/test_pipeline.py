@@ -85,7 +85,6 @@ def test_the_local_block_search_beside_the_proxy_one_finds_the_same_fields(monke
     proxy's: every step sends the same blocks, sees the same hit ratio and keeps the same
     fields as the two searches one after the other (a path without measured timings, so that
     only the thread can make them differ)."""
-    import os
     from fluxshard_edge import pipeline
     frames = list(data.iter_frames('davis-parkour', 6))
     runs = []
@@ -103,7 +102,7 @@ def test_the_local_block_search_beside_the_proxy_one_finds_the_same_fields(monke
             steps.append((sent, out.hit_ratio, None if pipe._prev_mv_proxy is None else
                           pipe._prev_mv_proxy.tolist(), None if pipe._prev_mv_local is None
                           else pipe._prev_mv_local.tolist()))
-        assert (pipe._pool is not None) == (threaded and len(os.sched_getaffinity(0)) > 1)
+        assert (pipe._pool is not None) == (threaded and pipeline.usable_cores() > 1)
         assert steps[-1][3] is not None  # the local search ran
         pipe.close()
         assert pipe._pool is None
