@@ -232,19 +232,10 @@ class H264Encoder:
         frame (a decoder that lost a unit restarts there); ``roi`` spends the bits on its
         regions (background coarser)."""
         import av
-        img = np.ascontiguousarray(frame[:self.ctx.height, :self.ctx.width])
-        if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
-            # BT.601 limited-range I420 by OpenCV, the encoder's own format: ~0.4 ms where
-            # PyAV's bgr24 frame and swscale took ~2.5 ms at 854x480 (and it comes back
-            # through the decoder closer to the input: 1.4 against 2.2 mean abs error)
-            import cv2
-            f = av.VideoFrame.from_ndarray(cv2.cvtColor(img, cv2.COLOR_BGR2YUV_I420),
-                                           format='yuv420p')
-        else:
-            f = av.VideoFrame.from_ndarray(img, format='bgr24')
+        f = av.VideoFrame.from_ndarray(np.ascontiguousarray(
+            frame[:self.ctx.height, :self.ctx.width]), format='bgr24')
         if roi is not None and roi.any_offset:
-            if f.format.name != 'yuv420p':
-                f = f.reformat(format='yuv420p')
+            f = f.reformat(format='yuv420p')
             f.pts = self._pts
             f = _roi_frame(f, roi)
         self._pts += 1
