@@ -293,6 +293,19 @@ def fused() -> bool:
     return _BLAS[0] and native.KERNELS_ON
 
 
+def _conv_args(op: dict) -> tuple:
+    """The weight arguments of ``conv_blocks`` for the convolution ``op`` (rows K of its
+    matrix, its address, the bias's or 0, columns N, SiLU or not), found once per op (the op
+    keeps its tensors, so the addresses stay valid)."""
+    ca = op.get('cargs')
+    if ca is None:
+        wmat, bias = op['wmat'], op.get('bias')
+        ca = op['cargs'] = (wmat.shape[0], wmat.data_ptr(),
+                            bias.data_ptr() if bias is not None else 0, wmat.shape[1],
+                            int(op.get('act') == 'silu'))
+    return ca
+
+
 def conv_blocks(src, rows, cols, off: int, k: int, s: int, valid, a: Optional[torch.Tensor],
                 op: dict, dst, margin: int, h: int, w: int, bo: int):
     """Blocks (rows[i], cols[i]) of bo pixels of ``dst`` (valid h x w) := act(A W + bias)
@@ -301,12 +314,7 @@ def conv_blocks(src, rows, cols, off: int, k: int, s: int, valid, a: Optional[to
     made), in one call: the matrix product is torch's own sgemm (see ``fused``). ``src`` and
     ``dst`` are storage descriptors (``sparse.FMap.cd()``; src None with ``a``)."""
     rows, cols = _i64(rows), _i64(cols)
-    ca = op.get('cargs')
-    if ca is None:
-        wmat, bias = op['wmat'], op.get('bias')
-        ca = op['cargs'] = (wmat.shape[0], wmat.data_ptr(),
-                            bias.data_ptr() if bias is not None else 0, wmat.shape[1],
-                            int(op.get('act') == 'silu'))
+    ca = _conv_args(op)
     sp, rs, cs, c = src[:4] if src is not None else (0, 0, 0, 0)
     n = len(rows)
     # a big layer: its blocks split over the threads inside the call (OpenMP), else one
@@ -319,23 +327,19 @@ def conv_blocks(src, rows, cols, off: int, k: int, s: int, valid, a: Optional[to
 
 class ConvCall:
     """``conv_blocks`` of one layer between two maps with its fixed arguments found once (the
-    storages, windows, weights and output geometry): a frame hands it only the active blocks.
-    ``src`` / ``dst``: the maps it was made for (a new map needs a new call)."""
+    storages, windows, weights and output geometry): a frame hands it only the active
+    blocks."""
 
-    __slots__ = ('src', 'dst', 'pre', 'mid', 'post', 'work', '_keep')
+    __slots__ = ('pre', 'mid', 'post', 'work')
 
-    def __init__(self, src, dst, src_cd, valid, off: int, k: int, s: int, op: dict, dst_cd,
-                 margin: int, h: int, w: int, bo: int):
-        wmat, bias = op['wmat'], op.get('bias')
-        self.src, self.dst = src, dst
+    def __init__(self, src_cd, valid, off: int, k: int, s: int, op: dict, dst_cd, margin: int,
+                 h: int, w: int, bo: int):
+        ca = _conv_args(op)
         self.pre = (src_cd[0], src_cd[1], src_cd[2], src_cd[3], valid[0], valid[1], valid[2],
                     valid[3])
-        self.mid = (off, k, s, bo, 0, wmat.shape[0], wmat.data_ptr(),
-                    bias.data_ptr() if bias is not None else 0, wmat.shape[1],
-                    int(op.get('act') == 'silu'))
+        self.mid = (off, k, s, bo, 0) + ca
         self.post = (dst_cd[0], dst_cd[1], dst_cd[2], margin, h, w)
-        self.work = bo * bo * wmat.shape[0] * 4
-        self._keep = (wmat, bias)  # the pointers stay valid while the call lives
+        self.work = bo * bo * ca[0] * 4
 
     def __call__(self, rows_ptr: int, cols_ptr: int, n: int):
         """Blocks (rows[i], cols[i]), i < n (int64 arrays at the given addresses)."""

@@ -344,8 +344,8 @@ def prepare_windowed(src: FMap, dst: FMap, op: dict, layout: str = 'batch'
         return None
     k, s, pad = op['weight'].shape[-1], op['stride'], op['padding']
     _, _, off = _window_geometry(src, k, s, pad, dst.b, dst.rows, dst.cols)
-    return compiled.ConvCall(src, dst, src.cd(), src.valid_box, off, k, s, op, dst.cd(),
-                             MARGIN, dst.h, dst.w, dst.b)
+    return compiled.ConvCall(src.cd(), src.valid_box, off, k, s, op, dst.cd(), MARGIN, dst.h,
+                             dst.w, dst.b)
 
 
 def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
