@@ -44,6 +44,86 @@ def serves(t: torch.Tensor) -> bool:
             and available())
 
 
+#: Queue the small per-layer kernel calls inside ``stream`` (see ``stream``); False: every
+#: call runs at once (the previous behaviour, and the reference the queue is tested against).
+QUEUE = True
+_Q = threading.local()  # .on: this thread queues its kernel calls; .keep: what they use
+
+
+class stream:
+    """Within it, this thread's small per-layer kernel calls (those that would run on one
+    thread: a big call still splits over the threads, after the queue empties) are queued to
+    the engine's worker thread and return at once; the worker runs them in order while this
+    thread's Python prepares the next layers (on two cores the interpreter's time and the
+    kernels' overlap). Anything that reads or writes a map outside these kernels calls
+    ``sync`` first (``sparse.FMap.valid`` and the torch paths do); leaving waits for every
+    queued call. Queues only where torch may use two threads or more (a core for the worker)
+    and ``on``."""
+
+    __slots__ = ('on', 'prev', 'threads')
+
+    def __init__(self, on: bool = True):
+        self.on = on
+
+    def __enter__(self):
+        self.prev = getattr(_Q, 'on', False)
+        self.threads = torch.get_num_threads()
+        _Q.on = bool(self.on and QUEUE and available() and self.threads >= 2)
+        if _Q.on:  # two threads, this one and the worker: no thread pool spinning beside them
+            _Q.threads = self.threads
+            if getattr(_Q, 'keep', None) is None:
+                _Q.keep = []
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if _Q.on:
+            torch.set_num_threads(self.threads)
+        _Q.on = self.prev
+        sync()
+        return False
+
+
+def sync():
+    """Wait until every kernel call this thread queued has run (a failed one raises
+    RuntimeError here), and let go of what they used."""
+    keep = getattr(_Q, 'keep', None)
+    if keep:
+        try:
+            _fx().sync()
+        finally:
+            keep.clear()
+
+
+def _threads() -> int:
+    """The threads a kernel call may use: torch's setting (in a stream, the one it found)."""
+    return _Q.threads if getattr(_Q, 'on', False) else torch.get_num_threads()
+
+
+def _halves_queued(n: int, keep, q, now, args) -> bool:
+    """In a stream, a big call over n items in two halves: [n // 2, n) queued to the worker,
+    [0, n // 2) run here at once, after the queue has emptied (so both see every earlier
+    write; the halves write apart). ``args(i0, i1)``: the call's arguments for items [i0, i1).
+    False outside a stream."""
+    if not getattr(_Q, 'on', False):
+        return False
+    sync()
+    h = n // 2
+    _Q.keep.append(keep)
+    q(*args(h, n))
+    now(*args(0, h))
+    return True
+
+
+def _queue(keep) -> bool:
+    """Whether this call is queued (this thread is in a ``stream``); ``keep`` then stays alive
+    until the queue has run it."""
+    if getattr(_Q, 'on', False):
+        _Q.keep.append(keep)
+        return True
+    return False
+
+
 _SCRATCH = threading.local()
 
 
@@ -111,7 +191,7 @@ _FX: list = []
 
 def _split(n: int, nbytes: int) -> bool:
     """Whether a call over n items moving nbytes runs in two halves (``_halves``)."""
-    return n >= 2 and nbytes >= SPLIT_BYTES and torch.get_num_threads() >= 2
+    return n >= 2 and nbytes >= SPLIT_BYTES and _threads() >= 2
 
 
 def gather(t: torch.Tensor, rows, cols, off: int, step: int, p: int, valid, fill: float = 0.0
@@ -197,9 +277,13 @@ def warp_skip(cd, margin: int, h: int, w: int, wp, skip: Optional[np.ndarray], b
         ps, sr, sc = _ptr(skip), skip.shape[0], skip.shape[1]
     else:
         ps, sr, sc = 0, 1, 1
-    threads = torch.get_num_threads() if _split(n, n * c * 16) else 1
-    _fx().warp_skip(cd[0], cd[1], cd[2], c, margin, h, w, p[0], p[1], p[2], p[3], n,
-                    _ptr(_scratch(n * c)), ps, sr, sc, b, threads)
+    if _split(n, n * c * 16) and not getattr(_Q, 'on', False):  # both threads inside it
+        _fx().warp_skip(cd[0], cd[1], cd[2], c, margin, h, w, p[0], p[1], p[2], p[3], n,
+                        _ptr(_scratch(n * c)), ps, sr, sc, b, torch.get_num_threads())
+    else:  # work buffer 0: the running thread's own (a queued call runs on the worker)
+        (_fx().q_warp_skip if _queue((wp, skip)) else _fx().warp_skip)(
+            cd[0], cd[1], cd[2], c, margin, h, w, p[0], p[1], p[2], p[3], n, 0, ps, sr, sc, b,
+            1)
 
 
 def add_blocks(a: torch.Tensor, b_: torch.Tensor, dst: torch.Tensor, margin: int, h: int,
@@ -212,8 +296,9 @@ def add_blocks(a: torch.Tensor, b_: torch.Tensor, dst: torch.Tensor, margin: int
             dst.data_ptr(), dst.stride(2), dst.stride(3), c, margin, h, w)
     pr, pc = _ptr(rows), _ptr(cols)
     if not _split(n, n * b * b * c * 12):
-        f(*head, pr, pc, n, b)
-    else:
+        (_fx().q_add_blocks if _queue((rows, cols)) else f)(*head, pr, pc, n, b)
+    elif not _halves_queued(n, (rows, cols), _fx().q_add_blocks, _fx().n_add_blocks,
+                            lambda i0, i1: (*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, b)):
         _halves(n, n * b * b * c * 12,
                 lambda i0, i1: f(*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, b))
 
@@ -228,8 +313,10 @@ def upsample2x_blocks(src: torch.Tensor, dst: torch.Tensor, margin: int, h: int,
             dst.stride(3), c, margin, h, w)
     pr, pc = _ptr(rows), _ptr(cols)
     if not _split(n, n * 4 * b * b * c * 8):
-        f(*head, pr, pc, n, b)
-    else:
+        (_fx().q_upsample2x_blocks if _queue((rows, cols)) else f)(*head, pr, pc, n, b)
+    elif not _halves_queued(n, (rows, cols), _fx().q_upsample2x_blocks,
+                            _fx().n_upsample2x_blocks,
+                            lambda i0, i1: (*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, b)):
         _halves(n, n * 4 * b * b * c * 8,
                 lambda i0, i1: f(*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, b))
 
@@ -318,11 +405,21 @@ def conv_blocks(src, rows, cols, off: int, k: int, s: int, valid, a: Optional[to
     sp, rs, cs, c = src[:4] if src is not None else (0, 0, 0, 0)
     n = len(rows)
     # a big layer: its blocks split over the threads inside the call (OpenMP), else one
-    threads = torch.get_num_threads() if _split(n, n * bo * bo * ca[0] * 4) else 1
-    _fx().conv_blocks(sp, rs, cs, c, valid[0], valid[1], valid[2], valid[3], _ptr(rows),
-                      _ptr(cols), n, off, k, s, bo, a.data_ptr() if a is not None else 0,
-                      ca[0], ca[1], ca[2], ca[3], ca[4], threads, dst[0], dst[1], dst[2],
-                      margin, h, w)
+    pa = a.data_ptr() if a is not None else 0
+    if _split(n, n * bo * bo * ca[0] * 4):
+        per = bo * bo * ca[0] * 4 if a is not None else 0
+        pr, pc = _ptr(rows), _ptr(cols)
+        if _halves_queued(n, (rows, cols, a), _fx().q_conv_blocks, _fx().n_conv_blocks,
+                          lambda i0, i1: (sp, rs, cs, c, *valid, pr + 8 * i0, pc + 8 * i0,
+                                          i1 - i0, off, k, s, bo, pa + per * i0, *ca, 1,
+                                          *dst[:3], margin, h, w)):
+            return
+        f, threads = _fx().conv_blocks, _threads()
+    else:
+        f, threads = _fx().q_conv_blocks if _queue((rows, cols, a)) else _fx().conv_blocks, 1
+    f(sp, rs, cs, c, valid[0], valid[1], valid[2], valid[3], _ptr(rows),
+      _ptr(cols), n, off, k, s, bo, pa, ca[0], ca[1], ca[2], ca[3], ca[4], threads, dst[0],
+      dst[1], dst[2], margin, h, w)
 
 
 class ConvCall:
@@ -341,10 +438,19 @@ class ConvCall:
         self.post = (dst_cd[0], dst_cd[1], dst_cd[2], margin, h, w)
         self.work = bo * bo * ca[0] * 4
 
-    def __call__(self, rows_ptr: int, cols_ptr: int, n: int):
-        """Blocks (rows[i], cols[i]), i < n (int64 arrays at the given addresses)."""
-        threads = torch.get_num_threads() if _split(n, n * self.work) else 1
-        _fx().conv_blocks(*self.pre, rows_ptr, cols_ptr, n, *self.mid, threads, *self.post)
+    def __call__(self, rows_ptr: int, cols_ptr: int, n: int, keep=None):
+        """Blocks (rows[i], cols[i]), i < n (int64 arrays at the given addresses, which
+        ``keep`` holds: a queued call keeps it alive until it has run)."""
+        if _split(n, n * self.work):
+            if not _halves_queued(n, keep, _fx().q_conv_blocks, _fx().n_conv_blocks,
+                                  lambda i0, i1: (*self.pre, rows_ptr + 8 * i0,
+                                                  cols_ptr + 8 * i0, i1 - i0, *self.mid, 1,
+                                                  *self.post)):
+                _fx().conv_blocks(*self.pre, rows_ptr, cols_ptr, n, *self.mid, _threads(),
+                                  *self.post)
+        else:
+            (_fx().q_conv_blocks if _queue(keep) else _fx().conv_blocks)(
+                *self.pre, rows_ptr, cols_ptr, n, *self.mid, 1, *self.post)
 
 
 def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
@@ -355,12 +461,19 @@ def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid
     straight from the storage (windows as ``im2col``'s) in one call."""
     rows, cols = _i64(rows), _i64(cols)
     n = len(rows)
-    threads = torch.get_num_threads() if _split(n, n * bo * bo * k * k * src.shape[1] * 4) \
-        else 1
-    _fx().dwconv_blocks(src.data_ptr(), src.stride(2), src.stride(3), src.shape[1], valid[0],
-                        valid[1], valid[2], valid[3], _ptr(rows), _ptr(cols), n, off, k, s, bo,
-                        wdw.data_ptr(), bias.data_ptr() if bias is not None else 0, int(act),
-                        dst.data_ptr(), dst.stride(2), dst.stride(3), margin, h, w, threads)
+    head = (src.data_ptr(), src.stride(2), src.stride(3), src.shape[1], *valid)
+    tail = (wdw.data_ptr(), bias.data_ptr() if bias is not None else 0, int(act), dst.data_ptr(),
+            dst.stride(2), dst.stride(3), margin, h, w)
+    if _split(n, n * bo * bo * k * k * src.shape[1] * 4):
+        pr, pc = _ptr(rows), _ptr(cols)
+        if _halves_queued(n, (rows, cols), _fx().q_dwconv_blocks, _fx().n_dwconv_blocks,
+                          lambda i0, i1: (*head, pr + 8 * i0, pc + 8 * i0, i1 - i0, off, k, s,
+                                          bo, *tail, 1)):
+            return
+        f, threads = _fx().dwconv_blocks, _threads()
+    else:
+        f, threads = _fx().q_dwconv_blocks if _queue((rows, cols)) else _fx().dwconv_blocks, 1
+    f(*head, _ptr(rows), _ptr(cols), n, off, k, s, bo, *tail, threads)
 
 
 def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int,
@@ -374,8 +487,11 @@ def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int
     per = b * b * ld * 4
     rs, cs = src.stride(2), src.stride(3)
     if not _split(n, n * b * b * c * 8):
-        f(ps, rs, cs, c, margin, h, w, pr, pc, n, b, po, ld, c_off)
-    else:
+        (_fx().q_rows_into if _queue((rows, cols, out)) else f)(ps, rs, cs, c, margin, h, w,
+                                                                 pr, pc, n, b, po, ld, c_off)
+    elif not _halves_queued(n, (rows, cols, out), _fx().q_rows_into, _fx().n_rows_into,
+                            lambda i0, i1: (ps, rs, cs, c, margin, h, w, pr + 8 * i0,
+                                            pc + 8 * i0, i1 - i0, b, po + per * i0, ld, c_off)):
         _halves(n, n * b * b * c * 8, lambda i0, i1: f(
             ps, rs, cs, c, margin, h, w, pr + 8 * i0, pc + 8 * i0, i1 - i0, b, po + per * i0,
             ld, c_off))

@@ -301,6 +301,7 @@ class IncrementalExecutor:
         return c
 
     def _store(self, name: str, y: torch.Tensor, stride: int) -> S.FMap:
+        compiled.sync()  # a queued call may still write the cache this replaces
         c = self.caches.get(name)
         if c is not None and (c.channels, c.h, c.w) == (y.shape[1], y.shape[2], y.shape[3]):
             c.valid.copy_(y)
@@ -413,7 +414,7 @@ class IncrementalExecutor:
                         x.fmap, cache, op, self.layout))
                 if call[2] is not None and compiled.fused():  # one call, arguments kept
                     with S.STAGES('conv'):
-                        call[2](*bm.ptrs())
+                        call[2](*bm.ptrs(), bm)
                 else:
                     S.sparse_windowed(x.fmap, cache, bm.mask, op, self.layout, idx=bm.idx)
             elif k == 1 and s == 1 and 'wmat' in op and cache.serves() and all(
@@ -608,6 +609,7 @@ class IncrementalExecutor:
             sel = torch.from_numpy(ys * cache.w + xs).to(cache.t.device)
             with S.STAGES('attention'):
                 y = rows(x.tensor(), sel)[0]  # (C, P)
+                compiled.sync()  # the cache's queued warp first
                 cache.t[0][:, torch.from_numpy(ys + S.MARGIN).to(cache.t.device),
                            torch.from_numpy(xs + S.MARGIN).to(cache.t.device)] = y
             return True
@@ -755,8 +757,11 @@ class IncrementalYOLO:
         m = ex.plan.input_mask  # the frame's mask on the host (a count, not a float copy)
         ex.stats.input_active = (np.count_nonzero(m) / max(m.size, 1) if m is not None
                                  else float(mask.float().mean()))
+        # on the CPU the small kernel calls of a sparse pass are queued to the engine's worker
+        # thread, overlapping this thread's Python (``compiled.stream``; done when it ends)
         with torch.no_grad():
-            feats = self.model.features(inp, ex)
+            with compiled.stream(mode != 'dense' and self.device.type == 'cpu'):
+                feats = self.model.features(inp, ex)
             self.last_masks = {k: ([v.mask for v in vals] if isinstance(vals, list) else
                                    vals.mask) for k, vals in feats.items()}
             with S.STAGES('head'):  # the anchors whose raw outputs changed

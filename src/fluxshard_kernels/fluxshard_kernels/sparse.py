@@ -144,12 +144,15 @@ class FMap:
 
     @property
     def valid(self) -> torch.Tensor:
-        """(1, C, h, w) view of the valid region."""
+        """(1, C, h, w) view of the valid region (after every queued kernel call has run:
+        ``compiled.stream``)."""
+        compiled.sync()
         return self.t[:, :, MARGIN:MARGIN + self.h, MARGIN:MARGIN + self.w]
 
     @property
     def interior(self) -> torch.Tensor:
-        """(1, C, rows * b, cols * b) view of the block-padded region."""
+        """(1, C, rows * b, cols * b) view of the block-padded region (queue run)."""
+        compiled.sync()
         return self.t[:, :, MARGIN:MARGIN + self.rows * self.b,
                       MARGIN:MARGIN + self.cols * self.b]
 
@@ -189,6 +192,7 @@ class FMap:
 
     def clear_padding(self):
         """Zero the block padding beyond the valid region (keeps dense zero-padding exact)."""
+        compiled.sync()
         e = self.rows * self.b
         if self.h < e:
             self.t[:, :, MARGIN + self.h:MARGIN + e, :] = 0
@@ -406,6 +410,7 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
         return dst
     if not mask.any():
         return dst
+    compiled.sync()  # the torch path reads and writes the storages directly
     if pool:
         # max-pool pads with -inf: mark everything outside the valid input as -inf
         src = _neg_inf_outside(src)

@@ -538,3 +538,67 @@ def test_big_calls_split_over_two_threads_give_the_same_results(monkeypatch):
                                                              cols).t)  # the warp moved
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('seq', ['pets09-s2l1', 'davis-parkour'])
+def test_queued_kernel_calls_give_the_results_of_calls_run_at_once(seq, monkeypatch):
+    """On two threads a sparse step queues its small kernel calls to the engine's worker
+    thread and splits its big ones between the worker and itself (``compiled.stream``): on
+    real frames (a static and a moving camera) every step's raw outputs and every cache equal,
+    bit for bit, those of the same engine with every call run at once. Every layer runs
+    sparse, through the kernels (a layer run dense is a torch op, on one thread inside the
+    stream: its float rounding may differ from two threads')."""
+    if not compiled.fused():
+        pytest.skip('torch has no BLAS to hand to the kernels here')
+    from fluxshard_kernels import data, motion
+    from fluxshard_kernels.incremental import IncrementalYOLO
+    from fluxshard_kernels.yolo import model as M
+    det_model = M.load_onnx(str(data.model_path('detect')))
+    frames = list(data.iter_frames(seq, limit=5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = {}
+        for queue in (False, True):
+            monkeypatch.setattr(compiled, 'QUEUE', queue)
+            r = IncrementalYOLO(det_model, 16)
+            r.dense(frames[0])
+            r.ex.costs, r.ex.force = None, 'sparse'
+            runs0 = compiled._fx().pending()[1]
+            raws = []
+            for f in frames[1:]:
+                fld = motion.estimate_motion(f, r.state, 16)
+                miss = np.flatnonzero(fld.dissimilarity.reshape(-1) >= 10)
+                raws.append(r.step(f, fld.mv, miss, 16)[0].clone())
+                assert compiled._fx().pending()[0] == 0  # a step ends with the queue empty
+            got[queue] = (raws, {k: c.t.clone() for k, c in r.ex.caches.items()},
+                          compiled._fx().pending()[1] - runs0)
+        assert got[False][2] == 0 and got[True][2] > 100  # the worker ran the calls
+        for a, b in zip(got[False][0], got[True][0]):
+            assert torch.equal(a, b)
+        assert got[False][1].keys() == got[True][1].keys()
+        for k in got[False][1]:
+            assert torch.equal(got[False][1][k], got[True][1][k]), k
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_stream_left_by_an_exception_has_run_its_queued_calls():
+    """An error inside ``compiled.stream`` (a layer that raises) still waits for the calls
+    queued before it: their writes are there, nothing stays queued."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a, b = torch.randn(1, 8, 20, 24), torch.randn(1, 8, 20, 24)
+        ma, mb, out = (S.FMap.from_dense(x, 4, 5, 6) for x in (a, b, torch.zeros_like(a)))
+        rows, cols = np.repeat(np.arange(5), 6), np.tile(np.arange(6), 5)
+        with pytest.raises(ValueError, match='a layer failed'):
+            with compiled.stream():
+                compiled.add_blocks(ma.t, mb.t, out.t, S.MARGIN, 20, 24, rows, cols, 4)
+                if compiled.QUEUE and compiled.available():
+                    assert compiled._Q.keep  # queued, not run yet
+                raise ValueError('a layer failed')
+        assert compiled._fx().pending()[0] == 0 and not compiled._Q.keep
+        torch.testing.assert_close(out.valid, a + b, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)

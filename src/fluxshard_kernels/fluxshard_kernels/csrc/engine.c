@@ -14,6 +14,17 @@
 #include <Python.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FS_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define FS_PAUSE() __asm__ __volatile__("yield")
+#else
+#define FS_PAUSE() ((void)0)
+#endif
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -455,8 +466,8 @@ void fs_set_blas(void *sgemm, void *threads) {
 }
 
 /* Per-thread work buffers (the im2col rows and the product), grown on demand. */
-static __thread float *fs_buf[2] = {NULL, NULL};
-static __thread size_t fs_cap[2] = {0, 0};
+static __thread float *fs_buf[3] = {NULL, NULL, NULL};
+static __thread size_t fs_cap[3] = {0, 0, 0};
 
 static float *fs_scratch(int i, size_t n) {
     if (fs_cap[i] < n) {
@@ -654,6 +665,164 @@ static int dw_part(const float *src, int64_t rs, int64_t cs, int C, int vy0, int
  * C function's arguments in order, pointers as Python ints (``tensor.data_ptr()``), the
  * `fill` value as a float, and releases the GIL for the call (two threads may split one). */
 
+/* ---- The kernel queue ---------------------------------------------------------------------
+ * A frame of the engine is a few hundred small kernel calls with Python in between. Queued
+ * (the q_* entries), a call returns at once and one worker thread runs the calls in order,
+ * while the caller's Python goes on to the next layer: on two cores the interpreter's work and
+ * the kernels' overlap. Every unqueued entry, and ``sync``, first waits for the queue to empty,
+ * so a reader of the maps (torch, numpy) that calls ``sync`` sees every queued write. The
+ * worker spins for FS_SPIN_US after its last call (the next one usually comes within tens of
+ * microseconds), then sleeps on a condition variable. A queued call that fails is reported
+ * by the next ``sync``. */
+typedef int (*fs_run_t)(const long long *v, double f);
+#define FS_QCAP 1024
+#define FS_QARGS 28
+#define FS_SPIN_US 60.0
+typedef struct {
+    fs_run_t run;
+    double f;
+    long long v[FS_QARGS];
+} fs_qrec;
+static fs_qrec fs_q[FS_QCAP];
+static _Atomic long long fs_qhead = 0; /* next record to run (the worker advances it) */
+static _Atomic long long fs_qtail = 0; /* next free record (the callers advance it) */
+static _Atomic int fs_qidle = 0, fs_qwaiters = 0, fs_qfailed = 0;
+static pthread_mutex_t fs_qmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fs_qwork = PTHREAD_COND_INITIALIZER, fs_qdone = PTHREAD_COND_INITIALIZER;
+static int fs_qstarted = 0;
+static _Atomic long long fs_qruns = 0, fs_qsignals = 0, fs_qbusy_ns = 0;
+
+static double fs_now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+}
+
+static void *fs_qworker(void *arg) {
+    (void)arg;
+    for (;;) {
+        const long long h = atomic_load(&fs_qhead);
+        if (h == atomic_load(&fs_qtail)) { /* empty: spin a while, then sleep */
+            const double t0 = fs_now_us();
+            for (unsigned n = 1; h == atomic_load(&fs_qtail); ++n) {
+                FS_PAUSE();
+                if ((n & 63) == 0 && fs_now_us() - t0 > FS_SPIN_US) {
+                    pthread_mutex_lock(&fs_qmu);
+                    atomic_store(&fs_qidle, 1);
+                    while (h == atomic_load(&fs_qtail)) pthread_cond_wait(&fs_qwork, &fs_qmu);
+                    atomic_store(&fs_qidle, 0);
+                    pthread_mutex_unlock(&fs_qmu);
+                    break;
+                }
+            }
+            continue;
+        }
+        const fs_qrec *r = &fs_q[h % FS_QCAP];
+        const double b0 = fs_now_us();
+        if (r->run(r->v, r->f) < 0) atomic_store(&fs_qfailed, 1);
+        atomic_fetch_add(&fs_qbusy_ns, (long long)(1e3 * (fs_now_us() - b0)));
+        atomic_fetch_add(&fs_qruns, 1);
+        atomic_store(&fs_qhead, h + 1);
+        if (atomic_load(&fs_qwaiters)) {
+            pthread_mutex_lock(&fs_qmu);
+            pthread_cond_broadcast(&fs_qdone);
+            pthread_mutex_unlock(&fs_qmu);
+        }
+    }
+    return NULL;
+}
+
+static void fs_qafter_fork(void) { /* the child has no worker: start afresh */
+    fs_qstarted = 0;
+    atomic_store(&fs_qhead, 0);
+    atomic_store(&fs_qtail, 0);
+    atomic_store(&fs_qidle, 0);
+    atomic_store(&fs_qwaiters, 0);
+    pthread_mutex_init(&fs_qmu, NULL);
+    pthread_cond_init(&fs_qwork, NULL);
+    pthread_cond_init(&fs_qdone, NULL);
+}
+
+/* Wait until every call queued before this one has run (GIL released by the caller). */
+static void fs_qdrain(void) {
+    const long long t = atomic_load(&fs_qtail);
+    if (atomic_load(&fs_qhead) >= t) return;
+    const double t0 = fs_now_us();
+    for (unsigned n = 1; atomic_load(&fs_qhead) < t; ++n) {
+        FS_PAUSE();
+        if ((n & 63) == 0 && fs_now_us() - t0 > FS_SPIN_US) {
+            pthread_mutex_lock(&fs_qmu);
+            atomic_fetch_add(&fs_qwaiters, 1);
+            while (atomic_load(&fs_qhead) < t) pthread_cond_wait(&fs_qdone, &fs_qmu);
+            atomic_fetch_sub(&fs_qwaiters, 1);
+            pthread_mutex_unlock(&fs_qmu);
+            return;
+        }
+    }
+}
+
+/* Queue run(v, f) (GIL held: one caller at a time); -1 when no worker could be started. */
+static int fs_qpush(fs_run_t run, const long long *v, Py_ssize_t nargs, double f) {
+    if (!fs_qstarted) {
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        const int rc = pthread_create(&th, &at, fs_qworker, NULL);
+        pthread_attr_destroy(&at);
+        if (rc != 0) return -1;
+        static int fork_hook = 0;
+        if (!fork_hook) pthread_atfork(NULL, NULL, fs_qafter_fork);
+        fork_hook = 1;
+        fs_qstarted = 1;
+    }
+    const long long t = atomic_load(&fs_qtail);
+    while (t - atomic_load(&fs_qhead) >= FS_QCAP) FS_PAUSE(); /* full: the worker frees one */
+    fs_qrec *r = &fs_q[t % FS_QCAP];
+    r->run = run;
+    r->f = f;
+    memcpy(r->v, v, (size_t)nargs * sizeof(long long));
+    atomic_store(&fs_qtail, t + 1);
+    if (atomic_load(&fs_qidle)) {
+        atomic_fetch_add(&fs_qsignals, 1);
+        pthread_mutex_lock(&fs_qmu);
+        pthread_cond_signal(&fs_qwork);
+        pthread_mutex_unlock(&fs_qmu);
+    }
+    return 0;
+}
+
+/* After a wait: a RuntimeError (and NULL) when a queued call failed since the last check. */
+static int fs_qcheck(void) {
+    if (atomic_exchange(&fs_qfailed, 0)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "a queued engine kernel failed (no BLAS set or out of memory)");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_sync(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    (void)args;
+    (void)nargs;
+    if (atomic_load(&fs_qhead) < atomic_load(&fs_qtail)) {
+        Py_BEGIN_ALLOW_THREADS fs_qdrain();
+        Py_END_ALLOW_THREADS
+    }
+    if (fs_qcheck() < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_pending(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    (void)args;
+    (void)nargs;
+    return Py_BuildValue("(LLLL)", atomic_load(&fs_qtail) - atomic_load(&fs_qhead),
+                         atomic_load(&fs_qruns), atomic_load(&fs_qsignals),
+                         atomic_load(&fs_qbusy_ns));
+}
+
 /* v[i] := int(args[i]) (a float for i == fidx, into *f); -1 with a Python error set. */
 static int fs_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long long *v,
                    Py_ssize_t fidx, double *f, const char *name) {
@@ -676,15 +845,63 @@ static int fs_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, lon
 
 #define PTR(T, i) ((T)(intptr_t)v[i])
 #define I(i) ((int)v[i])
-#define FS_ENTRY(pyname, nargs_, fidx, call)                                                  \
+/* An entry (py_<name>: waits for the queue, then runs; q_<name>: queues the call) over
+ * run_<name>(v, f), which returns < 0 when the C function could not run (RuntimeError(msg)). */
+#define FS_PY(pyname, nargs_, fidx, msg)                                                      \
     static PyObject *py_##pyname(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {   \
         long long v[nargs_];                                                                  \
         double f = 0.0;                                                                       \
+        int rc;                                                                               \
         (void)self;                                                                           \
         if (fs_args(args, nargs, nargs_, v, fidx, &f, #pyname) < 0) return NULL;              \
-        Py_BEGIN_ALLOW_THREADS call;                                                          \
-        Py_END_ALLOW_THREADS Py_RETURN_NONE;                                                  \
+        Py_BEGIN_ALLOW_THREADS fs_qdrain();                                                   \
+        rc = run_##pyname(v, f);                                                              \
+        Py_END_ALLOW_THREADS if (fs_qcheck() < 0) return NULL;                                \
+        if (rc < 0) {                                                                         \
+            PyErr_SetString(PyExc_RuntimeError, #pyname ": " msg);                            \
+            return NULL;                                                                      \
+        }                                                                                     \
+        Py_RETURN_NONE;                                                                       \
+    }                                                                                         \
+    __attribute__((unused)) static PyObject *q_##pyname(PyObject *self,                     \
+                                                        PyObject *const *args,              \
+                                                        Py_ssize_t nargs) {                 \
+        long long v[nargs_];                                                                  \
+        double f = 0.0;                                                                       \
+        if (fs_args(args, nargs, nargs_, v, fidx, &f, #pyname) < 0) return NULL;              \
+        if (fs_qpush(run_##pyname, v, nargs_, f) < 0) return py_##pyname(self, args, nargs);  \
+        Py_RETURN_NONE;                                                                       \
+    }                                                                                         \
+    __attribute__((unused)) static PyObject *n_##pyname(PyObject *self,                     \
+                                                        PyObject *const *args,              \
+                                                        Py_ssize_t nargs) {                 \
+        long long v[nargs_];                                                                  \
+        double f = 0.0;                                                                       \
+        int rc;                                                                               \
+        (void)self;                                                                           \
+        if (fs_args(args, nargs, nargs_, v, fidx, &f, #pyname) < 0) return NULL;              \
+        Py_BEGIN_ALLOW_THREADS rc = run_##pyname(v, f);                                       \
+        Py_END_ALLOW_THREADS if (rc < 0) {                                                    \
+            PyErr_SetString(PyExc_RuntimeError, #pyname ": " msg);                            \
+            return NULL;                                                                      \
+        }                                                                                     \
+        Py_RETURN_NONE;                                                                       \
     }
+#define FS_ENTRY(pyname, nargs_, fidx, call)                                                  \
+    static int run_##pyname(const long long *v, double f) {                                   \
+        (void)f;                                                                              \
+        call;                                                                                 \
+        return 0;                                                                             \
+    }                                                                                         \
+    FS_PY(pyname, nargs_, fidx, "failed")
+
+/* An entry whose C function returns < 0 when it could not run: RuntimeError(msg) then. */
+#define FS_ENTRY_RC(pyname, nargs_, msg, call)                                                \
+    static int run_##pyname(const long long *v, double f) {                                   \
+        (void)f;                                                                              \
+        return call;                                                                          \
+    }                                                                                         \
+    FS_PY(pyname, nargs_, -1, msg)
 
 FS_ENTRY(gather, 16, 8,
          fs_gather(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7), (float)f,
@@ -697,11 +914,22 @@ FS_ENTRY(im2col, 17, 8,
          fs_im2col(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7), (float)f,
                    PTR(const int64_t *, 9), PTR(const int64_t *, 10), I(11), I(12), I(13),
                    I(14), I(15), PTR(float *, 16)))
-FS_ENTRY(warp_skip, 18, -1,
-         fs_warp_skip(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
-                      PTR(const int32_t *, 7), PTR(const int32_t *, 8), PTR(const float *, 9),
-                      PTR(const float *, 10), I(11), PTR(float *, 12),
-                      PTR(const uint8_t *, 13), I(14), I(15), I(16), I(17)))
+/* warp_skip with tmp 0 takes the calling thread's own work buffer (a queued warp). */
+static int fs_warp_skip_any(float *t, int64_t rs, int64_t cs, int C, int margin, int h, int w,
+                            const int32_t *ys, const int32_t *xs, const float *sy,
+                            const float *sx, int n, float *tmp, const uint8_t *skip, int srows,
+                            int scols, int b, int threads) {
+    if (tmp == NULL && (tmp = fs_scratch(2, (size_t)n * C + 1)) == NULL) return -1;
+    fs_warp_skip(t, rs, cs, C, margin, h, w, ys, xs, sy, sx, n, tmp, skip, srows, scols, b,
+                 threads);
+    return 0;
+}
+FS_ENTRY_RC(warp_skip, 18, "out of memory",
+            fs_warp_skip_any(PTR(float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
+                             PTR(const int32_t *, 7), PTR(const int32_t *, 8),
+                             PTR(const float *, 9), PTR(const float *, 10), I(11),
+                             PTR(float *, 12), PTR(const uint8_t *, 13), I(14), I(15), I(16),
+                             I(17)))
 FS_ENTRY(add_blocks, 17, -1,
          fs_add_blocks(PTR(const float *, 0), v[1], v[2], PTR(const float *, 3), v[4], v[5],
                        PTR(float *, 6), v[7], v[8], I(9), I(10), I(11), I(12),
@@ -710,22 +938,6 @@ FS_ENTRY(upsample2x_blocks, 14, -1,
          fs_upsample2x_blocks(PTR(const float *, 0), v[1], v[2], PTR(float *, 3), v[4], v[5],
                               I(6), I(7), I(8), I(9), PTR(const int64_t *, 10),
                               PTR(const int64_t *, 11), I(12), I(13)))
-/* An entry whose C function returns < 0 when it could not run: RuntimeError(msg) then. */
-#define FS_ENTRY_RC(pyname, nargs_, msg, call)                                                \
-    static PyObject *py_##pyname(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {   \
-        long long v[nargs_];                                                                  \
-        double f = 0.0;                                                                       \
-        int rc;                                                                               \
-        (void)self;                                                                           \
-        if (fs_args(args, nargs, nargs_, v, -1, &f, #pyname) < 0) return NULL;                \
-        Py_BEGIN_ALLOW_THREADS rc = call;                                                     \
-        Py_END_ALLOW_THREADS if (rc < 0) {                                                    \
-            PyErr_SetString(PyExc_RuntimeError, #pyname ": " msg);                            \
-            return NULL;                                                                      \
-        }                                                                                     \
-        Py_RETURN_NONE;                                                                       \
-    }
-
 FS_ENTRY_RC(conv_blocks, 28, "no BLAS set or out of memory",
             fs_conv_blocks(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
                            PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11),
@@ -779,11 +991,14 @@ FS_ENTRY(rows_into, 14, -1,
                       PTR(float *, 11), v[12], I(13)))
 
 #define FS_DEF(name) {#name, (PyCFunction)(void (*)(void))py_##name, METH_FASTCALL, NULL}
+#define FS_DEFQ(name)                                                                         \
+    FS_DEF(name), {"q_" #name, (PyCFunction)(void (*)(void))q_##name, METH_FASTCALL, NULL},     \
+        {"n_" #name, (PyCFunction)(void (*)(void))n_##name, METH_FASTCALL, NULL}
 static PyMethodDef fs_methods[] = {
     FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
-    FS_DEF(add_blocks), FS_DEF(upsample2x_blocks), FS_DEF(rows_into),
-    FS_DEF(conv_blocks), FS_DEF(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
-    FS_DEF(warp_plan), FS_DEF(warp_skip), FS_DEF(pool_any),
+    FS_DEFQ(add_blocks), FS_DEFQ(upsample2x_blocks), FS_DEFQ(rows_into),
+    FS_DEFQ(conv_blocks), FS_DEFQ(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
+    FS_DEF(warp_plan), FS_DEFQ(warp_skip), FS_DEF(pool_any), FS_DEF(sync), FS_DEF(pending),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};
