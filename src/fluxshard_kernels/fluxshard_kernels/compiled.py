@@ -95,6 +95,11 @@ def sync():
             keep.clear()
 
 
+def queued() -> bool:
+    """Whether this thread is queueing its kernel calls now (in a ``stream``)."""
+    return getattr(_Q, 'on', False)
+
+
 def _threads() -> int:
     """The threads a kernel call may use: torch's setting (in a stream, the one it found)."""
     return _Q.threads if getattr(_Q, 'on', False) else torch.get_num_threads()
@@ -343,6 +348,22 @@ def rows_update(parts, shapes, rows: torch.Tensor) -> np.ndarray:
             c0 += t.shape[1]
         a0 += h * w
     return np.flatnonzero(changed)
+
+
+def decode_rows(src: torch.Tensor, idx: Optional[np.ndarray], geom: tuple, dfl: torch.Tensor,
+                nc: int, out: torch.Tensor, columns: bool = False):
+    """The detection head's decode (``Detect.decode_columns``) of anchors ``idx`` (None: all)
+    of the raw outputs ``src``, float32 (n, width) rows (``columns``: (width, n)), into their
+    columns of ``out`` (1, 4 + nc [+ more], n), in one pass; ``geom``: the anchors' (x, y,
+    stride), contiguous float32 (n,) each; ``dfl``: the distribution's R weights."""
+    a, c = (1, 0) if columns else (0, 1)
+    n, sa, sc = src.shape[a], src.stride(a), src.stride(c)
+    k = n if idx is None else len(idx)
+    idx = None if idx is None else _i64(idx)
+    _fx().decode_rows(src.data_ptr(), sa, sc, 0 if idx is None else _ptr(idx), k,
+                      geom[0].data_ptr(), geom[1].data_ptr(), geom[2].data_ptr(),
+                      dfl.data_ptr(), dfl.numel(), nc, out.data_ptr(), out.stride(1),
+                      torch.get_num_threads())
 
 
 def input_blocks(canvas: np.ndarray, prev: np.ndarray, dst: torch.Tensor, margin: int, bs: int,

@@ -66,6 +66,9 @@ class HeadDecoder:
                 self._rows.shape != rows.shape:
             self._geom = (shapes, *M.make_anchors(shapes, head.strides, rows.device,
                                                   rows.dtype))
+            anchors, strides = self._geom[1], self._geom[2]  # (x, y, stride) for the kernel
+            self._cgeom = (anchors[0].contiguous(), anchors[1].contiguous(),
+                           strides[0].contiguous())
             out = self._decode(model, head, rows, self._geom[1], self._geom[2])
             self.decoded = rows.shape[0]
         else:
@@ -78,15 +81,21 @@ class HeadDecoder:
 
     def _redo(self, model, head, rows, idx) -> torch.Tensor:
         """The last output with the anchors ``idx`` decoded anew from ``rows`` (a new
-        tensor: the caller may keep the last one)."""
-        if len(idx) > FULL_ABOVE * rows.shape[0]:  # most moved: one dense decode
-            out = self._decode(model, head, rows, self._geom[1], self._geom[2])
+        tensor: the caller may keep the last one). The detection columns decode in one
+        compiled pass straight into the output (``compiled.decode_rows``; the torch
+        ``Detect.decode_columns`` is its reference), pose keypoints in torch."""
+        if len(idx) > FULL_ABOVE * rows.shape[0]:  # most moved: every anchor at once
+            out, idx = torch.empty_like(self._out), None
         else:
             out = self._out.clone()
-            if len(idx):
-                sel = torch.from_numpy(idx)
-                out[:, :, sel] = self._decode(model, head, rows[sel], self._geom[1][:, sel],
-                                              self._geom[2][:, sel])
+            if not len(idx):
+                self._out = out
+                return out
+        compiled.decode_rows(rows, idx, self._cgeom, head.dfl_weights(), head.nc, out)
+        if model.task == 'pose':
+            sel = slice(None) if idx is None else torch.from_numpy(idx)
+            out[:, 4 + head.nc:, sel] = head.decode_kpt_columns(
+                rows[sel, head.no:].t()[None], self._geom[1][:, sel], self._geom[2][:, sel])
         self._out = out
         return out
 

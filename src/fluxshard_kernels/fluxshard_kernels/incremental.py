@@ -377,7 +377,9 @@ class IncrementalExecutor:
         return frac <= limit
 
     def _observe(self, name, path, count, t0):
-        if self.costs is not None:
+        # a queued layer's time is not its work (``compiled.stream``): the costs keep what
+        # was measured with every call run at once (``IncrementalYOLO.calibrate``)
+        if self.costs is not None and not compiled.queued():
             self.costs.observe(name, path, count, time.perf_counter() - t0)
 
     # -- primitives ------------------------------------------------------------------------------
@@ -717,6 +719,7 @@ class IncrementalYOLO:
         self.lb: Optional[Letterbox] = None
         self._cam_to_net: Optional[CameraToNet] = None
         self._lock = threading.Lock()
+        self._queue = True  # a sparse pass queues its small kernel calls (compiled.stream)
 
     # -- geometry -------------------------------------------------------------------------------
     def _setup(self, shape):
@@ -760,7 +763,8 @@ class IncrementalYOLO:
         # on the CPU the small kernel calls of a sparse pass are queued to the engine's worker
         # thread, overlapping this thread's Python (``compiled.stream``; done when it ends)
         with torch.no_grad():
-            with compiled.stream(mode != 'dense' and self.device.type == 'cpu'):
+            with compiled.stream(mode != 'dense' and self.device.type == 'cpu' and
+                                 self._queue):
                 feats = self.model.features(inp, ex)
             self.last_masks = {k: ([v.mask for v in vals] if isinstance(vals, list) else
                                    vals.mask) for k, vals in feats.items()}
@@ -831,11 +835,12 @@ class IncrementalYOLO:
             with self._lock:
                 self.ex.force = 'sparse'
                 self.ex.costs = costs if i else None  # the first sparse step allocates
+                self._queue = False  # each layer's own time: its calls run at once
             try:
                 self.step(blank, mv, miss, 16)
             finally:
                 with self._lock:
-                    self.ex.force, self.ex.costs = None, costs
+                    self.ex.force, self.ex.costs, self._queue = None, costs, True
         self.dense(blank)
 
     def shadow_executor(self) -> 'IncrementalExecutor':

@@ -564,15 +564,15 @@ def test_queued_kernel_calls_give_the_results_of_calls_run_at_once(seq, monkeypa
             r = IncrementalYOLO(det_model, 16)
             r.dense(frames[0])
             r.ex.costs, r.ex.force = None, 'sparse'
-            runs0 = compiled._fx().pending()[1]
+            runs0 = compiled._fx().queue_stats()[1]
             raws = []
             for f in frames[1:]:
                 fld = motion.estimate_motion(f, r.state, 16)
                 miss = np.flatnonzero(fld.dissimilarity.reshape(-1) >= 10)
                 raws.append(r.step(f, fld.mv, miss, 16)[0].clone())
-                assert compiled._fx().pending()[0] == 0  # a step ends with the queue empty
+                assert compiled._fx().queue_stats()[0] == 0  # a step ends with the queue empty
             got[queue] = (raws, {k: c.t.clone() for k, c in r.ex.caches.items()},
-                          compiled._fx().pending()[1] - runs0)
+                          compiled._fx().queue_stats()[1] - runs0)
         assert got[False][2] == 0 and got[True][2] > 100  # the worker ran the calls
         for a, b in zip(got[False][0], got[True][0]):
             assert torch.equal(a, b)
@@ -598,7 +598,34 @@ def test_a_stream_left_by_an_exception_has_run_its_queued_calls():
                 if compiled.QUEUE and compiled.available():
                     assert compiled._Q.keep  # queued, not run yet
                 raise ValueError('a layer failed')
-        assert compiled._fx().pending()[0] == 0 and not compiled._Q.keep
+        assert compiled._fx().queue_stats()[0] == 0 and not compiled._Q.keep
         torch.testing.assert_close(out.valid, a + b, rtol=0, atol=0)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('columns', [False, True])
+def test_head_decode_kernel_equals_the_torch_decode(columns):
+    """The compiled head decode (DFL boxes, class sigmoids) of raw outputs as rows or
+    columns equals ``Detect.decode_columns_torch`` within float rounding, on outputs from
+    strongly peaked to flat distributions; a subset of the anchors decodes to exactly the
+    values the whole decode gives them."""
+    from fluxshard_kernels.yolo import model as M
+    head = M.load('detect', '', 'cpu').model[23]
+    g = torch.Generator().manual_seed(3)
+    shapes = ((12, 16), (6, 8), (3, 4))
+    n = sum(h * w for h, w in shapes)
+    rows = torch.randn(n, head.no, generator=g) * torch.tensor([0.1, 1.0, 8.0]).repeat(
+        n // 3 + 1)[:n, None]  # flat, typical and peaked distributions and scores
+    anchors, strides = M.make_anchors(shapes, head.strides, rows.device, rows.dtype)
+    ref = head.decode_columns_torch(rows.t()[None], anchors, strides)
+    geom = (anchors[0].contiguous(), anchors[1].contiguous(), strides[0].contiguous())
+    src = rows.t().contiguous() if columns else rows
+    out = torch.full_like(ref, float('nan'))
+    compiled.decode_rows(src, None, geom, head.dfl_weights(), head.nc, out, columns=columns)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    idx = np.array([0, 5, 191, n - 1])
+    part = torch.full_like(ref, float('nan'))
+    compiled.decode_rows(src, idx, geom, head.dfl_weights(), head.nc, part, columns=columns)
+    assert torch.equal(part[:, :, idx], out[:, :, idx])
+    assert torch.isnan(part[:, :, 1]).all()  # the others untouched

@@ -510,6 +510,43 @@ __attribute__((target("avx2,fma"))) static void fs_silu_avx2(float *restrict o,
 static void fs_silu_base(float *restrict o, const float *restrict x, int n) {
     for (int j = 0; j < n; ++j) o[j] = x[j] / (1.0f + fs_expf(-x[j]));
 }
+
+/* The YOLO detection head's decode (``Detect.decode_columns``) of anchors idx[0..k) (0..k when
+ * idx is NULL) of raw outputs whose value c of anchor a is at src[a * sa + c * sc] (rows or
+ * columns): per anchor, the four sides' distributions over R bins (softmax, weighted by the
+ * DFL weights) give the box (cx, cy, w, h, input pixels) at its anchor (ax, ay) and stride st,
+ * then the nc class scores (sigmoid), into out[j * os + a], j < 4 + nc. Each anchor on its
+ * own, in a fixed order: a subset decodes to the same values as the whole, on any number of
+ * threads (`threads` > 1: the anchors split over OpenMP). */
+static void fs_decode_rows(const float *src, int64_t sa, int64_t sc, const int64_t *idx,
+                           int k, const float *ax, const float *ay, const float *st,
+                           const float *dflw, int R, int nc, float *out, int64_t os,
+                           int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && k > 512)
+    for (int i = 0; i < k; ++i) {
+        const int64_t a = idx != NULL ? idx[i] : i;
+        const float *r = src + a * sa;
+        float d[4], e[64];
+        for (int j = 0; j < 4; ++j) {
+            const float *q = r + (int64_t)j * R * sc;
+            float m = q[0], sum = 0.0f, acc = 0.0f;
+            for (int t = 1; t < R; ++t) m = q[t * sc] > m ? q[t * sc] : m;
+            for (int t = 0; t < R; ++t) e[t] = fs_expf(q[t * sc] - m);
+            for (int t = 0; t < R; ++t) sum += e[t];
+            for (int t = 0; t < R; ++t) acc += e[t] * dflw[t];
+            d[j] = acc / sum;
+        }
+        const float x1 = ax[a] - d[0], y1 = ay[a] - d[1], x2 = ax[a] + d[2], y2 = ay[a] + d[3];
+        const float s = st[a];
+        out[a] = (x1 + x2) / 2 * s;
+        out[os + a] = (y1 + y2) / 2 * s;
+        out[2 * os + a] = (x2 - x1) * s;
+        out[3 * os + a] = (y2 - y1) * s;
+        const float *c = r + (int64_t)4 * R * sc;
+        float *o = out + 4 * os + a;
+        for (int j = 0; j < nc; ++j) o[j * os] = 1.0f / (1.0f + fs_expf(-c[j * sc]));
+    }
+}
 #pragma GCC pop_options
 
 static void (*fs_silu_row)(float *restrict, const float *restrict, int) = NULL;
@@ -673,7 +710,8 @@ static int dw_part(const float *src, int64_t rs, int64_t cs, int C, int vy0, int
  * so a reader of the maps (torch, numpy) that calls ``sync`` sees every queued write. The
  * worker spins for FS_SPIN_US after its last call (the next one usually comes within tens of
  * microseconds), then sleeps on a condition variable. A queued call that fails is reported
- * by the next ``sync``. */
+ * by the next ``sync``. The n_<name> entries run a call at once without waiting for the
+ * queue: the caller has emptied it and queued the call's other half (two threads, one call). */
 typedef int (*fs_run_t)(const long long *v, double f);
 #define FS_QCAP 1024
 #define FS_QARGS 28
@@ -814,7 +852,8 @@ static PyObject *py_sync(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
-static PyObject *py_pending(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* (calls queued now, calls run, worker wake-ups, worker busy ns) since the process started. */
+static PyObject *py_queue_stats(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     (void)args;
     (void)nargs;
@@ -985,6 +1024,10 @@ static PyObject *py_set_blas(PyObject *self, PyObject *const *args, Py_ssize_t n
 FS_ENTRY(rows_update, 11, -1,
          fs_rows_update(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), PTR(float *, 6),
                         v[7], I(8), v[9], PTR(uint8_t *, 10)))
+FS_ENTRY(decode_rows, 14, -1,
+         fs_decode_rows(PTR(const float *, 0), v[1], v[2], PTR(const int64_t *, 3), I(4),
+                        PTR(const float *, 5), PTR(const float *, 6), PTR(const float *, 7),
+                        PTR(const float *, 8), I(9), I(10), PTR(float *, 11), v[12], I(13)))
 FS_ENTRY(rows_into, 14, -1,
          fs_rows_into(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6),
                       PTR(const int64_t *, 7), PTR(const int64_t *, 8), I(9), I(10),
@@ -998,7 +1041,7 @@ static PyMethodDef fs_methods[] = {
     FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
     FS_DEFQ(add_blocks), FS_DEFQ(upsample2x_blocks), FS_DEFQ(rows_into),
     FS_DEFQ(conv_blocks), FS_DEFQ(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
-    FS_DEF(warp_plan), FS_DEFQ(warp_skip), FS_DEF(pool_any), FS_DEF(sync), FS_DEF(pending),
+    FS_DEF(decode_rows), FS_DEF(warp_plan), FS_DEFQ(warp_skip), FS_DEF(pool_any), FS_DEF(sync), FS_DEF(queue_stats),
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fs_module = {PyModuleDef_HEAD_INIT, "_engine", NULL, -1, fs_methods};

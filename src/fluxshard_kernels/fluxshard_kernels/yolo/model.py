@@ -299,7 +299,30 @@ class Detect(Block):
     def decode_columns(self, x: torch.Tensor, anchors: torch.Tensor, strides: torch.Tensor
                        ) -> torch.Tensor:
         """(1, no, n) raw columns at anchors (2, n) and strides (1, n) -> (1, 4 + nc, n) (each
-        column on its own: a subset of the anchors decodes to the same values)."""
+        column on its own: a subset of the anchors decodes to the same values). On the CPU
+        one compiled pass (``compiled.decode_rows``, also the incremental head's), else
+        ``decode_columns_torch``, its reference."""
+        from fluxshard_kernels import compiled
+        if x.is_cpu and x.dtype == torch.float32 and compiled.available():
+            out = torch.empty((1, 4 + self.nc, x.shape[2]), dtype=x.dtype)
+            compiled.decode_rows(x[0, :self.no], None, (anchors[0].contiguous(),
+                                                        anchors[1].contiguous(),
+                                                        strides[0].contiguous()),
+                                 self.dfl_weights(), self.nc, out, columns=True)
+            return out
+        return self.decode_columns_torch(x, anchors, strides)
+
+    def dfl_weights(self) -> torch.Tensor:
+        """The DFL's R bin weights, contiguous float32 (found once)."""
+        w = self.__dict__.get('_dflw')
+        if w is None:
+            w = self.__dict__['_dflw'] = self.dfl.weight.detach().reshape(-1).float() \
+                .contiguous()
+        return w
+
+    def decode_columns_torch(self, x: torch.Tensor, anchors: torch.Tensor,
+                             strides: torch.Tensor) -> torch.Tensor:
+        """``decode_columns`` in torch ops (the reference; any device)."""
         box, cls = x.split((self.reg_max * 4, self.nc), 1)
         b, _, a = box.shape
         dist = self.dfl(box.view(b, 4, self.reg_max, a).transpose(2, 1).softmax(1)).view(b, 4, a)
