@@ -508,8 +508,8 @@ def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int
     per = b * b * ld * 4
     rs, cs = src.stride(2), src.stride(3)
     if not _split(n, n * b * b * c * 8):
-        (_fx().q_rows_into if _queue((rows, cols, out)) else f)(ps, rs, cs, c, margin, h, w,
-                                                                 pr, pc, n, b, po, ld, c_off)
+        g = _fx().q_rows_into if _queue((rows, cols, out)) else f
+        g(ps, rs, cs, c, margin, h, w, pr, pc, n, b, po, ld, c_off)
     elif not _halves_queued(n, (rows, cols, out), _fx().q_rows_into, _fx().n_rows_into,
                             lambda i0, i1: (ps, rs, cs, c, margin, h, w, pr + 8 * i0,
                                             pc + 8 * i0, i1 - i0, b, po + per * i0, ld, c_off)):
