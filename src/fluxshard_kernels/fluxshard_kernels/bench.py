@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from fluxshard_kernels import blocks, codec_mv, data, motion, sparse as S
+from fluxshard_kernels import blocks, codec_mv, compiled, data, motion, sparse as S
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00)
 SECTIONS = ('motion', 'codec', 'sparse', 'engine')
@@ -190,6 +190,8 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
         runner.dense(imgs[0])
         t = {k: [] for k in ('step', 'onnxruntime', 'torch', 'engine_dense')}
         stages, misses, macs, prev_mv = [], [], [], None  # stages: a dict per frame
+        queued = []  # (calls, worker seconds) a step queued to the engine's worker thread
+        qstats = compiled._fx().queue_stats if compiled.available() else (lambda: (0,) * 4)
         counts = None
         for i, img in enumerate(imgs[1:]):
             f = motion.estimate_motion(img, runner.state, block, prev_mv)
@@ -201,6 +203,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
             timed = i >= warmup
             S.STAGES.reset(on=timed, cuda=on_cuda)
             sync()
+            q0 = qstats()
             t0 = time.perf_counter()
             raw, lb2, st = runner.step(img, f.mv, miss, block)
             with S.STAGES('decode + NMS'):
@@ -213,6 +216,8 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
                 continue
             stage_s['other (glue)'] = max(dt - sum(stage_s.values()), 0.0)
             stages.append(stage_s)
+            q1 = qstats()
+            queued.append((q1[1] - q0[1], 1e-9 * (q1[3] - q0[3])))
             t['step'].append(dt)
             misses.append(len(miss) / d.size)
             macs.append(st.mac_ratio)
@@ -266,6 +271,8 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
                                    for k in dict.fromkeys(
                                        [*STAGE_NAMES, *(k for f in stages for k in f)])},
                      'cache_mb': cache_mb, 'cache_copy_ms': 1e3 * float(np.median(copies)),
+                     'queued_calls': float(np.median([q[0] for q in queued])),
+                     'worker_ms': 1e3 * float(np.median([q[1] for q in queued])),
                      'step_ops': counts[0], 'step_syncs': counts[1],
                      'dense_ops': c.ops, 'dense_syncs': c.syncs})
     return rows
@@ -395,6 +402,12 @@ def render_engine(rows) -> str:
                 'reads and writes at least): ' + ', '.join(
                     f"{r['sequence']} {r['cache_copy_ms']:.1f} ms ({r['cache_mb']:.0f} MB)"
                     for r in rows) + '.']
+    if any(r.get('queued_calls') for r in rows):
+        out += ['', 'Kernel calls queued to the engine\'s worker thread (two threads or more; '
+                'the stages above time this thread, which only queues them and waits where '
+                'it must), median per step: ' + ', '.join(
+                    f"{r['sequence']} {r['queued_calls']:.0f} calls, {r['worker_ms']:.1f} ms "
+                    'on the worker' for r in rows) + '.']
     return '\n'.join(out) + '\n'
 
 

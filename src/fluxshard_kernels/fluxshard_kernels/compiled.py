@@ -68,7 +68,7 @@ class stream:
     def __enter__(self):
         self.prev = getattr(_Q, 'on', False)
         self.threads = torch.get_num_threads()
-        _Q.on = bool(self.on and QUEUE and available() and self.threads >= 2)
+        _Q.on = bool(self.on and would_queue())
         if _Q.on:  # two threads, this one and the worker: no thread pool spinning beside them
             _Q.threads = self.threads
             if getattr(_Q, 'keep', None) is None:
@@ -93,6 +93,12 @@ def sync():
             _fx().sync()
         finally:
             keep.clear()
+
+
+def would_queue() -> bool:
+    """Whether a ``stream`` entered now would queue (the kernels built, ``QUEUE``, torch on
+    two threads or more)."""
+    return QUEUE and available() and torch.get_num_threads() >= 2
 
 
 def queued() -> bool:

@@ -820,13 +820,25 @@ class IncrementalYOLO:
         """Measure each layer's dense pass and its sparse pass at two sizes of active set on
         blank frames of camera ``shape`` (the cost of a layer does not depend on the pixels),
         so that from the first real frame every layer runs on its measured faster path
-        (``LayerCosts``; without it the fixed thresholds decide until both paths have run)."""
+        (``LayerCosts``; without it the fixed thresholds decide until both paths have run).
+        Where a sparse pass will queue its kernel calls (``compiled.stream``), a layer it runs
+        dense is a torch op on one thread: the dense side is measured on one thread then."""
         blank = np.zeros(tuple(shape)[:2] + (3,), np.uint8)
         grid = BlockGrid(blank.shape[0], blank.shape[1], 16)
         mv = np.zeros((grid.rows, grid.cols, 2), np.int32)
         mv[::2, :, 0] = 1  # half the blocks move: the sparse side pays a typical cache warp
+        threads = torch.get_num_threads()
+        one = self.device.type == 'cpu' and compiled.would_queue()
+
+        def dense():
+            if one:
+                torch.set_num_threads(1)
+            try:
+                self.dense(blank)
+            finally:
+                torch.set_num_threads(threads)
         for _ in range(2):  # the first pass at a size allocates
-            self.dense(blank)
+            dense()
         costs = self.ex.costs
         sizes = (fractions[0],) + tuple(f for f in fractions for _ in range(2))
         for i, frac in enumerate(sizes):
@@ -841,7 +853,7 @@ class IncrementalYOLO:
             finally:
                 with self._lock:
                     self.ex.force, self.ex.costs, self._queue = None, costs, True
-        self.dense(blank)
+        dense()
 
     def shadow_executor(self) -> 'IncrementalExecutor':
         """A fresh executor with this runner's configuration (a background refresh fills its
