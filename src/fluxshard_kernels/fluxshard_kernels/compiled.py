@@ -503,6 +503,18 @@ def dwconv_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid
     f(*head, _ptr(rows), _ptr(cols), n, off, k, s, bo, *tail, threads)
 
 
+def maxpool_blocks(src: torch.Tensor, rows, cols, off: int, k: int, s: int, valid,
+                   dst: torch.Tensor, margin: int, h: int, w: int, bo: int):
+    """A k x k max-pool of ``src`` into blocks (rows[i], cols[i]) of bo pixels of ``dst``
+    (valid h x w), windows as ``im2col``'s, pixels outside ``valid`` not counting (torch's
+    -inf padding), read straight from the storage in one call (queued in a ``stream``)."""
+    rows, cols = _i64(rows), _i64(cols)
+    f = _fx().q_maxpool_blocks if _queue((rows, cols)) else _fx().maxpool_blocks
+    f(src.data_ptr(), src.stride(2), src.stride(3), src.shape[1], *valid, _ptr(rows),
+      _ptr(cols), len(rows), off, k, s, bo, dst.data_ptr(), dst.stride(2), dst.stride(3),
+      margin, h, w)
+
+
 def rows_into(src: torch.Tensor, margin: int, h: int, w: int, rows, cols, b: int,
               out: torch.Tensor, c_off: int):
     """Columns [c_off, c_off + C) of the (N * b * b, ld) rows ``out`` := the C channels of the

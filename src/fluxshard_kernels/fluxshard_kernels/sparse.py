@@ -385,6 +385,11 @@ def sparse_windowed(src: FMap, dst: FMap, mask: torch.Tensor, op: dict,
                 compiled.conv_blocks(src.cd(), idx[0], idx[1], off, k, s, src.valid_box, None,
                                      op, dst.cd(), MARGIN, dst.h, dst.w, dst.b)
             return dst
+        if pool:
+            with STAGES('conv'):  # straight from the storage, one call
+                compiled.maxpool_blocks(src.t, idx[0], idx[1], off, k, s, src.valid_box,
+                                        dst.t, MARGIN, dst.h, dst.w, dst.b)
+            return dst
         if 'wdw' in op:
             with STAGES('conv'):  # depthwise: straight from the storage, one call
                 compiled.dwconv_blocks(src.t, idx[0], idx[1], off, k, s, src.valid_box,

@@ -95,23 +95,21 @@ def test_sparse_conv_kernels_equal_the_torch_path(c, c_out, h, w, b, k, s, frac,
        seed=st.integers(0, 2 ** 16))
 def test_maxpool_and_depthwise_equal_the_torch_path(c, h, w, b, frac, pool, s, act, extra,
                                                     seed):
-    """Max-pools, and depthwise convs (``compiled.dwconv_blocks``: any stride, with or
-    without SiLU, reading a channel slice) equal the torch path."""
+    """Max-pools (``compiled.maxpool_blocks``) and depthwise convs (``compiled.dwconv_blocks``),
+    any stride, with or without SiLU, reading a channel slice, equal the torch path."""
     src, g, rows, cols = _maps(c, h, w, b, seed, extra)
     if pool:
-        s = 1
-        op = {'kind': 'maxpool', 'kernel': 5, 'stride': 1, 'padding': 2}
+        op = {'kind': 'maxpool', 'kernel': 5, 'stride': s, 'padding': 2}
     else:
         op = S.conv_op(torch.randn(c, 1, 3, 3, generator=g), torch.randn(c, generator=g), s,
                        act='silu' if act else None, groups=c)
     if b % s:
         return
     mask = torch.rand(rows, cols, generator=g) < frac
-    ho, wo = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
+    ho, wo = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1  # 3x3 pad 1 and 5x5 pad 2 alike
     outs = []
     for ref in (False, True):
-        dst = S.FMap.from_dense(torch.zeros(1, c, ho, wo) if not pool else
-                                torch.zeros(1, c, h, w), b // s, rows, cols)
+        dst = S.FMap.from_dense(torch.zeros(1, c, ho, wo), b // s, rows, cols)
         if ref:
             with torch_path():
                 S.sparse_windowed(src, dst, mask, op)

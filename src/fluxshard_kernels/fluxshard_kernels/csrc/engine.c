@@ -696,6 +696,44 @@ static int dw_part(const float *src, int64_t rs, int64_t cs, int C, int vy0, int
     return 0;
 }
 
+/* Max-pooling (k x k, stride s) into blocks (ri, ci) of bo pixels of dst: output pixel
+ * (oy, ox) of a block, channel c := the largest value in its window at storage (off + ri * bo *
+ * s + oy * s, ...) of src, pixels outside the valid storage rectangle not counting (torch's
+ * -inf padding); written inside dst's valid h x w region only. -1 when the work buffer could
+ * not be had. */
+int fs_maxpool_blocks(const float *src, int64_t rs, int64_t cs, int C, int vy0, int vy1,
+                      int vx0, int vx1, const int64_t *ri, const int64_t *ci, int n, int off,
+                      int k, int s, int bo, float *dst, int64_t drs, int64_t dcs, int margin,
+                      int h, int w) {
+    float *acc = fs_scratch(0, (size_t)C);
+    if (acc == NULL && C > 0) return -1;
+    for (int i = 0; i < n; ++i) {
+        const int fy = (int)ri[i] * bo, fx = (int)ci[i] * bo;
+        const int bh = fy + bo > h ? h - fy : bo, bw = fx + bo > w ? w - fx : bo;
+        const int by = off + (int)ri[i] * bo * s, bx = off + (int)ci[i] * bo * s;
+        for (int oy = 0; oy < bh; ++oy) {
+            for (int ox = 0; ox < bw; ++ox) {
+                for (int c = 0; c < C; ++c) acc[c] = -INFINITY;
+                for (int ky = 0; ky < k; ++ky) {
+                    const int y = by + oy * s + ky;
+                    if (y < vy0 || y >= vy1) continue;
+                    for (int kx = 0; kx < k; ++kx) {
+                        const int x = bx + ox * s + kx;
+                        if (x < vx0 || x >= vx1) continue;
+                        const float *restrict sp = src + (ptrdiff_t)y * rs + (ptrdiff_t)x * cs;
+                        float *restrict ap = acc;
+                        for (int c = 0; c < C; ++c) ap[c] = sp[c] > ap[c] ? sp[c] : ap[c];
+                    }
+                }
+                memcpy(dst + (ptrdiff_t)(margin + fy + oy) * drs +
+                           (ptrdiff_t)(margin + fx + ox) * dcs,
+                       acc, (size_t)C * sizeof(float));
+            }
+        }
+    }
+    return 0;
+}
+
 /* ---- Python entry points of the per-layer kernels ---------------------------------------
  * The engine calls these a few hundred times a frame: as METH_FASTCALL functions of this
  * module their arguments cost ~30 ns each, against ~300 ns through ctypes. Each takes the
@@ -983,6 +1021,11 @@ FS_ENTRY_RC(conv_blocks, 28, "no BLAS set or out of memory",
                            I(12), I(13), I(14), PTR(const float *, 15), I(16),
                            PTR(const float *, 17), PTR(const float *, 18), I(19), I(20), I(21),
                            PTR(float *, 22), v[23], v[24], I(25), I(26), I(27)))
+FS_ENTRY_RC(maxpool_blocks, 21, "out of memory",
+            fs_maxpool_blocks(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
+                              PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11),
+                              I(12), I(13), I(14), PTR(float *, 15), v[16], v[17], I(18),
+                              I(19), I(20)))
 FS_ENTRY_RC(dwconv_blocks, 25, "out of memory",
             fs_dwconv_blocks(PTR(const float *, 0), v[1], v[2], I(3), I(4), I(5), I(6), I(7),
                              PTR(const int64_t *, 8), PTR(const int64_t *, 9), I(10), I(11),
@@ -1040,7 +1083,7 @@ FS_ENTRY(rows_into, 14, -1,
 static PyMethodDef fs_methods[] = {
     FS_DEF(gather),     FS_DEF(scatter),    FS_DEF(im2col),
     FS_DEFQ(add_blocks), FS_DEFQ(upsample2x_blocks), FS_DEFQ(rows_into),
-    FS_DEFQ(conv_blocks), FS_DEFQ(dwconv_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
+    FS_DEFQ(conv_blocks), FS_DEFQ(dwconv_blocks), FS_DEFQ(maxpool_blocks), FS_DEF(set_blas), FS_DEF(rows_update),
     FS_DEF(decode_rows), FS_DEF(warp_plan), FS_DEFQ(warp_skip), FS_DEF(pool_any), FS_DEF(sync), FS_DEF(queue_stats),
     {NULL, NULL, 0, NULL}};
 
