@@ -269,7 +269,7 @@ def test_overlapped_local_inference_accounts_for_every_frame(ros):
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=['scheduler.overlap_local:=always',
                              'scheduler.force_strategy:=offline', 'model.backend:=onnxruntime',
-                             'camera.depth:=10'])
+                             'camera.depth:=10', 'scheduler.bridge_target:=0.0'])
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag, 60), ros.log(edge)
     n = 16
     ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
@@ -289,6 +289,40 @@ def test_overlapped_local_inference_accounts_for_every_frame(ros):
     assert 'failed' not in ros.log(edge), ros.log(edge)
 
 
+def test_frames_during_local_inference_are_bridged_and_published_in_order(ros):
+    """scheduler.bridge_target: once moved local results were measured against the computed
+    ones, a frame that arrives while the device computes an earlier one gets that frame's
+    result moved by the block field, published right after it (computed_by 'motion'), in
+    stamp order; every camera frame is a result or counted superseded."""
+    results = []
+    diag = ros.watch_diagnostics()
+    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
+                                 RESULT_QOS)
+    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
+                     params=['scheduler.overlap_local:=always',
+                             'scheduler.force_strategy:=offline', 'model.backend:=onnxruntime',
+                             'camera.depth:=10', 'scheduler.bridge_target:=0.5'])
+    assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag, 60), ros.log(edge)
+    n = 40
+    ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
+              params=['source:=pets09-s2l1', f'count:={n}', 'rate_hz:=30.0',
+                      'wait_for_subscribers:=1', 'start_delay_s:=1.0'])
+
+    def accounted():
+        e = diag.get('fluxshard/edge/robot1', {})
+        return int(e.get('frames_in', 0)) == n and int(e.get('results_local', 0)) + int(
+            e.get('dropped_superseded', 0)) + int(e.get('dropped_deferred_superseded', 0)) == n
+    assert ros.wait_for(accounted, 120), (diag.get('fluxshard/edge/robot1'), ros.log(edge))
+    e = diag['fluxshard/edge/robot1']
+    assert ros.wait_for(lambda: len(results) == int(e['results_local']), 10)
+    stamps = [(r.header.stamp.sec, r.header.stamp.nanosec) for r in results]
+    by = [r.computed_by for r in results]
+    assert stamps == sorted(stamps) and set(by) == {'edge', 'motion'}, by
+    assert int(e['frames_bridged']) == int(e['results_motion']) == by.count('motion'), e
+    assert int(e.get('bridged_lost', 0)) == 0 and 'failed' not in ros.log(edge)
+
+
+@pytest.mark.serial  # how many frames the latest-wins slot supersedes follows the machine's load
 def test_frames_not_sent_are_published_with_their_stamp_and_side(ros, tmp_path):
     """payload.skip_target: once moved results measured against the server's agree, frames of
     a near-static camera are not sent; each still gets a result, published by the edge with

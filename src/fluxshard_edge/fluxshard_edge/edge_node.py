@@ -76,6 +76,7 @@ FIELDS = {
     'scheduler.accuracy_edge': 'accuracy_edge', 'scheduler.accuracy_cloud': 'accuracy_cloud',
     'refresh.interval': 'refresh_interval', 'scheduler.salience': 'use_salience',
     'scheduler.force_strategy': 'force_strategy', 'scheduler.overlap_local': 'overlap_local',
+    'scheduler.bridge_target': 'bridge_target', 'scheduler.bridge_max': 'bridge_max',
 }
 
 PARAMS = [
@@ -181,6 +182,15 @@ PARAMS = [
           'CUDA (a GPU beside the CPU front end); a CPU robot would share its cores. '
           '(always/never, not on/off: YAML reads those as booleans)',
           choices=['auto', 'always', 'never']),
+    Param('scheduler.bridge_target', 0.9, 'With overlap_local: a frame that arrives while the '
+          "device computes an earlier one gets that frame's result moved by the block motion "
+          'field between them, published right after it (computed_by motion; diagnostics '
+          'frames_bridged), while such moved results, checked against the results the device '
+          'computes, keep this object F1 (IoU 0.7) at their distance in frames and no change '
+          'appears outside the objects; else the frame is offloaded or waits as before (0 = '
+          'off)', lo=0.0, hi=1.0, live=True),
+    Param('scheduler.bridge_max', 2, 'Most frames in a row bridged (scheduler.bridge_target)',
+          lo=0, hi=100, live=True),
     Param('link.emulate_mbps', 0.0, 'Emulate an uplink of this many Mbit/s in the transport '
           '(0 = off)', lo=0.0, hi=1e5),
     Param('link.drop_rate', 0.0, 'Drop this fraction of outgoing batches (loss injection for '
@@ -609,8 +619,8 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             self.counters['injected_drops'] += 1  # lost on the emulated link
 
     def _publish_local(self, det, frame: Frame, step=None, by: str = ''):
-        if step is not None and step.skipped:
-            by = 'motion'  # not sent: the proxy frame's result moved by the block field
+        if step is not None and (step.skipped or step.bridged):
+            by = 'motion'  # the proxy's or the device's frame's result moved by the field
         with self._publish_lock:
             if det is not None and self.results.publish(
                     det, frame.header, frame.index, frame.image.shape, frame.image,
@@ -620,13 +630,18 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                     self.counters['results_motion'] += 1
 
     def _run_local(self, frame: Frame, step):
+        failed = False
         try:
             self.runtime.run_local(step)
             self._publish_local(step.local_result, frame, step)
         except Exception as e:  # noqa: B902 - a bad frame must never kill the edge
+            failed = True
             self.rejects['internal_error'] += 1
             self.errors.error('internal_error', f'local inference failed: '
                               f'{type(e).__name__}: {e}')
+        # after its own result: the frames bridged onto it are newer
+        for old, det in self.runtime.bridge_done(step, failed):
+            self._publish_local(det, old, by='motion')
 
     def _wait_local(self):
         if self._local is not None:

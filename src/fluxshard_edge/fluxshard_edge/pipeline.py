@@ -73,6 +73,8 @@ class EdgeConfig:
     send_motion: bool = False
     skip_target: float = 0.0
     skip_max: int = 2
+    bridge_target: float = 0.9
+    bridge_max: int = 2
     key_interval: int = 0
     motion: bool = True
     local_inference: bool = True
@@ -122,6 +124,10 @@ class EdgeConfig:
             raise ValueError(f'skip_target must be in 0..1, got {self.skip_target}')
         if self.skip_max < 0:
             raise ValueError(f'skip_max must be >= 0, got {self.skip_max}')
+        if not 0 <= self.bridge_target <= 1:
+            raise ValueError(f'bridge_target must be in 0..1, got {self.bridge_target}')
+        if self.bridge_max < 0:
+            raise ValueError(f'bridge_max must be >= 0, got {self.bridge_max}')
         for p in (self.edge_profile, self.cloud_profile):
             if p not in PROFILES:
                 raise ValueError(f'unknown latency profile {p!r}; one of {sorted(PROFILES)}')
@@ -180,6 +186,13 @@ class EdgeStep:
     #: ``skip.result`` hands it over with ``skip_token``
     skipped: bool = False
     skip_token: int = 0
+    #: bridged (``bridge_target``): the local device was busy with an earlier frame; this
+    #: frame's result is that frame's result moved by the block field (``local_result``, or
+    #: None until the device's job is done: ``bridge_done`` then hands it over with
+    #: ``skip_token``)
+    bridged: bool = False
+    #: a local job's frame number, for ``bridge_done``
+    job_frame: int = 0
 
     @property
     def sends(self) -> bool:
@@ -203,6 +216,10 @@ class EdgePipeline:
         self.last_result = None  # latest Detections (local or server), for salience and ROI
         #: frames the server does not need are not sent (skip.py; ``skip_target`` > 0)
         self.skip = SkipGate(config.skip_target, config.skip_max)
+        #: frames that arrive while the local device is busy get its frame's result moved
+        #: (``bridge_target`` > 0; the same measured gate, calibrated on local results)
+        self.bridge = SkipGate(config.bridge_target, config.bridge_max)
+        self._device_frame = None  # (frame number, image) of the overlapped local job
         self.last_roi = None  # the RoiMap of the last H.264 payload (roi_qoffset > 0)
         self.cloud_available = True
         bw = BandwidthEstimator(config.bandwidth_mbps * 1e6 / 8)
@@ -312,6 +329,7 @@ class EdgePipeline:
         if 'bandwidth_mbps' in changes:
             s.bw.bps = cfg.bandwidth_mbps * 1e6 / 8
         self.skip.configure(cfg.skip_target, cfg.skip_max)
+        self.bridge.configure(cfg.bridge_target, cfg.bridge_max)
         if self.quality is not None and {'crf', 'max_crf'} & set(changes):
             self.quality.bounds(cfg.crf, max(cfg.crf, cfg.max_crf))
 
@@ -364,6 +382,10 @@ class EdgePipeline:
         cfg = self.config
         t = {'t0': time.perf_counter()}
         busy = device_busy_s > 0 and self.runner is not None
+        if busy and self.bridge.enabled:
+            bridged = self._bridged(frame, t)
+            if bridged is not None:
+                return bridged
         if busy and (cfg.force_strategy in ('edge', 'offline') or not self.cloud_available):
             return self._deferred(t)  # only the device can serve it
         self.frames += 1
@@ -464,6 +486,7 @@ class EdgePipeline:
                           local_ready, grid.count)
             if self.overlap:  # the caller runs it on the device; sends go out meanwhile
                 out.local_job = job
+                self._to_device(out, frame, grid, mv_l if local_ready else None)
                 local_s = out.local_eta_s = self.scheduler.edge(
                     dec.k_edge if local_ready else grid.count)
             else:
@@ -545,6 +568,55 @@ class EdgePipeline:
         out.timings = {'extract_ms': 1e3 * (t['end'] - t['pause']),
                        'total_ms': 1e3 * (t['end'] - t['t0'])}
         return out
+
+    def _bridged(self, frame, t) -> Optional[EdgeStep]:
+        """A frame that arrives while the local device computes an earlier one (``busy``):
+        that frame's result moved by the block field of this frame against it, where the
+        bridge gate allows (moved local results measured at this distance in frames agree
+        with the computed ones by ``bridge_target``, no change outside the objects, at most
+        ``bridge_max`` in a row); None otherwise (the step goes on as without bridges)."""
+        cfg, dev = self.config, self._device_frame
+        if (dev is None or not cfg.motion or dev[1].shape != frame.shape
+                or frame.shape[2] != 3 or cfg.force_strategy == 'cloud'):
+            return None
+        grid = BlockGrid(frame.shape[0], frame.shape[1], cfg.block_size)
+        f = motion.estimate_motion(frame, dev[1], cfg.block_size, self._prev_mv_local)
+        mv, d = f.mv, f.dissimilarity.reshape(-1)
+        if not self.bridge.decide(self.frames + 1, mv, d, cfg.tau, grid, self.last_result):
+            return None
+        self.frames += 1
+        s = self.scheduler
+        out = EdgeStep(decision=Decision('bridge', 0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0, s.bw.bps,
+                                         s.bytes_per_block),
+                       hit_ratio=float(np.mean(d < cfg.tau)), bridged=True)
+        out.local_result, out.skip_token = self.bridge.skip(mv, grid)
+        out.block_map = np.zeros(grid.count, np.uint8)
+        t['end'] = time.perf_counter()
+        out.timings = {'extract_ms': 1e3 * (t['end'] - t['t0']),
+                       'total_ms': 1e3 * (t['end'] - t['t0'])}
+        return out
+
+    def _to_device(self, out: 'EdgeStep', frame, grid, mv):
+        """``out``'s local job goes to the device: its frame is what later frames are
+        bridged onto; its result calibrates the bridge gate with ``mv``, this frame's field
+        against the device's previous frame (the local state's field when the engine runs;
+        None: searched here, where the bridge is on - the front end is idle while the device
+        infers)."""
+        dev = self._device_frame
+        if (mv is None and self.bridge.enabled and dev is not None and self.config.motion
+                and dev[1].shape == frame.shape):
+            mv = motion.estimate_motion(frame, dev[1], grid.block_size, self._prev_mv_local).mv
+        out.job_frame = self.frames
+        self._device_frame = (self.frames, frame)
+        self.bridge.sent(self.frames, self.frames, mv, grid, True, mv is None)
+
+    def bridge_done(self, step: 'EdgeStep') -> list:
+        """An overlapped local job finished (after its result was published): calibrates
+        the bridge gate on it and returns (token, moved result) of the bridged frames that
+        waited for it (their results, newer than the job's frame)."""
+        if step.local_job is None:
+            return []
+        return self.bridge.result(step.job_frame, step.local_result)
 
     def _deferred(self, t, dec: Optional[Decision] = None) -> EdgeStep:
         t['end'] = time.perf_counter()
@@ -802,6 +874,8 @@ class EdgePipeline:
             return time.perf_counter() - t0
         if self.overlap:
             out.local_job, out.local_eta_s = job, self.scheduler.edge(self.n_blocks)
+            self._to_device(out, frame, BlockGrid(frame.shape[0], frame.shape[1],
+                                                  self.config.block_size), None)
         else:
             job()
         t['end'] = time.perf_counter()

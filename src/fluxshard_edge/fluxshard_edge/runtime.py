@@ -64,6 +64,7 @@ class EdgeRuntime:
         self.last: dict = {}
         self._awaiting = OrderedDict()  # seq -> Frame offloaded for inference, no result yet
         self._skipped = {}  # skip token -> Frame not sent, waiting for its proxy frame's result
+        self._bridged = {}  # bridge token -> Frame waiting for the busy device's result
         self._prev_stamp = None         # (frame index, stamp s) of the last frame processed
         self.ack_timeout_s = ack_timeout_s
         # the server batches are addressed to ('' = any server of this edge: static); with
@@ -225,7 +226,8 @@ class EdgeRuntime:
             return max(1e-3, self._device_until - now)
 
     def run_local(self, step: EdgeStep):
-        """An overlapped step's local job (on the device's thread), then its accounting."""
+        """An overlapped step's local job (on the device's thread), then its accounting.
+        The caller publishes its result, then ``bridge_done`` (the frames bridged onto it)."""
         try:
             with self.device:
                 local_s = step.local_job()
@@ -235,6 +237,30 @@ class EdgeRuntime:
         finally:
             with self.lock:
                 self._device_jobs -= 1
+
+    def bridge_done(self, step: EdgeStep, failed: bool = False) -> list:
+        """The overlapped local job of ``step`` is over and its result published: returns
+        (frame, result) of the frames bridged onto it, to publish now (newer than its frame);
+        a failed job's (or one without a result) are counted ``bridged_lost``."""
+        with self.lock:
+            if failed or step.local_result is None:
+                toks = self.pipeline.bridge.expire([step.job_frame])
+                ready = []
+            else:
+                toks, ready = [], self.pipeline.bridge_done(step)
+            out = []
+            for tok in toks:
+                if self._bridged.pop(tok, None) is not None:
+                    self.counters['bridged_lost'] += 1
+            for tok, moved in ready:
+                frame = self._bridged.pop(tok, None)
+                if frame is None:
+                    continue
+                if moved is None:
+                    self.counters['bridged_lost'] += 1
+                else:
+                    out.append((frame, moved))
+            return out
 
     def _observe_camera(self, frame: Frame):
         """The camera's frame interval from the stamps and indices of the frames taken (the
@@ -275,6 +301,10 @@ class EdgeRuntime:
             c['frames_skipped'] += 1
             if step.local_result is None:
                 self._skipped[step.skip_token] = frame
+        elif step.bridged:  # the busy device's frame's result moved (now or when it is done)
+            c['frames_bridged'] += 1
+            if step.local_result is None:
+                self._bridged[step.skip_token] = frame
         elif step.sends and self.no_server:
             c['batches_no_server'] += 1  # fleet mode with no server to address: not sent
         elif step.sends:

@@ -285,3 +285,58 @@ def test_a_busy_device_offloads_when_the_cloud_beats_waiting_else_defers():
         EdgeConfig(overlap_local='sometimes')
     # 'auto' overlaps only where local inference runs on CUDA (not on this CPU)
     assert not EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime')).overlap
+
+
+def test_frames_during_a_local_job_are_bridged_once_moved_results_are_measured():
+    """scheduler.bridge_target: a frame that arrives while the device computes an earlier one
+    gets that frame's result moved by the block field between them (nothing sent, no
+    sequence number), handed over by ``bridge_done`` once the device's job is done, after the
+    gate measured moved local results agreeing at that distance; at most ``bridge_max`` in a
+    row, then the frame waits as before; off (0) it always waits."""
+    from fluxshard_edge.skip import move_detections
+    from fluxshard_kernels import metrics, motion
+    frames = list(data.iter_frames('pets09-s2l1', 12))
+
+    def pipeline(**kw):
+        return EdgePipeline(EdgeConfig(codec='raw', backend='onnxruntime', overlap_local='always',
+                                       force_strategy='offline', **kw))
+
+    def local(pipe, frame):
+        st = pipe.step(frame)
+        assert st.local_job is not None and not st.bridged
+        st.local_job()
+        assert pipe.bridge_done(st) == []  # nothing waited for it
+        return st
+
+    pipe = pipeline(bridge_target=0.5, bridge_max=1)
+    for f in frames[:5]:  # the gate learns: moved local results against computed ones
+        local(pipe, f)
+    assert 0.5 <= pipe.bridge.agreement(1) <= 1  # measured: 0.79 on these frames
+    job = pipe.step(frames[5])  # the device takes frame 5 ...
+    seq, n = pipe.seq, pipe.frames
+    bridged = pipe.step(frames[6], device_busy_s=0.03)  # ... and frame 6 arrives meanwhile
+    assert bridged.bridged and not bridged.deferred and not bridged.sends
+    assert bridged.decision.strategy == 'bridge' and bridged.local_job is None
+    assert bridged.local_result is None and bridged.skip_token  # waits for frame 5's result
+    assert (pipe.seq, pipe.frames) == (seq, n + 1)
+    # bridge_max 1: the next frame while still busy waits for the device as before
+    assert pipe.step(frames[7], device_busy_s=0.01).deferred
+    job.local_job()
+    [(token, moved)] = pipe.bridge_done(job)
+    assert token == bridged.skip_token
+    field = motion.estimate_motion(frames[6], frames[5], 16, pipe._prev_mv_local)
+    want = move_detections(job.local_result, field.mv, BlockGrid(*frames[6].shape[:2], 16))
+    assert np.array_equal(moved.boxes, want.boxes) and len(moved) == len(job.local_result)
+    assert metrics.agreement(moved, job.local_result, 0.5) > 0.8  # a static camera
+    # once the device's result is in, a frame bridged onto it gets its result at once
+    pipe.bridge.run = 0
+    now = pipe.step(frames[7], device_busy_s=0.01)
+    assert now.bridged and now.local_result is not None and now.skip_token == 0
+    for target in (0.0, 0.99):  # off, or more agreement than measured: it waits
+        off = pipeline(bridge_target=target)
+        for f in frames[:5]:
+            local(off, f)
+        off.step(frames[5])
+        assert off.step(frames[6], device_busy_s=0.03).deferred
+    with pytest.raises(ValueError, match='bridge_target'):
+        EdgeConfig(bridge_target=1.5)

@@ -293,6 +293,7 @@ class FluxShard(Method):
         st = p.step(frame, device_busy_s=device_busy_s)
         if st.local_job is not None:  # the device's part (the harness times it below)
             st.local_job()
+            p.bridge_done(st)  # nothing waits: the bridged frames come after it here
         w = EdgeWork(hit_ratio=st.hit_ratio, cpu_ms=1e3 * (time.perf_counter() - t0),
                      deferred=st.deferred)
         if st.deferred:
@@ -300,6 +301,12 @@ class FluxShard(Method):
         dec = st.decision
         n = BlockGrid(frame.shape[0], frame.shape[1], p.config.block_size).count
         w.edge_s = 0.0 if st.motion_skipped else self.prof.edge_overhead_s
+        if st.bridged:  # the busy device's frame's result moved, once the device is done
+            w.result, w.computed_by = st.local_result, 'motion'
+            w.ready_at = self.now + device_busy_s
+            w.info = {'strategy': 'bridge', 'k_edge': 0, 'k_cloud': 0, 'key': False,
+                      'crf': p.crf}
+            return w
         if st.skipped:  # not sent: the proxy frame's result moved, once the edge holds it
             w.result, w.computed_by = st.local_result, 'motion'
             if w.result is None:  # it waits for the proxy frame's result, as the node does
