@@ -213,6 +213,7 @@ class EdgeRuntime:
                 self._device_until = now + step.local_eta_s
             if step.deferred:
                 self.counters['deferred_device_busy'] += 1
+                self.last['bridge'] = self.pipeline.bridge.last_reason  # why not bridged
             else:
                 self._account(step, frame, t0, now)
         return out
@@ -336,7 +337,7 @@ class EdgeRuntime:
                          link_latency_ms=round(1e3 * p.scheduler.bw.latency_s, 1),
                          hit_ratio=round(step.hit_ratio, 3),
                          frames_since_refresh=p._since_refresh, payload_crf=p.crf,
-                         skip=p.skip.last_reason)
+                         skip=p.skip.last_reason, bridge=p.bridge.last_reason)
         if p.quality is not None:  # the CRF floor from the results (payload.target_retention)
             self.last.update(quality_floor_crf=p.quality.crf,
                              quality_retention=round(p.quality.last_retention, 3))
