@@ -256,12 +256,11 @@ def test_diagnostics_keep_coming_with_sim_time_and_no_clock(ros):
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag, 60), ros.log(edge)
 
 
-def test_overlapped_local_inference_accounts_for_every_frame(ros):
-    """scheduler.overlap_local always (a CPU stands in for the robot's GPU): local inference runs
-    on the edge's 'edge-local' thread; frames that arrive while it computes wait for it (an
-    offline robot cannot offload them: deferred_device_busy), the newest one wins. Every
-    camera frame is a local result, superseded in the latest-wins slot, or superseded while
-    deferred; results reach the topic in stamp order."""
+def offline_overlapped_robot(ros, source, n, bridge_target):
+    """robot1's edge computing every frame on its 'edge-local' thread (overlap_local always,
+    offline, onnxruntime: a CPU stands in for the robot's GPU) while ``n`` frames of
+    ``source`` arrive at 30 Hz; returns (results, its diagnostics once every frame is a local
+    result or counted superseded)."""
     results = []
     diag = ros.watch_diagnostics()
     ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
@@ -269,11 +268,10 @@ def test_overlapped_local_inference_accounts_for_every_frame(ros):
     edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
                      params=['scheduler.overlap_local:=always',
                              'scheduler.force_strategy:=offline', 'model.backend:=onnxruntime',
-                             'camera.depth:=10', 'scheduler.bridge_target:=0.0'])
+                             'camera.depth:=10', f'scheduler.bridge_target:={bridge_target}'])
     assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag, 60), ros.log(edge)
-    n = 16
     ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
-              params=['source:=davis-parkour', f'count:={n}', 'rate_hz:=30.0',
+              params=[f'source:={source}', f'count:={n}', 'rate_hz:=30.0',
                       'wait_for_subscribers:=1', 'start_delay_s:=1.0'])
 
     def accounted():
@@ -282,11 +280,21 @@ def test_overlapped_local_inference_accounts_for_every_frame(ros):
             e.get('dropped_superseded', 0)) + int(e.get('dropped_deferred_superseded', 0)) == n
     assert ros.wait_for(accounted, 120), (diag.get('fluxshard/edge/robot1'), ros.log(edge))
     e = diag['fluxshard/edge/robot1']
-    assert int(e.get('deferred_device_busy', 0)) >= 1, e
     assert ros.wait_for(lambda: len(results) == int(e['results_local']), 10)
     stamps = [(r.header.stamp.sec, r.header.stamp.nanosec) for r in results]
-    assert stamps == sorted(stamps) and all(r.computed_by == 'edge' for r in results)
-    assert 'failed' not in ros.log(edge), ros.log(edge)
+    assert stamps == sorted(stamps) and 'failed' not in ros.log(edge), ros.log(edge)
+    return results, e
+
+
+def test_overlapped_local_inference_accounts_for_every_frame(ros):
+    """scheduler.overlap_local always (a CPU stands in for the robot's GPU): local inference runs
+    on the edge's 'edge-local' thread; frames that arrive while it computes wait for it (an
+    offline robot cannot offload them: deferred_device_busy; bridges off), the newest one
+    wins. Every camera frame is a local result, superseded in the latest-wins slot, or
+    superseded while deferred; results reach the topic in stamp order."""
+    results, e = offline_overlapped_robot(ros, 'davis-parkour', 16, 0.0)
+    assert int(e.get('deferred_device_busy', 0)) >= 1, e
+    assert all(r.computed_by == 'edge' for r in results)
 
 
 @pytest.mark.serial  # frames reach a busy device only while inference outlasts a frame interval
@@ -295,32 +303,11 @@ def test_frames_during_local_inference_are_bridged_and_published_in_order(ros):
     ones, a frame that arrives while the device computes an earlier one gets that frame's
     result moved by the block field, published right after it (computed_by 'motion'), in
     stamp order; every camera frame is a result or counted superseded."""
-    results = []
-    diag = ros.watch_diagnostics()
-    ros.node.create_subscription(DetectionArray, '/robot1/detections', results.append,
-                                 RESULT_QOS)
-    edge = ros.spawn('fluxshard_edge.edge_node', ns='robot1',
-                     params=['scheduler.overlap_local:=always',
-                             'scheduler.force_strategy:=offline', 'model.backend:=onnxruntime',
-                             'camera.depth:=10', 'scheduler.bridge_target:=0.5'])
-    assert ros.wait_for(lambda: 'fluxshard/edge/robot1' in diag, 60), ros.log(edge)
-    n = 60
-    ros.spawn('fluxshard_eval.image_publisher_node', ns='robot1',
-              params=['source:=pets09-s2l1', f'count:={n}', 'rate_hz:=30.0',
-                      'wait_for_subscribers:=1', 'start_delay_s:=1.0'])
-
-    def accounted():
-        e = diag.get('fluxshard/edge/robot1', {})
-        return int(e.get('frames_in', 0)) == n and int(e.get('results_local', 0)) + int(
-            e.get('dropped_superseded', 0)) + int(e.get('dropped_deferred_superseded', 0)) == n
-    assert ros.wait_for(accounted, 120), (diag.get('fluxshard/edge/robot1'), ros.log(edge))
-    e = diag['fluxshard/edge/robot1']
-    assert ros.wait_for(lambda: len(results) == int(e['results_local']), 10)
-    stamps = [(r.header.stamp.sec, r.header.stamp.nanosec) for r in results]
+    results, e = offline_overlapped_robot(ros, 'pets09-s2l1', 60, 0.5)
     by = [r.computed_by for r in results]
-    assert stamps == sorted(stamps) and set(by) == {'edge', 'motion'}, (by, e)
+    assert set(by) == {'edge', 'motion'}, (by, e)
     assert int(e['frames_bridged']) == int(e['results_motion']) == by.count('motion'), e
-    assert int(e.get('bridged_lost', 0)) == 0 and 'failed' not in ros.log(edge)
+    assert int(e.get('bridged_lost', 0)) == 0
 
 
 @pytest.mark.serial  # how many frames the latest-wins slot supersedes follows the machine's load
