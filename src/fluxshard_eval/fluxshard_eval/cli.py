@@ -381,7 +381,10 @@ def sweep_table(runs, link) -> str:
                        and o['sequence'] == r['sequence'] and o['edges'] == 1), None)
             if fo:
                 ratio.append(r['bytes_on_link'] / fo['bytes_on_link'])
-        name = 'fluxshard (default: h264 crf20, recompute-tau 3)' if v == 'fluxshard' else v
+        from fluxshard_edge.pipeline import EdgeConfig
+        from fluxshard_server.inference import RECOMPUTE_TAU
+        name = (f'fluxshard (default: h264 crf{EdgeConfig.crf}, recompute-tau '
+                f'{RECOMPUTE_TAU:g})') if v == 'fluxshard' else v
         mean = (lambda k: sum(r[k] for r in rs) / len(rs))
         lines.append(f"| {name} | {100 * sum(ratio) / max(len(ratio), 1):.1f} % | "
                      f"{100 * mean('retention'):.1f} | {100 * mean('retention_confident'):.1f} "
