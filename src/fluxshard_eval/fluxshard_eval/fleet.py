@@ -58,6 +58,7 @@ class Demand:
     nbytes: int          # bytes sent
     server_s: float      # the server's compute (0 when computed on the edge)
     latency: float       # its latency in the single-robot replay (nan: none)
+    receive_s: float = 0.0  # the server's batch callback on its CPU before the GPU queue
 
 
 @dataclass
@@ -86,7 +87,8 @@ def demands(sequences, frames: int, rate: float, progress=True) -> List[Clip]:
         for f in r['per_frame']:
             ex = f['extra']
             fr.append(Demand(f['arrival'], f['computed_by'] or 'lost', ex.get('edge_s', 0.0),
-                             f['uplink_bytes'], ex.get('server_s', 0.0), f['latency']))
+                             f['uplink_bytes'], ex.get('server_s', 0.0), f['latency'],
+                             ex.get('receive_s', 0.0)))
         sent = [d.nbytes for d in fr if d.nbytes]
         out.append(Clip(name, fr, len(imgs) / rate, sent[0] if sent else 0))
         if progress:
@@ -195,7 +197,9 @@ def simulate(clips: List[Clip], robots: int, speeds: List[float], policy: str,
             r.key_due = False
         _, arrive, _ = s.link.transmit(t, nbytes)
         r.awaiting[fid] = (t_frame, d, r.server)
-        push(arrive, 'arrive', r.server, (r.rid, fid, t_frame, server_s))
+        # the batch callback (decode, block matching) runs on the server's CPU before the job
+        # reaches its GPU queue: a delay, not GPU time
+        push(arrive + d.receive_s, 'arrive', r.server, (r.rid, fid, t_frame, server_s))
         push(t + ACK_TIMEOUT_S + spec.delay_ms / 1e3, 'ack_check', r.rid, fid, r.server)
 
     def local(r, t, t_frame):

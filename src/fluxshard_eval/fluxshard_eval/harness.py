@@ -104,6 +104,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
     ``rate_hz``; returns the run's numbers (see ``summarise``)."""
     net = sim.Link(link, seed)
     gpu = sim.Resource()
+    rx = sim.Resource()  # the server's batch callback (one executor thread for every edge)
     n = len(frames)
     st = [{'m': factory(f'robot{e + 1}'), 'next': 0, 'free': e * 0.37 / rate_hz,
            'recs': [], 'results': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0,
@@ -156,9 +157,11 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         srv = m.server(w, delivered) if delivered else M.ServerWork()
         rec.cpu_server_ms = srv.cpu_ms
         rec.server_compute = srv.server_compute
-        rec.extra = dict(w.info, edge_s=w.edge_s, server_s=srv.server_s)
+        rec.extra = dict(w.info, edge_s=w.edge_s, server_s=srv.server_s,
+                         receive_s=srv.receive_s)
         if srv.result is not None:
-            t_done = gpu.run(t_arrive, srv.server_s)
+            t_rx = rx.run(t_arrive, srv.receive_s) if srv.receive_s else t_arrive
+            t_done = gpu.run(t_rx, srv.server_s)
             if srv.background_s:
                 gpu.background(t_done, srv.background_s)
             rec.latency = t_done + net.back(srv.result_bytes) - rec.arrival

@@ -114,7 +114,10 @@ class EdgeWork:
 @dataclass
 class ServerWork:
     result: Optional[Detections] = None
-    server_s: float = 0.0
+    server_s: float = 0.0                    # inference on the server's GPU (its queue)
+    #: the batch callback on the server's CPU before the job reaches the inference thread
+    #: (decode, apply, the server's own block matching): as ``server_node`` runs it
+    receive_s: float = 0.0
     background_s: float = 0.0
     result_bytes: int = 0
     server_compute: float = 0.0
@@ -217,7 +220,7 @@ class _BlockServer:
                         self.prof.server.sparse_s(k))
         out.server_compute = 1.0 if self.dense_times else min(1.0, k / count)
         if r.matched:  # the block field matched on the server: one of the edge's two matches
-            out.server_s += self.prof.edge_overhead_s / 2
+            out.receive_s = self.prof.edge_overhead_s / 2  # in the callback, not the GPU's
         if self.em.refresh.completed > refreshes:
             out.background_s = self.prof.server.engine_s
         out.result_bytes = _result_bytes(det, self.edge_id, index, self.em.task)
