@@ -148,6 +148,29 @@ def test_methods_take_their_device_times_from_the_profile(model):
     assert M.make('fluxshard', model, 'robot1', link).prof is sim.PAPER
 
 
+def test_the_servers_block_matching_is_a_cpu_stage_not_gpu_time(model):
+    """FluxShard's server matches its own proxy states (payload.send_motion false) in its
+    batch callback, before the job reaches the inference thread, as server_node does: the
+    harness charges that as ``receive_s`` (a CPU stage shared by the edges) and the GPU
+    only with the sparse pass."""
+    from fluxshard_eval import harness
+    link = sim.LinkSpec.parse('medium')
+    fx = M.make('fluxshard', model, 'robot1', link)
+    frames = list(data.iter_frames('davis-parkour', limit=3))
+    works = []
+    for i, f in enumerate(frames):
+        fx.now = i / 24.0
+        w = fx.edge(f, i)
+        works.append(fx.server(w, [True] * len(w.messages)))
+    matched = [s for s in works[1:] if s.result is not None]
+    assert matched and all(s.receive_s == sim.PAPER.edge_overhead_s / 2 for s in matched)
+    k = fx.srv.em.last_blocks
+    assert matched[-1].server_s == sim.PAPER.server.sparse_s(k)
+    ref = harness.Reference(model, frames)
+    r = harness.replay(lambda e: M.make('fluxshard', model, e, link), frames, 24.0, link, ref)
+    assert any(p['extra'].get('receive_s', 0) > 0 for p in r['per_frame'])
+
+
 def test_split_model_equals_the_whole_model(model):
     img = next(data.iter_frames('davis-parkour', 1))
     x, lb = letterbox(img, 640)
