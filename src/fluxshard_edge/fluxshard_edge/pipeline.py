@@ -577,7 +577,8 @@ class EdgePipeline:
         ``bridge_max`` in a row); None otherwise (the step goes on as without bridges)."""
         cfg, dev = self.config, self._device_frame
         if (dev is None or not cfg.motion or dev[1].shape != frame.shape
-                or frame.shape[2] != 3 or cfg.force_strategy == 'cloud'):
+                or frame.shape[2] != 3 or cfg.force_strategy == 'cloud'
+                or self.bridge.precheck(self.frames + 1)):  # no search where it cannot pay
             return None
         grid = BlockGrid(frame.shape[0], frame.shape[1], cfg.block_size)
         f = motion.estimate_motion(frame, dev[1], cfg.block_size, self._prev_mv_local)

@@ -159,6 +159,27 @@ class SkipGate:
         self.skipped += 1
         return True
 
+    def precheck(self, frame_no: int) -> str:
+        """Why camera frame ``frame_no`` cannot be skipped whatever its motion ('': it may
+        be; only then is its block field worth searching). Sets ``last_reason``."""
+        why = ''
+        if not self.enabled:
+            why = 'off'
+        elif self.proxy_seq is None:
+            why = 'the proxy frame has no result'
+        elif self.run >= self.max_run:
+            why = f'{self.run} frames in a row not sent'
+        else:
+            gap = frame_no - self.proxy_frame
+            a = self.agreement(gap)
+            if a is None:
+                why = f'agreement at gap {gap} not measured'
+            elif a < self.target:
+                why = f'moved results at gap {gap} agree {a:.2f} < {self.target:g}'
+        if why:
+            self.last_reason = why
+        return why
+
     def _why_not(self, frame_no, mv, d, tau, grid, hint) -> str:
         if not self.enabled:
             return 'off'
