@@ -161,12 +161,15 @@ class SkipGate:
 
     def precheck(self, frame_no: int) -> str:
         """Why camera frame ``frame_no`` cannot be skipped whatever its motion ('': it may
-        be; only then is its block field worth searching). Sets ``last_reason``."""
+        be, or it is at gap 1, whose field ``decide`` learns from; only then is its block
+        field worth searching). Decides as ``decide`` would. Sets ``last_reason``."""
         why = ''
         if not self.enabled:
             why = 'off'
         elif self.proxy_seq is None:
             why = 'the proxy frame has no result'
+        elif frame_no - self.proxy_frame == 1:
+            pass  # gap 1 teaches the baseline of change outside the objects: searched always
         elif self.run >= self.max_run:
             why = f'{self.run} frames in a row not sent'
         else:
