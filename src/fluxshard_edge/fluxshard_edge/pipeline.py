@@ -217,8 +217,9 @@ class EdgePipeline:
         #: frames the server does not need are not sent (skip.py; ``skip_target`` > 0)
         self.skip = SkipGate(config.skip_target, config.skip_max)
         #: frames that arrive while the local device is busy get its frame's result moved
-        #: (``bridge_target`` > 0; the same measured gate, calibrated on local results)
-        self.bridge = SkipGate(config.bridge_target, config.bridge_max)
+        #: (``bridge_target`` > 0; the same measured gate, calibrated on local results, and
+        #: on the server's where it has not measured a gap yet: a faster start)
+        self.bridge = SkipGate(config.bridge_target, config.bridge_max, prior=self.skip)
         self._device_frame = None  # (frame number, image) of the overlapped local job
         self.last_roi = None  # the RoiMap of the last H.264 payload (roi_qoffset > 0)
         self.cloud_available = True

@@ -83,6 +83,10 @@ class SkipGate:
     Args:
         target: agreement a skipped frame's moved result must have measured (0 = never skip).
         max_run: most frames in a row not sent.
+        prior: another gate whose agreement stands in at a gap this one has not measured
+            (the bridge gate, calibrated on local results, starts from the skip gate's,
+            calibrated on the server's: how far moved results hold is the scene's motion,
+            whoever computed them).
     """
 
     #: samples a gap needs before its agreement counts
@@ -100,8 +104,10 @@ class SkipGate:
     #: moved box that only just matches the server's may not match the dense one)
     IOU = 0.7
 
-    def __init__(self, target: float = 0.0, max_run: int = 2):
+    def __init__(self, target: float = 0.0, max_run: int = 2,
+                 prior: Optional['SkipGate'] = None):
         self.configure(target, max_run)
+        self.prior = prior
         self.results: 'OrderedDict[int, object]' = OrderedDict()
         self._sent: 'OrderedDict[int, _Sent]' = OrderedDict()
         self.acc = {}  # gap -> [agreement EMA, samples, send count at the last sample]
@@ -131,9 +137,12 @@ class SkipGate:
         A gap measured recently (``MIN_SAMPLES`` samples, the last within ``STALE`` sends)
         has its own; one between two measured gaps their linear interpolation; beyond the
         largest measured one, that one's when it is the next gap (exploring one further) and
-        nothing otherwise; below the smallest, the smallest's."""
-        fresh = {g: v[0] for g, v in self.acc.items()
-                 if v[1] >= self.MIN_SAMPLES and self._sends - v[2] <= self.STALE}
+        nothing otherwise; below the smallest, the smallest's. The ``prior`` gate's measured
+        gaps count where this one has not measured them (a measurement at the gap itself
+        says more than one carried from another gap)."""
+        fresh = self._fresh()
+        if self.prior is not None:
+            fresh = {**self.prior._fresh(), **fresh}
         if gap in fresh:
             return fresh[gap]
         lo = max((g for g in fresh if g < gap), default=None)
@@ -145,6 +154,11 @@ class SkipGate:
         if lo is not None and gap == lo + 1:
             return fresh[lo]
         return None
+
+    def _fresh(self) -> dict:
+        """gap -> agreement of the gaps measured recently enough to count."""
+        return {g: v[0] for g, v in self.acc.items()
+                if v[1] >= self.MIN_SAMPLES and self._sends - v[2] <= self.STALE}
 
     def decide(self, frame_no: int, mv, d: np.ndarray, tau: float, grid: BlockGrid,
                hint=None) -> bool:

@@ -68,6 +68,27 @@ def test_never_skips_where_moved_results_disagree():
     assert 'agree' in g.last_reason
 
 
+def test_a_gate_with_a_prior_starts_from_its_measured_gaps_and_prefers_its_own():
+    """The bridge gate (local results) starts from the skip gate's measurements (the
+    server's) at gaps it has not measured; its own measurement of a gap replaces the prior's
+    there; a prior's measurement at the gap itself counts before one carried from another of
+    its own gaps; and a gate with neither knows nothing."""
+    prior = calibrated()                       # gap 1 measured on server results: 1.0
+    g = SkipGate(0.9, 2, prior=prior)
+    assert SkipGate(0.9, 2).agreement(1) is None
+    assert g.agreement(1) == 1.0 and g.agreement(2) == 1.0 and g.agreement(3) is None
+    g.proxy_seq, g.proxy_frame, g.baseline = 7, 4, 0.0
+    g.results[7] = dets((10, 10, 40, 40))
+    assert g.decide(5, field(), NO_CHANGE, 10.0, GRID)     # before any local measurement
+    g.acc[3] = [0.4, 3, g._sends]              # its own, at another gap
+    assert g.agreement(1) == 1.0               # the prior's at gap 1 itself
+    assert g.agreement(2) == pytest.approx(0.7)  # between gap 1 (prior) and 3 (own)
+    g.acc[1] = [0.5, 3, g._sends]              # its own at gap 1: that one counts
+    assert g.agreement(1) == 0.5
+    g.run = 0
+    assert not g.decide(5, field(), NO_CHANGE, 10.0, GRID) and 'agree 0.50' in g.last_reason
+
+
 def test_a_new_object_outside_the_known_ones_ends_a_skipped_stretch():
     g = calibrated(max_run=5)
     d = NO_CHANGE.copy()
