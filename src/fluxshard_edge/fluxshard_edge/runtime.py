@@ -136,9 +136,27 @@ class EdgeRuntime:
         """The frames not sent that wait for results which will not come now: counted
         ``skipped_lost`` (their proxy frame was offloaded to a server that is gone)."""
         gate = self.pipeline.skip
-        for tok in gate.expire([w[0] for w in gate.waiting]):
-            if self._skipped.pop(tok, None) is not None:
-                self.counters['skipped_lost'] += 1
+        self._claim(self._skipped, (), gate.expire([w[0] for w in gate.waiting]),
+                    'skipped_lost')
+
+    def _claim(self, waiting: dict, ready, lost, counter: str) -> list:
+        """Frames of ``waiting`` (token -> frame: skipped or bridged, waiting for the result
+        they move) handed their ``ready`` (token, moved result): returns (frame, result) to
+        publish; those of the ``lost`` tokens, or handed no result, are counted ``counter``
+        (no frame is dropped silently)."""
+        for tok in lost:
+            if waiting.pop(tok, None) is not None:
+                self.counters[counter] += 1
+        out = []
+        for tok, moved in ready:
+            frame = waiting.pop(tok, None)
+            if frame is None:
+                continue
+            if moved is None:
+                self.counters[counter] += 1
+            else:
+                out.append((frame, moved))
+        return out
 
     def offload_latency_s(self) -> Optional[float]:
         """Median send -> inference-done time of the last offloads to this server (None
@@ -176,12 +194,7 @@ class EdgeRuntime:
             q = self.pipeline.quality
             if q is not None:
                 self.counters['quality_probes'] = q.samples  # probes with both results in
-            out = []
-            for tok, moved in ready:
-                frame = self._skipped.pop(tok, None)
-                if frame is not None:
-                    out.append((frame, moved))
-            return out
+            return self._claim(self._skipped, ready, (), 'skipped_lost')
 
     # -- critical path (worker) ---------------------------------------------------------------
     def process(self, frame: Frame, now: Optional[float] = None) -> Processed:
@@ -249,19 +262,7 @@ class EdgeRuntime:
                 ready = []
             else:
                 toks, ready = [], self.pipeline.bridge_done(step)
-            out = []
-            for tok in toks:
-                if self._bridged.pop(tok, None) is not None:
-                    self.counters['bridged_lost'] += 1
-            for tok, moved in ready:
-                frame = self._bridged.pop(tok, None)
-                if frame is None:
-                    continue
-                if moved is None:
-                    self.counters['bridged_lost'] += 1
-                else:
-                    out.append((frame, moved))
-            return out
+            return self._claim(self._bridged, ready, toks, 'bridged_lost')
 
     def _observe_camera(self, frame: Frame):
         """The camera's frame interval from the stamps and indices of the frames taken (the
