@@ -107,9 +107,21 @@ def test_incremental_saves_work_on_a_static_camera(det_model):
         mf = motion.estimate_motion(f, run.state, 16)
         raw, lb, st = run.step(f, mf.mv, mf.misses(10.0))
     assert 0 < st.mac_ratio < 0.3
-    # nothing changed at all: nothing is recomputed
+    # nothing changed at all: nothing is recomputed, not a layer is run
     raw2, _, st2 = run.step(run.state.copy(), None, [])
-    assert st2.macs_done == 0 and torch.allclose(raw2, raw)
+    assert st2.macs_done == 0 and not st2.layers and torch.allclose(raw2, raw)
+    # the same output as running every layer (each keeps its cache)
+    run._last = None
+    raw3, _, st3 = run.step(run.state.copy(), None, [])
+    assert st3.layers and st3.macs_done == 0 and torch.equal(raw3, raw2)
+    # a background refresh swapped in another frame's caches: the network runs again
+    ref = refresh.Refresh(run)
+    ref.start(frames[0])
+    ref.wait(60)
+    assert ref.completed == 1
+    raw4, _, st4 = run.step(run.state.copy(), None, [])
+    x, _ = letterbox(frames[0], 640)
+    assert st4.layers and (raw4 - det_model(torch.from_numpy(x))).abs().max() < 1e-2
 
 
 def test_refresh_is_preemptible_between_layers_and_swaps_caches(det_model):
