@@ -115,7 +115,9 @@ def exec_prefix(name: str, side: str):
 
 def dds_env() -> dict:
     """UDP only (the shipped UDP profile), so DDS crosses the shaped veth link: a shared-memory
-    shortcut between the namespaces of one machine would bypass the link being measured."""
+    shortcut between the namespaces of one machine would bypass the link being measured. The
+    server keeps it; the runner gives the robots' processes the shipped profile (``runner.
+    _robot_env``: shared memory from the camera to the edge, UDP to the server)."""
     from fluxshard_msgs_py import dds
     return {'FASTDDS_DEFAULT_PROFILES_FILE': dds.profile_path('udp'),
             'FASTDDS_BUILTIN_TRANSPORTS': 'UDPv4', 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}

@@ -208,7 +208,8 @@ def main(argv=None):
         for p in params:
             cmd += ['-p', p]
         log = open(os.path.join(logdir, f'{name}.log'), 'w')
-        procs.append((name, subprocess.Popen(cmd, env=env, stdout=log,
+        penv = env if name.startswith('server') else robot_env
+        procs.append((name, subprocess.Popen(cmd, env=penv, stdout=log,
                                              stderr=subprocess.STDOUT)))
 
     logdir = os.environ.get('FLUXSHARD_LOG_DIR', os.path.join(os.getcwd(), 'log', 'run'))
@@ -226,6 +227,7 @@ def main(argv=None):
         print(f'fluxshard_run: {e}', file=sys.stderr)
         _stop(procs)
         return 2
+    robot_env = _robot_env(env, ns_name, ds, logdir)
     rclpy.init()
     mon = Monitor(robots, a.task or 'detect', a.quiet)
     t_start = time.monotonic()
@@ -323,6 +325,22 @@ def main(argv=None):
         with open(a.json, 'w') as f:
             json.dump(summary, f, indent=2)
     return 0 if summary and all(r['results'] > 0 for r in summary['robots'].values()) else 1
+
+
+def _robot_env(env: dict, ns_name: str, ds: dict, logdir: str) -> dict:
+    """The robots' processes (camera replay, edge) in the shaped namespaces: the shipped
+    profile, shared memory between the camera and the edge as on a robot, and UDP to the
+    server, whose UDP-only profile keeps the link between them on the shaped veth (a
+    participant without shared memory is reached over UDP). Without namespaces: ``env``."""
+    if not ns_name:
+        return env
+    from fluxshard_msgs_py import dds
+    out = {k: v for k, v in env.items() if k not in dds.CHOSEN_BY}
+    out['FASTDDS_DEFAULT_PROFILES_FILE'] = (
+        dds.write_discovery_profile(','.join(ds['servers']),
+                                    os.path.join(logdir, 'fastdds-discovery-robot.xml'))
+        if ds else dds.profile_path('default'))
+    return out
 
 
 def _discovery(a, ns_name, logdir, env, procs) -> dict:
