@@ -176,32 +176,39 @@ class SkipGate:
     def precheck(self, frame_no: int) -> str:
         """Why camera frame ``frame_no`` cannot be skipped whatever its motion ('': it may
         be, or it is at gap 1, whose field ``decide`` learns from; only then is its block
-        field worth searching). Decides as ``decide`` would. Sets ``last_reason``."""
-        why = ''
-        if not self.enabled:
-            why = 'off'
-        elif self.proxy_seq is None:
-            why = 'the proxy frame has no result'
-        elif frame_no - self.proxy_frame == 1:
-            pass  # gap 1 teaches the baseline of change outside the objects: searched always
-        elif self.run >= self.max_run:
-            why = f'{self.run} frames in a row not sent'
-        else:
-            gap = frame_no - self.proxy_frame
-            a = self.agreement(gap)
-            if a is None:
-                why = f'agreement at gap {gap} not measured'
-            elif a < self.target:
-                why = f'moved results at gap {gap} agree {a:.2f} < {self.target:g}'
+        field worth searching). The same tests as ``decide`` without the field's. Sets
+        ``last_reason``."""
+        why = self._no_result()
+        if not why and frame_no - self.proxy_frame != 1:
+            why = self._beyond(frame_no - self.proxy_frame)
         if why:
             self.last_reason = why
         return why
 
-    def _why_not(self, frame_no, mv, d, tau, grid, hint) -> str:
+    def _no_result(self) -> str:
+        """Why nothing can be moved at all ('' when a proxy result is known)."""
         if not self.enabled:
             return 'off'
         if self.proxy_seq is None:
             return 'the proxy frame has no result'
+        return ''
+
+    def _beyond(self, gap: int) -> str:
+        """Why a frame at ``gap`` may not be skipped whatever its field: the bound, or the
+        agreement measured there ('' when both allow it)."""
+        if self.run >= self.max_run:
+            return f'{self.run} frames in a row not sent'
+        a = self.agreement(gap)
+        if a is None:
+            return f'agreement at gap {gap} not measured'
+        if a < self.target:
+            return f'moved results at gap {gap} agree {a:.2f} < {self.target:g}'
+        return ''
+
+    def _why_not(self, frame_no, mv, d, tau, grid, hint) -> str:
+        why = self._no_result()
+        if why:
+            return why
         gap = frame_no - self.proxy_frame
         det = self.results.get(self.proxy_seq, hint)
         boxes = np.zeros((0, 4), np.float32) if det is None else det.boxes
@@ -210,12 +217,9 @@ class SkipGate:
         if gap == 1:
             self.baseline = outside if self.baseline is None else \
                 0.7 * self.baseline + 0.3 * outside
-        if self.run >= self.max_run:
-            return f'{self.run} frames in a row not sent'
-        a = self.agreement(gap)
-        if a is None or a < self.target:
-            return (f'moved results at gap {gap} agree {a:.2f} < {self.target:g}' if a is not None
-                    else f'agreement at gap {gap} not measured')
+        why = self._beyond(gap)
+        if why:
+            return why
         if self.baseline is None or outside > 2 * self.baseline + self.SLACK:
             return f'{outside} changed blocks outside the objects'
         return ''

@@ -89,6 +89,25 @@ def test_a_gate_with_a_prior_starts_from_its_measured_gaps_and_prefers_its_own()
     assert not g.decide(5, field(), NO_CHANGE, 10.0, GRID) and 'agree 0.50' in g.last_reason
 
 
+def test_the_precheck_refuses_only_what_decide_would_refuse_whatever_the_field():
+    """``precheck`` (before a block search) says no where ``decide`` must: gate off, no
+    proxy result, the bound, an agreement unmeasured or below the target at the frame's gap;
+    a frame at gap 1 is always searched (its field teaches the baseline), and where it says
+    yes, ``decide`` on a quiet field agrees."""
+    assert SkipGate().precheck(2) == 'off'
+    assert 'no result' in SkipGate(0.9).precheck(2)
+    g = calibrated(max_run=2)                  # gap 1 measured at 1.0; proxy frame 4
+    assert g.precheck(5) == '' and g.precheck(6) == ''   # gap 1; gap 2 explores one further
+    assert 'not measured' in g.precheck(7)     # gap 3: two beyond the measured one
+    assert not g.decide(7, field(), NO_CHANGE, 10.0, GRID) and 'not measured' in g.last_reason
+    assert g.decide(5, field(), NO_CHANGE, 10.0, GRID) and g.decide(6, field(), NO_CHANGE,
+                                                                    10.0, GRID)
+    assert 'in a row' in g.precheck(7)
+    low = calibrated(agree=False)
+    assert low.precheck(5) == ''               # gap 1: searched even so
+    assert 'agree' in low.precheck(6) and not low.decide(6, field(), NO_CHANGE, 10.0, GRID)
+
+
 def test_a_new_object_outside_the_known_ones_ends_a_skipped_stretch():
     g = calibrated(max_run=5)
     d = NO_CHANGE.copy()
