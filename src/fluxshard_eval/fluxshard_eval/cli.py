@@ -22,9 +22,11 @@ import shlex
 import sys
 import time
 
+from fluxshard_edge.pipeline import EdgeConfig
 from fluxshard_eval import report
 from fluxshard_eval.methods import BASELINES, METHODS, VIDEO
 from fluxshard_eval.sim import LinkSpec
+from fluxshard_server.inference import RECOMPUTE_TAU
 
 MOVING = ('davis-parkour', 'davis-bmx-trees', 'davis-blackswan', 'davis-breakdance')
 #: FluxShard variants of --sweep: name -> (method, parameters).
@@ -381,8 +383,6 @@ def sweep_table(runs, link) -> str:
                        and o['sequence'] == r['sequence'] and o['edges'] == 1), None)
             if fo:
                 ratio.append(r['bytes_on_link'] / fo['bytes_on_link'])
-        from fluxshard_edge.pipeline import EdgeConfig
-        from fluxshard_server.inference import RECOMPUTE_TAU
         name = (f'fluxshard (default: h264 crf{EdgeConfig.crf}, recompute-tau '
                 f'{RECOMPUTE_TAU:g})') if v == 'fluxshard' else v
         mean = (lambda k: sum(r[k] for r in rs) / len(rs))
