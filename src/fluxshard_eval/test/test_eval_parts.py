@@ -374,3 +374,29 @@ def test_skipped_frames_wait_for_their_proxy_result_over_a_long_round_trip():
     done = [(p['arrival'] + p['latency'], p['index'], p['computed_by'])
             for p in r['per_frame'] if p['latency'] == p['latency']]
     assert [i for _, i, _ in sorted(done)] == sorted(i for _, i, _ in done)
+
+
+def test_robots_in_the_namespaces_share_memory_with_their_camera_and_the_server_does_not(
+        tmp_path):
+    """In the live replay's namespaces the camera replay and the edge get the shipped profile
+    (shared memory between them, UDP to the server), with the discovery servers when there
+    are some; the server keeps the UDP-only environment, so edge <-> server crosses the
+    shaped link. Without namespaces nothing changes."""
+    import xml.etree.ElementTree as ET
+    from fluxshard_eval import netns, runner
+    from fluxshard_msgs_py import dds
+    env = dict(PATH='/usr/bin', **netns.dds_env())
+    assert runner._robot_env(env, '', {}, str(tmp_path)) is env
+
+    def transports(path):
+        return {t.text for t in ET.parse(path).getroot().iter('{http://www.eprosima.com}type')}
+    assert transports(env['FASTDDS_DEFAULT_PROFILES_FILE']) == {'UDPv4'}
+    robot = runner._robot_env(env, 'fs1', {}, str(tmp_path))
+    assert 'FASTDDS_BUILTIN_TRANSPORTS' not in robot and robot['PATH'] == '/usr/bin'
+    assert robot['FASTDDS_DEFAULT_PROFILES_FILE'] == dds.profile_path('default')
+    assert transports(robot['FASTDDS_DEFAULT_PROFILES_FILE']) == {'SHM', 'UDPv4'}
+    found = runner._robot_env(env, 'fs1', {'servers': ['10.0.0.1:11811']}, str(tmp_path))
+    text = open(found['FASTDDS_DEFAULT_PROFILES_FILE']).read()
+    assert '10.0.0.1' in text and 'CLIENT' in text
+    assert transports(found['FASTDDS_DEFAULT_PROFILES_FILE']) == {'SHM', 'UDPv4'}
+    assert env['FASTDDS_BUILTIN_TRANSPORTS'] == 'UDPv4'  # the server's, untouched
