@@ -26,7 +26,7 @@ from fluxshard_edge.scheduler import (BandwidthEstimator, Decision, LatencyModel
 from fluxshard_edge.skip import SkipGate
 from fluxshard_kernels import metrics, motion, proxy, salience
 from fluxshard_kernels.blocks import block_dissimilarity, BlockGrid  # noqa: F401 (re-export)
-from fluxshard_kernels.codec_mv import RoiMap
+from fluxshard_kernels.codec_mv import LARGE_AREA, object_roi, RoiMap
 from fluxshard_kernels.profile import DeviceProfile, resolve_device
 
 
@@ -792,8 +792,8 @@ class EdgePipeline:
             self._prev_mv_proxy = None
 
     #: an object is large (``roi_large_qoffset``) when its box covers at least this share of
-    #: the frame's area (COCO's "large", 96 x 96 px of a 640 px image, is 2.25 %)
-    LARGE_AREA = 0.0225
+    #: the frame's area (``codec_mv.LARGE_AREA``)
+    LARGE_AREA = LARGE_AREA
 
     def _roi(self, mv, grid) -> Optional[RoiMap]:
         """Where the payload's bits go (``roi_qoffset`` > 0): the objects of the last result
@@ -809,17 +809,13 @@ class EdgePipeline:
             return None
         det = self.last_result
         boxes = np.zeros((0, 4), np.float32)
-        if det is not None and len(det):
+        if q and det is not None and len(det):
             boxes = (salience.project_boxes(det.boxes, mv, grid) if mv is not None
                      else np.asarray(det.boxes, np.float32))
-        m = grid.block_size
-        large = self.LARGE_AREA * grid.height * grid.width
         qo = min(1.0, link)
-        ql = min(1.0, link + min(q, self.config.roi_large_qoffset))  # never the background's
-        self.last_roi = RoiMap([(x1 - m, y1 - m, x2 - x1 + 2 * m, y2 - y1 + 2 * m,
-                                 ql if (x2 - x1) * (y2 - y1) >= large else qo)
-                                for x1, y1, x2, y2 in boxes.reshape(-1, 4)] if q else [],
-                               min(1.0, q + link), qo)
+        self.last_roi = object_roi(
+            boxes, grid.height, grid.width, grid.block_size, min(1.0, q + link), qo,
+            min(1.0, link + min(q, self.config.roi_large_qoffset)))  # never the background's
         return self.last_roi
 
     #: ``_dense_wins``: the cloud must be this much slower than the dense local path

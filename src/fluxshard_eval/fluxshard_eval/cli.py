@@ -110,8 +110,9 @@ def _args(argv):
     p.add_argument('--methods', nargs='+', default=['fluxshard', *BASELINES, *VIDEO],
                    choices=METHODS + ('full-offload-png',),
                    help='methods run at every link (video-offload-crfN: the camera as an '
-                        'H.264 stream at CRF N; full-offload-png: lossless frames, a check of '
-                        'the harness)')
+                        'H.264 stream at CRF N; video-offload-roi-crfN: the same with '
+                        "FluxShard's ROI coding from the results; full-offload-png: lossless "
+                        'frames, a check of the harness)')
     p.add_argument('--ablations', nargs='*', default=['no-ata', 'no-ms-comp'],
                    choices=['no-ata', 'no-ms-comp'], help='run at the medium link only')
     p.add_argument('--edges', nargs='*', type=int, default=[2, 3, 4],

@@ -18,6 +18,9 @@ serialisation (CDR bytes are what the link carries and what the byte counts coun
   access unit per frame in a ``CompressedImage`` of format ``h264``), decoded on the server,
   dense inference there. A lost unit makes the next frame an IDR key frame (the decoder's
   resync). ``VIDEO_CRFS`` is the default ladder.
+* ``video-offload-roi-crf<N>`` - the same stream with FluxShard's ROI coding: the objects of
+  the newest result back at the robot (grown by ``VideoOffload.ROI_MARGIN``) at CRF N, the
+  rest ``payload.roi_qoffset`` coarser; what ROI coding alone gives any stream.
 * ``video-offload-vbv`` - the same stream rate-controlled as robot teams configure it over a
   cellular link: capped CRF 23 with x264's VBV at the link's median rate (0.25 s buffer).
 * ``edge-only`` - no network: dense inference on the robot for every frame it can take (the
@@ -41,6 +44,7 @@ from fluxshard_edge.pipeline import block_dissimilarity, EdgeConfig, EdgePipelin
 from fluxshard_edge.scheduler import BandwidthEstimator
 from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
+from fluxshard_kernels.codec_mv import object_roi
 from fluxshard_kernels.yolo.processing import Detections, letterbox
 from fluxshard_eval import sim
 from fluxshard_server.inference import DRIFT_SCOPE, EdgeModel, RECOMPUTE_TAU
@@ -49,8 +53,10 @@ from fluxshard_server.session import EdgeSession
 
 VIDEO_CRFS = (18, 23, 28)
 VIDEO = tuple(f'video-offload-crf{c}' for c in VIDEO_CRFS)
-METHODS = ('fluxshard', 'full-offload', *VIDEO, 'video-offload-vbv', 'edge-only', 'deltacnn',
-           'spinn', 'coach', 'no-ata', 'no-ms-comp')
+#: the same ladder with FluxShard's ROI coding (``VideoOffload(roi_qoffset=...)``)
+VIDEO_ROI = tuple(f'video-offload-roi-crf{c}' for c in VIDEO_CRFS)
+METHODS = ('fluxshard', 'full-offload', *VIDEO, 'video-offload-vbv', *VIDEO_ROI, 'edge-only',
+           'deltacnn', 'spinn', 'coach', 'no-ata', 'no-ms-comp')
 BASELINES = ('full-offload', 'spinn', 'coach', 'deltacnn')
 
 
@@ -428,18 +434,48 @@ class FullOffload(Method):
 
 class VideoOffload(Method):
     """The camera as an H.264 stream (one access unit per frame it takes), decoded on the
-    server, dense inference there."""
+    server, dense inference there. ``roi_qoffset`` > 0: the stream spends its bits on the
+    objects of the newest result back at the robot, as FluxShard's payload does
+    (``codec_mv.object_roi``: its boxes grown by ``ROI_MARGIN``, the rest ``roi_qoffset``
+    coarser); a streamer has no block motion, so the boxes stay where that result saw them."""
+
+    #: px the ROI stream grows each box by (FluxShard's is one block; a stream's boxes are
+    #: a round trip old and not moved, so one more block)
+    ROI_MARGIN = 32
 
     def __init__(self, model, edge_id, link, profile=None, crf: int = 23,
-                 maxrate_mbps: float = 0.0, fps: float = 30.0):
+                 maxrate_mbps: float = 0.0, fps: float = 30.0, roi_qoffset: float = 0.0):
         super().__init__(model, edge_id, link, profile)
         if not 0 <= crf <= 51:
             raise ValueError(f'H.264 CRF must be in 0..51, got {crf}')
+        if not 0 <= roi_qoffset <= 1:
+            raise ValueError(f'ROI offset must be in 0..1, got {roi_qoffset}')
         self.crf, self.maxrate_mbps, self.fps = crf, maxrate_mbps, fps
-        self.name = 'video-offload-vbv' if maxrate_mbps else f'video-offload-crf{crf}'
+        self.roi_qoffset = roi_qoffset
+        self.name = ('video-offload-vbv' if maxrate_mbps else
+                     f'video-offload-roi-crf{crf}' if roi_qoffset else f'video-offload-crf{crf}')
         self.enc = self.dec = None
         self._key = True
         self._index = 0
+        self._sent = {}  # camera frame index -> the server's result, not yet at the robot
+        self._back = []  # (time it reaches the robot, frame index, result)
+        self.last_roi = None  # the RoiMap of the last unit (None: coded without one)
+
+    def delivered(self, index, t):
+        det = self._sent.pop(index, None)
+        if det is not None:
+            self._back.append((t, index, det))
+
+    def _roi(self, shape):
+        """The ROI map from the newest result that reached the robot by ``now``; None before
+        the first one (the whole frame at the CRF)."""
+        here = [b for b in self._back if b[0] <= self.now]
+        if not here:
+            return None
+        newest = max(here, key=lambda b: b[1])
+        self._back = [b for b in self._back if b[1] >= newest[1]]
+        return object_roi(newest[2].boxes, shape[0], shape[1], self.ROI_MARGIN,
+                          self.roi_qoffset)
 
     def edge(self, frame, index):
         from sensor_msgs.msg import CompressedImage
@@ -453,8 +489,9 @@ class VideoOffload(Method):
             self.dec = H264Decoder()
             self._key = True
         img = frame if frame.ndim == 3 else np.repeat(frame[:, :, None], 3, 2)
+        self.last_roi = self._roi(frame.shape) if self.roi_qoffset else None
         m = CompressedImage(header=Header(), format='h264',
-                            data=self.enc.encode(img, key=self._key))
+                            data=self.enc.encode(img, key=self._key, roi=self.last_roi))
         self._key = False
         w = EdgeWork(edge_s=self.prof.edge_overhead_s, messages=[serialize(m)],
                      cpu_ms=1e3 * (time.perf_counter() - t0))
@@ -481,6 +518,8 @@ class VideoOffload(Method):
         if self._frame.ndim == 3 and self._frame.shape[2] == 3:
             work.info['proxy_psnr'] = float(cv2.PSNR(self._frame, img))
         det = dense_detect(self.model, img)
+        if self.roi_qoffset:
+            self._sent[self._index] = det
         return ServerWork(det, self.prof.server.dense_s, 0.0,
                           _result_bytes(det, self.edge_id, self._index, self.task), 1.0,
                           1e3 * (time.perf_counter() - t0), len(raw))
@@ -781,6 +820,9 @@ def make(name: str, model, edge_id: str, link: sim.LinkSpec, profile=None, **kw)
     if name.startswith('video-offload-crf') and name[17:].isdigit():
         return VideoOffload(model, edge_id, link, profile, crf=int(name[17:]),
                             fps=fps)
+    if name.startswith('video-offload-roi-crf') and name[21:].isdigit():
+        return VideoOffload(model, edge_id, link, profile, crf=int(name[21:]), fps=fps,
+                            roi_qoffset=EdgeConfig.roi_qoffset)
     if name == 'video-offload-vbv':  # capped CRF 23, VBV at the link's median rate
         return VideoOffload(model, edge_id, link, profile, 23, link.median_mbps,
                             fps)

@@ -9,11 +9,19 @@ NAMES = {'fluxshard': 'FluxShard', 'full-offload': 'Full Offload', 'spinn': 'SPI
          'coach': 'COACH-style', 'deltacnn': 'DeltaCNN-style', 'no-ata': 'No-ATA',
          'no-ms-comp': 'No-MS-Comp', 'full-offload-png': 'Full Offload (PNG)'}
 NAMES.update({f'video-offload-crf{c}': f'Video Offload (H.264 CRF {c})' for c in range(52)})
+NAMES.update({f'video-offload-roi-crf{c}': f'Video Offload ROI (H.264 CRF {c}, objects finer)'
+              for c in range(52)})
 NAMES.update({'video-offload-vbv': 'Video Offload (H.264, VBV at the median rate)',
               'edge-only': 'Edge-only (dense on the robot)'})
 ORDER = ('full-offload', 'full-offload-png',
-         *(f'video-offload-crf{c}' for c in range(52)), 'video-offload-vbv', 'edge-only',
+         *(f'video-offload-crf{c}' for c in range(52)), 'video-offload-vbv',
+         *(f'video-offload-roi-crf{c}' for c in range(52)), 'edge-only',
          'spinn', 'coach', 'deltacnn', 'fluxshard', 'no-ata', 'no-ms-comp')
+
+
+def plain_stream(m: str) -> bool:
+    """A rung of the Video Offload ladder (a plain stream; not the ROI-coded one)."""
+    return m.startswith('video-offload') and not m.startswith('video-offload-roi')
 
 
 def name(m: str) -> str:
@@ -232,7 +240,7 @@ def video_bytes_at(pts: List[dict], retention: float):
     one), "the ladder's cheapest reaches it" (an upper bound: the ratio flatters FluxShard),
     "beyond the ladder's best" (its best rung: the ratio flatters Video Offload), or None."""
     ladder = sorted(((p['kb_per_frame'], p['retention']) for p in pts
-                     if p['method'].startswith('video-offload')))
+                     if plain_stream(p['method'])))
     if not ladder:
         return None, None
     reach = [i for i, (_, r) in enumerate(ladder) if r >= retention]
@@ -262,7 +270,7 @@ def frontier_table(pts: List[dict], link: str) -> str:
              '|---|---|---|---|---|---|---|']
     for p in pts:
         vb, how = video_bytes_at(pts, p['retention'])
-        video = p['method'].startswith('video-offload')
+        video = plain_stream(p['method'])
         rel = '-' if vb is None or video else f'{vb:.1f} ({how})'
         ratio = '-' if vb is None or video else f"{p['kb_per_frame'] / vb:.2f}x"
         hit = '-' if _frames_only(p['method']) else _f(p.get('not_recomputed'), scale=100)
@@ -279,7 +287,7 @@ def frontier_plot(pts: List[dict], link: str, path: str) -> str:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    video = [p for p in pts if p['method'].startswith('video-offload')]
+    video = [p for p in pts if plain_stream(p['method'])]
     if video:
         v = sorted(video, key=lambda p: p['kb_per_frame'])
         ax.plot([p['kb_per_frame'] for p in v], [100 * p['retention'] for p in v], '-o',
@@ -289,7 +297,7 @@ def frontier_plot(pts: List[dict], link: str, path: str) -> str:
                         (p['kb_per_frame'], 100 * p['retention']), fontsize=7,
                         textcoords='offset points', xytext=(4, -10))
     for p in pts:
-        if p['method'].startswith('video-offload'):
+        if plain_stream(p['method']):
             continue
         ax.plot(p['kb_per_frame'], 100 * p['retention'], 's' if 'fluxshard' in p['method']
                 else 'o', label=name(p['method']))
@@ -316,24 +324,29 @@ def payload_table(res: dict, link: str = 'medium') -> str:
                     key=lambda m: int(m[17:]))
     ours = ['fluxshard'] + sorted({r['method'] for r in runs
                                    if r['method'].startswith('fluxshard ')})
+    # the ROI-coded stream: what ROI coding alone gives any stream, against the same ladder
+    rated = ours + sorted(
+        {r['method'] for r in runs if r['method'].startswith('video-offload-roi-crf')},
+        key=lambda m: int(m[21:]))
 
     def kb(r):
         return r['bytes_counted'] / max(r['frames'], 1) / 1e3
 
     head = ['clip'] + [f'{m[14:].replace("-crf", "CRF ")}' for m in ladder] + [
-        name(m) for m in ours]
+        name(m) for m in rated]
     lines = [f'Per clip at the {link} link: KB per frame / retention (%); for FluxShard and its '
-             'variants also bytes over the comparator (the cheapest Video Offload rung at least '
-             'as accurate on that clip, else the most accurate one).', '',
+             'variants, and the ROI-coded stream, also bytes over the comparator (the cheapest '
+             'plain Video Offload rung at least as accurate on that clip, else the most '
+             'accurate one).', '',
              '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    ratios = {m: [] for m in ours}
+    ratios = {m: [] for m in rated}
     for s in seqs:
         cells = [s]
         for m in ladder:
             r = by.get((m, s))
             cells.append(f'{kb(r):.1f} / {100 * r["retention"]:.1f}' if r else '-')
         rungs = [by[(m, s)] for m in ladder if (m, s) in by]
-        for m in ours:
+        for m in rated:
             r = by.get((m, s))
             if r is None or not rungs:
                 cells.append('-')

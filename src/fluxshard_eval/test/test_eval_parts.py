@@ -240,6 +240,41 @@ def test_video_offload_resyncs_with_a_key_frame_after_a_lost_unit(model):
         M.make('video-offload-crf60', model, 'robot1', sim.LinkSpec.parse('medium'))
 
 
+def test_the_roi_stream_codes_the_objects_of_the_newest_result_back_at_the_robot(model):
+    """video-offload-roi-crfN: the same units as the plain stream until a result reaches the
+    robot (one still on its way is not used), then the objects of the newest one keep the
+    CRF and the rest is coarser: fewer bytes, its regions at that result's boxes."""
+    frames = list(data.iter_frames('davis-blackswan', 6))
+    link = sim.LinkSpec.parse('medium')
+    plain = M.make('video-offload-crf23', model, 'robot1', link)
+    roi = M.make('video-offload-roi-crf23', model, 'robot1', link)
+    assert roi.name == 'video-offload-roi-crf23' and roi.roi_qoffset > 0
+    sizes, results = {'plain': [], 'roi': []}, {}
+    for i, f in enumerate(frames):
+        for key, m in (('plain', plain), ('roi', roi)):
+            m.now = i / 24
+            w = m.edge(f, i)
+            sizes[key].append(len(w.messages[0]))
+            res = m.server(w, [True])
+            m.delivered(i, m.now + 0.06)  # back at the robot after the next frame is taken
+            results[key, i] = res.result
+        if i < 2:  # frame 0's result reaches the robot only after frame 1 was coded
+            assert roi.last_roi is None and sizes['roi'][i] == sizes['plain'][i]
+        else:
+            boxes = results['roi', i - 2].boxes
+            assert len(boxes) and len(roi.last_roi.regions) == len(boxes)
+            x1, y1 = min(boxes[:, 0]), min(boxes[:, 1])
+            m = roi.ROI_MARGIN
+            assert min(r[0] for r in roi.last_roi.regions) == pytest.approx(x1 - m, abs=1e-3)
+            assert min(r[1] for r in roi.last_roi.regions) == pytest.approx(y1 - m, abs=1e-3)
+            assert roi.last_roi.background == roi.roi_qoffset
+    assert sum(sizes['roi'][2:]) < 0.85 * sum(sizes['plain'][2:]), sizes
+    # the swan is still found on the coarser background
+    assert all(len(results['roi', i]) for i in range(len(frames)))
+    with pytest.raises(ValueError, match='ROI offset'):
+        M.VideoOffload(model, 'robot1', link, roi_qoffset=1.5)
+
+
 def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
     from fluxshard_eval import report
     pts = [{'method': 'video-offload-crf18', 'kb_per_frame': 30.0, 'retention': 0.98},
@@ -259,6 +294,11 @@ def test_video_bytes_are_read_off_the_ladder_at_equal_retention():
         p['sequences'] = ['s']
     text = report.frontier_table(pts, 'medium')
     assert '| FluxShard | 10.0 | 93.0 | 80.0 | n/a | 10.6 (interpolated) | 0.94x |' in text
+    # the ROI-coded stream is rated against the plain ladder, never a rung of it
+    roi = {'method': 'video-offload-roi-crf23', 'kb_per_frame': 7.5, 'retention': 0.96,
+           'sequences': ['s']}
+    assert report.video_bytes_at(pts + [roi], 0.96) == (15.0, 'interpolated')
+    assert '| 15.0 (interpolated) | 0.50x |' in report.frontier_table(pts + [roi], 'medium')
 
 
 def test_an_outage_loses_no_frame_unaccounted_and_fluxshard_computes_locally(tmp_path):

@@ -183,6 +183,26 @@ class RoiMap:
         return out
 
 
+#: an object is large when its box covers at least this share of the frame's area (COCO's
+#: "large", 96 x 96 px of a 640 px image, is 2.25 %): ``object_roi``'s ``large`` offset
+LARGE_AREA = 0.0225
+
+
+def object_roi(boxes, height: int, width: int, margin: float, background: float,
+               region: float = 0.0, large: Optional[float] = None) -> 'RoiMap':
+    """The ROI map of objects: each (n, 4) xyxy box grown by ``margin`` px keeps ``region``
+    (``large`` instead where the box covers ``LARGE_AREA`` of a ``height`` x ``width``
+    frame), the rest of the frame is ``background`` coarser. What the FluxShard payload
+    (``EdgePipeline._roi``) and the ROI stream baseline both code with."""
+    big = LARGE_AREA * height * width
+    q_big = region if large is None else large
+    m = float(margin)
+    return RoiMap([(x1 - m, y1 - m, x2 - x1 + 2 * m, y2 - y1 + 2 * m,
+                    q_big if (x2 - x1) * (y2 - y1) >= big else region)
+                   for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4)],
+                  background, region)
+
+
 def _roi_frame(frame, roi: 'RoiMap'):
     """``frame`` (a yuv420p VideoFrame) with ``roi`` attached as FFmpeg ROI side data (one
     ``addroi`` filter per region, the regions first so they take precedence over the
