@@ -215,6 +215,18 @@ def test_every_block_size_from_edge_to_incremental_server(ros, block, codec):
     assert 'inference_error' not in ros.log(server) and 'failed' not in ros.log(server)
     e = diag['fluxshard/edge/robot1']
     assert int(e.get('key_batches', 0)) == 1 and 'resync' not in ros.log(edge), e
+    # latency.*: image stamp -> result on the robot's topic (edge), -> published (server),
+    # over the same results once both diagnostics count them all (within their 10 s)
+    n = len(results)
+
+    def latencies():
+        e, s = diag['fluxshard/edge/robot1'], diag['fluxshard/server/robot1']
+        return int(e.get('latency.results_count', 0)) == n == int(
+            s.get('latency.served_count', 0)) and (e, s)
+    assert ros.wait_for(latencies, 15), diag
+    e, s = latencies()
+    served, seen = float(s['latency.served_p50_ms']), float(e['latency.results_p50_ms'])
+    assert 0 < served <= seen < 60e3 and float(e['latency.input_p50_ms']) < seen, (e, s)
 
 
 def test_results_reach_a_topic_in_stamp_order(ros):

@@ -11,7 +11,7 @@ from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, Label
 from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (camera_qos, diagnostic_status, DiagnosticsPublisher,
                                     FLEET_QOS, help_text, LATCHED_QOS, LINK_QOS, Param,
-                                    Params,
+                                    LatencyWindow, Params,
                                     ReasonLog, RecentCount, RESULT_QOS, run_node,
                                     WorkerLifecycle)
 from fluxshard_msgs_py.results import ResultPublisher
@@ -270,6 +270,8 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         self.slot = LatestSlot()
         self.failure = ''
         self._recent_bad = RecentCount(10.0)
+        self.input_latency = LatencyWindow()  # image stamp -> the worker takes the frame
+        self._taken = None  # index of the last frame taken
         self.get_logger().info(f'edge {self.config.edge_id!r} created (unconfigured)')
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -563,6 +565,9 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                 self._apply(changes)
             try:
                 frame = item if isinstance(item, Frame) else self._decode(*item)
+                if frame.index != self._taken:  # the first time (a deferred frame comes back)
+                    self._taken = frame.index
+                    self.input_latency.add_stamp(self.get_clock(), frame.header.stamp)
                 self._process(frame)
             except conversions.InputError as e:
                 self.rejects[e.reason] += 1
@@ -749,6 +754,15 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
                 msg += f'; {servers} servers answer this robot (serve it from one)'
         vals.update(counters)
         vals.update({f'rejected.{k}': v for k, v in rejects.items()})
+        results = getattr(self, 'results', None)
+        if results is not None:  # stamp -> result on the robot's topic; stamp -> frame taken
+            lat = results.seen_latency.values('latency.results', self.params[
+                'scheduler.deadline_ms'])
+            vals.update(lat)
+            vals.update(self.input_latency.values('latency.input'))
+            if 'latency.results_p50_ms' in lat:
+                msg += (f"; results p50 {lat['latency.results_p50_ms']:.0f} / p90 "
+                        f"{lat['latency.results_p90_ms']:.0f} ms after the image stamp")
         if rt is not None:
             vals.update({f'last.{k}': v for k, v in rt.last.items()})
             vals['cloud_available'] = rt.server.available

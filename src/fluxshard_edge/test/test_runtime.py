@@ -51,6 +51,35 @@ def test_frames_offloaded_to_a_server_that_went_away_are_computed_locally():
     np.testing.assert_equal(rt.server.available, False)
 
 
+def test_latency_percentiles_cover_the_last_ten_seconds():
+    """The diagnostics' latency.*: nearest-rank p50 / p90 in ms of the window, the late ones
+    past the deadline, an unset stamp or clock records nothing, a negative latency (clocks
+    that disagree) is only counted."""
+    from builtin_interfaces.msg import Time
+    from fluxshard_msgs_py.node import LatencyWindow
+    w = LatencyWindow(window=10.0)
+    assert w.values('lat') == {'lat_count': 0}
+    for i in range(10):  # 10, 20, ..., 100 ms at t = 0..9 s
+        w.add((i + 1) / 100, now=float(i))
+    assert w.values('lat', 55.0, now=9.5) == {'lat_count': 10, 'lat_p50_ms': 50.0,
+                                              'lat_p90_ms': 90.0, 'lat_late': 5}
+    assert w.values('lat', now=14.5)['lat_count'] == 5  # those before 4.5 s are gone
+    w.add(-0.2, now=14.6)
+    assert w.values('lat', now=14.7)['lat_negative'] == 1
+
+    class Clock:
+        def __init__(self, ns):
+            self.ns = ns
+
+        def now(self):
+            return type('T', (), {'nanoseconds': self.ns})()
+    w = LatencyWindow()
+    w.add_stamp(Clock(5 * 10**9), Time(sec=4, nanosec=750_000_000))
+    w.add_stamp(Clock(5 * 10**9), Time())  # an unstamped image
+    w.add_stamp(Clock(0), Time(sec=4))     # sim time before /clock
+    assert w.values('lat')['lat_count'] == 1 and w.values('lat')['lat_p50_ms'] == 250.0
+
+
 def test_diagnostic_levels_follow_the_recent_past():
     from fluxshard_msgs_py.node import RecentCount
     recent = RecentCount(window=10.0, now=0.0)

@@ -230,6 +230,51 @@ class RecentCount:
         return total - self._hist[0][1]
 
 
+class LatencyWindow:
+    """Latencies (seconds) of the last ``window`` seconds: their p50 / p90 in ms for the
+    diagnostics, as robot teams watch a perception node's delay. A latency is ROS time at
+    the event minus the image stamp, so it needs the camera's clock (the same host, or hosts
+    kept in sync by chrony/PTP); one below zero cannot be right and is only counted
+    (``negative``: the clocks disagree)."""
+
+    def __init__(self, window: float = 10.0):
+        self.window = window
+        self._hist = deque()  # (monotonic time, latency s)
+        self.negative = 0
+
+    def add(self, latency_s: float, now: Optional[float] = None):
+        if latency_s < 0:
+            self.negative += 1
+            return
+        self._hist.append((time.monotonic() if now is None else now, latency_s))
+
+    def add_stamp(self, clock, stamp):
+        """The latency from ``stamp`` (builtin_interfaces Time) to ``clock``'s now; an unset
+        stamp (0) or clock (sim time before ``/clock``) records nothing."""
+        t = int(stamp.sec) * 10**9 + int(stamp.nanosec)
+        now = clock.now().nanoseconds
+        if t and now:
+            self.add((now - t) / 1e9)
+
+    def values(self, prefix: str, deadline_ms: float = 0.0,
+               now: Optional[float] = None) -> Dict[str, Any]:
+        """``<prefix>_p50_ms``, ``_p90_ms``, ``_count`` over the window (and ``_late``: above
+        ``deadline_ms``, when given); ``<prefix>_negative`` since start when any."""
+        now = time.monotonic() if now is None else now
+        while self._hist and self._hist[0][0] <= now - self.window:
+            self._hist.popleft()
+        lat = sorted(v for _, v in list(self._hist))
+        out = {f'{prefix}_count': len(lat)}
+        if lat:
+            out[f'{prefix}_p50_ms'] = round(1e3 * lat[(len(lat) - 1) // 2], 1)
+            out[f'{prefix}_p90_ms'] = round(1e3 * lat[-(-9 * len(lat) // 10) - 1], 1)
+            if deadline_ms:
+                out[f'{prefix}_late'] = sum(v > deadline_ms / 1e3 for v in lat)
+        if self.negative:
+            out[f'{prefix}_negative'] = self.negative
+        return out
+
+
 def diagnostic_status(name: str, hardware_id: str, level: int, message: str,
                       values: Dict[str, Any]) -> DiagnosticStatus:
     """One DiagnosticStatus with ``values`` as sorted key/value strings."""

@@ -14,7 +14,7 @@ from sensor_msgs.msg import Image
 
 from fluxshard_msgs.msg import DetectionArray, KeypointArray
 from fluxshard_msgs_py import conversions
-from fluxshard_msgs_py.node import RESULT_QOS
+from fluxshard_msgs_py.node import LatencyWindow, RESULT_QOS
 
 try:  # a ROS 2 install with vision_msgs: publish the standard type too
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -36,6 +36,9 @@ class ResultPublisher:
         self.annotated = annotated  # an annotate.AnnotatedPublisher, or None
         self.names = {}  # class names for the picture (the model's)
         self.newest = -1  # newest stamp seen on the topic (ours or the other side's)
+        #: image stamp -> a result of either side arriving on the topic here (on the robot:
+        #: what its consumers see) / -> this side publishing its own
+        self.seen_latency, self.own_latency = LatencyWindow(), LatencyWindow()
         typ, name = ((KeypointArray, 'keypoints') if task == 'pose'
                      else (DetectionArray, 'detections'))
         self.topic = node.resolve_topic_name(prefix + name)
@@ -50,6 +53,7 @@ class ResultPublisher:
 
     def _seen(self, msg):
         self.newest = max(self.newest, _ns(msg.header.stamp))
+        self.seen_latency.add_stamp(self.node.get_clock(), msg.header.stamp)
 
     def publish(self, det, header, frame_index: int, shape, image=None, block_map=None,
                 block_size: int = 16, computed_by: str = '') -> bool:
@@ -65,6 +69,7 @@ class ResultPublisher:
             return False
         self.newest = stamp
         self._publish(det, header, frame_index, shape, computed_by or self.by)
+        self.own_latency.add_stamp(self.node.get_clock(), header.stamp)
         if self.annotated is not None and self.annotated.publish(
                 image, det, header, self.names, block_map, block_size):
             self.counters['annotated_published'] += 1

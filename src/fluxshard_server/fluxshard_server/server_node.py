@@ -443,6 +443,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                         server_id=self.server_id)
             if e.model.costs is not None:  # auto backend: frames per path
                 vals.update({f'path.{k}': v for k, v in e.model.costs.chosen.items()})
+            # image stamp -> this server publishing its result (uplink, queue, inference)
+            vals.update(t.results.own_latency.values('latency.served'))
             out.append(diagnostic_status(f'fluxshard/server/{eid}', eid, level, msg, vals))
         bad = sum(rt.rejects.values())
         recent = self._recent_bad.update(bad)
