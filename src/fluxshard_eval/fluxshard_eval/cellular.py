@@ -9,11 +9,13 @@ replays them on the modelled timeline (``harness``) over each trace (mahimahi pa
 integrated over each transfer, looped), with the one-way delay in both directions, on each
 device profile: the paper's Table 1 (labelled as such) and this machine's measured one. Methods:
 FluxShard, Edge-only (dense on the robot, latest frame wins) and Video Offload (x264 CRF 18 / 23
-/ 28, and VBV at the trace's median rate).
+/ 28, and VBV at the trace's median rate; with ``--roi-streams`` also CRF 23 / 28 with
+FluxShard's ROI map).
 
-The comparator of a run is the fastest (mean latency) of the Video Offload rungs and Edge-only
-whose retention is at least FluxShard's minus 2 points. Per run: latency mean / p90, the age of
-the newest result at each camera frame (p90), deadline misses, frames served, retention, bytes.
+The comparator of a run is the fastest (mean latency) of the Video Offload rungs (the ROI ones
+where run) and Edge-only whose retention is at least FluxShard's minus 2 points. Per run:
+latency mean / p90, the age of the newest result at each camera frame (p90), deadline misses,
+frames served, retention, bytes.
 ``render`` prints the tables and targets from the saved JSON (docs/evaluation.md);
 ``--plots`` writes the latency CDFs per trace and a timeline of one run.
 """
@@ -34,8 +36,13 @@ from fluxshard_eval import harness, methods as M, report, sim
 STATIC = ('pets09-s2l1', 'bgs-highway', 'sam2-bedroom')
 VIDEO = ('video-offload-crf18', 'video-offload-crf23', 'video-offload-crf28',
          'video-offload-vbv')
-ALTERNATIVES = (*VIDEO, 'edge-only')
-METHODS = ('fluxshard', *ALTERNATIVES)
+#: the stream with FluxShard's ROI map (``--roi-streams``): any team could code it so
+ROI_VIDEO = ('video-offload-roi-crf23', 'video-offload-roi-crf28')
+#: the comparator's pool: the ROI rungs count where they were run
+ALTERNATIVES = (*VIDEO, *ROI_VIDEO, 'edge-only')
+METHODS = ('fluxshard', *VIDEO, 'edge-only')
+#: every method a run may hold, in table order
+ALL_METHODS = ('fluxshard', *VIDEO, *ROI_VIDEO, 'edge-only')
 #: The comparator may keep this much less retention than FluxShard (2 points).
 RETENTION_SLACK = 0.02
 #: Per-frame fields kept for the timeline plot (one run per profile and trace).
@@ -104,7 +111,8 @@ def run(a) -> dict:
         imgs, rate = cli._load(path, '', a.frames)
         sources.append((name, imgs, rate, harness.Reference(model, imgs)))
     plan = [] if a.live_only else [
-        (pn, lk, s, m, 1) for pn in profiles for lk in links for s in sources for m in METHODS]
+        (pn, lk, s, m, 1) for pn in profiles for lk in links for s in sources
+        for m in (*METHODS, *(ROI_VIDEO if a.roi_streams else ()))]
     robots_on = [s for s in sources if s[0] in a.robot_sequences]
     if a.robots > 1 and not a.live_only:
         cell = [lk for lk in links if a.robot_trace in lk.name] or links[:1]
@@ -200,7 +208,7 @@ def methods_table(res, profile) -> str:
              '| trace | method | latency mean / p90 ms | age p90 ms | deadline misses % | '
              'served % | retention % | KB/frame |', '|---|---|---|---|---|---|---|---|']
     for tr in sorted({r['trace'] for r in runs}):
-        for m in METHODS:
+        for m in ALL_METHODS:
             rs = [r for r in runs if r['trace'] == tr and r['method'] == m]
             if not rs:
                 continue
@@ -332,7 +340,7 @@ def plots(res, out_dir) -> list:
     trs = list(res['traces'])
     fig, axes = plt.subplots(1, len(trs), figsize=(4.2 * len(trs), 3.6), squeeze=False)
     for ax, tr in zip(axes[0], trs):
-        for m in METHODS:
+        for m in ALL_METHODS:
             lat = np.sort([x for r in res['runs'] if r['method'] == m and r['trace'] == tr
                            and r['profile'] == prof and r['robots'] == 1
                            for x in r['latencies_ms']])
@@ -406,6 +414,9 @@ def _args(argv):
     p.add_argument('--live-link', choices=['auto', 'netns', 'transport'], default='auto')
     p.add_argument('--live-only', action='store_true',
                    help='only the live replay (needs --live), no modelled runs')
+    p.add_argument('--roi-streams', action='store_true',
+                   help='also stream with FluxShard\'s ROI map (video-offload-roi-crf23 / 28); '
+                        'they join the comparator\'s pool')
     p.add_argument('--no-progress', action='store_true')
     a = p.parse_args(argv)
     a.argv = list(argv)

@@ -440,3 +440,23 @@ def test_robots_in_the_namespaces_share_memory_with_their_camera_and_the_server_
     assert '10.0.0.1' in text and 'CLIENT' in text
     assert transports(found['FASTDDS_DEFAULT_PROFILES_FILE']) == {'SHM', 'UDPv4'}
     assert env['FASTDDS_BUILTIN_TRANSPORTS'] == 'UDPv4'  # the server's, untouched
+
+
+def test_the_cellular_comparator_is_the_fastest_alternative_that_keeps_the_retention():
+    """The fastest Video Offload rung (ROI-coded ones where run) or Edge-only of the same clip,
+    trace, profile and robots whose retention is at least FluxShard's minus 2 points."""
+    from fluxshard_eval import cellular
+
+    def run(method, mean, ret, **kw):
+        return dict(dict(method=method, latency_ms_mean=mean, retention=ret, sequence='s',
+                         trace='t', profile='paper', robots=1), **kw)
+    fx = run('fluxshard', 50.0, 0.95)
+    runs = [fx, run('video-offload-crf28', 80.0, 0.90),   # faster, but 5 points less
+            run('video-offload-crf23', 120.0, 0.94), run('edge-only', 150.0, 1.0),
+            run('video-offload-crf18', 90.0, 0.99, trace='other')]  # another trace
+    assert cellular.comparator(runs, fx)['method'] == 'video-offload-crf23'
+    runs.append(run('video-offload-roi-crf23', 100.0, 0.96))
+    assert cellular.comparator(runs, fx)['method'] == 'video-offload-roi-crf23'
+    assert cellular.comparator([fx, run('edge-only', 90.0, 0.5)], fx) is None
+    assert 'video-offload-roi-crf23' not in cellular.METHODS  # run only with --roi-streams
+    assert cellular._args(['--roi-streams']).roi_streams
