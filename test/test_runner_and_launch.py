@@ -33,6 +33,9 @@ def test_runner_replays_real_frames_through_edge_and_server(tmp_path, monkeypatc
         # counted above)
         assert v['results'] >= 2 and v['stamps_unique'], (r, v)
         assert v['bytes_sent'] > 0
+        # camera stamp -> the edge takes the frame, from its diagnostics: before the result
+        assert 0 < v['input_delay_ms_p50'] <= v['input_delay_ms_p90'], (r, v)
+        assert v['input_delay_ms_p50'] < v['latency_ms_p90'], (r, v)
     assert 'robot1 frame' in proc.stdout and 'summary' in proc.stdout
 
 

@@ -759,7 +759,7 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
             lat = results.seen_latency.values('latency.results', self.params[
                 'scheduler.deadline_ms'])
             vals.update(lat)
-            vals.update(self.input_latency.values('latency.input'))
+            vals.update(self.input_latency.values('latency.input', run=True))
             if 'latency.results_p50_ms' in lat:
                 msg += (f"; results p50 {lat['latency.results_p50_ms']:.0f} / p90 "
                         f"{lat['latency.results_p90_ms']:.0f} ms after the image stamp")

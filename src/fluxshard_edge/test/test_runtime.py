@@ -66,6 +66,10 @@ def test_latency_percentiles_cover_the_last_ten_seconds():
     assert w.values('lat', now=14.5)['lat_count'] == 5  # those before 4.5 s are gone
     w.add(-0.2, now=14.6)
     assert w.values('lat', now=14.7)['lat_negative'] == 1
+    # since start: every latency (the newest RUN_SAMPLES), whatever the window dropped
+    run = w.values('lat', now=100.0, run=True)
+    assert run['lat_count'] == 0 and run['lat_run_count'] == 10
+    assert (run['lat_run_p50_ms'], run['lat_run_p90_ms']) == (50.0, 90.0)
 
     class Clock:
         def __init__(self, ns):

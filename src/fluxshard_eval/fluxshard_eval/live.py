@@ -190,11 +190,11 @@ def table(res: dict, link: LinkSpec) -> str:
              '| method | frames published | results | dropped (latest wins) | unaccounted | '
              'uplink MB | edge bytes = server bytes | steady latency p50 / p90 ms | '
              f'deadline misses ({DEADLINE_MS:g} ms) | warm-up: results, p50 ms | '
-             'retention: server / edge (results) |',
-             '|---|---|---|---|---|---|---|---|---|---|---|']
+             'retention: server / edge (results) | camera to edge p50 / p90 ms |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for name, s in res.items():
         if 'error' in s:
-            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | | | | |')
+            lines.append(f'| {name} | failed: see live_{name}_logs | | | | | | | | | | |')
             continue
         r = next(iter(s['robots'].values()))
         st = r.get('steady') or (steady_state(r['result_records']) if r.get('result_records')
@@ -211,5 +211,6 @@ def table(res: dict, link: LinkSpec) -> str:
                      f"{ms(st.get('p50_ms'))} / {ms(st.get('p90_ms'))} | "
                      f"{deadline_misses(r)} | "
                      f"{st.get('warmup_results', '-')}, {ms(st.get('warmup_p50_ms'))} | "
-                     f"{_sides(r)} |")
+                     f"{_sides(r)} | {ms(r.get('input_delay_ms_p50'))} / "
+                     f"{ms(r.get('input_delay_ms_p90'))} |")
     return '\n'.join(lines) + '\n'

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -484,6 +485,11 @@ def _server_results_in(mon, robots) -> bool:
     return True
 
 
+def _num(v) -> Optional[float]:
+    """A diagnostics value as a number (None when absent)."""
+    return None if v is None else float(v)
+
+
 def _summary(mon, robots, a, wall_s, logdir):
     out = {'source': a.source, 'rate_hz': a.rate, 'wall_s': wall_s, 'robots': {}}
     for r in robots:
@@ -513,6 +519,10 @@ def _summary(mon, robots, a, wall_s, logdir):
                                                 'key_batches', 'key_bytes', 'probes',
                                                 'digest_mismatch', 'resync_resends')},
             'latency_ms_p99': pct(0.99),
+            # camera stamp -> the edge's worker takes the frame (DDS delivery and the
+            # latest-wins slot), since the edge started (its diagnostics)
+            'input_delay_ms_p50': _num(edge.get('latency.input_run_p50_ms')),
+            'input_delay_ms_p90': _num(edge.get('latency.input_run_p90_ms')),
             # model.backend auto: frames the server served on each path (incremental engine
             # or onnxruntime dense), from its diagnostics
             'server_paths': {k[len('path.'):]: int(v) for k, v in srv.items()

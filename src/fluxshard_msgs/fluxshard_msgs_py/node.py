@@ -237,9 +237,13 @@ class LatencyWindow:
     kept in sync by chrony/PTP); one below zero cannot be right and is only counted
     (``negative``: the clocks disagree)."""
 
+    #: latencies kept for the since-start percentiles (``values(run=True)``)
+    RUN_SAMPLES = 10000
+
     def __init__(self, window: float = 10.0):
         self.window = window
         self._hist = deque()  # (monotonic time, latency s)
+        self._run = deque(maxlen=self.RUN_SAMPLES)  # since start (the newest RUN_SAMPLES)
         self.negative = 0
 
     def add(self, latency_s: float, now: Optional[float] = None):
@@ -247,6 +251,7 @@ class LatencyWindow:
             self.negative += 1
             return
         self._hist.append((time.monotonic() if now is None else now, latency_s))
+        self._run.append(latency_s)
 
     def add_stamp(self, clock, stamp):
         """The latency from ``stamp`` (builtin_interfaces Time) to ``clock``'s now; an unset
@@ -256,23 +261,33 @@ class LatencyWindow:
         if t and now:
             self.add((now - t) / 1e9)
 
-    def values(self, prefix: str, deadline_ms: float = 0.0,
-               now: Optional[float] = None) -> Dict[str, Any]:
+    def values(self, prefix: str, deadline_ms: float = 0.0, now: Optional[float] = None,
+               run: bool = False) -> Dict[str, Any]:
         """``<prefix>_p50_ms``, ``_p90_ms``, ``_count`` over the window (and ``_late``: above
-        ``deadline_ms``, when given); ``<prefix>_negative`` since start when any."""
+        ``deadline_ms``, when given); ``<prefix>_negative`` since start when any; ``run``:
+        also ``<prefix>_run_p50_ms`` / ``_run_p90_ms`` / ``_run_count`` since start."""
         now = time.monotonic() if now is None else now
         while self._hist and self._hist[0][0] <= now - self.window:
             self._hist.popleft()
         lat = sorted(v for _, v in list(self._hist))
-        out = {f'{prefix}_count': len(lat)}
-        if lat:
-            out[f'{prefix}_p50_ms'] = round(1e3 * lat[(len(lat) - 1) // 2], 1)
-            out[f'{prefix}_p90_ms'] = round(1e3 * lat[-(-9 * len(lat) // 10) - 1], 1)
-            if deadline_ms:
-                out[f'{prefix}_late'] = sum(v > deadline_ms / 1e3 for v in lat)
+        out = {f'{prefix}_count': len(lat), **_percentiles(prefix, lat)}
+        if lat and deadline_ms:
+            out[f'{prefix}_late'] = sum(v > deadline_ms / 1e3 for v in lat)
+        if run:
+            every = sorted(self._run)
+            out.update({f'{prefix}_run_count': len(every),
+                        **_percentiles(f'{prefix}_run', every)})
         if self.negative:
             out[f'{prefix}_negative'] = self.negative
         return out
+
+
+def _percentiles(prefix: str, lat: list) -> Dict[str, float]:
+    """Nearest-rank p50 / p90 (ms) of sorted latencies (s); none of an empty list."""
+    if not lat:
+        return {}
+    return {f'{prefix}_p50_ms': round(1e3 * lat[(len(lat) - 1) // 2], 1),
+            f'{prefix}_p90_ms': round(1e3 * lat[-(-9 * len(lat) // 10) - 1], 1)}
 
 
 def diagnostic_status(name: str, hardware_id: str, level: int, message: str,
