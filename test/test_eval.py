@@ -165,9 +165,9 @@ def test_small_evaluation_numbers_are_consistent(tmp_path):
 
 
 def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
-    """A bag through the real nodes - FluxShard, Video Offload and Full Offload - across a veth
-    pair between network namespaces shaped by tc tbf where this machine allows it (root,
-    iproute2), else with the link shaped in the edge transport."""
+    """A bag through the real nodes - FluxShard, Video Offload (plain and ROI-coded) and Full
+    Offload - across a veth pair between network namespaces shaped by tc tbf where this
+    machine allows it (root, iproute2), else with the link shaped in the edge transport."""
     from fluxshard_eval import live, netns
     from fluxshard_eval.sim import LinkSpec
     mode = 'transport' if netns.available() else 'netns'
@@ -176,7 +176,7 @@ def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
     bag.write_bag('davis-blackswan', str(b), limit=5, rate=2.0)
     link = LinkSpec.parse('low', delay_ms=5.0)
     res = live.run(str(b), link, 5, str(tmp_path), 150, mode=mode)
-    for name in ('fluxshard', 'video-offload-crf23', 'full-offload'):
+    for name in ('fluxshard', 'video-offload-crf23', 'video-offload-roi-crf23', 'full-offload'):
         assert 'error' not in res[name], res[name].get('error')
         r = res[name]['robots']['robot1']
         assert r['published'] == 5 and r['unaccounted'] == 0 and r['results'] >= 3, r
@@ -191,6 +191,9 @@ def test_live_replay_through_the_nodes(tmp_path, monkeypatch):
     # one IDR then P units: a fraction of the JPEG frames' bytes
     assert vo['results_local'] == 0 and vo['key_batches'] == 1
     assert vo['bytes_sent'] < 0.5 * fo['bytes_sent'], (vo, fo)
+    # the same stream with the ROI map of the results that came back: never more bytes
+    roi = res['video-offload-roi-crf23']['robots']['robot1']
+    assert roi['key_batches'] == 1 and roi['bytes_sent'] <= vo['bytes_sent'], (roi, vo)
     text = live.table(res, link)
     assert '| fluxshard |' in text and 'retention: server / edge' in text
     if mode == 'netns':

@@ -2,7 +2,8 @@
 server as separate processes) for FluxShard, Video Offload and Full Offload. The baselines are
 the same nodes pinned to offload every frame, with no local model and a dense server: Video
 Offload sends each frame as an H.264 unit at CRF 23 (inside a BlockBatch: the unit plus the
-batch's few KB of block metadata, which the dense server ignores), Full Offload a JPEG key batch
+batch's few KB of block metadata, which the dense server ignores), plain or with FluxShard's
+ROI map from the server's results (``video-offload-roi-crf23``), Full Offload a JPEG key batch
 of every frame. The link is shaped either by ``tc tbf`` on a veth pair between two network
 namespaces (mode ``netns``: DDS crosses it) or in the edge's transport (mode ``transport``:
 ``link.emulate_mbps``); the one-way delay is always emulated in the edge transport
@@ -22,8 +23,14 @@ _OFFLOAD = ['scheduler.force_strategy:=cloud', 'model.local_inference:=false']
 #: method -> (edge parameters, server parameters)
 LIVE_METHODS = {
     'fluxshard': ([], []),
-    'video-offload-crf23': (_OFFLOAD + ['payload.codec:=h264', 'payload.crf:=23'],
+    # the plain stream: no ROI map (the edge's default payload.roi_qoffset would code the
+    # objects of the server's results finer, which is the next entry)
+    'video-offload-crf23': (_OFFLOAD + ['payload.codec:=h264', 'payload.crf:=23',
+                                        'payload.roi_qoffset:=0.0'],
                             ['model.backend:=onnxruntime']),
+    # the same stream with FluxShard's ROI map from the server's results
+    'video-offload-roi-crf23': (_OFFLOAD + ['payload.codec:=h264', 'payload.crf:=23'],
+                                ['model.backend:=onnxruntime']),
     'full-offload': (_OFFLOAD + ['key_interval:=1', 'payload.codec:=jpeg'],
                      ['model.backend:=onnxruntime']),
     # onnxruntime dense on the robot for every frame it takes, nothing sent
