@@ -84,6 +84,21 @@ def test_latency_percentiles_cover_the_last_ten_seconds():
     assert w.values('lat')['lat_count'] == 1 and w.values('lat')['lat_p50_ms'] == 250.0
 
 
+def test_most_results_late_is_a_warning():
+    """The edge's diagnostics turn WARN when most of at least 10 results of the window came
+    later than scheduler.deadline_ms."""
+    from fluxshard_msgs_py.node import late_warning, LatencyWindow
+    w = LatencyWindow()
+    for i in range(9):
+        w.add(0.2, now=float(i))
+    assert late_warning(w.values('lat', 100.0, now=9.0), 'lat', 100.0) == ''  # too few
+    w.add(0.05, now=9.0)
+    text = late_warning(w.values('lat', 100.0, now=9.5), 'lat', 100.0)
+    assert text.startswith('9 of 10 results') and '100 ms' in text and 'p90 200 ms' in text
+    assert late_warning(w.values('lat', 250.0, now=9.5), 'lat', 250.0) == ''  # in time
+    assert late_warning(w.values('lat', now=9.5), 'lat', 0.0) == ''  # no deadline
+
+
 def test_diagnostic_levels_follow_the_recent_past():
     from fluxshard_msgs_py.node import RecentCount
     recent = RecentCount(window=10.0, now=0.0)

@@ -282,6 +282,17 @@ class LatencyWindow:
         return out
 
 
+def late_warning(values: Dict[str, Any], prefix: str, deadline_ms: float,
+                 least: int = 10) -> str:
+    """The diagnostics' words when most of at least ``least`` latencies of the window
+    (``LatencyWindow.values`` with ``deadline_ms``) were later than ``deadline_ms``, else ''."""
+    n, late = int(values.get(f'{prefix}_count', 0)), int(values.get(f'{prefix}_late', 0))
+    if not deadline_ms or n < least or 2 * late <= n:
+        return ''
+    return (f'{late} of {n} results in the last 10 s later than the deadline '
+            f'({deadline_ms:g} ms; p90 {values[f"{prefix}_p90_ms"]:.0f} ms)')
+
+
 def _percentiles(prefix: str, lat: list) -> Dict[str, float]:
     """Nearest-rank p50 / p90 (ms) of sorted latencies (s); none of an empty list."""
     if not lat:
