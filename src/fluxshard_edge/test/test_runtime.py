@@ -71,16 +71,18 @@ def test_latency_percentiles_cover_the_last_ten_seconds():
     assert run['lat_count'] == 0 and run['lat_run_count'] == 10
     assert (run['lat_run_p50_ms'], run['lat_run_p90_ms']) == (50.0, 90.0)
 
-    class Clock:
-        def __init__(self, ns):
-            self.ns = ns
+    from rclpy.clock import ROSClock
+    from rclpy.time import Time as RosTime
 
-        def now(self):
-            return type('T', (), {'nanoseconds': self.ns})()
+    def sim_clock(ns):  # a node's clock under use_sim_time, /clock at ns
+        c = ROSClock()
+        c._set_ros_time_is_active(True)
+        c.set_ros_time_override(RosTime(nanoseconds=ns))
+        return c
     w = LatencyWindow()
-    w.add_stamp(Clock(5 * 10**9), Time(sec=4, nanosec=750_000_000))
-    w.add_stamp(Clock(5 * 10**9), Time())  # an unstamped image
-    w.add_stamp(Clock(0), Time(sec=4))     # sim time before /clock
+    w.add_stamp(sim_clock(5 * 10**9), Time(sec=4, nanosec=750_000_000))
+    w.add_stamp(sim_clock(5 * 10**9), Time())  # an unstamped image
+    w.add_stamp(sim_clock(0), Time(sec=4))     # sim time before /clock
     assert w.values('lat')['lat_count'] == 1 and w.values('lat')['lat_p50_ms'] == 250.0
 
 

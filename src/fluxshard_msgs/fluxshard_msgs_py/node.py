@@ -245,13 +245,16 @@ class LatencyWindow:
         self._hist = deque()  # (monotonic time, latency s)
         self._run = deque(maxlen=self.RUN_SAMPLES)  # since start (the newest RUN_SAMPLES)
         self.negative = 0
+        # callbacks add while the diagnostics timer reads (another executor thread)
+        self._lock = threading.Lock()
 
     def add(self, latency_s: float, now: Optional[float] = None):
-        if latency_s < 0:
-            self.negative += 1
-            return
-        self._hist.append((time.monotonic() if now is None else now, latency_s))
-        self._run.append(latency_s)
+        with self._lock:
+            if latency_s < 0:
+                self.negative += 1
+                return
+            self._hist.append((time.monotonic() if now is None else now, latency_s))
+            self._run.append(latency_s)
 
     def add_stamp(self, clock, stamp):
         """The latency from ``stamp`` (builtin_interfaces Time) to ``clock``'s now; an unset
@@ -267,18 +270,22 @@ class LatencyWindow:
         ``deadline_ms``, when given); ``<prefix>_negative`` since start when any; ``run``:
         also ``<prefix>_run_p50_ms`` / ``_run_p90_ms`` / ``_run_count`` since start."""
         now = time.monotonic() if now is None else now
-        while self._hist and self._hist[0][0] <= now - self.window:
-            self._hist.popleft()
-        lat = sorted(v for _, v in list(self._hist))
+        with self._lock:
+            while self._hist and self._hist[0][0] <= now - self.window:
+                self._hist.popleft()
+            lat = [v for _, v in self._hist]
+            every = list(self._run) if run else []
+            negative = self.negative
+        lat.sort()
         out = {f'{prefix}_count': len(lat), **_percentiles(prefix, lat)}
         if lat and deadline_ms:
             out[f'{prefix}_late'] = sum(v > deadline_ms / 1e3 for v in lat)
         if run:
-            every = sorted(self._run)
+            every.sort()
             out.update({f'{prefix}_run_count': len(every),
                         **_percentiles(f'{prefix}_run', every)})
-        if self.negative:
-            out[f'{prefix}_negative'] = self.negative
+        if negative:
+            out[f'{prefix}_negative'] = negative
         return out
 
 
