@@ -11,7 +11,7 @@ from fluxshard_msgs.msg import (BlockBatch, DetectionArray, KeypointArray, Label
 from fluxshard_msgs_py import annotate, auth, conversions
 from fluxshard_msgs_py.node import (camera_qos, diagnostic_status, DiagnosticsPublisher,
                                     FLEET_QOS, help_text, LATCHED_QOS, LINK_QOS, Param,
-                                    LatencyWindow, late_warning, Params,
+                                    LatencyWindow, latency_report, Params,
                                     ReasonLog, RecentCount, RESULT_QOS, run_node,
                                     WorkerLifecycle)
 from fluxshard_msgs_py.results import ResultPublisher
@@ -756,17 +756,12 @@ class EdgeNode(WorkerLifecycle, LifecycleNode):
         vals.update({f'rejected.{k}': v for k, v in rejects.items()})
         results = getattr(self, 'results', None)
         if results is not None:  # stamp -> result on the robot's topic; stamp -> frame taken
-            deadline = self.params['scheduler.deadline_ms']
-            lat = results.seen_latency.values('latency.results', deadline)
+            lat, words, late = latency_report(results.seen_latency, self.input_latency,
+                                              self.params['scheduler.deadline_ms'])
             vals.update(lat)
-            vals.update(self.input_latency.values('latency.input', run=True))
-            if 'latency.results_p50_ms' in lat:
-                msg += (f"; results p50 {lat['latency.results_p50_ms']:.0f} / p90 "
-                        f"{lat['latency.results_p90_ms']:.0f} ms after the image stamp")
-            late = late_warning(lat, 'latency.results', deadline)
+            msg += f'; {words}' if words else ''
             if late:  # a navigation stack downstream should know
                 level = max(level, DiagnosticStatus.WARN)
-                msg += '; ' + late
         if rt is not None:
             vals.update({f'last.{k}': v for k, v in rt.last.items()})
             vals['cloud_available'] = rt.server.available

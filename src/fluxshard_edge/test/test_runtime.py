@@ -89,7 +89,7 @@ def test_latency_percentiles_cover_the_last_ten_seconds():
 def test_most_results_late_is_a_warning():
     """The edge's diagnostics turn WARN when most of at least 10 results of the window came
     later than scheduler.deadline_ms."""
-    from fluxshard_msgs_py.node import late_warning, LatencyWindow
+    from fluxshard_msgs_py.node import late_warning, latency_report, LatencyWindow
     w = LatencyWindow()
     for i in range(9):
         w.add(0.2, now=float(i))
@@ -99,6 +99,15 @@ def test_most_results_late_is_a_warning():
     assert text.startswith('9 of 10 results') and '100 ms' in text and 'p90 200 ms' in text
     assert late_warning(w.values('lat', 250.0, now=9.5), 'lat', 250.0) == ''  # in time
     assert late_warning(w.values('lat', now=9.5), 'lat', 0.0) == ''  # no deadline
+    # what the edge's diagnostics say: values of both windows, the words, WARN
+    taken, seen = LatencyWindow(), LatencyWindow()
+    taken.add(0.01)
+    for _ in range(10):
+        seen.add(0.2)  # now (monotonic): inside the window the report reads
+    vals, words, warn = latency_report(seen, taken, 100.0)
+    assert warn and vals['latency.results_count'] == 10 and vals['latency.input_run_count'] == 1
+    assert words.startswith('results p50 200 / p90 200 ms after the image stamp; 10 of 10'), words
+    assert latency_report(LatencyWindow(), taken, 100.0)[1:] == ('', False)
 
 
 def test_diagnostic_levels_follow_the_recent_past():

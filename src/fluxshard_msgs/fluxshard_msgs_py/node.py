@@ -300,6 +300,22 @@ def late_warning(values: Dict[str, Any], prefix: str, deadline_ms: float,
             f'({deadline_ms:g} ms; p90 {values[f"{prefix}_p90_ms"]:.0f} ms)')
 
 
+def latency_report(results: LatencyWindow, taken: LatencyWindow, deadline_ms: float):
+    """A robot's latency diagnostics: (values: ``latency.results_*`` of the results on its
+    topic, ``latency.input_*`` of the frames taken, since start too; words for the status
+    message; True when most results are late, a WARN)."""
+    lat = results.values('latency.results', deadline_ms)
+    vals = dict(lat, **taken.values('latency.input', run=True))
+    words = []
+    if 'latency.results_p50_ms' in lat:
+        words.append(f"results p50 {lat['latency.results_p50_ms']:.0f} / p90 "
+                     f"{lat['latency.results_p90_ms']:.0f} ms after the image stamp")
+    late = late_warning(lat, 'latency.results', deadline_ms)
+    if late:
+        words.append(late)
+    return vals, '; '.join(words), bool(late)
+
+
 def _percentiles(prefix: str, lat: list) -> Dict[str, float]:
     """Nearest-rank p50 / p90 (ms) of sorted latencies (s); none of an empty list."""
     if not lat:
