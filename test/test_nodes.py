@@ -226,7 +226,7 @@ def test_every_block_size_from_edge_to_incremental_server(ros, block, codec):
     assert ros.wait_for(latencies, 15), diag
     e, s = latencies()
     served, seen = float(s['latency.served_p50_ms']), float(e['latency.results_p50_ms'])
-    assert 0 < served <= seen < 60e3 and float(e['latency.input_p50_ms']) < seen, (e, s)
+    assert 0 < served <= seen and float(e['latency.input_p50_ms']) < seen, (e, s)
 
 
 def test_results_reach_a_topic_in_stamp_order(ros):
