@@ -17,6 +17,10 @@ class AckOutcome:
     digest_ok: bool
     nbytes: int
     seconds: float  # send -> ACK, minus the server's receive time: one transfer sample
+    # the time between this ACK and the previous one (each less the server's receive time) when
+    # this batch was sent while the previous one was still on its way: queued behind it on the
+    # link, the batch's own transfer is the spacing, not ``seconds`` (None when not queued)
+    spacing_s: Optional[float] = None
 
 
 class ServerLink:
@@ -36,6 +40,7 @@ class ServerLink:
         self._acked_upto = 0
         self._last_probe = 0.0
         self._returned = False
+        self._last_ack = None  # (seq, ACK time less the server's receive time)
         self._lock = threading.Lock()
 
     def sent(self, seq: int, digest: bytes, nbytes: int, now: float):
@@ -53,10 +58,18 @@ class ServerLink:
             self.available = True
             self._acked_upto = max(self._acked_upto, int(seq))
             sent = self._sent.get(int(seq))
-        if sent is None:
-            return None
+            if sent is None:
+                return None
+            done = now - server_receive_s
+            last, spacing = self._last_ack, None
+            if last is not None and last[0] < int(seq):
+                if last[1] > sent[2]:  # the previous batch had not arrived when this one left
+                    spacing = max(done - last[1], 0.0)
+            if last is None or last[0] < int(seq):
+                self._last_ack = (int(seq), done)
         want, nbytes, t_sent = sent
-        return AckOutcome(bytes(digest) == want, nbytes, now - t_sent - server_receive_s)
+        return AckOutcome(bytes(digest) == want, nbytes, now - t_sent - server_receive_s,
+                          spacing)
 
     def sent_at(self, seq: int) -> Optional[float]:
         """When batch ``seq`` was sent (None when not remembered)."""

@@ -104,7 +104,7 @@ class EdgeRuntime:
         if ack is None:
             return 'unknown'
         with self.lock:
-            self.pipeline.scheduler.bw.observe(ack.nbytes, ack.seconds)
+            self.pipeline.scheduler.bw.observe(ack.nbytes, ack.seconds, ack.spacing_s)
             if ack.digest_ok:
                 self.counters['acks'] += 1
                 return 'ok'

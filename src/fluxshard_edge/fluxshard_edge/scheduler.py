@@ -87,30 +87,61 @@ class BandwidthEstimator:
         self.samples = 0
         self._win = deque(maxlen=window)
 
-    def observe(self, nbytes: int, seconds: float):
+    def observe(self, nbytes: int, seconds: float, spacing_s: Optional[float] = None):
+        """One timing: ``seconds`` from send to ACK. ``spacing_s``, for a message sent while
+        the previous one was still on the link, is the time between their ACKs: queued behind
+        it, the message's own share of the round trip is the fixed part plus that spacing (the
+        rest is the wait, which would make big early messages look like a slow link and the
+        small ones queued behind them like a fast one)."""
         if seconds <= 0 or nbytes <= 0:
             return
-        self._win.append((float(nbytes), float(seconds)))
+        spacing = float(spacing_s) if spacing_s is not None and spacing_s > 0 else math.inf
+        self._win.append((float(nbytes), float(seconds), spacing))
         self.samples += 1
         if self._fit():
             return
         # before the sizes span enough for a fit: the fixed part is what the fastest timing
         # leaves beyond its transfer at the configured rate (so the round trip is seen from
         # the first ACK on), the rate what the big messages take beyond it
-        self.latency_s = float(max(min(t - n / self.prior_bps for n, t in self._win), 0.0))
-        big = [w for w in self._win if w[0] >= 2000]  # tiny messages measure latency only
-        if big:
-            wire = sum(w[1] for w in big) - self.latency_s * len(big)
+        n, t = self._timings()
+        self.latency_s = float(max(np.min(t - n / self.prior_bps), 0.0))
+        big = n >= 2000  # tiny messages measure latency only
+        if big.any():
+            wire = float(t[big].sum()) - self.latency_s * int(big.sum())
             if wire > 0:
-                self.bps = sum(w[0] for w in big) / wire
+                self.bps = float(n[big].sum()) / wire
+
+    def _timings(self, slope: Optional[float] = None):
+        """The window's sizes and timings, a queued message's timing being the fixed part
+        plus its ACK spacing. The fixed part is what the messages sent on an idle link take
+        beyond their transfer at ``slope`` seconds per byte (by default the queued messages'
+        median spacing per byte), and at most any round trip seen."""
+        n = np.array([w[0] for w in self._win])
+        t = np.array([w[1] for w in self._win])
+        s = np.array([w[2] for w in self._win])
+        q = np.isfinite(s)
+        if not q.any():
+            return n, t
+        if slope is None:
+            slope = float(np.median(s[q] / n[q]))
+        fixed = float(t.min())
+        if not q.all():
+            fixed = min(fixed, max(float(np.median(t[~q] - slope * n[~q])), 0.0))
+        return n, np.minimum(t, fixed + s)
 
     def _fit(self) -> bool:
         if len(self._win) < 6:
             return False
-        n = np.array([w[0] for w in self._win])
-        t = np.array([w[1] for w in self._win])
+        n, t = self._timings()
         if n.max() < 1.5 * n.min():
             return False
+        if not self._fit_line(n, t):
+            return False
+        # again with the queued timings' fixed part from the fitted rate
+        self._fit_line(*self._timings(0.0 if self.bps >= self.max_bps else 1.0 / self.bps))
+        return True
+
+    def _fit_line(self, n, t) -> bool:
         # Theil-Sen: the median slope over pairs whose sizes differ by >= 20 %, robust to the
         # occasional stalled round trip
         i, j = np.triu_indices(len(n), 1)

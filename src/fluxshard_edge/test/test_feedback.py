@@ -58,3 +58,16 @@ def test_backlog_is_what_unacked_batches_still_need_of_the_link():
     assert link.backlog_s(10.6, 100_000) == pytest.approx(0.1)  # only seq 2 from 10.2
     link.ack(2, b'b', 0.0, 11.0)
     assert link.backlog_s(11.0, 100_000) == 0.0
+
+
+def test_a_batch_sent_behind_an_unacked_one_reports_the_ack_spacing():
+    link = ServerLink(1.0)
+    link.sent(1, b'a', 40_000, 10.0)
+    link.sent(2, b'b', 8_000, 10.1)  # leaves while 1 is still on its way
+    first = link.ack(1, b'a', 0.01, 10.7)
+    assert first.spacing_s is None  # nothing ahead of it
+    second = link.ack(2, b'b', 0.02, 10.85)
+    assert second.seconds == pytest.approx(0.73)  # the wait behind 1, then its own transfer
+    assert second.spacing_s == pytest.approx(0.14)  # its own transfer: 10.83 - 10.69
+    link.sent(3, b'c', 8_000, 11.0)  # sent after 2's ACK: not queued
+    assert link.ack(3, b'c', 0.0, 11.2).spacing_s is None
