@@ -58,6 +58,7 @@ TOPICS = [
 FIELDS = {
     'edge_id': 'edge_id', 'motion.block_size': 'block_size', 'motion.tau': 'tau',
     'motion.enabled': 'motion', 'motion.independent_px': 'independent_px',
+    'motion.mixed_px': 'mixed_px',
     'payload.codec': 'codec', 'payload.quality': 'quality', 'payload.crf': 'crf',
     'payload.max_crf': 'max_crf', 'payload.roi_qoffset': 'roi_qoffset',
     'payload.roi_large_qoffset': 'roi_large_qoffset',
@@ -89,6 +90,10 @@ PARAMS = [
     Param('motion.enabled', True, 'Block matching (false: zero MVs, pixel deltas)', live=True),
     Param('motion.independent_px', 0.0, 'Also recompute blocks moving >= this many px '
           'against their neighbourhood (static cameras with small movers; 0 = off)',
+          lo=0.0, hi=1000.0, live=True),
+    Param('motion.mixed_px', 0.0, 'In a still scene (2/3 of the blocks without motion), also '
+          'recompute the blocks next to a motion edge of >= this many px: their features mix '
+          'an object with the background it crosses, which no warp keeps (0 = off)',
           lo=0.0, hi=1000.0, live=True),
     Param('payload.codec', 'h264', 'Payload codec: raw / png / jpeg code the carried blocks '
           'alone; h264 codes the whole offloaded frame against the proxy (inter coding: the '

@@ -62,6 +62,7 @@ class EdgeConfig:
     block_size: int = 16
     tau: float = 10.0
     independent_px: float = 0.0
+    mixed_px: float = 0.0
     codec: str = 'h264'
     quality: int = 90
     crf: int = 23
@@ -662,9 +663,10 @@ class EdgePipeline:
         return self._pool
 
     def _independent(self, mv):
-        if not self.config.independent_px or mv is None:
+        if mv is None:
             return None
-        return motion.MotionField(None, mv, None).independent(self.config.independent_px)
+        return motion.MotionField(None, mv, None).extra_misses(self.config.independent_px,
+                                                               self.config.mixed_px)
 
     def _salience(self, mv, grid):
         det = self.last_result

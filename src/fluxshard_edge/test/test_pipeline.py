@@ -32,6 +32,20 @@ def test_first_frame_is_key_then_only_misses_are_sent():
     assert np.all(s2.dissimilarity >= 6.0)
 
 
+def test_mixed_motion_sends_the_edges_of_movers_in_a_still_scene():
+    """motion.mixed_px end to end on a real still-camera clip: the blocks along the cars'
+    motion edges go to the server although their D is small."""
+    frames = list(data.iter_frames('bgs-highway', limit=6))
+    sent = {}
+    for px in (0.0, 4.0):
+        pipe = EdgePipeline(EdgeConfig(codec='raw', force_strategy='cloud', mixed_px=px))
+        steps = [pipe.step(f) for f in frames]
+        assert all(not s.key for s in steps[1:])
+        sent[px] = [set(s.update.block_indices.tolist()) for s in steps[1:]]
+    assert all(a <= b for a, b in zip(sent[0.0], sent[4.0]))  # D's misses stay misses
+    assert sum(map(len, sent[4.0])) > 2 * sum(map(len, sent[0.0]))
+
+
 def test_resync_and_geometry_change_force_key():
     frames = list(data.iter_frames('pets09-s2l1', limit=2))
     pipe = EdgePipeline(EdgeConfig(tau=4.0, codec='raw'))

@@ -64,7 +64,7 @@ def _ground_truth(seq, n):
 
 def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                  use_salience=False, net_block=16, layout='batch', dense_above=0.8,
-                 independent_px=0.0, max_sparse_stride=MAX_SPARSE_STRIDE, ort=None,
+                 independent_px=0.0, mixed_px=0.0, max_sparse_stride=MAX_SPARSE_STRIDE, ort=None,
                  halo='fixed', sub_block=0, warp='bilinear'):
     """Incremental vs dense over one sequence; returns a dict of numbers. ``ort``: an
     ``OnnxYolo`` of the same weights, timed on every frame beside the engine."""
@@ -109,7 +109,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                 sal = salience.salience_map(boxes, prev_det.scores, f.grid)
             n_miss = int(np.sum(d >= tau))
             k = math.ceil(k_frac * n_miss)
-            extra = f.independent(independent_px) if independent_px else None
+            extra = f.extra_misses(independent_px, mixed_px)
             if extra is not None:
                 n_miss = int(np.sum((d >= tau) | extra.reshape(-1)))
                 k = math.ceil(k_frac * n_miss)
@@ -143,7 +143,7 @@ def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                                  dd.scores[sel], np.full(len(gb), gc))
     res = {'sequence': seq, 'task': model.task, 'frames': len(imgs), 'tau': tau,
            'block': block, 'refresh': refresh, 'k_frac': k_frac, 'salience': use_salience,
-           'independent_px': independent_px,
+           'independent_px': independent_px, 'mixed_px': mixed_px,
            'hit_ratio': float(np.mean(hits)) if hits else 1.0,
            'recomputed_fraction': float(np.mean(k_used)) if k_used else 0.0,
            'mac_ratio': float(np.mean(macs)) if macs else 0.0,
@@ -185,6 +185,9 @@ def main(argv=None):
     p.add_argument('--independent', type=float, default=0.0,
                    help='also recompute blocks moving >= this many px against their '
                         'neighbourhood (0 = off)')
+    p.add_argument('--mixed-px', type=float, default=0.0,
+                   help='in a still scene, also recompute the blocks next to a motion edge '
+                        'of >= this many px (motion.mixed_px; 0 = off)')
     p.add_argument('--sweep', action='store_true',
                    help='also sweep tau, block, refresh, k/N (+/- salience) for detection on '
                         'davis-parkour and pets09-s2l1')
@@ -222,6 +225,7 @@ def main(argv=None):
         for seq in seqs:
             r = run_sequence(models[task], seq, a.frames, a.tau, a.block, a.refresh,
                              a.k_frac, a.salience, independent_px=a.independent,
+                             mixed_px=a.mixed_px,
                              max_sparse_stride=a.max_sparse_stride, ort=orts[task],
                              halo=a.halo, sub_block=a.sub_block, warp=a.warp)
             rows.append(r)

@@ -113,6 +113,26 @@ def test_independent_motion_flags_movers_against_the_background():
     assert f.misses(10.0).size == 0
 
 
+def test_mixed_motion_marks_the_edges_of_a_mover_in_a_still_scene_only():
+    from fluxshard_kernels.blocks import BlockGrid
+    grid = BlockGrid(160, 256, 16)  # 10 x 16 blocks
+    mv = np.zeros((grid.rows, grid.cols, 2), np.int32)
+    mv[3:6, 5:9] = (6, 0)  # a car crossing a still scene
+    f = motion.MotionField(grid, mv, np.zeros((grid.rows, grid.cols), np.float32))
+    mixed = f.mixed(4)
+    want = np.zeros_like(mixed)
+    want[2:7, 4:10] = True  # both sides of its edge: its own blocks, the still ones around
+    want[4, 6:8] = False    # the car's inside moves as one: warping it is right
+    assert (mixed == want).all()
+    assert not f.mixed(7).any()  # an edge below px is not one
+    miss = f.misses(10.0, mixed_px=4)
+    assert set(miss) == set(np.flatnonzero(want))
+    assert f.extra_misses() is None and f.misses(10.0).size == 0
+    # the same car seen from a panning camera: no still background, D decides alone
+    mv[...] += np.array([3, 1], np.int32)
+    assert not motion.MotionField(grid, mv, f.dissimilarity).mixed(4).any()
+
+
 def test_zero_bias_keeps_static_blocks_still_and_movers_moving():
     """Two consecutive frames of a static camera: the plain best match finds shifts on many
     blocks of the still background (codec noise, flicker); with the zero bias most stay at
