@@ -108,7 +108,7 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
     n = len(frames)
     st = [{'m': factory(f'robot{e + 1}'), 'next': 0, 'free': e * 0.37 / rate_hz,
            'recs': [], 'results': [], 'dropped': 0, 'scores': None, 'bg_s': 0.0,
-           'dev': sim.Resource(), 'dev_until': 0.0}
+           'dev': sim.Resource(), 'dev_until': 0.0, 'ack': None}
           for e in range(edges)]
     for s in st:
         s['m'].camera(1.0 / rate_hz)
@@ -148,7 +148,11 @@ def replay(factory: Callable[[str], M.Method], frames: List[np.ndarray], rate_hz
         for i, raw in enumerate(w.messages + w.async_messages):
             wire, arrive, ok = net.transmit(t_send, len(raw))
             if ok:  # the server ACKs on receipt: send -> ACK is queueing, transfer, round trip
-                m.observe_link(len(raw), arrive + link.delay_ms / 1e3 - t_send)
+                ack = arrive + link.delay_ms / 1e3
+                # sent before the previous ACK: the node times it by the ACK spacing as well
+                queued = s['ack'] is not None and s['ack'] > t_send
+                m.observe_link(len(raw), ack - t_send, ack - s['ack'] if queued else None)
+                s['ack'] = ack if s['ack'] is None else max(s['ack'], ack)
             delivered.append(ok)
             rec.uplink_bytes += len(raw)
             if i < len(w.messages):  # a reliable publish returns once its bytes left;

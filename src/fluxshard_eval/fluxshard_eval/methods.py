@@ -160,9 +160,10 @@ class Method:
         self.sent_bytes = 0      # counted by the edge as it sends
         self.received_bytes = 0  # counted by the server as it receives
 
-    def observe_link(self, nbytes: int, seconds: float):
-        """A transfer timing: ``seconds`` from send to ACK (queueing, transfer, round trip)."""
-        self.bw.observe(nbytes, seconds)
+    def observe_link(self, nbytes: int, seconds: float, spacing_s=None):
+        """A transfer timing: ``seconds`` from send to ACK (queueing, transfer, round trip);
+        ``spacing_s`` the time since the previous ACK when it was sent before that ACK."""
+        self.bw.observe(nbytes, seconds, spacing_s)
 
     def link_queue(self, seconds: float):
         """Before a frame: how long the edge's earlier messages still hold the link."""
@@ -244,7 +245,8 @@ class FluxShard(Method):
                  tau: float = 10.0,
                  block: int = 16, refresh: int = 10, quality: int = 90,
                  independent_px: float = 0.0, codec: str = EdgeConfig.codec,
-                 crf: int = EdgeConfig.crf, recompute_tau: float = RECOMPUTE_TAU,
+                 crf: int = EdgeConfig.crf, mixed_px: float = EdgeConfig.mixed_px,
+                 recompute_tau: float = RECOMPUTE_TAU,
                  drift_scope: str = DRIFT_SCOPE,
                  roi_qoffset: float = EdgeConfig.roi_qoffset,
                  roi_large_qoffset: float = EdgeConfig.roi_large_qoffset,
@@ -267,7 +269,8 @@ class FluxShard(Method):
                          task=model.task, bandwidth_mbps=link.mbps,
                          refresh_interval=refresh, fit_latency=False,
                          backend='incremental' if dense else 'auto',
-                         independent_px=independent_px, task_allocation=ablation != 'no-ata',
+                         independent_px=independent_px, mixed_px=mixed_px,
+                         task_allocation=ablation != 'no-ata',
                          edge_profile='xavier_nx_dense' if dense else 'xavier_nx',
                          cloud_profile='rtx3080_dense' if dense else 'rtx3080')
         cfg = dataclasses.replace(cfg, overlap_local='always' if self.overlap else 'never')
@@ -282,8 +285,8 @@ class FluxShard(Method):
         self._seq_of = {}  # camera frame index -> batch seq
         self._results = {}  # batch seq -> the server's result, not yet handed to the edge
 
-    def observe_link(self, nbytes, seconds):
-        self.pipe.scheduler.bw.observe(nbytes, seconds)
+    def observe_link(self, nbytes, seconds, spacing_s=None):
+        self.pipe.scheduler.bw.observe(nbytes, seconds, spacing_s)
 
     def link_queue(self, seconds):
         self.pipe.scheduler.queue_s = seconds
