@@ -134,6 +134,10 @@ def _args(argv):
                    + ', '.join(SWEEP) + ')')
     p.add_argument('--delay-ms', type=float, default=10.0, help='one-way link delay, ms')
     p.add_argument('--loss', type=float, default=0.0, help='message loss probability')
+    p.add_argument('--zero-bias', type=float, default=None,
+                   help="the edge's block matching keeps zero motion unless a match is better "
+                        'by more than this mean abs error (modelled runs only; default: '
+                        'motion.ZERO_BIAS)')
     p.add_argument('--task', default='detect', choices=['detect', 'segment', 'pose'])
     p.add_argument('--rate', type=float, default=0.0,
                    help='replay rate, Hz (0 = the bag rate from its stamps)')
@@ -161,6 +165,12 @@ def _args(argv):
                         'present), 24 frames each, scalability on the first, live replay '
                         'of 40 frames at 2 Hz')
     a = p.parse_args(argv)
+    if a.zero_bias is not None:
+        if a.zero_bias < 0 or a.live or a.quick:
+            p.error('--zero-bias must be >= 0 and is for modelled runs (the nodes of --live '
+                    'use motion.ZERO_BIAS)')
+        from fluxshard_kernels import motion
+        motion.ZERO_BIAS = a.zero_bias
     if a.quick:
         from fluxshard_kernels import data
         have = data.sequences()
