@@ -76,7 +76,9 @@ class BandwidthEstimator:
     adds time; median intercept); a size dependence below the timing noise means the
     link is not the bottleneck and the estimate rises to ``max_bps``. Until then (and for a
     window of one size) ``bps`` is bytes / seconds summed over the window's messages of >= 2000
-    bytes.
+    bytes. A message sent before the previous one's ACK is timed by the fixed part plus the
+    spacing of the two ACKs (``observe(..., spacing_s)``): its wait behind the previous one is
+    not the link's rate.
     """
 
     def __init__(self, initial_bps: float, window: int = 32, max_bps: float = 1.25e9):
