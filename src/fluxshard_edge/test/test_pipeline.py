@@ -32,18 +32,23 @@ def test_first_frame_is_key_then_only_misses_are_sent():
     assert np.all(s2.dissimilarity >= 6.0)
 
 
-def test_mixed_motion_sends_the_edges_of_movers_in_a_still_scene():
-    """motion.mixed_px end to end on a real still-camera clip: the blocks along the cars'
-    motion edges go to the server although their D is small."""
+def test_mixed_motion_recomputes_the_edges_of_movers_locally_and_sends_none_of_them():
+    """motion.mixed_px end to end on a real still-camera clip: the local engine recomputes the
+    blocks along the cars' motion edges although their D is small; the blocks sent to the
+    server stay those of D (the server marks the mixed blocks itself, model.mixed_px)."""
     frames = list(data.iter_frames('bgs-highway', limit=6))
-    sent = {}
+    local, sent = {}, {}
     for px in (0.0, 4.0):
-        pipe = EdgePipeline(EdgeConfig(codec='raw', force_strategy='cloud', mixed_px=px))
-        steps = [pipe.step(f) for f in frames]
-        assert all(not s.key for s in steps[1:])
-        sent[px] = [set(s.update.block_indices.tolist()) for s in steps[1:]]
-    assert all(a <= b for a, b in zip(sent[0.0], sent[4.0]))  # D's misses stay misses
-    assert sum(map(len, sent[4.0])) > 2 * sum(map(len, sent[0.0]))
+        for side, out in (('edge', local), ('cloud', sent)):
+            pipe = EdgePipeline(EdgeConfig(codec='raw', force_strategy=side, mixed_px=px,
+                                           backend='incremental'))
+            steps = [pipe.step(f) for f in frames]
+            assert all(not s.key for s in steps[1:])
+            out[px] = [set(np.flatnonzero(s.block_map == (1 if side == 'edge' else 2)))
+                       for s in steps[2:]]  # the local state exists from the second frame
+    assert all(a <= b for a, b in zip(local[0.0], local[4.0]))  # D's misses stay misses
+    assert sum(map(len, local[4.0])) > 2 * sum(map(len, local[0.0]))
+    assert sent[4.0] == sent[0.0]
 
 
 def test_resync_and_geometry_change_force_key():

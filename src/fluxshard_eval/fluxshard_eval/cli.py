@@ -54,8 +54,9 @@ SWEEP['fluxshard h264 motion-field'] = ('fluxshard', {'codec': 'h264', 'send_mot
 SWEEP.update({f'fluxshard h264 skip{t}': ('fluxshard', {'codec': 'h264', 'skip_target': t / 100})
               for t in (90, 95, 97, 99)})
 SWEEP['fluxshard h264 no-skip'] = ('fluxshard', {'codec': 'h264', 'skip_target': 0.0})
-# the blocks along motion edges of a still scene recomputed (motion.mixed_px, issue 19)
-SWEEP['fluxshard h264 mixed4'] = ('fluxshard', {'codec': 'h264', 'mixed_px': 4.0})
+# the blocks along motion edges of a still scene recomputed (motion.mixed_px and the
+# server's model.mixed_px, issue 19; on by default): the rule off
+SWEEP['fluxshard h264 mixed0'] = ('fluxshard', {'codec': 'h264', 'mixed_px': 0.0})
 SWEEP.update({f'fluxshard jpeg q{q} tau{t:g}':
               ('fluxshard', {'codec': 'jpeg', 'quality': q, 'tau': t})
               for q, t in ((90, 10.0), (75, 10.0), (90, 20.0), (50, 30.0))})

@@ -45,6 +45,7 @@ from fluxshard_edge.scheduler import BandwidthEstimator
 from fluxshard_kernels import proxy
 from fluxshard_kernels.blocks import BlockGrid
 from fluxshard_kernels.codec_mv import object_roi
+from fluxshard_kernels.motion import MIXED_PX
 from fluxshard_kernels.yolo.processing import Detections, letterbox
 from fluxshard_eval import sim
 from fluxshard_server.inference import DRIFT_SCOPE, EdgeModel, RECOMPUTE_TAU
@@ -192,7 +193,7 @@ class _BlockServer:
     proxy apply) and an incremental model over the proxy state, as ``server_node`` runs them."""
 
     def __init__(self, model, edge_id, dense_times=False, recompute_tau=RECOMPUTE_TAU,
-                 profile=None, drift_scope=DRIFT_SCOPE):
+                 profile=None, drift_scope=DRIFT_SCOPE, mixed_px=MIXED_PX):
         self.prof = profile or sim.PAPER
         self.session = EdgeSession(edge_id)
         if dense_times:  # No-MS-Comp: dense inference on the proxy, for real
@@ -200,7 +201,8 @@ class _BlockServer:
             self.em.refresh = SyncRefresh(None)
         else:
             self.em = EdgeModel('incremental', model.task, model, refresh_interval=10,
-                                recompute_tau=recompute_tau, drift_scope=drift_scope)
+                                recompute_tau=recompute_tau, drift_scope=drift_scope,
+                                mixed_px=mixed_px)
             self.em.refresh = SyncRefresh(self.em.runner)
         self.dense_times = dense_times
         self.edge_id = edge_id
@@ -278,7 +280,10 @@ class FluxShard(Method):
         self.pipe.refresh = SyncRefresh(self.pipe.runner)
         if self.pipe.quality is not None:  # reference passes inline, charged as background
             self.pipe.quality.sync = True
-        self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof, drift_scope)
+        # one threshold for both sides, as the nodes ship it (motion.mixed_px on the edge's
+        # local path, model.mixed_px on the server)
+        self.srv = _BlockServer(model, edge_id, dense, recompute_tau, self.prof, drift_scope,
+                                mixed_px)
         self.dense = dense
         self._pending = None
         self._arrive = {}  # batch seq -> (modelled) time its result reaches the robot

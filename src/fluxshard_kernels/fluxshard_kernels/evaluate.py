@@ -29,6 +29,7 @@ import torch
 from fluxshard_kernels import blocks, data, metrics, motion, salience
 from fluxshard_kernels.blocks import block_dissimilarity
 from fluxshard_kernels.incremental import IncrementalYOLO, MAX_SPARSE_STRIDE, WARPS
+from fluxshard_kernels.motion import MIXED_PX
 from fluxshard_kernels.yolo import model as M
 from fluxshard_kernels.yolo.processing import letterbox
 
@@ -64,7 +65,8 @@ def _ground_truth(seq, n):
 
 def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                  use_salience=False, net_block=16, layout='batch', dense_above=0.8,
-                 independent_px=0.0, mixed_px=0.0, max_sparse_stride=MAX_SPARSE_STRIDE, ort=None,
+                 independent_px=0.0, mixed_px=MIXED_PX, max_sparse_stride=MAX_SPARSE_STRIDE,
+                 ort=None,
                  halo='fixed', sub_block=0, warp='bilinear'):
     """Incremental vs dense over one sequence; returns a dict of numbers. ``ort``: an
     ``OnnxYolo`` of the same weights, timed on every frame beside the engine."""
@@ -185,9 +187,10 @@ def main(argv=None):
     p.add_argument('--independent', type=float, default=0.0,
                    help='also recompute blocks moving >= this many px against their '
                         'neighbourhood (0 = off)')
-    p.add_argument('--mixed-px', type=float, default=0.0,
+    p.add_argument('--mixed-px', type=float, default=MIXED_PX,
                    help='in a still scene, also recompute the blocks next to a motion edge '
-                        'of >= this many px (motion.mixed_px; 0 = off)')
+                        'of >= this many px (motion.mixed_px; 0 = off; default: '
+                        'motion.MIXED_PX, %(default)s)')
     p.add_argument('--sweep', action='store_true',
                    help='also sweep tau, block, refresh, k/N (+/- salience) for detection on '
                         'davis-parkour and pets09-s2l1')

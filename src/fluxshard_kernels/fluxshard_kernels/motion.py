@@ -24,6 +24,11 @@ _FAR = np.array([(4, 0), (-4, 0), (0, 4), (0, -4), (4, 4), (-4, 4), (4, -4), (-4
 _DIAMOND_ITERS = 16
 #: Share of zero-motion blocks from which a frame's background counts as still (``mixed``).
 STILL_SHARE = 2 / 3
+#: Default motion-edge threshold of ``mixed`` (px) for the engine, the edge's local path and
+#: the server (issue 19): on the still-camera clips it kept every dense detection scoring
+#: >= 0.5 (bgs-highway 7.5 -> 75.0 % retention, all objects; 0.45 -> 0.70x of onnxruntime's
+#: time), 8 px kept fewer (60.8 %), 2 px no more (66.7 %) at more blocks (docs/engine.md).
+MIXED_PX = 4.0
 
 
 @dataclass

@@ -23,7 +23,7 @@ from sensor_msgs.msg import Image
 from fluxshard_server.admission import Budget
 from fluxshard_kernels.profile import resolve_device
 from fluxshard_server.inference import (BACKENDS, DRIFT_SCOPE, DRIFT_SCOPES, EdgeModel, load_model,
-                                        RECOMPUTE_TAU)
+                                        MIXED_PX, RECOMPUTE_TAU)
 from fluxshard_server.runtime import ServerRuntime
 
 PURPOSE = """fluxshard_server server_node: the GPU-host side of FluxShard. Serves the robots
@@ -92,6 +92,11 @@ PARAMS = [
           'moved by the batch MVs and grown by a block; elsewhere drift waits for the '
           'background refresh (refresh.interval). frame: every block', choices=list(DRIFT_SCOPES),
           live=True),
+    Param('model.mixed_px', MIXED_PX, 'incremental backend: in a still scene (2/3 of the '
+          'blocks without motion in the batch field), also recompute the blocks next to a '
+          'motion edge of >= this many px: their features mix a mover with the background it '
+          'crosses, which no warp keeps, while their pixels match (0 = off)', lo=0.0,
+          hi=1000.0, live=True),
     Param('security.mode', 'mac', 'mac: every link message carries a keyed BLAKE2b tag; only '
           'edges with a key in security.key_file are served. none: no authentication (lab '
           'only)', choices=list(auth.MODES)),
@@ -184,7 +189,8 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
                                  p['model.iou'], p['model.threads'], p['refresh.interval'],
                                  recompute_tau=p['model.recompute_tau'],
                                  device=self.device, profile=prof,
-                                 drift_scope=p['model.drift_scope'])
+                                 drift_scope=p['model.drift_scope'],
+                                 mixed_px=p['model.mixed_px'])
             self.runtime = ServerRuntime(self.edge_ids, make_model, keys, budget,
                                          p['security.max_age_s'])
             if p['model.warm_up']:
@@ -368,6 +374,7 @@ class ServerNode(WorkerLifecycle, LifecycleNode):
             m.refresh_interval = changes.get('refresh.interval', m.refresh_interval)
             m.recompute_tau = changes.get('model.recompute_tau', m.recompute_tau)
             m.drift_scope = changes.get('model.drift_scope', m.drift_scope)
+            m.mixed_px = changes.get('model.mixed_px', m.mixed_px)
             if m.onnx is not None:  # the onnxruntime path decodes with its own thresholds
                 m.onnx.conf, m.onnx.iou = m.conf, m.iou
 
