@@ -7,8 +7,9 @@ Prints, from one run with variants measured side by side (interleaved repetition
   3. sparse 3x3 conv (64 channels) vs dense at 1/5/10/25/50/100 % active blocks, both layouts,
      and the crossover density above which dense is faster;
   4. the whole engine: one incremental YOLO11n step (real motion, the blocks with D >= tau
-     recomputed) against onnxruntime dense, torch dense and the engine's dense pass on the same
-     frames, interleaved per frame, with where the step's time goes (warp, masks, gather, conv,
+     and, in a still scene, those along motion edges recomputed: ``--mixed-px``) against
+     onnxruntime dense, torch dense and the engine's dense pass on the same frames,
+     interleaved per frame, with where the step's time goes (warp, masks, gather, conv,
      scatter, dense layers, head, decode + NMS, ...) and its torch op and host-sync counts.
 """
 
@@ -168,9 +169,10 @@ class OpCounter:
 
 
 def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
-                 warp='bilinear'):
+                 warp='bilinear', mixed_px=motion.MIXED_PX):
     """Incremental step vs dense runtimes per frame, interleaved (see the module docstring).
-    ``device``: where the engine and torch dense run (onnxruntime stays on the CPU)."""
+    ``device``: where the engine and torch dense run (onnxruntime stays on the CPU);
+    ``mixed_px``: the motion-edge blocks of a still scene recomputed too, as the nodes do."""
     from fluxshard_kernels.incremental import IncrementalYOLO
     from fluxshard_kernels.yolo import model as M
     from fluxshard_kernels.yolo.onnx_backend import OnnxYolo
@@ -197,7 +199,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
             f = motion.estimate_motion(img, runner.state, block, prev_mv)
             prev_mv = f.mv
             d = f.dissimilarity.reshape(-1)
-            miss = np.flatnonzero(d >= tau)
+            miss = f.misses(tau, mixed_px=mixed_px)
             x, lb = letterbox(img, 640)
             xt = torch.from_numpy(x)
             timed = i >= warmup
@@ -248,8 +250,7 @@ def bench_engine(seqs, n_frames, tau=10.0, block=16, warmup=3, device='cpu',
         probe.dense(imgs[-2])
         f = motion.estimate_motion(imgs[-1], probe.state, block)
         with OpCounter() as c:
-            probe.step(imgs[-1], f.mv, np.flatnonzero(f.dissimilarity.reshape(-1) >= tau),
-                       block)
+            probe.step(imgs[-1], f.mv, f.misses(tau, mixed_px=mixed_px), block)
         counts = (c.ops, c.syncs)
         with OpCounter() as c, torch.no_grad():
             model(torch.from_numpy(letterbox(imgs[-1], 640)[0]).to(device))
@@ -292,6 +293,10 @@ def main(argv=None):
                         'default: motion.ZERO_BIAS, %(default)s)')
     p.add_argument('--warp', choices=['integer', 'bilinear'], default='bilinear',
                    help='engine section: how cached features follow the block motion')
+    p.add_argument('--mixed-px', type=float, default=motion.MIXED_PX,
+                   help='engine section: in a still scene, also recompute the blocks next to '
+                        'a motion edge of >= this many px (0 = off; default: '
+                        'motion.MIXED_PX, %(default)s)')
     p.add_argument('--device', default='cpu',
                    help='engine section: cpu, cuda, cuda:N or auto (onnxruntime stays on CPU)')
     a = p.parse_args(argv)
@@ -328,7 +333,7 @@ def main(argv=None):
     if 'engine' in a.sections:
         result['engine'] = bench_engine(
             [s for s in ('davis-parkour', 'pets09-s2l1') if s in data.sequences()],
-            4 if a.quick else 10, device=a.device, warp=a.warp)
+            4 if a.quick else 10, device=a.device, warp=a.warp, mixed_px=a.mixed_px)
     print(render(result))
     if a.json:
         with open(a.json, 'w') as f:
