@@ -170,6 +170,9 @@ class ServerRuntime:
             self.infer_ms = (1e3 * dt if not self.infer_ms else
                              (1 - INFER_EWMA) * self.infer_ms + INFER_EWMA * 1e3 * dt)
         e.counters['inferences'] += 1
+        # blocks the server added to those the batch named (its drift test, motion edges)
+        e.counters['blocks.drifted'] += int(getattr(e.model, 'last_drifted', 0))
+        e.counters['blocks.mixed'] += int(getattr(e.model, 'last_mixed', 0))
         return det, dt, int(e.model.last_blocks)
 
     def close(self):
