@@ -172,7 +172,7 @@ def test_resync_storm_stays_within_the_key_batch_budget(ros):
 
 @pytest.mark.serial  # compares latencies alone and flooded
 def test_a_flooding_robot_cannot_starve_another(ros):
-    """robot2 floods genuine batches at 25x robot1's frame rate; admission holds it to 2
+    """robot2 floods genuine batches at 25x robot1's frame rate; admission holds it to 3
     batches/s and the job table serves the robots in turn: robot1 is not starved - it keeps
     getting a result for at least half its camera frames (the rest superseded, counted), with
     a median latency under two camera periods.
@@ -180,7 +180,14 @@ def test_a_flooding_robot_cannot_starve_another(ros):
     The ratio flooded / alone is recorded, not asserted: with the shipped shared-memory DDS
     profile robot1 alone answers in ~85 ms (it was ~250-400 ms over the LARGE_DATA built-in
     transports, which hid the flood's cost), and the 50 Hz flood's callbacks cost the server
-    process about a core here, ~3x robot1's latency on this 2-core machine (docs/security.md)."""
+    process about a core here, ~3x robot1's latency on this 2-core machine (docs/security.md).
+
+    The budget (3/s, burst 2) sits above robot1's 2 Hz camera, as a deployed robot's does
+    (default 60/s): at exactly the camera rate, a frame the loaded machine delayed and the next
+    one on time spent two tokens at once, the limiter dropped robot1's own batch, and the
+    inter-coded stream behind it resynced (13 rate-limited, 22 unsynced of 76 in one run here
+    under a busy loop; results at 0.76/s in one CI run).
+    """
     diag = _diag(ros)
     lat, stamps = [], []
 
@@ -189,7 +196,7 @@ def test_a_flooding_robot_cannot_starve_another(ros):
         stamps.append(stamp / 1e9)
         lat.append((ros.node.get_clock().now().nanoseconds - stamp) / 1e6)
     ros.node.create_subscription(DetectionArray, '/robot1/detections', on_result, RESULT_QOS)
-    server, edge, cam = _start(ros, 'admission.max_rate_hz:=2.0', 'admission.burst:=2')
+    server, edge, cam = _start(ros, 'admission.max_rate_hz:=3.0', 'admission.burst:=2')
     n = 12
     assert ros.wait_for(lambda: len(lat) >= n + 3, 120), (ros.log(server), ros.log(edge))
     alone = lat[3:n + 3]
@@ -214,6 +221,7 @@ def test_a_flooding_robot_cannot_starve_another(ros):
         rate = (n - 1) / max(stamps[k + n - 1] - stamps[k], 1e-9)
         flooded = lat[k:k + n]
         s2 = _ints(diag['fluxshard/server/robot2'])
+        s1 = _ints(diag['fluxshard/server/robot1'])
     finally:
         flood.kill()
         flood.wait(10)
@@ -221,15 +229,16 @@ def test_a_flooding_robot_cannot_starve_another(ros):
     print(f'robot1 median latency alone {statistics.median(alone):.0f} ms, with a flooding '
           f'neighbour {statistics.median(flooded):.0f} ms ({ratio:.2f}x); robot2 '
           f'{s2["batches_in"]} batches in ({flood_hz:.0f}/s), '
-          f'{s2.get("rejected.rate_limited", 0)} rate-limited, robot1 {rate:.2f} results/s')
+          f'{s2.get("rejected.rate_limited", 0)} rate-limited, robot1 {rate:.2f} results/s, '
+          f'server counters for robot1 {s1}')
     _record('flood', alone_ms=statistics.median(alone), flooded_ms=statistics.median(flooded),
-            ratio=ratio, samples=n, flood_rate_hz=50, admission_rate_hz=2.0,
+            ratio=ratio, samples=n, flood_rate_hz=50, admission_rate_hz=3.0,
             flood_batches_in=s2['batches_in'], flood_served=s2['batches_ok'],
             flood_rate_limited=s2.get('rejected.rate_limited', 0))
     assert flood_hz >= 25, flood_hz  # the flood reached the server (diagnostics lag ~1 s)
     assert statistics.median(flooded) <= 2 * 1000 / 2.0, (alone, flooded)  # 2 periods at 2 Hz
     assert s2['batches_ok'] < s2['batches_in'] / 3, s2  # most of the flood was refused
-    assert rate >= 0.5 * 2.0, rate  # robot1 served for at least half its 2 Hz camera frames
+    assert rate >= 0.5 * 2.0, (rate, s1)  # robot1 served for >= half its 2 Hz camera frames
     assert server.poll() is None
 
 
