@@ -434,11 +434,11 @@ class EdgePipeline:
                     local.result()  # not used (the local predictor stays as it was)
                 return self._skipped(t, mv_c, d_c, grid)
         sal = self._salience(mv_c, grid)
-        cobs = salience.rank_misses(d_c, cfg.tau, sal, extra=self._independent(mv_c, False))
+        cobs = salience.rank_misses(d_c, cfg.tau, sal, extra=self._extra_misses(mv_c, False))
         labs, mv_l = np.zeros(0, np.int64), None
         if local_ready:
             mv_l, d_l = self._motion(frame, self.runner.state, grid, 'local', local)
-            labs = salience.rank_misses(d_l, cfg.tau, sal, extra=self._independent(mv_l, True))
+            labs = salience.rank_misses(d_l, cfg.tau, sal, extra=self._extra_misses(mv_l, True))
             out.hit_ratio = float(np.mean(d_l < cfg.tau))
         else:
             out.hit_ratio = float(np.mean(d_c < cfg.tau))
@@ -662,7 +662,7 @@ class EdgePipeline:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix='fluxshard-motion')
         return self._pool
 
-    def _independent(self, mv, local: bool):
+    def _extra_misses(self, mv, local: bool):
         """Blocks the motion itself marks for recomputation (``independent_px``; for the
         local engine also ``mixed_px``). The server marks the mixed blocks of its own batches
         (model.mixed_px): their pixels match, so sending them would buy nothing, and the

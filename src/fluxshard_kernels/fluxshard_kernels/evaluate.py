@@ -66,8 +66,7 @@ def _ground_truth(seq, n):
 def run_sequence(model, seq, frames, tau=10.0, block=16, refresh=0, k_frac=1.0,
                  use_salience=False, net_block=16, layout='batch', dense_above=0.8,
                  independent_px=0.0, mixed_px=MIXED_PX, max_sparse_stride=MAX_SPARSE_STRIDE,
-                 ort=None,
-                 halo='fixed', sub_block=0, warp='bilinear'):
+                 ort=None, halo='fixed', sub_block=0, warp='bilinear'):
     """Incremental vs dense over one sequence; returns a dict of numbers. ``ort``: an
     ``OnnxYolo`` of the same weights, timed on every frame beside the engine."""
     runner = IncrementalYOLO(model, net_block, layout=layout, dense_above=dense_above,

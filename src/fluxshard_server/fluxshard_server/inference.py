@@ -137,6 +137,7 @@ class EdgeModel:
         from fluxshard_kernels.yolo.processing import Detections
         img = state if state.shape[2] == 3 else np.repeat(state, 3, axis=2)
         t0 = time.perf_counter()
+        self.last_drifted = self.last_mixed = 0  # what this frame adds (a dense one: none)
         if self.backend == 'none':
             self.last_blocks = 0
             return Detections()
@@ -209,7 +210,7 @@ class EdgeModel:
         return det
 
     def _incremental(self, img, seq, mv, prev_seq, block_size, changed, t0):
-        self.last_stepped, self.last_drifted, self.last_mixed = False, 0, 0
+        self.last_stepped = False
         if self.refresh.running:
             self.refresh.pause()
         if self._refresh_from is not None and self.refresh.completed > self._refresh_from[1]:

@@ -171,8 +171,8 @@ class ServerRuntime:
                              (1 - INFER_EWMA) * self.infer_ms + INFER_EWMA * 1e3 * dt)
         e.counters['inferences'] += 1
         # blocks the server added to those the batch named (its drift test, motion edges)
-        e.counters['blocks.drifted'] += int(getattr(e.model, 'last_drifted', 0))
-        e.counters['blocks.mixed'] += int(getattr(e.model, 'last_mixed', 0))
+        e.counters['blocks.drifted'] += e.model.last_drifted
+        e.counters['blocks.mixed'] += e.model.last_mixed
         return det, dt, int(e.model.last_blocks)
 
     def close(self):

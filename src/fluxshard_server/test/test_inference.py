@@ -153,6 +153,8 @@ def test_a_probe_after_onnxruntime_frames_measures_a_real_step():
         em(state, seq, mv, seq - 1 if seq > 1 else None, 16, changed)
         paths.append(em.last_path)
         samples.append(len(em.costs.inc) - n)
+        if em.last_path == 'onnxruntime':  # a dense frame adds no blocks to the named ones
+            assert em.last_drifted == em.last_mixed == 0
     em.close()
     # each run of incremental frames that follows onnxruntime frames (a probe) gives a sample
     runs, start = [], None

@@ -53,6 +53,8 @@ def test_batches_become_acks_and_jobs_with_the_batch_geometry():
     carried = [len(m.block_indices) or len(conversions.unpack_indices(
         bytes(m.indices_packed), grid.count)) for m in msgs[1:]]
     assert recomputed == [grid.count] + carried
+    e = rt.edges['robot1']  # so the server added nothing, and its counters say so
+    assert e.counters['blocks.drifted'] == e.counters['blocks.mixed'] == 0
     assert rt.counters['inferences'] == 3
     # a replay of an applied batch is refused before it costs anything
     out = rt.on_batch('robot1', msgs[1])
