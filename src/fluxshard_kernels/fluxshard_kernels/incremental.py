@@ -122,14 +122,36 @@ class LayerCosts:
     its seconds, the sparse pass as ``a + b n`` of its active blocks n (least squares with
     exponential forgetting, O(1) per sample and per prediction; a, b >= 0). Warping the
     layer's cache counts on the sparse side, as a dense layer needs no warp.
-    ``sparse_faster`` is None until a layer has both."""
+    ``sparse_faster`` is None until a layer has both. Between ``begin_calibration`` and
+    ``end_calibration`` the samples are held, and each layer keeps the fastest of its
+    repeats per path and size: a calibration pass that the machine interrupted (a busy core)
+    would otherwise set a layer's path for good where nothing re-measures it (queued kernel
+    calls are not timed)."""
 
     def __init__(self, forget: float = 0.9, alpha: float = 0.3):
         self.forget, self.alpha = forget, alpha
         self.dense: Dict[str, float] = {}
         self.sparse: Dict[str, list] = {}  # name -> [sum w, sum w n, sum w t, w n^2, w n t]
+        self._held: Optional[Dict[tuple, float]] = None
+
+    def begin_calibration(self):
+        self._held = {}
+
+    def end_calibration(self):
+        """Each layer's fastest sample per path (and per active-set size) becomes its cost."""
+        held, self._held = self._held or {}, None
+        for (name, path, count), seconds in sorted(held.items()):
+            if path == 'dense':
+                self.dense[name] = seconds
+            else:
+                self.observe(name, path, count, seconds)
 
     def observe(self, name: str, path: str, count: int, seconds: float):
+        if self._held is not None:
+            key = (name, path, count if path != 'dense' else 0)
+            old = self._held.get(key)
+            self._held[key] = seconds if old is None else min(old, seconds)
+            return
         if path == 'dense':
             old = self.dense.get(name)
             self.dense[name] = seconds if old is None else (
@@ -846,23 +868,36 @@ class IncrementalYOLO:
                 self.dense(blank)
             finally:
                 torch.set_num_threads(threads)
-        for _ in range(2):  # the first pass at a size allocates
-            dense()
+        dense()  # the first pass at a size allocates (not timed: no costs yet)
         costs = self.ex.costs
-        sizes = (fractions[0],) + tuple(f for f in fractions for _ in range(2))
-        for i, frac in enumerate(sizes):
-            # a compact region (the top rows): the active set at each layer stays near frac
-            miss = np.arange(max(1, int(round(frac * grid.count))))
+        with self._lock:  # the first sparse step allocates: not timed
+            self.ex.force, self.ex.costs, self._queue = 'sparse', None, False
+        try:
+            self.step(blank, mv, self._calibration_misses(grid, fractions[0]), 16)
+        finally:
             with self._lock:
-                self.ex.force = 'sparse'
-                self.ex.costs = costs if i else None  # the first sparse step allocates
-                self._queue = False  # each layer's own time: its calls run at once
-            try:
-                self.step(blank, mv, miss, 16)
-            finally:
-                with self._lock:
-                    self.ex.force, self.ex.costs, self._queue = None, costs, True
-        dense()
+                self.ex.force, self.ex.costs, self._queue = None, costs, True
+        costs.begin_calibration()
+        try:
+            # each size and the dense pass twice, apart in time: a layer keeps its fastest
+            for _ in range(2):
+                dense()
+                for frac in fractions:
+                    with self._lock:
+                        self.ex.force = 'sparse'
+                        self._queue = False  # each layer's own time: its calls run at once
+                    try:
+                        self.step(blank, mv, self._calibration_misses(grid, frac), 16)
+                    finally:
+                        with self._lock:
+                            self.ex.force, self._queue = None, True
+        finally:
+            costs.end_calibration()
+
+    @staticmethod
+    def _calibration_misses(grid, frac):
+        # a compact region (the top rows): the active set at each layer stays near frac
+        return np.arange(max(1, int(round(frac * grid.count))))
 
     def shadow_executor(self) -> 'IncrementalExecutor':
         """A fresh executor with this runner's configuration (a background refresh fills its

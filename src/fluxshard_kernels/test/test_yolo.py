@@ -157,6 +157,25 @@ def test_layer_costs_fit_the_sparse_side_and_compare_with_dense():
     assert c.sparse_faster('l', 20) and not c.sparse_faster('l', 200)
 
 
+def test_a_calibration_keeps_each_layers_fastest_repeat():
+    """A calibration pass the machine interrupted (a busy core) does not set a layer's path:
+    its fastest repeat per path and size counts, and the samples before it are forgotten."""
+    c = inc.LayerCosts()
+    c.observe('l', 'dense', 0, 0.050)  # the allocating first pass
+    c.begin_calibration()
+    for t in (0.010, 0.030):
+        c.observe('l', 'dense', 0, t)
+    for n, t in ((10, 0.002), (100, 0.011), (10, 0.020), (100, 0.050)):  # 2nd round slowed
+        c.observe('l', 'sparse', n, t)
+    assert c.sparse_faster('l', 20) is None  # held until the calibration ends
+    c.end_calibration()
+    assert c.dense['l'] == 0.010
+    assert abs(c.predict_sparse('l', 50) - 0.006) < 1e-6  # t = 0.001 + 0.0001 n
+    assert c.sparse_faster('l', 20) and not c.sparse_faster('l', 200)
+    c.observe('l', 'dense', 0, 0.020)  # afterwards samples count as they come
+    assert abs(c.dense['l'] - 0.013) < 1e-9
+
+
 def test_each_layer_runs_on_its_measured_faster_path(det_model):
     """After calibration every layer has both costs, and its choice follows them (set here,
     so the test does not depend on this machine's timings): a layer whose dense pass looks

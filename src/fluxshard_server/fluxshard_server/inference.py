@@ -54,14 +54,15 @@ class EdgeModel:
             proxy of an inter-coded payload changes a little everywhere; this is the server's
             own feature-reuse decision, apart from what the edge transmitted.
         drift_scope: which blocks the drift test looks at (``DRIFT_SCOPES``).
-        mixed_px: incremental only: in a still scene, also recompute the blocks next to a
-            motion edge of >= this many px in the batch's field (``MotionField.mixed``; 0 =
-            off). The features there mix a mover with the background it crosses, which no
-            warp keeps, while the pixels match: the edge need not send them (the proxy holds
-            them), so the server decides this from the field it warps its caches by. A field
-            the server matches between two proxy states is as clean as one between true
-            frames (bgs-highway: 91 % of blocks still in both); one the edge searched
-            against the proxy is not (43 %), and there the still-scene gate stays shut.
+        mixed_px: incremental only: where one motion dominates (a still or shaking camera, a
+            clean pan), also recompute the blocks next to a motion edge of >= this many px in
+            the batch's field (``MotionField.mixed``; 0 = off). The features there mix a
+            mover with the background it crosses, which no warp keeps, while the pixels
+            match: the edge need not send them (the proxy holds them), so the server decides
+            this from the field it warps its caches by. A field the server matches between
+            two proxy states is as clean as one between true frames (bgs-highway: 91 % of
+            blocks still in both); one the edge searched against the proxy is not (43 %),
+            and there the gate stays shut.
     """
 
     def __init__(self, backend: str, task: str, model=None, path: str = '',
