@@ -91,8 +91,8 @@ PARAMS = [
     Param('motion.independent_px', 0.0, 'Also recompute blocks moving >= this many px '
           'against their neighbourhood (static cameras with small movers; 0 = off)',
           lo=0.0, hi=1000.0, live=True),
-    Param('motion.mixed_px', EdgeConfig.mixed_px, 'Local path: where one motion dominates (2/3 '
-          'of the blocks within 1 px of the median MV), also recompute the blocks next to a '
+    Param('motion.mixed_px', EdgeConfig.mixed_px, 'Local path: in a still scene (2/3 of the '
+          'blocks within 1 px of zero motion), also recompute the blocks next to a '
           'motion edge of >= this many px: their features mix an object with the background '
           'it crosses, which no warp keeps (0 = off; the server decides this for its own '
           'batches, model.mixed_px)',

@@ -54,8 +54,8 @@ class EdgeModel:
             proxy of an inter-coded payload changes a little everywhere; this is the server's
             own feature-reuse decision, apart from what the edge transmitted.
         drift_scope: which blocks the drift test looks at (``DRIFT_SCOPES``).
-        mixed_px: incremental only: where one motion dominates (a still or shaking camera, a
-            clean pan), also recompute the blocks next to a motion edge of >= this many px in
+        mixed_px: incremental only: in a still scene (a still camera, shaking by a pixel or
+            not), also recompute the blocks next to a motion edge of >= this many px in
             the batch's field (``MotionField.mixed``; 0 = off). The features there mix a
             mover with the background it crosses, which no warp keeps, while the pixels
             match: the edge need not send them (the proxy holds them), so the server decides

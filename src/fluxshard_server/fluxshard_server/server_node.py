@@ -92,8 +92,8 @@ PARAMS = [
           'moved by the batch MVs and grown by a block; elsewhere drift waits for the '
           'background refresh (refresh.interval). frame: every block', choices=list(DRIFT_SCOPES),
           live=True),
-    Param('model.mixed_px', MIXED_PX, 'incremental backend: where one motion dominates '
-          '(2/3 of the blocks within 1 px of the batch field\'s median MV), also recompute '
+    Param('model.mixed_px', MIXED_PX, 'incremental backend: in a still scene (2/3 of '
+          'the blocks within 1 px of zero motion in the batch field), also recompute '
           'the blocks next to a motion edge of >= this many px: their features mix a mover '
           'with the background it crosses, which no warp keeps, while their pixels match '
           '(0 = off)', lo=0.0, hi=1000.0, live=True),
