@@ -126,13 +126,40 @@ class LayerCosts:
     ``end_calibration`` the samples are held, and each layer keeps the fastest of its
     repeats per path and size: a calibration pass that the machine interrupted (a busy core)
     would otherwise set a layer's path for good where nothing re-measures it (queued kernel
-    calls are not timed)."""
+    calls are not timed).
+
+    At run time (``choose``) a busy moment must not set a layer's path for good either: a
+    sample counts at most ``SPIKE`` times its path's prediction, and a layer that runs dense
+    runs sparse once (a probe) after ``PROBE_MIN`` of its decisions, then at doubling
+    intervals up to ``PROBE_MAX`` while the verdict holds; a probe moves the layer's sparse
+    line through its sample (the slope kept), so one that finds sparse faster turns the layer
+    at once.
+    At most ``PROBES_PER_FRAME`` layers probe in one frame (``new_frame``); a turn that finds
+    none left waits for the next frame, so the probes of layers measured together spread out.
+    Without probes a layer that a slow moment turned dense never ran sparse again (two busy
+    processes for 3 s left a fifth of pets09-s2l1's layers dense to the clip's end). Only the
+    sparse side is probed: a layer's dense pass costs its whole MACs (probing it too raised
+    pets09-s2l1's MACs from about 15 to 20 % of dense), and every dense pass of the engine
+    (the periodic refresh) re-measures it anyway. Where kernel calls are queued (two threads,
+    ``compiled.stream``) the sparse side is not timed at run time, so nothing is probed."""
+
+    SPIKE = 2.0
+    PROBE_MIN, PROBE_MAX = 16, 128
+    PROBES_PER_FRAME = 2
 
     def __init__(self, forget: float = 0.9, alpha: float = 0.3):
         self.forget, self.alpha = forget, alpha
         self.dense: Dict[str, float] = {}
         self.sparse: Dict[str, list] = {}  # name -> [sum w, sum w n, sum w t, w n^2, w n t]
         self._held: Optional[Dict[tuple, float]] = None
+        #: per layer running dense: [decisions since it last ran sparse, probe interval]
+        self._probe: Dict[str, list] = {}
+        self._probing: Dict[str, str] = {}  # layer -> the path its probe runs
+        self.probes = 0  # probes run (diagnostics, tests)
+        self._budget = 0
+
+    def new_frame(self):
+        self._budget = self.PROBES_PER_FRAME
 
     def begin_calibration(self):
         self._held = {}
@@ -152,14 +179,25 @@ class LayerCosts:
             old = self._held.get(key)
             self._held[key] = seconds if old is None else min(old, seconds)
             return
+        probe = self._probing.pop(name, None) == path
         if path == 'dense':
             old = self.dense.get(name)
-            self.dense[name] = seconds if old is None else (
-                (1 - self.alpha) * old + self.alpha * seconds)
+            if old is None:
+                self.dense[name] = seconds
+            else:
+                a = 0.5 if probe else self.alpha
+                self.dense[name] = (1 - a) * old + a * min(seconds, self.SPIKE * old)
             return
+        pred = self.predict_sparse(name, count)
+        if pred is not None and pred > 0:
+            seconds = min(seconds, self.SPIKE * pred)
         acc = self.sparse.get(name)
         if acc is None:
             acc = self.sparse[name] = [0.0] * 5
+        elif probe and pred is not None:  # the line moves through the probe, slope kept
+            delta = pred - seconds
+            acc[2] -= delta * acc[0]
+            acc[4] -= delta * acc[1]
         f, n = self.forget, float(count)
         acc[0] = f * acc[0] + 1.0
         acc[1] = f * acc[1] + n
@@ -187,6 +225,30 @@ class LayerCosts:
             return None
         sp = self.predict_sparse(name, count)
         return None if sp is None else sp < d
+
+    def choose(self, name: str, count: int, may_probe_sparse: bool = True) -> Optional[bool]:
+        """``sparse_faster``, except on a probe's turn (see the class): then sparse.
+        ``may_probe_sparse``: False where a sparse probe would cost too much (most of the
+        layer active); the turn then waits."""
+        v = self.sparse_faster(name, count)
+        if v is None or self._held is not None:
+            return v
+        if v:  # sparse runs (and is measured): a later dense stretch starts afresh
+            if self._probe:
+                self._probe.pop(name, None)
+            return True
+        st = self._probe.get(name)
+        if st is None:
+            self._probe[name] = [0, self.PROBE_MIN]
+            return False
+        st[0] += 1
+        if st[0] < st[1] or self._budget <= 0 or not may_probe_sparse:
+            return False
+        self._budget -= 1
+        st[0], st[1] = 0, min(2 * st[1], self.PROBE_MAX)
+        self._probing[name] = 'sparse'
+        self.probes += 1
+        return True
 
 
 class IncrementalExecutor:
@@ -249,6 +311,8 @@ class IncrementalExecutor:
         self.mode, self.grid = mode, grid
         self.input_mask = input_mask
         self._plans = {}
+        if self.costs is not None:
+            self.costs.new_frame()
         device = input_mask.device if input_mask is not None else 'cpu'
         self.plan = FramePlan(None if input_mask is None else
                               input_mask.detach().cpu().numpy().astype(bool), self.halo_px,
@@ -391,7 +455,8 @@ class IncrementalExecutor:
         if self.force == 'sparse':
             return True
         if self.costs is not None and name:
-            verdict = self.costs.sparse_faster(name, count)
+            verdict = self.costs.choose(name, count,
+                                        frac <= self.dense_above and not compiled.queued())
             if verdict is not None:
                 return verdict
         limit = self.dense_above if stride <= 8 else min(self.dense_above,

@@ -176,6 +176,91 @@ def test_a_calibration_keeps_each_layers_fastest_repeat():
     assert abs(c.dense['l'] - 0.013) < 1e-9
 
 
+def _costs(dense=0.005):
+    """A layer measured at calibration: sparse 1 ms + 0.1 ms a block, dense ``dense``."""
+    c = inc.LayerCosts()
+    c.begin_calibration()
+    c.observe('l', 'dense', 0, dense)
+    for n in (10, 100):
+        c.observe('l', 'sparse', n, 0.001 + 0.0001 * n)
+    c.end_calibration()
+    return c
+
+
+def test_a_busy_moment_does_not_turn_a_layer_dense():
+    """A sample at run time counts at most SPIKE times its prediction: one slow sparse pass
+    (a busy core) leaves a layer whose sparse pass is clearly faster on the sparse path."""
+    c = _costs()
+    c.new_frame()
+    assert c.choose('l', 10)
+    c.observe('l', 'sparse', 10, 0.200)  # 100x the 2 ms it takes
+    assert c.predict_sparse('l', 10) < 0.0035
+    assert c.choose('l', 10)
+    c.observe('l', 'dense', 0, 1.0)  # nor does a slow dense pass make dense look free
+    assert c.dense['l'] <= 0.005 * (1 + 0.3)
+
+
+def test_a_layer_running_dense_probes_sparse_again_and_turns_back():
+    """A layer whose sparse estimate a long slow stretch raised runs dense; it runs sparse
+    again (a probe) after PROBE_MIN decisions, at most PROBES_PER_FRAME layers a frame and
+    not where most of it is active, and a fast probe turns it back at once. Without probes a
+    layer once dense stayed dense (nothing measured its sparse side again)."""
+    c = _costs()
+    for _ in range(40):  # a long busy stretch: sparse looks 10x slower than it is
+        c.observe('l', 'sparse', 10, 0.020)
+    assert not c.sparse_faster('l', 10)
+    choices = []
+    for i in range(c.PROBE_MIN):
+        if i != c.PROBE_MIN - 1:
+            c.new_frame()  # the probe's turn comes in a frame without budget left: it waits
+        choices.append(c.choose('l', 10))
+    assert not any(choices) and c.probes == 0
+    assert not c.choose('l', 10, may_probe_sparse=False)  # most of the layer active: waits
+    c.new_frame()
+    assert c.choose('l', 10) and c.probes == 1  # the probe
+    c.observe('l', 'sparse', 10, 0.002)
+    c.new_frame()
+    assert c.choose('l', 10)  # the probe found sparse faster: the layer is back
+    # where sparse really is slower the probes thin out (PROBE_MIN, then doubling)
+    slow = _costs(dense=0.001)
+    runs = []
+    for _ in range(200):
+        slow.new_frame()
+        runs.append(slow.choose('l', 10))
+        if runs[-1]:
+            slow.observe('l', 'sparse', 10, 0.002)
+    assert sum(runs) == 3  # at decisions 17, 50 and 115 (intervals 16, 32, 64)
+
+
+def test_the_engine_probes_a_layer_that_a_busy_stretch_turned_dense(det_model):
+    """Real frames on one thread (where the sparse side is timed): a layer whose sparse
+    estimate a busy stretch inflated runs dense, then runs sparse again on its probe's turn,
+    and the probe's measured time brings it back to sparse."""
+    frames = list(data.iter_frames('pets09-s2l1', limit=8))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = inc.IncrementalYOLO(det_model, 16)
+        run.warm_up([frames[0].shape[:2]])
+        costs = next(iter(run.layer_costs.values()))
+        costs.PROBE_MIN = 2
+        run.dense(frames[0])
+        name = 'model.0'  # the first conv: active whenever a block changed
+        assert costs.sparse_faster(name, 50)
+        acc = costs.sparse[name]
+        acc[2] += 1.0 * acc[0]  # a second more at every size: as a long busy stretch leaves
+        assert not costs.sparse_faster(name, 50)
+        modes = []
+        for f in frames[1:]:
+            fld = motion.estimate_motion(f, run.state, 16)
+            _, _, st = run.step(f, fld.mv, fld.misses(10.0))
+            modes.append({x.name: x.mode for x in st.layers}[name])
+    finally:
+        torch.set_num_threads(threads)
+    assert modes[0] == 'dense' and costs.probes >= 1
+    assert modes[-1] == 'sparse' and costs.sparse_faster(name, 50)
+
+
 def test_each_layer_runs_on_its_measured_faster_path(det_model):
     """After calibration every layer has both costs, and its choice follows them (set here,
     so the test does not depend on this machine's timings): a layer whose dense pass looks
