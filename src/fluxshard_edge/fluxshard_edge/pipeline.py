@@ -260,8 +260,10 @@ class EdgePipeline:
         self._inter_at = (-1, None)  # (seq, (shape, crf)) of the stream's last unit
         self.crf = config.crf         # the payload's effective CRF (the link's; see _link_crf)
         self.last_decision_full = None  # the last decision of a full step (motion + EA)
+        #: camera frame of the last full step, and between full steps (``_next_full_every``)
         self._last_full = 0
-        self._full_every = self.FULL_EVERY  # frames between full steps (``_next_full_every``)
+        self._full_every = self.FULL_EVERY
+        self._camera_index: Optional[int] = None  # this step's camera frame (``step``)
         self._unit = None            # (EMA of an inter unit's bytes, at this CRF)
         self.model = model
         if config.local_inference:
@@ -366,9 +368,12 @@ class EdgePipeline:
 
     # -- per frame -------------------------------------------------------------------------------
     def step(self, frame: np.ndarray, codec_mvs: Optional[np.ndarray] = None,
-             device_busy_s: float = 0.0) -> EdgeStep:
+             device_busy_s: float = 0.0, camera_index: Optional[int] = None) -> EdgeStep:
         """Run Algorithm 1 on one (H, W, C) uint8 frame; ``codec_mvs`` (H.264 motion vectors of
         this frame against the previous one) replace block matching when given.
+        ``camera_index``: the frame's index in the camera's stream, counting the frames the
+        edge did not take (a busy edge skips some): how long a dense-only stretch lasts is
+        camera time (``_dense_wins``); without it the frames stepped count.
 
         ``device_busy_s`` > 0: the local device is still computing an earlier frame for about
         that long (``scheduler.overlap_local``: local inference runs beside the critical path).
@@ -383,6 +388,7 @@ class EdgePipeline:
             raise ValueError(f'frame must be (H, W, 1|3) uint8, got {frame.shape} {frame.dtype}')
         cfg = self.config
         t = {'t0': time.perf_counter()}
+        self._camera_index = camera_index
         busy = device_busy_s > 0 and self.runner is not None
         if busy and self.bridge.enabled:
             bridged = self._bridged(frame, t)
@@ -475,7 +481,7 @@ class EdgePipeline:
             self.frames -= 1  # as if the frame had not been taken
             return self._deferred(t, dec)
         out.decision = dec
-        self._last_full = self.frames
+        self._last_full = self._camera_now()
         self._full_every = self._next_full_every(dec)
         t['schedule'] = time.perf_counter()
         # step 4: execute
@@ -832,7 +838,7 @@ class EdgePipeline:
     FULL_MAX_S = 1.0
 
     def _next_full_every(self, dec: Decision) -> int:
-        """Frames until the next full step. A full step costs the front end (block motion, the
+        """Camera frames until the next full step. A full step costs the front end (block motion, the
         decision, opportunistic uploads) on top of the dense pass, and on a device that is
         already the bottleneck that cost delays every queued frame behind it; so while each
         full step finds the cloud ``DENSE_MARGIN`` slower again, re-measure half as often, at
@@ -842,11 +848,15 @@ class EdgePipeline:
         wins = dec.strategy == 'edge' and dec.t_cloud > self.DENSE_MARGIN * dec.t_edge
         return min(cap, 2 * self._full_every) if wins else self.FULL_EVERY
 
+    def _camera_now(self) -> int:
+        return self.frames if self._camera_index is None else self._camera_index
+
     def _dense_wins(self, frame, wait_s: float = 0.0) -> bool:
         """Skip block motion and the decision: the last full step computed this camera's frame
         locally where the dense runtime (onnxruntime) is predicted faster than the engine with
         the block motion it needs (``front_s``), and faster than the cloud by
-        ``DENSE_MARGIN``, fewer than ``_full_every`` frames ago, and nothing asks for a key or
+        ``DENSE_MARGIN``, fewer than ``_full_every`` camera frames ago (``camera_index``: a
+        busy edge skips frames), and nothing asks for a key or
         pins a side. Motion estimation would then only cost time (a robot whose link is bad
         and whose dense runtime beats the engine). ``wait_s``: the busy device's remaining
         time, added to the local side."""
@@ -858,7 +868,7 @@ class EdgePipeline:
         return (d is not None and d.strategy == 'edge' and dense_faster
                 and not self.config.force_strategy and self._key_reason == ''
                 and frame.shape[2] == 3
-                and self.frames - self._last_full < self._full_every
+                and self._camera_now() - self._last_full < self._full_every
                 and self.proxy is not None and self.proxy.shape == frame.shape
                 and d.t_cloud > self.DENSE_MARGIN * (d.t_edge + wait_s))
 

@@ -219,7 +219,8 @@ class EdgeRuntime:
             self._observe_camera(frame)
             sch = self.pipeline.scheduler
             sch.queue_s = self.server.backlog_s(now, sch.bw.bps)
-            step = self.pipeline.step(frame.image, frame.codec_mvs, self.device_busy_s(now))
+            step = self.pipeline.step(frame.image, frame.codec_mvs, self.device_busy_s(now),
+                                      camera_index=frame.index)
             out.step = step
             if step.local_job is not None:
                 self._device_jobs += 1

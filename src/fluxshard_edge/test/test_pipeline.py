@@ -199,6 +199,27 @@ def test_when_the_dense_runtime_wins_by_far_motion_is_skipped_between_full_steps
             assert max(gaps) > pipe.FULL_EVERY, full
 
 
+def test_a_dense_only_stretch_is_measured_in_camera_frames():
+    """An edge that takes every 5th camera frame (its dense pass outlasts five frame
+    intervals) re-measures with a full step within FULL_MAX_S of camera time, not of the
+    frames it took: counted in taken frames, a link back from an outage waited 2 s of camera
+    time for the next full step (a cellular run: davis-breakdance over the AT&T trace)."""
+    from fluxshard_kernels.profile import DeviceProfile, RoleProfile
+    prof = DeviceProfile('measured', 'test', RoleProfile(0.0, 0.0, 1.0, 0.01, 1.0),
+                         RoleProfile(0.0, 0.0, 1.0, 0.01, 1.0))
+    frames = list(data.iter_frames('pets09-s2l1', 60))
+    full = {}
+    for given in (True, False):
+        pipe = EdgePipeline(EdgeConfig(bandwidth_mbps=0.1, fit_latency=False), profile=prof)
+        pipe.scheduler.frame_interval_s = 1 / 25
+        full[given] = [i for i in range(0, len(frames), 5) if not pipe.step(
+            frames[i], camera_index=i if given else None).motion_skipped]
+    assert full[True][0] == 0 and len(full[True]) >= 3, full
+    gaps = [b - a for a, b in zip(full[True], full[True][1:])]
+    assert max(gaps) <= 25, full  # FULL_MAX_S of camera time at 25 Hz
+    assert len(full[False]) < len(full[True]), full
+
+
 def test_the_engine_pays_its_block_motion_against_the_dense_runtime():
     """The engine alone slightly faster than onnxruntime, but not with the block motion it
     needs (the profile's edge overhead): the edge serves with onnxruntime and skips the

@@ -307,7 +307,7 @@ class FluxShard(Method):
         probes = p.quality.started if p.quality is not None else 0
         self._deliver(self.now)
         t0 = time.perf_counter()
-        st = p.step(frame, device_busy_s=device_busy_s)
+        st = p.step(frame, device_busy_s=device_busy_s, camera_index=index)
         if st.local_job is not None:  # the device's part (the harness times it below)
             st.local_job()
             p.bridge_done(st)  # nothing waits: the bridged frames come after it here
