@@ -838,11 +838,12 @@ class EdgePipeline:
     FULL_MAX_S = 1.0
 
     def _next_full_every(self, dec: Decision) -> int:
-        """Camera frames until the next full step. A full step costs the front end (block motion, the
-        decision, opportunistic uploads) on top of the dense pass, and on a device that is
-        already the bottleneck that cost delays every queued frame behind it; so while each
-        full step finds the cloud ``DENSE_MARGIN`` slower again, re-measure half as often, at
-        least every ``FULL_MAX_S`` seconds of camera time (or ``FULL_EVERY`` frames)."""
+        """Camera frames until the next full step. A full step costs the front end (block
+        motion, the decision, opportunistic uploads) on top of the dense pass, and on a device
+        that is already the bottleneck that cost delays every queued frame behind it; so while
+        each full step finds the cloud ``DENSE_MARGIN`` slower again, re-measure half as
+        often, at least every ``FULL_MAX_S`` seconds of camera time (or ``FULL_EVERY``
+        frames)."""
         interval = self.scheduler.frame_interval_s
         cap = max(self.FULL_EVERY, int(self.FULL_MAX_S / interval) if interval else 0)
         wins = dec.strategy == 'edge' and dec.t_cloud > self.DENSE_MARGIN * dec.t_edge
