@@ -442,6 +442,27 @@ def test_robots_in_the_namespaces_share_memory_with_their_camera_and_the_server_
     assert env['FASTDDS_BUILTIN_TRANSPORTS'] == 'UDPv4'  # the server's, untouched
 
 
+def test_cellular_targets_count_results_equally_old_as_equal():
+    """Result ages are whole frame intervals summed in floating point: equal ages whose float
+    sums differ in the last bit meet a <= 1.0x target; one interval more does not."""
+    from fluxshard_eval import cellular
+
+    def run(method, age):
+        return dict(method=method, latency_ms_mean=100.0, latency_ms_p90=110.0,
+                    age_ms_p90=age, age_ms_p90_any_time=age, served=60, retention=0.95,
+                    sequence='s', trace='t', profile='paper', robots=1, static=False,
+                    frames=60, processed=60, dropped_edge_busy=0, lost_on_link=0,
+                    dropped_out_of_order=0, results_out_of_order=0)
+    # four intervals of a 24 Hz camera in two runs of the saved cellular.json
+    fx, stream = 166.6666667118646, 166.66666671186448
+    assert fx / stream > 1.0
+    met = cellular.targets({'runs': [run('fluxshard', fx), run('video-offload-crf28', stream)]})
+    assert 'age p90 1.00x (<= 1.0x: met' in met, met
+    late = cellular.targets({'runs': [run('fluxshard', fx * 5 / 4),
+                                      run('video-offload-crf28', stream)]})
+    assert 'age p90 1.25x (<= 1.0x: not met' in late, late
+
+
 def test_the_cellular_comparator_is_the_fastest_alternative_that_keeps_the_retention():
     """The fastest Video Offload rung (ROI-coded ones where run) or Edge-only of the same clip,
     trace, profile and robots whose retention is at least FluxShard's minus 2 points."""
