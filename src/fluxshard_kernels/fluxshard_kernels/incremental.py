@@ -136,8 +136,10 @@ class LayerCosts:
     at once.
     At most ``PROBES_PER_FRAME`` layers probe in one frame (``new_frame``); a turn that finds
     none left waits for the next frame, so the probes of layers measured together spread out.
-    Without probes a layer that a slow moment turned dense never ran sparse again (two busy
-    processes for 3 s left a fifth of pets09-s2l1's layers dense to the clip's end). Only the
+    Before both, a layer that a slow moment turned dense never ran sparse again
+    (``scripts/busy_costs.py``: two busy processes for 3 s left 7-24 of pets09-s2l1's 99
+    layers dense to the clip's end; the cap alone keeps them sparse there, and the probes
+    are for a layer that a long slow stretch turned dense). Only the
     sparse side is probed: a layer's dense pass costs its whole MACs (probing it too raised
     pets09-s2l1's MACs from about 15 to 20 % of dense), and every dense pass of the engine
     (the periodic refresh) re-measures it anyway. Where kernel calls are queued (two threads,
